@@ -1,0 +1,27 @@
+//! cachet: an S/MIME signing and encryption SMTP gateway.
+//!
+//! Mail flows one way through stages that meet at the spool, as in Postfix:
+//!
+//! ```text
+//! listener -> session -> spool -> [scheduler] -> pipeline (policy -> smime) -> relay
+//!                                                                     \-> dsn (bounces, back into the spool)
+//! ```
+//!
+//! `config` builds one immutable [`config::Config`]; `store` holds the signing keys and recipient
+//! certificates; `app` wires the stages together and owns shutdown and reload. Lower stages never
+//! import `session` or `listener`.
+
+pub mod reply;
+pub mod config;
+pub mod listener;
+pub mod session;
+pub mod spool;
+pub mod scheduler;
+pub mod pipeline;
+pub mod policy;
+pub mod store;
+pub mod smime;
+pub mod relay;
+pub mod dsn;
+pub mod app;
+pub mod demo;

@@ -1,1 +1,146 @@
-//! TODO
+//! Wiring: builds each stage from the loaded [`Runtime`], binds the sockets, spawns the listener,
+//! scheduler and admin tasks, and owns the process's life: SIGHUP reloads (validate everything,
+//! swap atomically, or keep the old runtime and log why), SIGTERM/SIGINT stop gracefully (stop
+//! accepting, let sessions and deliveries finish, bounded; the spool is consistent at every step).
+
+use crate::admin::Admin;
+use crate::config::ConfigError;
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::scheduler::Scheduler;
+use crate::session::SessionCtx;
+use crate::spool::Spool;
+use arc_swap::ArcSwap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// How long sessions and deliveries in flight get to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// Formats a list of config problems, one per line.
+pub fn format_errors(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs the gateway until SIGTERM/SIGINT.
+pub async fn serve(config_path: PathBuf) -> Result<(), String> {
+    let rt = Runtime::load(&config_path).map_err(|e| format_errors(&e))?;
+    let spool = Spool::open(&rt.config.spool.dir)
+        .map_err(|e| format!("spool {}: {e}", rt.config.spool.dir.display()))?;
+    let cfg = rt.config.clone();
+    let runtime = Arc::new(ArcSwap::from_pointee(rt));
+    let metrics = Arc::new(Metrics::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (queued_tx, queued_rx) = mpsc::unbounded_channel();
+
+    let ctx = Arc::new(SessionCtx {
+        runtime: runtime.clone(),
+        spool: spool.clone(),
+        queued: queued_tx,
+        shutdown: shutdown_rx.clone(),
+        metrics: metrics.clone(),
+    });
+    let limit = Arc::new(Semaphore::new(cfg.server.max_connections));
+    let mut listeners = Vec::new();
+    for (addrs, implicit) in [(&cfg.server.listen, false), (&cfg.server.listen_tls, true)] {
+        for addr in addrs {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), implicit_tls = implicit, "listening for SMTP");
+            listeners.push(tokio::spawn(listener::serve(
+                l,
+                ctx.clone(),
+                limit.clone(),
+                implicit,
+            )));
+        }
+    }
+    let listening = Arc::new(AtomicBool::new(true));
+    if let Some(addr) = cfg.admin_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+        tracing::info!(%addr, "admin listener (/metrics, /healthz)");
+        let rt_for_gauges = runtime.clone();
+        let admin = Arc::new(Admin {
+            metrics: metrics.clone(),
+            spool: spool.clone(),
+            listening: listening.clone(),
+            extra: Arc::new(move || crate::pipeline::expiry_gauges(&rt_for_gauges.load().stores)),
+        });
+        tokio::spawn(admin.serve(l, shutdown_rx.clone()));
+    }
+    let scheduler = Scheduler {
+        spool: spool.clone(),
+        runtime: runtime.clone(),
+        metrics: metrics.clone(),
+    };
+    let sched = tokio::spawn(scheduler.run(queued_rx, shutdown_rx.clone(), DRAIN));
+    tracing::info!(config = %config_path.display(), policy = %cfg.policy.version, upstream = %cfg.upstream.url, "cachet started");
+
+    signals(&config_path, &runtime).await;
+
+    tracing::info!("shutting down: no new connections; finishing sessions and deliveries");
+    listening.store(false, Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    for l in listeners {
+        let _ = l.await;
+    }
+    let permits = cfg.server.max_connections as u32;
+    let _ = tokio::time::timeout(DRAIN, limit.acquire_many(permits)).await;
+    let _ = sched.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT; handles SIGHUP reloads meanwhile.
+async fn signals(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(config_path, runtime).await,
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+        }
+    }
+}
+
+/// Validates the new configuration completely before swapping it in; on any problem the old
+/// runtime keeps running. Listen addresses and the spool dir need a restart to change.
+pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
+    let path = config_path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || Runtime::load(&path)).await;
+    match loaded {
+        Ok(Ok(new)) => {
+            let old = runtime.load();
+            if new.config.server.listen != old.config.server.listen
+                || new.config.spool.dir != old.config.spool.dir
+            {
+                tracing::warn!(
+                    "listen addresses and spool.dir changes take effect after a restart"
+                );
+            }
+            tracing::info!(policy = %new.config.policy.version, "configuration reloaded");
+            runtime.store(Arc::new(new));
+        }
+        Ok(Err(errors)) => {
+            for e in &errors {
+                tracing::error!(problem = %e, "reload refused; still running the previous configuration");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reload failed"),
+    }
+}

@@ -1,1 +1,180 @@
-//! TODO
+//! Delivery status notifications (RFC 3464 `multipart/report`, RFC 3463 status codes): built when
+//! recipients fail permanently or expire, and injected into the spool as a new message from `<>`
+//! (so a bounce is never bounced).
+
+use crate::spool::{Envelope, Spool};
+use std::fmt::Write;
+
+/// A recipient that failed, with the reply or reason (`550 5.1.1 ...`).
+pub struct Failure<'a> {
+    pub recipient: &'a str,
+    pub reply: &'a str,
+}
+
+/// The enhanced status code inside a reply text, or a default by class.
+fn status_of(reply: &str) -> String {
+    reply
+        .split_whitespace()
+        .find(|w| {
+            let p: Vec<&str> = w.split('.').collect();
+            p.len() == 3
+                && (p[0] == "4" || p[0] == "5")
+                && p.iter()
+                    .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| {
+            if reply.starts_with('4') {
+                "4.0.0".into()
+            } else {
+                "5.0.0".into()
+            }
+        })
+}
+
+/// Builds the DSN message for `env` (the original envelope) from `hostname`.
+pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failure]) -> Vec<u8> {
+    let boundary = format!("{}/{}", env.id, hostname);
+    let date = crate::session::rfc5322_date(std::time::SystemTime::now());
+    let arrival = crate::session::rfc5322_date(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(env.received),
+    );
+    let mut m = String::new();
+    let _ = write!(
+        m,
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{sender}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{id}.dsn@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         \r\n\
+         This is the mail system at host {hostname}.\r\n\
+         \r\n\
+         Your message (queue ID {id}) could not be delivered to one or more\r\n\
+         recipients. It has been returned below.\r\n\
+         \r\n",
+        sender = env.sender,
+        id = env.id,
+    );
+    for f in failures {
+        let _ = write!(
+            m,
+            "<{}>: {}\r\n",
+            f.recipient,
+            f.reply.replace(['\r', '\n'], " ")
+        );
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n\
+         X-Cachet-Queue-ID: {id}\r\n\
+         Arrival-Date: {arrival}\r\n",
+        id = env.id
+    );
+    for f in failures {
+        let status = status_of(f.reply);
+        let _ = write!(
+            m,
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {status}\r\nDiagnostic-Code: smtp; {}\r\n",
+            f.recipient,
+            f.reply.replace(['\r', '\n'], " ")
+        );
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+    );
+    let mut out = m.into_bytes();
+    // RFC 3462: the headers of the original, enough to identify it, without its content.
+    let header_end = memchr::memmem::find(original, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(original.len());
+    out.extend_from_slice(&original[..header_end]);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Queues a DSN to the original sender. Nothing for `<>` senders or for bounces themselves.
+pub async fn send(
+    spool: &Spool,
+    hostname: &str,
+    env: &Envelope,
+    original: &[u8],
+    failures: &[Failure<'_>],
+) -> Option<String> {
+    if env.sender.is_empty() || env.is_bounce || failures.is_empty() {
+        return None;
+    }
+    let bytes = build(hostname, env, original, failures);
+    let mut dsn = Envelope::new(
+        String::new(),
+        vec![env.sender.clone()],
+        "127.0.0.1".into(),
+        hostname.into(),
+    );
+    dsn.is_bounce = true;
+    match spool.inject(dsn, bytes).await {
+        Ok(id) => {
+            tracing::info!(queue_id = %env.id, dsn_id = %id, sender = %env.sender, "bounce queued");
+            Some(id)
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %env.id, error = %e, "could not queue bounce");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_is_a_multipart_report_with_per_recipient_status() {
+        let mut env = Envelope::new(
+            "alice@example.org".into(),
+            vec!["bob@x.example".into()],
+            "127.0.0.1".into(),
+            "h".into(),
+        );
+        env.id = "ABC123".into();
+        let original = b"Subject: hello\r\nMessage-ID: <m1@x>\r\n\r\nsecret body\r\n";
+        let dsn = build(
+            "gw.example",
+            &env,
+            original,
+            &[Failure {
+                recipient: "bob@x.example",
+                reply: "550 5.1.1 no such user",
+            }],
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(text.contains("To: <alice@example.org>"));
+        assert!(text.contains(
+            "Final-Recipient: rfc822; bob@x.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"));
+        assert!(text.contains("Subject: hello\r\nMessage-ID: <m1@x>\r\n"));
+        assert!(!text.contains("secret body"), "a DSN carries headers only");
+        assert!(text.ends_with("--\r\n"));
+    }
+
+    #[test]
+    fn status_defaults_by_class() {
+        assert_eq!(status_of("421 service not available"), "4.0.0");
+        assert_eq!(status_of("554 5.7.1 rejected"), "5.7.1");
+        assert_eq!(status_of("connection refused"), "5.0.0");
+    }
+}

@@ -11,17 +11,20 @@
 //! certificates; `app` wires the stages together and owns shutdown and reload. Lower stages never
 //! import `session` or `listener`.
 
-pub mod reply;
+pub mod admin;
+pub mod app;
 pub mod config;
+pub mod demo;
+pub mod dsn;
 pub mod listener;
-pub mod session;
-pub mod spool;
-pub mod scheduler;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
-pub mod store;
-pub mod smime;
 pub mod relay;
-pub mod dsn;
-pub mod app;
-pub mod demo;
+pub mod reply;
+pub mod runtime;
+pub mod scheduler;
+pub mod session;
+pub mod smime;
+pub mod spool;
+pub mod store;

@@ -1,1 +1,157 @@
-fn main() {}
+//! The `cachet` command line. Only argument handling lives here; everything else is the library.
+
+use cachet::{app, config, demo, runtime::Runtime, spool};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "cachet",
+    version,
+    about = "S/MIME signing and encryption SMTP gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short, default_value = "config/cachet.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and everything it refers to; exit 0, or list every problem.
+    Check {
+        #[arg(long, short, default_value = "config/cachet.toml")]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: throwaway PKI and config in DIR, listening on 127.0.0.1:2525,
+    /// delivering to DIR/outbox.
+    Demo {
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        listen: String,
+    },
+    /// Inspect and manage the queue of a (running or stopped) gateway.
+    Queue {
+        #[arg(long, short, default_value = "config/cachet.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Every message, its queue and each recipient's state.
+    List,
+    /// One message's envelope and headers.
+    Show { id: String },
+    /// Keep a message from being delivered until released.
+    Hold { id: String },
+    /// Release a held message for delivery.
+    Release { id: String },
+    /// Deliver a deferred message now.
+    Retry { id: String },
+    /// Remove a message for good.
+    Delete { id: String },
+}
+
+fn init_logging(format: config::LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}
+
+fn run_serve(config: PathBuf) -> ExitCode {
+    // Logging is configured from the file; load it once just for that (serve re-validates).
+    let (format, level) = match config::Config::load(&config) {
+        Ok(c) => (c.log.format, c.log.level),
+        Err(errors) => {
+            eprintln!("{}", app::format_errors(&errors));
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(format, &level);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(app::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cachet: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => run_serve(config),
+        Command::Check { config } => match Runtime::load(&config) {
+            Ok(rt) => {
+                println!("{}: ok", config.display());
+                for line in cachet::pipeline::check_summary(&rt) {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}", app::format_errors(&errors));
+                eprintln!("{} problem(s) found", errors.len());
+                ExitCode::from(1)
+            }
+        },
+        Command::Demo { dir, listen } => match demo::prepare(&dir, &listen) {
+            Ok(config) => run_serve(config),
+            Err(e) => {
+                eprintln!("cachet demo: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Queue { config, action } => {
+            let cfg = match config::Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{}", app::format_errors(&errors));
+                    return ExitCode::from(2);
+                }
+            };
+            let sp = match spool::Spool::attach(&cfg.spool.dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cachet queue: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            use spool::admin;
+            let r = match action {
+                QueueAction::List => admin::list(&sp),
+                QueueAction::Show { id } => admin::show(&sp, &id),
+                QueueAction::Hold { id } => admin::hold(&sp, &id),
+                QueueAction::Release { id } => admin::release(&sp, &id),
+                QueueAction::Retry { id } => admin::retry(&sp, &id),
+                QueueAction::Delete { id } => admin::delete(&sp, &id),
+            };
+            match r {
+                Ok(text) => {
+                    println!("{}", text.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cachet queue: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,124 @@
-//! TODO
+//! Every SMTP reply cachet sends, in one place (STYLE habit 4).
+//!
+//! A [`Reply`] carries the basic code, the RFC 3463 enhanced status code and the public text.
+//! Public text never names key paths, rule internals or config; private reasons go to the log.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// One SMTP reply: `code status text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// RFC 3463 enhanced status code, e.g. "5.7.1".
+    pub status: &'static str,
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub const fn new(code: u16, status: &'static str, text: &'static str) -> Self {
+        Reply {
+            code,
+            status,
+            text: Cow::Borrowed(text),
+        }
+    }
+
+    pub fn owned(code: u16, status: &'static str, text: String) -> Self {
+        Reply {
+            code,
+            status,
+            text: Cow::Owned(text),
+        }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// Appends the wire form (one line, CRLF) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(out, "{self}\r\n");
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.status.is_empty() {
+            write!(f, "{} {}", self.code, self.text)
+        } else {
+            write!(f, "{} {} {}", self.code, self.status, self.text)
+        }
+    }
+}
+
+pub const OK: Reply = Reply::new(250, "2.0.0", "OK");
+pub const SENDER_OK: Reply = Reply::new(250, "2.1.0", "Sender OK");
+pub const RECIPIENT_OK: Reply = Reply::new(250, "2.1.5", "Recipient OK");
+pub const START_DATA: Reply = Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
+pub const BYE: Reply = Reply::new(221, "2.0.0", "Bye");
+pub const READY_TLS: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
+pub const RESET: Reply = Reply::new(250, "2.0.0", "Reset");
+pub const VRFY_REFUSED: Reply = Reply::new(
+    252,
+    "2.5.0",
+    "Cannot VRFY user, but will accept message and attempt delivery",
+);
+pub const EXPN_REFUSED: Reply = Reply::new(502, "5.5.1", "EXPN not available");
+pub const HELP: Reply = Reply::new(214, "2.0.0", "See RFC 5321");
+
+pub const SYNTAX_ERROR: Reply = Reply::new(500, "5.5.2", "Syntax error, command unrecognized");
+pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.6", "Line too long");
+pub const NOT_IMPLEMENTED: Reply = Reply::new(502, "5.5.1", "Command not implemented");
+pub const BAD_SEQUENCE: Reply = Reply::new(503, "5.5.1", "Bad sequence of commands");
+pub const NEED_HELO: Reply = Reply::new(503, "5.5.1", "Send EHLO/HELO first");
+pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Need MAIL command first");
+pub const NEED_RCPT: Reply = Reply::new(503, "5.5.1", "Need RCPT command first");
+pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Sender already specified");
+pub const BAD_ADDRESS: Reply = Reply::new(501, "5.1.3", "Bad address syntax");
+pub const BAD_PARAMETER: Reply = Reply::new(555, "5.5.4", "Unsupported MAIL/RCPT parameter");
+pub const SMTPUTF8_NEEDED: Reply = Reply::new(
+    553,
+    "5.6.7",
+    "Non-ASCII address requires SMTPUTF8 on MAIL FROM",
+);
+pub const TLS_ALREADY: Reply = Reply::new(503, "5.5.1", "TLS already active");
+pub const TLS_UNAVAILABLE: Reply = Reply::new(454, "4.7.0", "TLS not available");
+pub const TLS_REQUIRED: Reply = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
+pub const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
+pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
+pub const MESSAGE_TOO_BIG: Reply = Reply::new(
+    552,
+    "5.3.4",
+    "Message size exceeds fixed maximum message size",
+);
+pub const BARE_NEWLINE: Reply = Reply::new(
+    521,
+    "5.5.2",
+    "Bare <CR> or <LF> received; lines must end with <CR><LF>",
+);
+pub const SPOOL_FAILURE: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "Local error in processing, message not accepted; try again later",
+);
+pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0", "Too many errors, closing connection");
+pub const IDLE_TIMEOUT: Reply = Reply::new(421, "4.4.2", "Idle timeout, closing connection");
+pub const TOO_MANY_CONNECTIONS: Reply =
+    Reply::new(421, "4.7.0", "Too many connections, try again later");
+pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2", "Service shutting down, try again later");
+
+/// `250 2.0.0 Ok: queued as ID`, the reply that promises durability.
+pub fn queued(id: &str) -> Reply {
+    Reply::owned(250, "2.0.0", format!("Ok: queued as {id}"))
+}
+
+/// A policy refusal at RCPT time (550 5.7.1 with a reason the sender understands).
+pub fn policy_refused(text: String) -> Reply {
+    Reply::owned(550, "5.7.1", text)
+}

@@ -1,1 +1,329 @@
-//! TODO
+//! The scheduler (Postfix's qmgr): decides what is delivered next. It owns an in-memory timetable
+//! of queue IDs rebuilt from the spool at start ("recovery is scanning the directories"), takes
+//! new IDs from sessions, picks up messages an operator released (a periodic scan of incoming/),
+//! and runs up to `spool.workers` deliveries at once.
+//!
+//! One delivery attempt: load envelope + data, seal (policy + S/MIME, on the blocking pool),
+//! relay each copy, record each recipient's outcome in the envelope, then remove the message,
+//! defer it with the retry schedule, hold it, or bounce what failed (DSN).
+
+use crate::dsn;
+use crate::metrics::Metrics;
+use crate::pipeline;
+use crate::relay::{MailParams, Outcome};
+use crate::runtime::Runtime;
+use crate::spool::{Envelope, Queue, RcptStatus, Spool, now_secs};
+use arc_swap::ArcSwap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// How often incoming/ is scanned for messages released or retried by the queue CLI.
+const PICKUP_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Scheduler {
+    pub spool: Spool,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub metrics: Arc<Metrics>,
+}
+
+struct Due {
+    at_ms: u64,
+    id: String,
+    queue: Queue,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Scheduler {
+    /// Runs until `shutdown` flips, then waits for deliveries in flight (bounded by `drain`).
+    pub async fn run(
+        self,
+        mut queued: mpsc::UnboundedReceiver<String>,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        let workers = self.runtime.load().config.spool.workers;
+        let slots = Arc::new(Semaphore::new(workers));
+        let mut heap: BinaryHeap<Reverse<(u64, String, Queue)>> = BinaryHeap::new();
+        // Latest due time per scheduled ID; heap entries that disagree are stale and skipped.
+        let mut scheduled: HashMap<String, u64> = HashMap::new();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<Due>)>();
+
+        match self.spool.scan(&[Queue::Incoming, Queue::Deferred]) {
+            Ok(found) => {
+                if !found.is_empty() {
+                    tracing::info!(
+                        messages = found.len(),
+                        "recovered queued messages from the spool"
+                    );
+                }
+                for (q, env) in found {
+                    scheduled.insert(env.id.clone(), env.next_attempt * 1000);
+                    heap.push(Reverse((env.next_attempt * 1000, env.id, q)));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "spool scan failed"),
+        }
+        let mut last_pickup = Instant::now();
+        loop {
+            // Start everything that is due, as long as a worker slot is free.
+            let now = now_ms();
+            while let Some(Reverse((at, _, _))) = heap.peek() {
+                if *at > now {
+                    break;
+                }
+                let Reverse((at, id, queue)) = heap.pop().expect("peeked");
+                if in_flight.contains(&id) || scheduled.get(&id) != Some(&at) {
+                    continue; // stale entry: rescheduled meanwhile, or being delivered
+                }
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    heap.push(Reverse((at, id, queue)));
+                    break;
+                };
+                scheduled.remove(&id);
+                in_flight.insert(id.clone());
+                let spool = self.spool.clone();
+                let rt = self.runtime.load_full();
+                let metrics = self.metrics.clone();
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    let next = attempt(&spool, &rt, &metrics, &id, queue).await;
+                    drop(permit);
+                    let _ = done.send((id, next));
+                });
+            }
+            let wait = heap
+                .peek()
+                .map(|Reverse((at, _, _))| Duration::from_millis(at.saturating_sub(now)))
+                .unwrap_or(PICKUP_INTERVAL)
+                .min(PICKUP_INTERVAL);
+            tokio::select! {
+                Some(id) = queued.recv() => {
+                    scheduled.insert(id.clone(), 0);
+                    heap.push(Reverse((0, id, Queue::Incoming)));
+                }
+                Some((id, next)) = done_rx.recv() => {
+                    in_flight.remove(&id);
+                    if let Some(d) = next {
+                        scheduled.insert(d.id.clone(), d.at_ms);
+                        heap.push(Reverse((d.at_ms, d.id, d.queue)));
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => break,
+            }
+            if last_pickup.elapsed() >= PICKUP_INTERVAL {
+                last_pickup = Instant::now();
+                if let Ok(ids) = self.spool.ids(Queue::Incoming) {
+                    // Released or retried by an operator (or injected by another process).
+                    for id in ids {
+                        if !in_flight.contains(&id) && scheduled.get(&id) != Some(&0) {
+                            scheduled.insert(id.clone(), 0);
+                            heap.push(Reverse((0, id, Queue::Incoming)));
+                        }
+                    }
+                }
+            }
+        }
+        // Let deliveries in flight finish so their envelopes are up to date (bounded).
+        let _ = tokio::time::timeout(drain, slots.acquire_many(workers as u32)).await;
+    }
+}
+
+/// One delivery attempt of message `id` found in `queue`. Returns when to try again, if ever.
+async fn attempt(
+    spool: &Spool,
+    rt: &Arc<Runtime>,
+    metrics: &Metrics,
+    id: &str,
+    queue: Queue,
+) -> Option<Due> {
+    let mut env = match spool.load(queue, id) {
+        Ok(Some(env)) => env,
+        Ok(None) => {
+            // Moved by an operator (hold/delete) or already done; another queue may have it.
+            return match spool.find(id) {
+                Ok(Some((q @ (Queue::Incoming | Queue::Deferred), env))) => Some(Due {
+                    at_ms: env.next_attempt * 1000,
+                    id: id.into(),
+                    queue: q,
+                }),
+                _ => None,
+            };
+        }
+        Err(e) => {
+            tracing::error!(queue_id = id, error = %e, "unreadable envelope; moving to corrupt/");
+            let _ = spool.scan(&[queue]);
+            return None;
+        }
+    };
+    let data = match spool.read_data(id).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(queue_id = id, error = %e, "message data unreadable; moving to corrupt/");
+            let _ = spool.scan(&[queue]);
+            return None;
+        }
+    };
+    let pending: Vec<String> = env.pending().map(|r| r.address.clone()).collect();
+    // Crypto is CPU work: run it on the blocking pool, never on the async threads.
+    let job = {
+        let (rt, env, data, pending) = (rt.clone(), env.clone(), data.clone(), pending.clone());
+        tokio::task::spawn_blocking(move || pipeline::seal(&rt, &env, &data, &pending))
+    };
+    let sealed = match job.await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(queue_id = id, error = %e, "sealing failed");
+            return reschedule(spool, rt, metrics, env, queue, &data, Vec::new()).await;
+        }
+    };
+    let mut failures: Vec<(String, String)> = Vec::new();
+    for (rcpt, reason) in &sealed.held {
+        if let Some(r) = env.recipient_mut(rcpt) {
+            r.status = RcptStatus::Held;
+            r.reply = Some(reason.clone());
+        }
+        tracing::warn!(queue_id = id, rcpt = %rcpt, reason = %reason, "held");
+    }
+    for (rcpt, reply) in &sealed.failed {
+        if let Some(r) = env.recipient_mut(rcpt) {
+            r.status = RcptStatus::Failed;
+            r.reply = Some(reply.to_string());
+        }
+        tracing::warn!(queue_id = id, rcpt = %rcpt, reply = %reply, "refused by policy");
+        failures.push((rcpt.clone(), reply.to_string()));
+    }
+    let params = MailParams {
+        smtputf8: env.smtputf8,
+        body_8bit: env.body_8bit,
+    };
+    for copy in &sealed.copies {
+        let started = Instant::now();
+        let outcomes = rt
+            .relay
+            .deliver(id, &env.sender, &copy.recipients, &copy.message, params)
+            .await;
+        metrics.upstream_latency(started.elapsed());
+        for (rcpt, outcome) in copy.recipients.iter().zip(outcomes) {
+            let Some(r) = env.recipient_mut(rcpt) else {
+                continue;
+            };
+            match outcome {
+                Outcome::Delivered(reply) => {
+                    tracing::info!(queue_id = id, rcpt = %rcpt, rule = copy.rule.as_deref().unwrap_or("-"), signer = copy.signer.as_deref().unwrap_or("-"), encrypted = copy.algorithm.unwrap_or("no"), reply = %reply, "relayed");
+                    metrics.relayed(1);
+                    r.status = RcptStatus::Delivered;
+                    r.reply = Some(reply);
+                }
+                Outcome::Temporary(reply) => {
+                    tracing::warn!(queue_id = id, rcpt = %rcpt, reply = %reply, "deferred");
+                    metrics.deferred(1);
+                    r.reply = Some(reply);
+                }
+                Outcome::Permanent(reply) => {
+                    tracing::warn!(queue_id = id, rcpt = %rcpt, reply = %reply, "failed permanently");
+                    r.status = RcptStatus::Failed;
+                    r.reply = Some(reply.clone());
+                    failures.push((rcpt.clone(), reply));
+                }
+            }
+        }
+    }
+    env.attempts += 1;
+    reschedule(spool, rt, metrics, env, queue, &data, failures).await
+}
+
+/// Writes the envelope's new state: done (removed), deferred, held or expired; sends DSNs.
+async fn reschedule(
+    spool: &Spool,
+    rt: &Runtime,
+    metrics: &Metrics,
+    mut env: Envelope,
+    queue: Queue,
+    data: &[u8],
+    mut failures: Vec<(String, String)>,
+) -> Option<Due> {
+    let cfg = &rt.config.spool;
+    let now = now_secs();
+    let has_pending = env.pending().next().is_some();
+    if has_pending && now.saturating_sub(env.received) >= cfg.max_age.as_secs() {
+        for r in env
+            .recipients
+            .iter_mut()
+            .filter(|r| r.status == RcptStatus::Pending)
+        {
+            let last = r
+                .reply
+                .clone()
+                .unwrap_or_else(|| "no attempt succeeded".into());
+            let reply = format!(
+                "4.4.7 message expired after {}s in the queue; last reply: {last}",
+                cfg.max_age.as_secs()
+            );
+            tracing::warn!(queue_id = %env.id, rcpt = %r.address, "expired");
+            r.status = RcptStatus::Failed;
+            r.reply = Some(reply.clone());
+            failures.push((r.address.clone(), reply));
+        }
+    }
+    if !failures.is_empty() {
+        metrics.bounced(failures.len() as u64);
+        let list: Vec<dsn::Failure> = failures
+            .iter()
+            .map(|(r, reply)| dsn::Failure {
+                recipient: r,
+                reply,
+            })
+            .collect();
+        dsn::send(spool, &rt.config.server.hostname, &env, data, &list).await;
+    }
+    let id = env.id.clone();
+    let result = if env.pending().next().is_some() {
+        let step = (env.attempts.max(1) as usize - 1).min(cfg.retry.len() - 1);
+        let delay = cfg.retry[step];
+        env.next_attempt = now + delay.as_secs().max(1);
+        match spool.save(&mut env, Queue::Deferred, Some(queue)).await {
+            Ok(()) => Some(Due {
+                at_ms: env.next_attempt * 1000,
+                id: id.clone(),
+                queue: Queue::Deferred,
+            }),
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "could not update envelope; will retry");
+                Some(Due {
+                    at_ms: now_ms() + delay.as_millis() as u64,
+                    id: id.clone(),
+                    queue,
+                })
+            }
+        }
+    } else if env.recipients.iter().any(|r| r.status == RcptStatus::Held) {
+        env.hold_reason = env
+            .recipients
+            .iter()
+            .find(|r| r.status == RcptStatus::Held)
+            .and_then(|r| r.reply.clone());
+        metrics.held();
+        if let Err(e) = spool.save(&mut env, Queue::Hold, Some(queue)).await {
+            tracing::error!(queue_id = %id, error = %e, "could not move to hold");
+        }
+        None
+    } else {
+        if let Err(e) = spool.remove(queue, &id).await {
+            tracing::error!(queue_id = %id, error = %e, "could not remove delivered message");
+        }
+        tracing::info!(queue_id = %id, "done");
+        None
+    };
+    result
+}

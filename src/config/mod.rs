@@ -1,1 +1,616 @@
-//! TODO
+//! Configuration: `cachet.toml` -> one immutable, validated [`Config`] shared by `Arc`.
+//!
+//! Two steps (STYLE habit 6): [`raw`] is the serde mirror with `deny_unknown_fields`; [`Config::load`]
+//! validates it into typed values and reports *every* problem it can find, each with file, line and
+//! key ([`ConfigError`]). Relative paths resolve from the config file's folder. Checks that need to
+//! read other files (keys, certificates) happen in `app::load_stores`, which `cachet check` also runs.
+
+pub mod raw;
+pub mod units;
+
+use raw::RawConfig;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// One problem found in the configuration, with where it is.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: ", self.file.display(), line)?,
+            None => write!(f, "{}: ", self.file.display())?,
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Collects problems while validating, turning byte spans into line numbers.
+pub struct Problems<'a> {
+    file: &'a Path,
+    source: &'a str,
+    pub errors: Vec<ConfigError>,
+}
+
+impl<'a> Problems<'a> {
+    pub fn new(file: &'a Path, source: &'a str) -> Self {
+        Problems {
+            file,
+            source,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem at `span` (an empty span at 0 means "a default value": no line).
+    pub fn at(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let line = (span != (0..0)).then(|| line_of(self.source, span.start));
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+fn line_of(source: &str, offset: usize) -> usize {
+    source.as_bytes()[..offset.min(source.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Upstream TLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Verify the certificate chain and name (default).
+    Verify,
+    /// Encrypt but accept any certificate (tests only).
+    Insecure,
+    /// Plaintext; must be chosen explicitly.
+    None,
+}
+
+/// Where relayed mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// `smtp://host:port` (STARTTLS) or `smtps://host:port` (implicit TLS).
+    Smtp {
+        host: String,
+        port: u16,
+        implicit_tls: bool,
+    },
+    /// `file:///dir`: each relayed copy is written as `<queue id>-<n>.eml` (demo and tests).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    pub hostname: String,
+    pub relay_networks: Vec<ipnet::IpNet>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: bool,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub max_errors: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Delays between attempts; the last one repeats.
+    pub retry: Vec<Duration>,
+    /// After this long undelivered, the message bounces.
+    pub max_age: Duration,
+    /// Deliveries in flight at once.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: String,
+    pub target: UpstreamTarget,
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub max_connections: usize,
+    pub helo_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub dir: PathBuf,
+    pub p12_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificatesConfig {
+    pub dir: PathBuf,
+    pub trust: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub audit_file: Option<PathBuf>,
+}
+
+/// The validated configuration. Immutable; a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub spool: SpoolConfig,
+    pub upstream: UpstreamConfig,
+    pub keys: Option<KeysConfig>,
+    pub certificates: Option<CertificatesConfig>,
+    pub policy: crate::policy::Policy,
+    pub admin_listen: Option<SocketAddr>,
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Reads and validates `path`. On failure, returns every problem found.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Validates `source` as if read from `path` (relative paths resolve from its folder).
+    pub fn parse(path: &Path, source: &str) -> Result<Config, Vec<ConfigError>> {
+        let raw: RawConfig = toml::from_str(source).map_err(|e| {
+            let line = e.span().map(|s| line_of(source, s.start));
+            vec![ConfigError {
+                file: path.to_path_buf(),
+                line,
+                key: String::new(),
+                message: e.message().trim().to_string(),
+            }]
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let mut p = Problems::new(path, source);
+        let config = validate(raw, path, &base, &mut p);
+        if p.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(p.errors)
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// A path that must name an existing file.
+fn existing_file(base: &Path, v: &Spanned<PathBuf>, key: &str, p: &mut Problems) -> PathBuf {
+    let path = resolve(base, v.get_ref());
+    if !path.is_file() {
+        p.at(
+            v.span(),
+            key,
+            format!("file {} does not exist", path.display()),
+        );
+    }
+    path
+}
+
+fn existing_dir(base: &Path, v: &Spanned<PathBuf>, key: &str, p: &mut Problems) -> PathBuf {
+    let path = resolve(base, v.get_ref());
+    if !path.is_dir() {
+        p.at(
+            v.span(),
+            key,
+            format!("directory {} does not exist", path.display()),
+        );
+    }
+    path
+}
+
+fn socket_addrs(list: &[Spanned<String>], key: &str, p: &mut Problems) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for v in list {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => out.push(a),
+            Err(_) => p.at(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not an address:port such as \"0.0.0.0:2525\" or \"[::]:25\"",
+                    v.get_ref()
+                ),
+            ),
+        }
+    }
+    out
+}
+
+fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Config {
+    let s = raw.server;
+    let listen = socket_addrs(&s.listen, "server.listen", p);
+    let listen_tls = socket_addrs(&s.listen_tls, "server.listen_tls", p);
+    let mut relay_networks = Vec::new();
+    for v in &s.relay_networks {
+        let text = v.get_ref();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => relay_networks.push(n),
+            Err(_) => p.at(
+                v.span(),
+                "server.relay_networks",
+                format!("{text:?} is not a network such as \"10.0.0.0/8\""),
+            ),
+        }
+    }
+    let tls_cert = s
+        .tls_cert
+        .as_ref()
+        .map(|v| existing_file(base, v, "server.tls_cert", p));
+    let tls_key = s
+        .tls_key
+        .as_ref()
+        .map(|v| existing_file(base, v, "server.tls_key", p));
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(v), None) => p.at(
+            v.span(),
+            "server.tls_key",
+            "tls_cert is set but tls_key is not",
+        ),
+        (None, Some(v)) => p.at(
+            v.span(),
+            "server.tls_cert",
+            "tls_key is set but tls_cert is not",
+        ),
+        _ => {}
+    }
+    if tls_cert.is_none() && (s.require_tls || !listen_tls.is_empty()) {
+        p.at(
+            0..0,
+            "server.tls_cert",
+            "require_tls and listen_tls need tls_cert and tls_key",
+        );
+    }
+    if listen.is_empty() && listen_tls.is_empty() {
+        p.at(0..0, "server.listen", "no SMTP listener configured");
+    }
+    if s.hostname.is_empty() || s.hostname.contains(char::is_whitespace) {
+        p.at(
+            0..0,
+            "server.hostname",
+            format!("{:?} is not a host name", s.hostname),
+        );
+    }
+    if s.max_recipients == 0 {
+        p.at(0..0, "server.max_recipients", "must be at least 1");
+    }
+    if s.max_connections == 0 {
+        p.at(0..0, "server.max_connections", "must be at least 1");
+    }
+    let server = ServerConfig {
+        listen,
+        listen_tls,
+        hostname: s.hostname,
+        relay_networks,
+        max_message_size: s.max_message_size.0,
+        max_recipients: s.max_recipients,
+        tls_cert,
+        tls_key,
+        require_tls: s.require_tls,
+        max_connections: s.max_connections,
+        idle_timeout: s.idle_timeout.0,
+        max_errors: s.max_errors,
+    };
+
+    let sp = raw.spool;
+    if sp.retry.is_empty() {
+        p.at(0..0, "spool.retry", "needs at least one interval");
+    }
+    if sp.workers == 0 {
+        p.at(0..0, "spool.workers", "must be at least 1");
+    }
+    let spool = SpoolConfig {
+        dir: resolve(base, &sp.dir),
+        retry: sp.retry.iter().map(|d| d.0).collect(),
+        max_age: sp.max_age.0,
+        workers: sp.workers,
+    };
+
+    let u = raw.upstream;
+    let target = parse_upstream_url(u.url.get_ref(), base).unwrap_or_else(|msg| {
+        p.at(u.url.span(), "upstream.url", msg);
+        UpstreamTarget::File(PathBuf::new())
+    });
+    let tls = match u.tls.get_ref().as_str() {
+        "verify" => UpstreamTls::Verify,
+        "insecure" => UpstreamTls::Insecure,
+        "none" => UpstreamTls::None,
+        other => {
+            p.at(
+                u.tls.span(),
+                "upstream.tls",
+                format!("{other:?} is not one of verify, insecure, none"),
+            );
+            UpstreamTls::Verify
+        }
+    };
+    if let (
+        UpstreamTarget::Smtp {
+            implicit_tls: true, ..
+        },
+        UpstreamTls::None,
+    ) = (&target, tls)
+    {
+        p.at(
+            u.tls.span(),
+            "upstream.tls",
+            "smtps:// always uses TLS; use smtp:// for plaintext",
+        );
+    }
+    if u.username.is_some() != u.password_file.is_some() {
+        p.at(
+            u.url.span(),
+            "upstream.username",
+            "username and password_file go together",
+        );
+    }
+    let upstream = UpstreamConfig {
+        url: u.url.get_ref().clone(),
+        target,
+        tls,
+        ca_file: u
+            .ca_file
+            .as_ref()
+            .map(|v| existing_file(base, v, "upstream.ca_file", p)),
+        username: u.username,
+        password_file: u
+            .password_file
+            .as_ref()
+            .map(|v| existing_file(base, v, "upstream.password_file", p)),
+        timeout: u.timeout.0,
+        max_connections: u.max_connections.max(1),
+        helo_name: u.helo_name.unwrap_or_else(|| server.hostname.clone()),
+    };
+
+    let keys = raw.keys.map(|k| KeysConfig {
+        dir: existing_dir(base, &k.dir, "keys.dir", p),
+        p12_password_file: k
+            .p12_password_file
+            .as_ref()
+            .map(|v| existing_file(base, v, "keys.p12_password_file", p)),
+    });
+    let certificates = raw.certificates.map(|c| CertificatesConfig {
+        dir: existing_dir(base, &c.dir, "certificates.dir", p),
+        trust: c
+            .trust
+            .iter()
+            .map(|v| existing_file(base, v, "certificates.trust", p))
+            .collect(),
+    });
+    let policy = crate::policy::Policy::build(&raw.policy, &raw.rules, p);
+
+    let admin_listen = raw.admin.listen.as_ref().and_then(|v| {
+        if v.get_ref().is_empty() {
+            return None;
+        }
+        socket_addrs(std::slice::from_ref(v), "admin.listen", p).pop()
+    });
+    let format = match raw
+        .log
+        .format
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None | Some(("text", _)) => LogFormat::Text,
+        Some(("json", _)) => LogFormat::Json,
+        Some((other, span)) => {
+            p.at(
+                span,
+                "log.format",
+                format!("{other:?} is not one of text, json"),
+            );
+            LogFormat::Text
+        }
+    };
+    let log = LogConfig {
+        format,
+        level: raw.log.level.unwrap_or_else(|| "info".into()),
+        audit_file: raw.log.audit_file.map(|f| resolve(base, &f)),
+    };
+
+    Config {
+        path: path.to_path_buf(),
+        server,
+        spool,
+        upstream,
+        keys,
+        certificates,
+        policy,
+        admin_listen,
+        log,
+    }
+}
+
+/// `smtp://host:port`, `smtps://host:port` or `file:///dir` (relative `file://dir` from the config folder).
+pub fn parse_upstream_url(url: &str, base: &Path) -> Result<UpstreamTarget, String> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        if rest.is_empty() {
+            return Err("file:// needs a directory, e.g. file:///var/lib/cachet/outbox".into());
+        }
+        return Ok(UpstreamTarget::File(resolve(base, Path::new(rest))));
+    }
+    let (implicit_tls, rest, default_port) = if let Some(r) = url.strip_prefix("smtp://") {
+        (false, r, 25)
+    } else if let Some(r) = url.strip_prefix("smtps://") {
+        (true, r, 465)
+    } else {
+        return Err(format!(
+            "{url:?}: scheme must be smtp://, smtps:// or file://"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+            None => default_port,
+        };
+        (h.to_string(), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+            ),
+            None => (rest.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: missing host"));
+    }
+    Ok(UpstreamTarget::Smtp {
+        host,
+        port,
+        implicit_tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(Path::new("/nonexistent/cachet.toml"), src)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("[server]\n[upstream]\nurl = \"smtp://mx.example:587\"\n").unwrap();
+        assert_eq!(c.server.listen, vec!["0.0.0.0:2525".parse().unwrap()]);
+        assert_eq!(c.server.max_message_size, 50 << 20);
+        assert_eq!(c.upstream.tls, UpstreamTls::Verify);
+        assert_eq!(
+            c.upstream.target,
+            UpstreamTarget::Smtp {
+                host: "mx.example".into(),
+                port: 587,
+                implicit_tls: false
+            }
+        );
+        assert_eq!(c.spool.dir, Path::new("/nonexistent/var/spool"));
+        assert_eq!(c.spool.retry.len(), 5);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let errs = parse("[server]\nlisten = []\nlissen = 3\n[upstream]\nurl = \"smtp://a\"\n")
+            .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(3));
+        assert!(
+            errs[0].message.contains("unknown field `lissen`"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn bad_size_is_reported_with_line() {
+        let errs =
+            parse("[server]\nmax_message_size = \"5 parsecs\"\n[upstream]\nurl = \"smtp://a\"\n")
+                .unwrap_err();
+        assert_eq!(errs[0].line, Some(2));
+        assert!(errs[0].message.contains("invalid size unit"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn every_semantic_problem_is_listed() {
+        let src = "[server]\nlisten = [\"nope\"]\nrelay_networks = [\"10.0.0.0/33\"]\ntls_cert = \"missing.crt\"\n\
+                   [upstream]\nurl = \"ftp://x\"\ntls = \"maybe\"\n";
+        let errs = parse(src).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = text.join("\n");
+        assert!(all.contains("cachet.toml:2: server.listen"), "{all}");
+        assert!(
+            all.contains("cachet.toml:3: server.relay_networks"),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:4: server.tls_cert: file"),
+            "{all}"
+        );
+        assert!(
+            all.contains("server.tls_key: tls_cert is set but tls_key is not"),
+            "{all}"
+        );
+        assert!(all.contains("cachet.toml:6: upstream.url"), "{all}");
+        assert!(all.contains("cachet.toml:7: upstream.tls"), "{all}");
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let b = Path::new("/etc/cachet");
+        assert_eq!(
+            parse_upstream_url("smtps://[::1]:4650", b).unwrap(),
+            UpstreamTarget::Smtp {
+                host: "::1".into(),
+                port: 4650,
+                implicit_tls: true
+            }
+        );
+        assert_eq!(
+            parse_upstream_url("file://outbox", b).unwrap(),
+            UpstreamTarget::File("/etc/cachet/outbox".into())
+        );
+        assert!(parse_upstream_url("smtp://:25", b).is_err());
+    }
+}

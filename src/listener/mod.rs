@@ -1,1 +1,108 @@
-//! TODO
+//! The listener: binds the SMTP sockets (plain with STARTTLS, and implicit TLS), enforces the
+//! connection limit (`421 4.7.0` beyond it), and runs one [`Session`] task per connection,
+//! upgrading to TLS when the session asks. Sockets are bound by the caller (tests bind
+//! `127.0.0.1:0`); shutdown comes in through the session context's watch channel.
+
+use crate::reply;
+use crate::session::{Ending, Session, SessionCtx};
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// Builds the inbound TLS acceptor from PEM files; errors name the file.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts connections until shutdown. `implicit_tls` listeners start TLS before the banner.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<SessionCtx>,
+    limit: Arc<Semaphore>,
+    implicit_tls: bool,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer, "too many connections");
+            ctx.metrics.refused("too_many_connections");
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                reply::TOO_MANY_CONNECTIONS.write_to(&mut out);
+                let _ = stream.write_all(&out).await;
+            });
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection(stream, peer, ctx, implicit_tls).await {
+                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: Arc<SessionCtx>,
+    implicit_tls: bool,
+) -> std::io::Result<()> {
+    let acceptor = ctx.runtime.load().tls.clone();
+    if implicit_tls {
+        let Some(acceptor) = acceptor else {
+            return Ok(());
+        };
+        let tls = acceptor.accept(stream).await?;
+        Session::new(ctx, peer, true).run(tls, true).await?;
+        return Ok(());
+    }
+    match Session::new(ctx.clone(), peer, false)
+        .run(stream, true)
+        .await?
+    {
+        Ending::Closed => Ok(()),
+        Ending::StartTls(stream) => {
+            let Some(acceptor) = acceptor else {
+                return Ok(());
+            };
+            let tls = acceptor.accept(stream).await?;
+            // RFC 3207 §4.2: forget everything learned before TLS; the client says EHLO again.
+            Session::new(ctx, peer, true).run(tls, false).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,469 @@
-//! TODO
+//! Policy: what to do with each (sender, recipient) pair — sign, encrypt, with which algorithms,
+//! and what to do when a `required` protection cannot be met.
+//!
+//! A pure function of the envelope and the loaded stores (STYLE habit 7): the session's RCPT check,
+//! the pipeline and `cachet explain` all call [`Policy::treatment`] and [`crate::pipeline::plan`].
+//! Rules come from `[policy]` (defaults) and `[[rule]]` (first match wins) in the config.
+
+use crate::config::Problems;
+use crate::config::raw::{RawPolicy, RawRule};
+use toml::Spanned;
+use wildmatch::WildMatch;
+
+/// How strongly a protection is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Never,
+    /// Apply it when possible (a key or valid certificate exists).
+    Opportunistic,
+    /// Apply it or fail closed (see [`OnMissing`]).
+    Required,
+}
+
+/// Content encryption algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Cipher {
+    /// EnvelopedData, AES-256-CBC: read by every major client (default).
+    #[serde(rename = "aes256-cbc")]
+    Aes256Cbc,
+    /// AuthEnvelopedData, AES-128-GCM (RFC 5083/5084).
+    #[serde(rename = "aes128-gcm")]
+    Aes128Gcm,
+    /// AuthEnvelopedData, AES-256-GCM.
+    #[serde(rename = "aes256-gcm")]
+    Aes256Gcm,
+}
+
+/// RSA key transport for the content key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum KeyTransport {
+    #[serde(rename = "rsa-pkcs1")]
+    RsaPkcs1,
+    #[serde(rename = "rsa-oaep")]
+    RsaOaep,
+}
+
+/// What a `required` protection does when it cannot be met. Never: relay in plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissing {
+    /// Refuse the recipient at RCPT time (550 5.7.1), so the sending MTA bounces it.
+    Reject,
+    /// Accept and keep the message in the hold queue until an operator releases it.
+    Hold,
+    /// Accept and send a DSN to the sender.
+    Bounce,
+}
+
+/// Signature form (RFC 8551 §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureForm {
+    /// multipart/signed (default): readable by clients without S/MIME.
+    Detached,
+    /// application/pkcs7-mime; smime-type=signed-data.
+    Opaque,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Digest {
+    Sha256,
+    Sha512,
+}
+
+/// The resolved treatment of one (sender, recipient) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Treatment {
+    pub sign: Mode,
+    pub encrypt: Mode,
+    pub encryption: Cipher,
+    pub key_transport: KeyTransport,
+    pub on_missing_key: OnMissing,
+}
+
+/// Fields a rule may set; `None` falls back to `[policy]`.
+#[derive(Debug, Clone, Default)]
+struct Overrides {
+    sign: Option<Mode>,
+    encrypt: Option<Mode>,
+    encryption: Option<Cipher>,
+    key_transport: Option<KeyTransport>,
+    on_missing_key: Option<OnMissing>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    from: Vec<(String, WildMatch)>,
+    to: Vec<(String, WildMatch)>,
+    set: Overrides,
+}
+
+impl Rule {
+    fn matches(&self, sender: &str, recipient: &str) -> bool {
+        let hit = |globs: &[(String, WildMatch)], addr: &str| {
+            globs.is_empty() || globs.iter().any(|(_, g)| g.matches(addr))
+        };
+        hit(&self.from, sender) && hit(&self.to, recipient)
+    }
+
+    fn is_catch_all(&self) -> bool {
+        let all =
+            |globs: &[(String, WildMatch)]| globs.is_empty() || globs.iter().any(|(s, _)| s == "*");
+        all(&self.from) && all(&self.to)
+    }
+}
+
+/// The loaded policy. Immutable; a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub defaults: Treatment,
+    pub rules: Vec<Rule>,
+    pub signature_form: SignatureForm,
+    pub digest: Digest,
+    /// RSA-PSS instead of PKCS#1 v1.5 for RSA signing keys.
+    pub rsa_pss: bool,
+    /// Also encrypt each copy to the sender's own certificate (RFC 8551 §3.3).
+    pub encrypt_to_self: bool,
+    /// Subject tag that raises encryption to required (stripped before relay), e.g. "[secure]".
+    pub subject_tag: Option<String>,
+    /// Header that raises encryption to required when "yes" (removed before relay).
+    pub encrypt_header: Option<String>,
+    /// Short hash identifying this policy in logs and the audit trail.
+    pub version: String,
+}
+
+fn parse_enum<T: Copy>(
+    v: &Spanned<String>,
+    key: &str,
+    options: &[(&str, T)],
+    p: &mut Problems,
+) -> Option<T> {
+    let found = options
+        .iter()
+        .find(|(name, _)| *name == v.get_ref().as_str())
+        .map(|(_, t)| *t);
+    if found.is_none() {
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        p.at(
+            v.span(),
+            key,
+            format!("{:?} is not one of {}", v.get_ref(), names.join(", ")),
+        );
+    }
+    found
+}
+
+const MODES: &[(&str, Mode)] = &[
+    ("never", Mode::Never),
+    ("opportunistic", Mode::Opportunistic),
+    ("required", Mode::Required),
+];
+const CIPHERS: &[(&str, Cipher)] = &[
+    ("aes256-cbc", Cipher::Aes256Cbc),
+    ("aes128-gcm", Cipher::Aes128Gcm),
+    ("aes256-gcm", Cipher::Aes256Gcm),
+];
+const TRANSPORTS: &[(&str, KeyTransport)] = &[
+    ("rsa-pkcs1", KeyTransport::RsaPkcs1),
+    ("rsa-oaep", KeyTransport::RsaOaep),
+];
+const MISSING: &[(&str, OnMissing)] = &[
+    ("reject", OnMissing::Reject),
+    ("hold", OnMissing::Hold),
+    ("bounce", OnMissing::Bounce),
+];
+
+fn pick<T: Copy>(
+    v: &Option<Spanned<String>>,
+    key: &str,
+    options: &[(&str, T)],
+    p: &mut Problems,
+) -> Option<T> {
+    v.as_ref().and_then(|v| parse_enum(v, key, options, p))
+}
+
+fn globs(
+    list: &Option<Vec<Spanned<String>>>,
+    key: &str,
+    p: &mut Problems,
+) -> Vec<(String, WildMatch)> {
+    let mut out = Vec::new();
+    for v in list.iter().flatten() {
+        let g = v.get_ref().trim().to_ascii_lowercase();
+        if g.is_empty() || g.contains(char::is_whitespace) || g.matches('@').count() > 1 {
+            p.at(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not an address glob such as \"*@example.org\"",
+                    v.get_ref()
+                ),
+            );
+            continue;
+        }
+        out.push((g.clone(), WildMatch::new(&g)));
+    }
+    out
+}
+
+impl Policy {
+    /// Validates `[policy]` and `[[rule]]`, reporting each problem with line and rule name.
+    pub fn build(raw: &RawPolicy, rules: &[Spanned<RawRule>], p: &mut Problems) -> Policy {
+        let defaults = Treatment {
+            sign: pick(&raw.sign, "policy.sign", MODES, p).unwrap_or(Mode::Opportunistic),
+            encrypt: pick(&raw.encrypt, "policy.encrypt", MODES, p).unwrap_or(Mode::Opportunistic),
+            encryption: pick(&raw.encryption, "policy.encryption", CIPHERS, p)
+                .unwrap_or(Cipher::Aes256Cbc),
+            key_transport: pick(&raw.key_transport, "policy.key_transport", TRANSPORTS, p)
+                .unwrap_or(KeyTransport::RsaPkcs1),
+            on_missing_key: pick(&raw.on_missing_key, "policy.on_missing_key", MISSING, p)
+                .unwrap_or(OnMissing::Reject),
+        };
+        let signature_form = raw
+            .signature
+            .as_ref()
+            .and_then(|v| {
+                parse_enum(
+                    v,
+                    "policy.signature",
+                    &[
+                        ("detached", SignatureForm::Detached),
+                        ("opaque", SignatureForm::Opaque),
+                    ],
+                    p,
+                )
+            })
+            .unwrap_or(SignatureForm::Detached);
+        let digest = raw
+            .digest
+            .as_ref()
+            .and_then(|v| {
+                parse_enum(
+                    v,
+                    "policy.digest",
+                    &[("sha256", Digest::Sha256), ("sha512", Digest::Sha512)],
+                    p,
+                )
+            })
+            .unwrap_or(Digest::Sha256);
+        let rsa_pss = raw
+            .rsa_signature
+            .as_ref()
+            .and_then(|v| {
+                parse_enum(
+                    v,
+                    "policy.rsa_signature",
+                    &[("pkcs1", false), ("pss", true)],
+                    p,
+                )
+            })
+            .unwrap_or(false);
+
+        let mut out: Vec<Rule> = Vec::new();
+        for spanned in rules {
+            let r = spanned.get_ref();
+            let key = |field: &str| format!("rule {:?}: {field}", r.name);
+            let rule = Rule {
+                name: r.name.clone(),
+                from: globs(&r.from, &key("from"), p),
+                to: globs(&r.to, &key("to"), p),
+                set: Overrides {
+                    sign: pick(&r.sign, &key("sign"), MODES, p),
+                    encrypt: pick(&r.encrypt, &key("encrypt"), MODES, p),
+                    encryption: pick(&r.encryption, &key("encryption"), CIPHERS, p),
+                    key_transport: pick(&r.key_transport, &key("key_transport"), TRANSPORTS, p),
+                    on_missing_key: pick(&r.on_missing_key, &key("on_missing_key"), MISSING, p),
+                },
+            };
+            if r.name.trim().is_empty() {
+                p.at(spanned.span(), "rule.name", "every rule needs a name");
+            }
+            if out.iter().any(|o| o.name == rule.name) {
+                p.at(spanned.span(), &key("name"), "two rules have this name");
+            }
+            if let Some(catch_all) = out.iter().find(|o| o.is_catch_all()) {
+                p.at(
+                    spanned.span(),
+                    &key("from"),
+                    format!(
+                        "can never match: the earlier rule {:?} matches every sender and recipient",
+                        catch_all.name
+                    ),
+                );
+            }
+            out.push(rule);
+        }
+
+        let version = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!("{defaults:?}{signature_form:?}{digest:?}{rsa_pss}").hash(&mut h);
+            for r in &out {
+                format!(
+                    "{}{:?}{:?}{:?}",
+                    r.name,
+                    r.from.iter().map(|g| &g.0).collect::<Vec<_>>(),
+                    r.to.iter().map(|g| &g.0).collect::<Vec<_>>(),
+                    r.set
+                )
+                .hash(&mut h);
+            }
+            format!("{:016x}", h.finish())
+        };
+        Policy {
+            defaults,
+            rules: out,
+            signature_form,
+            digest,
+            rsa_pss,
+            encrypt_to_self: raw.encrypt_to_self.unwrap_or(false),
+            subject_tag: raw.subject_tag.clone().filter(|s| !s.is_empty()),
+            encrypt_header: raw.encrypt_header.clone().filter(|s| !s.is_empty()),
+            version,
+        }
+    }
+
+    /// The treatment of one (envelope sender, recipient) pair and the name of the rule that set it.
+    pub fn treatment(&self, sender: &str, recipient: &str) -> (Option<&str>, Treatment) {
+        let sender = sender.to_ascii_lowercase();
+        let recipient = recipient.to_ascii_lowercase();
+        let Some(rule) = self.rules.iter().find(|r| r.matches(&sender, &recipient)) else {
+            return (None, self.defaults);
+        };
+        let d = self.defaults;
+        let s = &rule.set;
+        (
+            Some(&rule.name),
+            Treatment {
+                sign: s.sign.unwrap_or(d.sign),
+                encrypt: s.encrypt.unwrap_or(d.encrypt),
+                encryption: s.encryption.unwrap_or(d.encryption),
+                key_transport: s.key_transport.unwrap_or(d.key_transport),
+                on_missing_key: s.on_missing_key.unwrap_or(d.on_missing_key),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ConfigError};
+    use std::path::Path;
+
+    fn load(policy: &str) -> Result<Config, Vec<ConfigError>> {
+        let src = format!("[server]\n[upstream]\nurl = \"smtp://a\"\n{policy}");
+        Config::parse(Path::new("/x/cachet.toml"), &src)
+    }
+
+    const PARTNERS: &str = r#"
+[policy]
+encrypt = "opportunistic"
+[[rule]]
+name = "partners"
+from = ["*@example.org"]
+to = ["*@partner.example", "ceo@other.example"]
+encrypt = "required"
+encryption = "aes256-gcm"
+[[rule]]
+name = "tickets"
+from = ["tickets@example.org"]
+sign = "never"
+"#;
+
+    #[test]
+    fn first_matching_rule_wins_and_unset_fields_fall_back() {
+        let c = load(PARTNERS).unwrap();
+        let table: &[(&str, &str, Option<&str>, Mode, Mode, Cipher)] = &[
+            (
+                "a@example.org",
+                "x@partner.example",
+                Some("partners"),
+                Mode::Opportunistic,
+                Mode::Required,
+                Cipher::Aes256Gcm,
+            ),
+            (
+                "A@Example.ORG",
+                "CEO@other.example",
+                Some("partners"),
+                Mode::Opportunistic,
+                Mode::Required,
+                Cipher::Aes256Gcm,
+            ),
+            (
+                "a@example.org",
+                "cfo@other.example",
+                None,
+                Mode::Opportunistic,
+                Mode::Opportunistic,
+                Cipher::Aes256Cbc,
+            ),
+            (
+                "tickets@example.org",
+                "x@partner.example",
+                Some("partners"),
+                Mode::Opportunistic,
+                Mode::Required,
+                Cipher::Aes256Gcm,
+            ),
+            (
+                "tickets@example.org",
+                "y@else.example",
+                Some("tickets"),
+                Mode::Never,
+                Mode::Opportunistic,
+                Cipher::Aes256Cbc,
+            ),
+            (
+                "a@elsewhere.example",
+                "x@partner.example",
+                None,
+                Mode::Opportunistic,
+                Mode::Opportunistic,
+                Cipher::Aes256Cbc,
+            ),
+        ];
+        for (from, to, rule, sign, encrypt, cipher) in table {
+            let (name, t) = c.policy.treatment(from, to);
+            assert_eq!(
+                (name, t.sign, t.encrypt, t.encryption),
+                (*rule, *sign, *encrypt, *cipher),
+                "{from} -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_values_name_line_and_rule() {
+        let errs =
+            load("[[rule]]\nname = \"r1\"\nencryption = \"3des\"\nfrom = [\"a b\"]\n").unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            all.iter()
+                .any(|e| e
+                    .contains(":6: rule \"r1\": encryption: \"3des\" is not one of aes256-cbc")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter().any(|e| e.contains(":7: rule \"r1\": from")),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn rule_after_catch_all_is_reported() {
+        let errs = load("[[rule]]\nname = \"all\"\nsign = \"never\"\n[[rule]]\nname = \"late\"\nto = [\"*@x.example\"]\n").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("rule \"late\": from: can never match: the earlier rule \"all\""),
+            "{}",
+            errs[0]
+        );
+    }
+}

@@ -1,1 +1,454 @@
-//! TODO
+//! The relay: hands sealed copies to the upstream and classifies each recipient's outcome once,
+//! where it happens (STYLE habit 5): delivered, temporary (retry later) or permanent (bounce).
+//! Unknown failures are temporary. A TLS failure never falls back to plaintext.
+//!
+//! `smtp://` uses STARTTLS, `smtps://` implicit TLS, `file://` writes `.eml` files (demo, tests).
+//! Upstream connections are pooled and reused (several messages per connection) up to
+//! `upstream.max_connections`. Secrets touched: the upstream password (read at load).
+
+pub mod tls;
+
+use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls};
+use mail_send::Credentials;
+use mail_send::SmtpClient;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
+
+/// One recipient's result, with the upstream's reply (or our reason) for logs and DSNs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered(String),
+    Temporary(String),
+    Permanent(String),
+}
+
+/// MAIL FROM parameters carried through from the inbound transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MailParams {
+    pub smtputf8: bool,
+    pub body_8bit: bool,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Client = SmtpClient<Box<dyn Io>>;
+
+struct Idle {
+    client: Client,
+    since: Instant,
+    eight_bit: bool,
+    smtputf8: bool,
+}
+
+const IDLE_MAX: Duration = Duration::from_secs(30);
+
+pub struct Relay {
+    target: Target,
+}
+
+enum Target {
+    Smtp(SmtpUpstream),
+    File(PathBuf),
+}
+
+struct SmtpUpstream {
+    host: String,
+    port: u16,
+    implicit_tls: bool,
+    /// None = plaintext (`tls = "none"`).
+    tls: Option<TlsConnector>,
+    credentials: Option<Credentials<String>>,
+    helo: String,
+    timeout: Duration,
+    slots: Semaphore,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// A connection-level failure: every recipient of the copy gets the same outcome.
+struct ConnError(Outcome);
+
+fn temp(msg: impl Into<String>) -> ConnError {
+    ConnError(Outcome::Temporary(msg.into()))
+}
+
+fn describe(e: &mail_send::Error) -> String {
+    match e {
+        mail_send::Error::UnexpectedReply(r) => format!("{} {}", r.code, r.message),
+        mail_send::Error::Tls(e) => format!("TLS failure: {e}"),
+        mail_send::Error::Io(e) => format!("connection failure: {e}"),
+        mail_send::Error::Timeout => "upstream timed out".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn reply_text(r: &smtp_proto::Response<String>) -> String {
+    if r.esc[0] != 0 {
+        format!(
+            "{} {}.{}.{} {}",
+            r.code, r.esc[0], r.esc[1], r.esc[2], r.message
+        )
+    } else {
+        format!("{} {}", r.code, r.message)
+    }
+}
+
+fn classify(r: &smtp_proto::Response<String>) -> Outcome {
+    match r.code {
+        200..=299 => Outcome::Delivered(reply_text(r)),
+        500..=599 => Outcome::Permanent(reply_text(r)),
+        _ => Outcome::Temporary(reply_text(r)),
+    }
+}
+
+impl Relay {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Relay, String> {
+        let target = match &cfg.target {
+            UpstreamTarget::File(dir) => Target::File(dir.clone()),
+            UpstreamTarget::Smtp {
+                host,
+                port,
+                implicit_tls,
+            } => {
+                let tls = match cfg.tls {
+                    UpstreamTls::None => None,
+                    mode => Some(TlsConnector::from(tls::client_config(
+                        cfg.ca_file.as_deref(),
+                        mode == UpstreamTls::Insecure,
+                    )?)),
+                };
+                let credentials = match (&cfg.username, &cfg.password_file) {
+                    (Some(u), Some(f)) => {
+                        let pw = std::fs::read_to_string(f)
+                            .map_err(|e| format!("{}: {e}", f.display()))?;
+                        Some(Credentials::new(
+                            u.clone(),
+                            pw.trim_end_matches(['\r', '\n']).to_string(),
+                        ))
+                    }
+                    _ => None,
+                };
+                Target::Smtp(SmtpUpstream {
+                    host: host.clone(),
+                    port: *port,
+                    implicit_tls: *implicit_tls,
+                    tls,
+                    credentials,
+                    helo: cfg.helo_name.clone(),
+                    timeout: cfg.timeout,
+                    slots: Semaphore::new(cfg.max_connections),
+                    idle: Mutex::new(Vec::new()),
+                })
+            }
+        };
+        Ok(Relay { target })
+    }
+
+    /// Delivers one copy; returns one outcome per recipient, in order.
+    pub async fn deliver(
+        &self,
+        id: &str,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+        params: MailParams,
+    ) -> Vec<Outcome> {
+        match &self.target {
+            Target::File(dir) => {
+                let r = write_outbox(dir, id, sender, recipients, message).await;
+                let o = match r {
+                    Ok(name) => Outcome::Delivered(format!("250 2.0.0 written to {name}")),
+                    Err(e) => Outcome::Temporary(format!("451 4.3.0 outbox write failed: {e}")),
+                };
+                vec![o; recipients.len()]
+            }
+            Target::Smtp(up) => up.deliver(sender, recipients, message, params).await,
+        }
+    }
+}
+
+/// `file://` upstream: `<dir>/<id>-<n>.eml`, written to a temp name, fsync'd and renamed, with
+/// the envelope in `X-Cachet-Envelope-*` lines of a sidecar `.env` file.
+async fn write_outbox(
+    dir: &std::path::Path,
+    id: &str,
+    sender: &str,
+    rcpts: &[String],
+    msg: &[u8],
+) -> std::io::Result<String> {
+    let dir = dir.to_path_buf();
+    let id = id.to_string();
+    let env = format!("from: {sender}\nto: {}\n", rcpts.join(", "));
+    let msg = msg.to_vec();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir)?;
+        let mut n = 0;
+        let name = loop {
+            let name = format!("{id}-{n}.eml");
+            if !dir.join(&name).exists() {
+                break name;
+            }
+            n += 1;
+        };
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&msg)?;
+        f.sync_all()?;
+        std::fs::write(dir.join(format!("{name}.env")), env)?;
+        std::fs::rename(&tmp, dir.join(&name))?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(name)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+impl SmtpUpstream {
+    async fn deliver(
+        &self,
+        sender: &str,
+        rcpts: &[String],
+        message: &[u8],
+        params: MailParams,
+    ) -> Vec<Outcome> {
+        let _slot = self.slots.acquire().await.expect("semaphore never closed");
+        // A pooled connection may have been closed by the upstream meanwhile: one fresh retry.
+        for attempt in 0..2 {
+            let (mut client, reused) = match self.checkout(params).await {
+                Ok(c) => c,
+                Err(ConnError(o)) => return vec![o; rcpts.len()],
+            };
+            match transaction(&mut client, sender, rcpts, message, params).await {
+                Ok(outcomes) => {
+                    self.idle.lock().unwrap().push(Idle {
+                        client,
+                        since: Instant::now(),
+                        eight_bit: params.body_8bit,
+                        smtputf8: params.smtputf8,
+                    });
+                    return outcomes;
+                }
+                Err(ConnError(_)) if reused && attempt == 0 => continue,
+                Err(ConnError(o)) => return vec![o; rcpts.len()],
+            }
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    async fn checkout(&self, params: MailParams) -> Result<(Client, bool), ConnError> {
+        loop {
+            let idle = self.idle.lock().unwrap().pop();
+            match idle {
+                Some(i)
+                    if i.since.elapsed() < IDLE_MAX
+                        && (!params.body_8bit || i.eight_bit)
+                        && (!params.smtputf8 || i.smtputf8) =>
+                {
+                    return Ok((i.client, true));
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        Ok((self.connect(params).await?, false))
+    }
+
+    async fn connect(&self, params: MailParams) -> Result<Client, ConnError> {
+        let addr = format!("{}:{}", self.host, self.port);
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| temp(format!("connection to {addr} timed out")))?
+            .map_err(|e| temp(format!("connection to {addr} failed: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let plain = SmtpClient {
+            stream: tcp,
+            timeout: self.timeout,
+        };
+        let mut client: Client = if self.implicit_tls {
+            let connector = self
+                .tls
+                .as_ref()
+                .expect("smtps:// always has TLS (checked at load)");
+            let c = plain
+                .into_tls(connector, &self.host)
+                .await
+                .map_err(|e| temp(describe(&e)))?;
+            SmtpClient {
+                stream: Box::new(c.stream),
+                timeout: self.timeout,
+            }
+        } else {
+            let mut plain = plain;
+            greeting(&mut plain).await?;
+            match &self.tls {
+                None => SmtpClient {
+                    stream: Box::new(plain.stream),
+                    timeout: self.timeout,
+                },
+                Some(connector) => {
+                    let caps = plain
+                        .ehlo(&self.helo)
+                        .await
+                        .map_err(|e| temp(describe(&e)))?;
+                    if !caps.has_capability(smtp_proto::EXT_START_TLS) {
+                        return Err(temp(format!(
+                            "{addr} does not offer STARTTLS; not sending in plaintext"
+                        )));
+                    }
+                    let c = plain
+                        .start_tls(connector, &self.host)
+                        .await
+                        .map_err(|e| temp(describe(&e)))?;
+                    SmtpClient {
+                        stream: Box::new(c.stream),
+                        timeout: self.timeout,
+                    }
+                }
+            }
+        };
+        if self.implicit_tls {
+            greeting(&mut client).await?;
+        }
+        let caps = client
+            .ehlo(&self.helo)
+            .await
+            .map_err(|e| temp(describe(&e)))?;
+        if params.body_8bit && !caps.has_capability(smtp_proto::EXT_8BIT_MIME) {
+            return Err(ConnError(Outcome::Permanent(
+                "554 5.6.3 upstream does not support 8BITMIME".into(),
+            )));
+        }
+        if params.smtputf8 && !caps.has_capability(smtp_proto::EXT_SMTP_UTF8) {
+            return Err(ConnError(Outcome::Permanent(
+                "553 5.6.7 upstream does not support SMTPUTF8".into(),
+            )));
+        }
+        if let Some(creds) = &self.credentials {
+            client
+                .authenticate(creds, &caps)
+                .await
+                .map_err(|e| match e {
+                    mail_send::Error::AuthenticationFailed(r) if r.code >= 500 => {
+                        ConnError(Outcome::Temporary(format!(
+                            "upstream authentication failed: {}",
+                            reply_text(&r)
+                        )))
+                    }
+                    e => temp(format!("upstream authentication failed: {}", describe(&e))),
+                })?;
+        }
+        Ok(client)
+    }
+}
+
+async fn greeting<T: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut SmtpClient<T>,
+) -> Result<(), ConnError> {
+    let r = c.read().await.map_err(|e| temp(describe(&e)))?;
+    if r.code / 100 != 2 {
+        // A refusal before any transaction says nothing final about these recipients.
+        return Err(temp(format!("upstream greeting: {}", reply_text(&r))));
+    }
+    Ok(())
+}
+
+/// MAIL, RCPT for each recipient (one refused recipient does not abort the others), DATA.
+async fn transaction(
+    c: &mut Client,
+    sender: &str,
+    rcpts: &[String],
+    message: &[u8],
+    params: MailParams,
+) -> Result<Vec<Outcome>, ConnError> {
+    let mut mail = format!("MAIL FROM:<{sender}>");
+    if params.body_8bit {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if params.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    mail.push_str("\r\n");
+    let r = c
+        .cmd(mail.as_bytes())
+        .await
+        .map_err(|e| temp(describe(&e)))?;
+    if r.code / 100 != 2 {
+        let o = classify(&r);
+        let _ = c.cmd(b"RSET\r\n").await;
+        return Ok(vec![o; rcpts.len()]);
+    }
+    let mut outcomes = Vec::with_capacity(rcpts.len());
+    for rcpt in rcpts {
+        let r = c
+            .cmd(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
+            .await
+            .map_err(|e| temp(describe(&e)))?;
+        outcomes.push(if r.code / 100 == 2 {
+            None
+        } else {
+            Some(classify(&r))
+        });
+    }
+    if outcomes.iter().all(Option::is_some) {
+        let _ = c.cmd(b"RSET\r\n").await;
+        return Ok(outcomes.into_iter().flatten().collect());
+    }
+    let r = c.cmd(b"DATA\r\n").await.map_err(|e| temp(describe(&e)))?;
+    if r.code != 354 {
+        let o = classify(&r);
+        let _ = c.cmd(b"RSET\r\n").await;
+        return Ok(outcomes
+            .into_iter()
+            .map(|x| x.unwrap_or_else(|| o.clone()))
+            .collect());
+    }
+    let started = Instant::now();
+    write_data(&mut c.stream, message)
+        .await
+        .map_err(|e| temp(format!("connection failure during DATA: {e}")))?;
+    let r = tokio::time::timeout(c.timeout, c.read())
+        .await
+        .map_err(|_| temp("upstream timed out after DATA"))?
+        .map_err(|e| temp(describe(&e)))?;
+    let _ = started;
+    let o = classify(&r);
+    Ok(outcomes
+        .into_iter()
+        .map(|x| x.unwrap_or_else(|| o.clone()))
+        .collect())
+}
+
+/// Writes the message dot-stuffed (RFC 5321 §4.5.2) in large chunks, with the final
+/// `.<CRLF>` in the same write as the last bytes (no Nagle/delayed-ACK stall on the last segment).
+async fn write_data<W: AsyncWrite + Unpin>(w: &mut W, message: &[u8]) -> std::io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let mut out = Vec::with_capacity(CHUNK + 1024);
+    let mut at_line_start = true;
+    let mut rest = message;
+    while !rest.is_empty() {
+        if at_line_start && rest[0] == b'.' {
+            out.push(b'.');
+        }
+        let line_end = memchr::memchr(b'\n', rest)
+            .map(|i| i + 1)
+            .unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..line_end]);
+        at_line_start = rest[line_end - 1] == b'\n';
+        rest = &rest[line_end..];
+        if out.len() >= CHUNK {
+            w.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if !message.is_empty() && !message.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    w.write_all(&out).await?;
+    w.flush().await
+}

@@ -1,1 +1,551 @@
-//! TODO
+//! The inbound SMTP session (RFC 5321): one task per connection, generic over the stream so the
+//! whole conversation is unit-tested with in-memory bytes (STYLE habit 8).
+//!
+//! Commands are parsed with `smtp-proto` from lines we frame ourselves: a line must end in CRLF,
+//! a bare CR or LF closes the session with `521 5.5.2` (smuggling defence), and DATA is framed by
+//! [`data::DataReader`]. Replies are batched while pipelined commands remain in the buffer
+//! (RFC 2920) and flushed before we would block. STARTTLS returns the raw stream to the caller
+//! after discarding anything pipelined behind it (CVE-2011-0411); the caller runs a fresh session
+//! over TLS. DATA streams into a spool draft; `250` only after [`crate::spool::Draft::commit`].
+//!
+//! Replies produced here: every constant in [`crate::reply`], plus policy refusals at RCPT.
+
+pub mod data;
+
+use crate::reply::{self, Reply};
+use crate::runtime::Runtime;
+use crate::spool::{Envelope, Spool};
+use arc_swap::ArcSwap;
+use data::{DataReader, Feed};
+use smtp_proto::{Error as ProtoError, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+/// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; extensions need more).
+pub const MAX_LINE: usize = 4096;
+const READ_CHUNK: usize = 64 * 1024;
+const DATA_FLUSH: usize = 256 * 1024;
+
+/// What every session shares.
+pub struct SessionCtx {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub spool: Spool,
+    /// Tells the scheduler a message was queued.
+    pub queued: mpsc::UnboundedSender<String>,
+    /// Flips to true when the gateway is stopping.
+    pub shutdown: watch::Receiver<bool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// How a session ended.
+pub enum Ending<S> {
+    Closed,
+    /// The client asked for STARTTLS and got `220`; upgrade `S` and run a new session.
+    StartTls(S),
+}
+
+struct Transaction {
+    sender: String,
+    smtputf8: bool,
+    body_8bit: bool,
+    recipients: Vec<String>,
+}
+
+/// One SMTP conversation's state.
+pub struct Session {
+    ctx: Arc<SessionCtx>,
+    runtime: Arc<Runtime>,
+    peer: SocketAddr,
+    tls: bool,
+    helo: Option<String>,
+    tx: Option<Transaction>,
+    errors: u32,
+    out: Vec<u8>,
+}
+
+enum Step {
+    Continue,
+    Close,
+    Data,
+    StartTls,
+}
+
+impl Session {
+    pub fn new(ctx: Arc<SessionCtx>, peer: SocketAddr, tls: bool) -> Session {
+        let runtime = ctx.runtime.load_full();
+        Session {
+            ctx,
+            runtime,
+            peer,
+            tls,
+            helo: None,
+            tx: None,
+            errors: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// Runs the conversation. `greet` is false after STARTTLS (no second banner, RFC 3207 §4.2).
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        mut stream: S,
+        greet: bool,
+    ) -> io::Result<Ending<S>> {
+        let mut shutdown = self.ctx.shutdown.clone();
+        if greet {
+            let banner = Reply::owned(
+                220,
+                "2.0.0",
+                format!("{} ESMTP cachet", self.runtime.config.server.hostname),
+            );
+            banner.write_to(&mut self.out);
+        }
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut start = 0usize;
+        loop {
+            // Handle every complete line already buffered (pipelining), then flush.
+            loop {
+                let pending = &buf[start..];
+                let (line_len, bare) = match find_crlf(pending) {
+                    LineEnd::Found(n) => (n, false),
+                    LineEnd::Bare => (0, true),
+                    LineEnd::Incomplete => break,
+                };
+                if bare {
+                    self.reply(reply::BARE_NEWLINE);
+                    self.ctx.metrics.refused("bare_newline");
+                    stream.write_all(&self.out).await?;
+                    return Ok(Ending::Closed);
+                }
+                let line = buf[start..start + line_len].to_vec();
+                start += line_len;
+                match self.command(&line) {
+                    Step::Continue => {}
+                    Step::Close => {
+                        stream.write_all(&self.out).await?;
+                        let _ = stream.shutdown().await;
+                        return Ok(Ending::Closed);
+                    }
+                    Step::StartTls => {
+                        // CVE-2011-0411: nothing sent before the handshake may be acted on.
+                        stream.write_all(&self.out).await?;
+                        stream.flush().await?;
+                        return Ok(Ending::StartTls(stream));
+                    }
+                    Step::Data => {
+                        buf.drain(..start);
+                        start = 0;
+                        match self.receive_data(&mut stream, &mut buf).await? {
+                            Step::Close => {
+                                stream.write_all(&self.out).await?;
+                                return Ok(Ending::Closed);
+                            }
+                            _ => continue,
+                        }
+                    }
+                }
+                if self.errors > self.runtime.config.server.max_errors {
+                    self.reply(reply::TOO_MANY_ERRORS);
+                    stream.write_all(&self.out).await?;
+                    return Ok(Ending::Closed);
+                }
+            }
+            buf.drain(..start);
+            start = 0;
+            if buf.len() > MAX_LINE {
+                self.reply(reply::LINE_TOO_LONG);
+                stream.write_all(&self.out).await?;
+                return Ok(Ending::Closed);
+            }
+            if !self.out.is_empty() {
+                stream.write_all(&self.out).await?;
+                stream.flush().await?;
+                self.out.clear();
+            }
+            if *shutdown.borrow() {
+                self.reply(reply::SHUTTING_DOWN);
+                stream.write_all(&self.out).await?;
+                return Ok(Ending::Closed);
+            }
+            let n = tokio::select! {
+                r = read_more(&mut stream, &mut buf, self.runtime.config.server.idle_timeout) => r?,
+                _ = shutdown.changed() => None,
+            };
+            match n {
+                Some(0) => return Ok(Ending::Closed),
+                Some(_) => {}
+                None if *shutdown.borrow() => continue,
+                None => {
+                    self.reply(reply::IDLE_TIMEOUT);
+                    stream.write_all(&self.out).await?;
+                    return Ok(Ending::Closed);
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, r: Reply) {
+        if r.code >= 400 {
+            self.errors += 1;
+        }
+        r.write_to(&mut self.out);
+    }
+
+    fn command(&mut self, line: &[u8]) -> Step {
+        let parsed = Request::parse(&mut line.iter());
+        let req = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                let r = match e {
+                    ProtoError::UnknownCommand => reply::SYNTAX_ERROR,
+                    ProtoError::InvalidSenderAddress | ProtoError::InvalidRecipientAddress => {
+                        reply::BAD_ADDRESS
+                    }
+                    ProtoError::UnsupportedParameter { .. }
+                    | ProtoError::InvalidParameter { .. } => reply::BAD_PARAMETER,
+                    ProtoError::SyntaxError { syntax } => {
+                        Reply::owned(501, "5.5.4", format!("Syntax: {syntax}"))
+                    }
+                    _ => reply::SYNTAX_ERROR,
+                };
+                self.reply(r);
+                return Step::Continue;
+            }
+        };
+        match req {
+            Request::Ehlo { host } => {
+                self.helo = Some(host.into_owned());
+                self.tx = None;
+                self.ehlo_reply();
+            }
+            Request::Helo { host } => {
+                self.helo = Some(host.into_owned());
+                self.tx = None;
+                let r = Reply::owned(250, "", self.runtime.config.server.hostname.clone());
+                self.reply(r);
+            }
+            Request::Mail { from } => {
+                let r = self.mail(from.address.as_ref(), from.flags, from.size);
+                self.reply(r);
+            }
+            Request::Rcpt { to } => {
+                let r = self.rcpt(to.address.as_ref());
+                self.reply(r);
+            }
+            Request::Data => match &self.tx {
+                Some(tx) if !tx.recipients.is_empty() => return Step::Data,
+                Some(_) => self.reply(reply::NEED_RCPT),
+                None => self.reply(reply::NEED_MAIL),
+            },
+            Request::Rset => {
+                self.tx = None;
+                self.reply(reply::RESET);
+            }
+            Request::Noop { .. } => self.reply(reply::OK),
+            Request::Quit => {
+                self.reply(reply::BYE);
+                return Step::Close;
+            }
+            Request::Vrfy { .. } => self.reply(reply::VRFY_REFUSED),
+            Request::Expn { .. } => self.reply(reply::EXPN_REFUSED),
+            Request::Help { .. } => self.reply(reply::HELP),
+            Request::StartTls => {
+                if self.tls {
+                    self.reply(reply::TLS_ALREADY);
+                } else if self.runtime.tls.is_none() {
+                    self.reply(reply::TLS_UNAVAILABLE);
+                } else {
+                    self.reply(reply::READY_TLS);
+                    return Step::StartTls;
+                }
+            }
+            _ => self.reply(reply::NOT_IMPLEMENTED),
+        }
+        Step::Continue
+    }
+
+    fn ehlo_reply(&mut self) {
+        let cfg = &self.runtime.config.server;
+        let mut lines = vec![
+            cfg.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", cfg.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if !self.tls && self.runtime.tls.is_some() {
+            lines.push("STARTTLS".into());
+        }
+        let last = lines.len() - 1;
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            self.out
+                .extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
+        }
+    }
+
+    fn gate(&self) -> Option<Reply> {
+        if self.helo.is_none() {
+            return Some(reply::NEED_HELO);
+        }
+        if self.runtime.config.server.require_tls && !self.tls {
+            return Some(reply::TLS_REQUIRED);
+        }
+        None
+    }
+
+    fn mail(&mut self, address: &str, flags: u64, size: usize) -> Reply {
+        if let Some(r) = self.gate() {
+            return r;
+        }
+        if self.tx.is_some() {
+            return reply::NESTED_MAIL;
+        }
+        let smtputf8 = flags & MAIL_SMTPUTF8 != 0;
+        if !address.is_ascii() && !smtputf8 {
+            return reply::SMTPUTF8_NEEDED;
+        }
+        if size as u64 > self.runtime.config.server.max_message_size {
+            self.ctx.metrics.refused("size");
+            return reply::MESSAGE_TOO_BIG;
+        }
+        self.tx = Some(Transaction {
+            sender: address.to_string(),
+            smtputf8,
+            body_8bit: flags & MAIL_BODY_8BITMIME != 0,
+            recipients: Vec::new(),
+        });
+        reply::SENDER_OK
+    }
+
+    fn rcpt(&mut self, address: &str) -> Reply {
+        if let Some(r) = self.gate() {
+            return r;
+        }
+        let cfg = &self.runtime.config.server;
+        let Some(tx) = &self.tx else {
+            return reply::NEED_MAIL;
+        };
+        if address.is_empty() || !address.contains('@') {
+            return reply::BAD_ADDRESS;
+        }
+        if !address.is_ascii() && !tx.smtputf8 {
+            return reply::SMTPUTF8_NEEDED;
+        }
+        // Never an open relay: only listed networks may relay (RFC 5321 §3.6.2).
+        if !cfg
+            .relay_networks
+            .iter()
+            .any(|n| n.contains(&self.peer.ip()))
+        {
+            tracing::warn!(client = %self.peer, rcpt = address, "relay denied");
+            self.ctx.metrics.refused("relay_denied");
+            return reply::RELAY_DENIED;
+        }
+        if tx.recipients.len() >= cfg.max_recipients {
+            return reply::TOO_MANY_RECIPIENTS;
+        }
+        if let Some(refusal) = crate::pipeline::rcpt_check(&self.runtime, &tx.sender, address) {
+            tracing::info!(client = %self.peer, sender = %tx.sender, rcpt = address, reply = %refusal, "recipient refused by policy");
+            self.ctx.metrics.refused("policy");
+            return refusal;
+        }
+        if let Some(tx) = &mut self.tx {
+            tx.recipients.push(address.to_string());
+        }
+        reply::RECIPIENT_OK
+    }
+
+    /// DATA: 354, stream into a spool draft, commit, 250. Leftover pipelined bytes stay in `buf`.
+    async fn receive_data<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Step> {
+        let tx = self.tx.take().expect("DATA only with a transaction");
+        let mut draft = match self.ctx.spool.draft().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create spool file");
+                None
+            }
+        };
+        if draft.is_none() {
+            // Read nothing: the client must not send data after a non-354 reply.
+            self.reply(reply::SPOOL_FAILURE);
+            return Ok(Step::Continue);
+        }
+        self.reply(reply::START_DATA);
+        stream.write_all(&self.out).await?;
+        stream.flush().await?;
+        self.out.clear();
+
+        let max = self.runtime.config.server.max_message_size;
+        let mut reader = DataReader::new();
+        let mut body: Vec<u8> = Vec::with_capacity(DATA_FLUSH + READ_CHUNK);
+        let mut too_big = false;
+        let mut write_failed = false;
+        let mut total: u64 = 0;
+        if let Some(d) = &mut draft {
+            let received = self.received_header(d.id.as_str(), &tx);
+            if let Err(e) = d.write(received.as_bytes()).await {
+                tracing::error!(error = %e, "spool write failed");
+                write_failed = true;
+            }
+        }
+        let mut fed = 0usize; // bytes of `buf` already fed to the reader
+        loop {
+            let feed = reader.feed(&buf[fed..], &mut body);
+            let consumed = match feed {
+                Feed::End { consumed } => fed + consumed,
+                _ => buf.len(),
+            };
+            total += body.len() as u64;
+            if total > max {
+                too_big = true;
+            }
+            if too_big || write_failed {
+                body.clear();
+            } else if body.len() >= DATA_FLUSH || matches!(feed, Feed::End { .. }) {
+                if let Some(d) = &mut draft
+                    && let Err(e) = d.write(&body).await
+                {
+                    tracing::error!(error = %e, "spool write failed");
+                    write_failed = true;
+                }
+                body.clear();
+            }
+            match feed {
+                Feed::BareNewline => {
+                    tracing::warn!(client = %self.peer, "bare CR or LF in DATA; closing");
+                    self.ctx.metrics.refused("bare_newline");
+                    self.reply(reply::BARE_NEWLINE);
+                    return Ok(Step::Close);
+                }
+                Feed::End { .. } => {
+                    buf.drain(..consumed);
+                    break;
+                }
+                Feed::More => {
+                    buf.clear();
+                    fed = 0;
+                    match read_more(stream, buf, self.runtime.config.server.idle_timeout).await? {
+                        Some(0) => return Ok(Step::Close),
+                        Some(_) => {}
+                        None => {
+                            self.reply(reply::IDLE_TIMEOUT);
+                            return Ok(Step::Close);
+                        }
+                    }
+                }
+            }
+        }
+        if too_big {
+            self.ctx.metrics.refused("size");
+            self.reply(reply::MESSAGE_TOO_BIG);
+            return Ok(Step::Continue);
+        }
+        let draft = draft.expect("checked above");
+        if write_failed {
+            self.reply(reply::SPOOL_FAILURE);
+            return Ok(Step::Continue);
+        }
+        let mut env = Envelope::new(
+            tx.sender.clone(),
+            tx.recipients.clone(),
+            self.peer.ip().to_string(),
+            self.helo.clone().unwrap_or_default(),
+        );
+        env.smtputf8 = tx.smtputf8;
+        env.body_8bit = tx.body_8bit;
+        match draft.commit(env).await {
+            Ok(id) => {
+                tracing::info!(queue_id = %id, sender = %tx.sender, recipients = tx.recipients.len(), size = total, client = %self.peer, tls = self.tls, "accepted");
+                self.ctx.metrics.accepted();
+                let _ = self.ctx.queued.send(id.clone());
+                self.reply(reply::queued(&id));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool commit failed");
+                self.reply(reply::SPOOL_FAILURE);
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// RFC 5321 §4.4 trace header. No DNS lookups: the client is named by HELO and IP.
+    fn received_header(&self, id: &str, tx: &Transaction) -> String {
+        let with = match (self.tls, tx.smtputf8) {
+            (false, false) => "ESMTP",
+            (true, false) => "ESMTPS",
+            (false, true) => "UTF8SMTP",
+            (true, true) => "UTF8SMTPS",
+        };
+        let helo: String = self
+            .helo
+            .as_deref()
+            .unwrap_or("unknown")
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(255)
+            .collect();
+        let for_clause = match tx.recipients.as_slice() {
+            [one] => format!("\r\n\tfor <{one}>"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ([{}])\r\n\tby {} (cachet) with {with} id {id}{for_clause};\r\n\t{}\r\n",
+            self.peer.ip(),
+            self.runtime.config.server.hostname,
+            rfc5322_date(std::time::SystemTime::now())
+        )
+    }
+}
+
+/// `Sun, 29 Nov 2026 08:53:22 +0000`
+pub fn rfc5322_date(t: std::time::SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day padding:none] [month repr:short] [year] [hour]:[minute]:[second] +0000"
+    );
+    dt.format(&fmt).unwrap_or_default()
+}
+
+enum LineEnd {
+    Found(usize),
+    Bare,
+    Incomplete,
+}
+
+/// Finds the end of the first line: must be CRLF; a lone CR or LF is `Bare`.
+fn find_crlf(buf: &[u8]) -> LineEnd {
+    match memchr::memchr2(b'\r', b'\n', buf) {
+        None => LineEnd::Incomplete,
+        Some(i) if buf[i] == b'\n' => LineEnd::Bare,
+        Some(i) => match buf.get(i + 1) {
+            None => LineEnd::Incomplete,
+            Some(b'\n') => LineEnd::Found(i + 2),
+            Some(_) => LineEnd::Bare,
+        },
+    }
+}
+
+/// Reads more bytes; `None` on idle timeout.
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    idle: std::time::Duration,
+) -> io::Result<Option<usize>> {
+    buf.reserve(READ_CHUNK);
+    match tokio::time::timeout(idle, stream.read_buf(buf)).await {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests;

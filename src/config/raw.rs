@@ -1,0 +1,224 @@
+//! The serde mirror of `cachet.toml`: field names are the public interface.
+//! `deny_unknown_fields` everywhere, so a typo is an error with file, line and key, not a silent default.
+//! Defaults live here, once; `config/cachet.toml` shows each of them.
+
+use super::units::{Dur, Size};
+use serde::Deserialize;
+use std::path::PathBuf;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    #[serde(default)]
+    pub spool: RawSpool,
+    pub upstream: RawUpstream,
+    pub keys: Option<RawKeys>,
+    pub certificates: Option<RawCertificates>,
+    #[serde(default)]
+    pub policy: RawPolicy,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub listen_tls: Vec<Spanned<String>>,
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default = "default_relay_networks")]
+    pub relay_networks: Vec<Spanned<String>>,
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: Size,
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    pub tls_cert: Option<Spanned<PathBuf>>,
+    pub tls_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub require_tls: bool,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_retry")]
+    pub retry: Vec<Dur>,
+    #[serde(default = "default_max_age")]
+    pub max_age: Dur,
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        RawSpool {
+            dir: default_spool_dir(),
+            retry: default_retry(),
+            max_age: default_max_age(),
+            workers: default_workers(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Spanned<String>,
+    #[serde(default = "default_upstream_tls")]
+    pub tls: Spanned<String>,
+    pub ca_file: Option<Spanned<PathBuf>>,
+    pub username: Option<String>,
+    pub password_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_upstream_connections")]
+    pub max_connections: usize,
+    /// The name sent in EHLO upstream; defaults to server.hostname.
+    pub helo_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    pub dir: Spanned<PathBuf>,
+    pub p12_password_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificates {
+    pub dir: Spanned<PathBuf>,
+    #[serde(default)]
+    pub trust: Vec<Spanned<PathBuf>>,
+}
+
+/// `[policy]`: the defaults every rule falls back to.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub sign: Option<Spanned<String>>,
+    pub encrypt: Option<Spanned<String>>,
+    pub encryption: Option<Spanned<String>>,
+    pub key_transport: Option<Spanned<String>>,
+    pub on_missing_key: Option<Spanned<String>>,
+    pub signature: Option<Spanned<String>>,
+    pub digest: Option<Spanned<String>>,
+    pub rsa_signature: Option<Spanned<String>>,
+    pub encrypt_to_self: Option<bool>,
+    pub subject_tag: Option<String>,
+    pub encrypt_header: Option<String>,
+}
+
+/// `[[rule]]`: first match on (sender, recipient) wins; unset fields fall back to `[policy]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub from: Option<Vec<Spanned<String>>>,
+    pub to: Option<Vec<Spanned<String>>>,
+    pub sign: Option<Spanned<String>>,
+    pub encrypt: Option<Spanned<String>>,
+    pub encryption: Option<Spanned<String>>,
+    pub key_transport: Option<Spanned<String>>,
+    pub on_missing_key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    pub listen: Option<Spanned<String>>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// "text" (default) or "json".
+    pub format: Option<Spanned<String>>,
+    /// tracing filter, e.g. "info" or "cachet=debug".
+    pub level: Option<String>,
+    /// JSON-lines audit log of every relayed copy.
+    pub audit_file: Option<PathBuf>,
+}
+
+fn default_listen() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "0.0.0.0:2525".into())]
+}
+fn default_hostname() -> String {
+    "localhost".into()
+}
+fn default_relay_networks() -> Vec<Spanned<String>> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|s| Spanned::new(0..0, s.to_string()))
+        .collect()
+}
+fn default_max_message_size() -> Size {
+    Size(50 << 20)
+}
+fn default_max_recipients() -> usize {
+    1000
+}
+fn default_max_connections() -> usize {
+    500
+}
+fn default_idle_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(300))
+}
+fn default_max_errors() -> u32 {
+    20
+}
+fn default_spool_dir() -> PathBuf {
+    "var/spool".into()
+}
+fn default_retry() -> Vec<Dur> {
+    ["1m", "5m", "15m", "1h", "4h"]
+        .iter()
+        .map(|s| Dur::parse(s).unwrap())
+        .collect()
+}
+fn default_max_age() -> Dur {
+    Dur(std::time::Duration::from_secs(5 * 86400))
+}
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 4)
+        .unwrap_or(8)
+}
+fn default_upstream_tls() -> Spanned<String> {
+    Spanned::new(0..0, "verify".into())
+}
+fn default_upstream_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
+fn default_upstream_connections() -> usize {
+    8
+}
+fn default_admin_listen() -> Option<Spanned<String>> {
+    Some(Spanned::new(0..0, "127.0.0.1:9925".into()))
+}

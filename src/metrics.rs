@@ -1,0 +1,146 @@
+//! Counters and gauges for `/metrics` (Prometheus text format). Plain atomics behind one struct:
+//! every stage bumps its counters; the admin listener renders them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Upstream latency histogram bounds, seconds.
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    accepted: AtomicU64,
+    relayed: AtomicU64,
+    deferred: AtomicU64,
+    bounced: AtomicU64,
+    held: AtomicU64,
+    signed: AtomicU64,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    encrypted: Mutex<BTreeMap<&'static str, u64>>,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Relaxed);
+    }
+    /// One recipient delivered upstream.
+    pub fn relayed(&self, n: u64) {
+        self.relayed.fetch_add(n, Relaxed);
+    }
+    pub fn deferred(&self, n: u64) {
+        self.deferred.fetch_add(n, Relaxed);
+    }
+    pub fn bounced(&self, n: u64) {
+        self.bounced.fetch_add(n, Relaxed);
+    }
+    pub fn held(&self) {
+        self.held.fetch_add(1, Relaxed);
+    }
+    pub fn signed(&self) {
+        self.signed.fetch_add(1, Relaxed);
+    }
+    pub fn refused(&self, reason: &'static str) {
+        *self.refused.lock().unwrap().entry(reason).or_default() += 1;
+    }
+    pub fn encrypted(&self, algorithm: &'static str) {
+        *self.encrypted.lock().unwrap().entry(algorithm).or_default() += 1;
+    }
+    pub fn upstream_latency(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_micros
+            .fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// Renders everything; `extra` adds gauges computed at scrape time (queue sizes, expiry).
+    pub fn render(&self, extra: &str) -> String {
+        let mut s = String::new();
+        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            &mut s,
+            "cachet_messages_accepted_total",
+            "Messages accepted (250 after spooling).",
+            self.accepted.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_recipients_relayed_total",
+            "Recipients accepted by the upstream.",
+            self.relayed.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_recipients_deferred_total",
+            "Recipient delivery attempts that failed temporarily.",
+            self.deferred.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_recipients_bounced_total",
+            "Recipients failed permanently (DSN sent unless sender is <>).",
+            self.bounced.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_messages_held_total",
+            "Messages moved to the hold queue by policy.",
+            self.held.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_copies_signed_total",
+            "Outgoing copies signed.",
+            self.signed.load(Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP cachet_refused_total SMTP commands refused, by reason.\n# TYPE cachet_refused_total counter"
+        );
+        for (k, v) in self.refused.lock().unwrap().iter() {
+            let _ = writeln!(s, "cachet_refused_total{{reason=\"{k}\"}} {v}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP cachet_copies_encrypted_total Outgoing copies encrypted, by algorithm.\n# TYPE cachet_copies_encrypted_total counter"
+        );
+        for (k, v) in self.encrypted.lock().unwrap().iter() {
+            let _ = writeln!(s, "cachet_copies_encrypted_total{{algorithm=\"{k}\"}} {v}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP cachet_upstream_latency_seconds Time to hand one copy to the upstream.\n# TYPE cachet_upstream_latency_seconds histogram"
+        );
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "cachet_upstream_latency_seconds_bucket{{le=\"{b}\"}} {}",
+                self.latency_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(
+            s,
+            "cachet_upstream_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            s,
+            "cachet_upstream_latency_seconds_sum {}",
+            self.latency_sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "cachet_upstream_latency_seconds_count {count}");
+        s.push_str(extra);
+        s
+    }
+}

@@ -1,0 +1,74 @@
+//! The loaded world every stage reads: validated config, policy, key and certificate stores and
+//! the inbound TLS acceptor. Built whole by [`Runtime::load`]; a reload builds a new one and
+//! swaps it in atomically, so sessions in flight finish on the one they started with.
+
+use crate::config::{Config, ConfigError};
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+
+pub struct Runtime {
+    pub config: Config,
+    pub stores: crate::pipeline::Stores,
+    /// Present when `server.tls_cert`/`tls_key` are set: STARTTLS is offered, SMTPS possible.
+    pub tls: Option<TlsAcceptor>,
+    /// The upstream client (its connection pool lives as long as this runtime).
+    pub relay: crate::relay::Relay,
+}
+
+impl Runtime {
+    /// Loads and checks everything the config refers to. Every problem is returned, so
+    /// `cachet check` and a failed reload can list them all.
+    pub fn load(path: &Path) -> Result<Runtime, Vec<ConfigError>> {
+        let config = Config::load(path)?;
+        let mut errors = Vec::new();
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => match crate::listener::tls_acceptor(cert, key) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line: None,
+                        key: "server.tls_cert".into(),
+                        message: e,
+                    });
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(ca) = &config.upstream.ca_file
+            && let Err(e) = crate::relay::tls::load_ca_file(ca)
+        {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: "upstream.ca_file".into(),
+                message: e,
+            });
+        }
+        let relay = crate::relay::Relay::new(&config.upstream).map_err(|message| {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: "upstream".into(),
+                message,
+            })
+        });
+        let (stores, problems) = crate::pipeline::Stores::load(&config);
+        errors.extend(problems);
+        match relay {
+            Ok(relay) if errors.is_empty() => Ok(Runtime {
+                config,
+                stores,
+                tls,
+                relay,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    pub fn shared(self) -> Arc<Runtime> {
+        Arc::new(self)
+    }
+}

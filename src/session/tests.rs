@@ -1,0 +1,248 @@
+//! Session conversations driven with in-memory bytes (no sockets): each test asserts the exact
+//! replies and what reached the spool.
+
+use super::*;
+use crate::metrics::Metrics;
+use crate::spool::Queue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    ctx: Arc<SessionCtx>,
+    queued: mpsc::UnboundedReceiver<String>,
+    _shutdown: watch::Sender<bool>,
+}
+
+fn fixture(extra_server: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cachet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhostname = \"gw.test\"\nmax_message_size = \"1KiB\"\nmax_recipients = 3\n{extra_server}\n\
+             [spool]\ndir = \"spool\"\n[upstream]\nurl = \"file://out\"\n"
+        ),
+    )
+    .unwrap();
+    let rt = Runtime::load(&cfg).unwrap_or_else(|e| panic!("{e:?}"));
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let (qtx, qrx) = mpsc::unbounded_channel();
+    let (stx, srx) = watch::channel(false);
+    let ctx = Arc::new(SessionCtx {
+        runtime: Arc::new(ArcSwap::from_pointee(rt)),
+        spool,
+        queued: qtx,
+        shutdown: srx,
+        metrics: Arc::new(Metrics::default()),
+    });
+    Fixture {
+        _dir: dir,
+        ctx,
+        queued: qrx,
+        _shutdown: stx,
+    }
+}
+
+const LOCAL: &str = "127.0.0.1:40000";
+
+/// Sends `input` in one write (pipelined), closes, and returns everything the server said.
+async fn converse(f: &Fixture, peer: &str, input: &[u8]) -> String {
+    let (mut client, server) = duplex(1 << 20);
+    let session = Session::new(f.ctx.clone(), peer.parse().unwrap(), false);
+    let task = tokio::spawn(async move {
+        session
+            .run(server, true)
+            .await
+            .map(|e| matches!(e, Ending::StartTls(_)))
+    });
+    client.write_all(input).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    task.await.unwrap().unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn codes(replies: &str) -> Vec<String> {
+    replies
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| l[..3].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn pipelined_transaction_is_spooled_with_received_header() {
+    let mut f = fixture("");
+    let out = converse(
+        &f,
+        LOCAL,
+        b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: t\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    assert!(out.contains("250-PIPELINING\r\n250-SIZE 1024\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"), "{out}");
+    let id = f.queued.try_recv().expect("scheduler was told");
+    assert!(out.contains(&format!("250 2.0.0 Ok: queued as {id}")));
+    let data = std::fs::read(f.ctx.spool.data_path(&id)).unwrap();
+    let text = String::from_utf8(data).unwrap();
+    assert!(
+        text.starts_with(
+            "Received: from client.test ([127.0.0.1])\r\n\tby gw.test (cachet) with ESMTP id "
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\nSubject: t\r\n\r\n.dot\r\nbody\r\n"),
+        "{text}"
+    );
+    let (q, env) = f.ctx.spool.find(&id).unwrap().unwrap();
+    assert_eq!(
+        (q, env.sender.as_str(), env.recipients[0].address.as_str()),
+        (Queue::Incoming, "a@example.org", "b@example.net")
+    );
+}
+
+#[tokio::test]
+async fn outsiders_cannot_relay() {
+    let f = fixture("");
+    let out = converse(
+        &f,
+        "192.0.2.7:5000",
+        b"EHLO x\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("550 5.7.1 Relay access denied"), "{out}");
+    assert!(out.contains("503 5.5.1 Need RCPT command first"), "{out}");
+}
+
+#[tokio::test]
+async fn bare_lf_in_data_closes_without_queueing() {
+    let mut f = fixture("");
+    let out = converse(
+        &f,
+        LOCAL,
+        b"EHLO x\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nhello\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nsmuggled\r\n.\r\n",
+    )
+    .await;
+    assert!(
+        out.ends_with("521 5.5.2 Bare <CR> or <LF> received; lines must end with <CR><LF>\r\n"),
+        "{out}"
+    );
+    assert!(f.queued.try_recv().is_err(), "nothing may be queued");
+    assert!(f.ctx.spool.ids(Queue::Incoming).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bare_lf_in_command_closes() {
+    let f = fixture("");
+    let out = converse(&f, LOCAL, b"EHLO x\nMAIL FROM:<a@x.example>\r\n").await;
+    assert_eq!(codes(&out), ["220", "521"], "{out}");
+}
+
+#[tokio::test]
+async fn size_limits_are_enforced() {
+    let mut f = fixture("");
+    let big = "x".repeat(2000);
+    let input = format!(
+        "EHLO x\r\nMAIL FROM:<a@x.example> SIZE=5000\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n{big}\r\n.\r\nQUIT\r\n"
+    );
+    let out = converse(&f, LOCAL, input.as_bytes()).await;
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "552", "250", "250", "354", "552", "221"],
+        "{out}"
+    );
+    assert!(out.contains("552 5.3.4 Message size exceeds fixed maximum message size"));
+    assert!(f.queued.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn sequence_and_recipient_limits() {
+    let f = fixture("");
+    let out = converse(
+        &f,
+        LOCAL,
+        b"MAIL FROM:<a@x.example>\r\nEHLO x\r\nRCPT TO:<b@y.example>\r\nMAIL FROM:<a@x.example>\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\nRCPT TO:<3@y.example>\r\nRCPT TO:<4@y.example>\r\nVRFY root\r\nSTARTTLS\r\nBDAT 3 LAST\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "503", "250", "503", "250", "503", "250", "250", "250", "452", "252", "454",
+            "502", "221"
+        ],
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn long_line_is_refused() {
+    let f = fixture("");
+    let mut input = b"EHLO ".to_vec();
+    input.extend(std::iter::repeat_n(b'a', MAX_LINE + 10));
+    let out = converse(&f, LOCAL, &input).await;
+    assert_eq!(codes(&out), ["220", "500"], "{out}");
+    assert!(out.contains("500 5.5.6 Line too long"));
+}
+
+#[tokio::test]
+async fn too_many_errors_closes() {
+    let f = fixture("max_errors = 2");
+    let out = converse(&f, LOCAL, b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n").await;
+    assert_eq!(codes(&out), ["220", "500", "500", "500", "421"], "{out}");
+}
+
+#[tokio::test]
+async fn starttls_discards_pipelined_commands() {
+    // A server certificate so STARTTLS is offered.
+    let f = {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::demo::new_ca("t").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .signed_by(&key, &rcgen::Issuer::from_params(&ca.params, &ca.key))
+            .unwrap();
+        std::fs::write(dir.path().join("s.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("s.key"), key.serialize_pem()).unwrap();
+        let extra = format!(
+            "tls_cert = \"{0}/s.crt\"\ntls_key = \"{0}/s.key\"",
+            dir.path().display()
+        );
+        let f = fixture(&extra);
+        std::mem::forget(dir);
+        f
+    };
+    let (mut client, server) = duplex(1 << 16);
+    let session = Session::new(f.ctx.clone(), LOCAL.parse().unwrap(), false);
+    let task = tokio::spawn(async move { session.run(server, true).await });
+    client
+        .write_all(b"EHLO x\r\nSTARTTLS\r\nMAIL FROM:<injected@x.example>\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("220 2.0.0 Ready to start TLS\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {seen}");
+        seen.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    assert!(
+        seen.contains("250-STARTTLS\r\n") || seen.contains("250 STARTTLS\r\n"),
+        "{seen}"
+    );
+    let ending = task.await.unwrap().unwrap();
+    assert!(
+        matches!(ending, Ending::StartTls(_)),
+        "the caller must upgrade"
+    );
+    assert!(
+        !seen.contains("2.1.0"),
+        "the pipelined MAIL must not be answered: {seen}"
+    );
+}

@@ -1,0 +1,128 @@
+//! Operator actions on a spool, safe beside a live gateway (`cachet queue ...`, like
+//! postqueue/postsuper). Every change is an envelope rewrite by rename, so the gateway sees
+//! either the old or the new state. A message being delivered at that very moment may still
+//! go out once more; nothing is ever lost.
+
+use super::{Queue, RcptStatus, Spool};
+use std::fmt::Write;
+
+pub fn list(spool: &Spool) -> Result<String, String> {
+    let mut out = String::new();
+    let now = super::now_secs();
+    let mut total = 0;
+    for q in Queue::ALL {
+        for id in spool.ids(q).map_err(|e| e.to_string())? {
+            total += 1;
+            match spool.load(q, &id) {
+                Ok(Some(env)) => {
+                    let age = now.saturating_sub(env.received);
+                    let sender = if env.sender.is_empty() {
+                        "<>"
+                    } else {
+                        env.sender.as_str()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{id}  {:<8}  {:>8}  {:>6}s  {sender}",
+                        q.dir_name(),
+                        env.size,
+                        age
+                    );
+                    for r in &env.recipients {
+                        let _ = writeln!(
+                            out,
+                            "      {:?} {}{}",
+                            r.status,
+                            r.address,
+                            r.reply
+                                .as_ref()
+                                .map(|x| format!("  ({x})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                _ => {
+                    let _ = writeln!(out, "{id}  {:<8}  (unreadable)", q.dir_name());
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "-- {total} message(s)");
+    Ok(out)
+}
+
+fn find(spool: &Spool, id: &str) -> Result<(Queue, super::Envelope), String> {
+    spool
+        .find(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no message {id} in incoming, deferred or hold"))
+}
+
+pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
+    let (q, env) = find(spool, id)?;
+    let data = std::fs::read(spool.data_path(id)).map_err(|e| e.to_string())?;
+    let headers_end = memchr::memmem::find(&data, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(data.len());
+    Ok(format!(
+        "queue: {}\n{}\n--- headers ---\n{}",
+        q.dir_name(),
+        serde_json::to_string_pretty(&env).unwrap_or_default(),
+        String::from_utf8_lossy(&data[..headers_end])
+    ))
+}
+
+pub fn hold(spool: &Spool, id: &str) -> Result<String, String> {
+    let (q, mut env) = find(spool, id)?;
+    if q == Queue::Hold {
+        return Ok(format!("{id} is already on hold"));
+    }
+    env.hold_reason = Some("held by operator".into());
+    env.seq += 1;
+    spool
+        .save_blocking(&env, Queue::Hold, Some(q))
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{id} held"))
+}
+
+/// Back to incoming/: held recipients become pending again; the gateway picks it up within a second.
+pub fn release(spool: &Spool, id: &str) -> Result<String, String> {
+    let (q, mut env) = find(spool, id)?;
+    if q != Queue::Hold {
+        return Err(format!("{id} is not on hold (it is in {})", q.dir_name()));
+    }
+    for r in env
+        .recipients
+        .iter_mut()
+        .filter(|r| r.status == RcptStatus::Held)
+    {
+        r.status = RcptStatus::Pending;
+    }
+    env.hold_reason = None;
+    env.next_attempt = 0;
+    env.seq += 1;
+    spool
+        .save_blocking(&env, Queue::Incoming, Some(q))
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{id} released"))
+}
+
+/// Deferred -> incoming now, without waiting for the retry timer.
+pub fn retry(spool: &Spool, id: &str) -> Result<String, String> {
+    let (q, mut env) = find(spool, id)?;
+    if q == Queue::Hold {
+        return Err(format!("{id} is on hold: use release"));
+    }
+    env.next_attempt = 0;
+    env.seq += 1;
+    spool
+        .save_blocking(&env, Queue::Incoming, Some(q))
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{id} scheduled for immediate delivery"))
+}
+
+pub fn delete(spool: &Spool, id: &str) -> Result<String, String> {
+    let (q, _) = find(spool, id)?;
+    spool.remove_blocking(q, id).map_err(|e| e.to_string())?;
+    Ok(format!("{id} deleted"))
+}

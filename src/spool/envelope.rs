@@ -1,0 +1,99 @@
+//! The envelope file: sender, recipients with their delivery state, and scheduling facts.
+//! Per-recipient state persists so a partial delivery is never repeated for recipients already done.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptStatus {
+    /// Not yet delivered; will be tried (again).
+    Pending,
+    /// Accepted by the upstream (or written to the outbox).
+    Delivered,
+    /// Permanently failed; a DSN was (or will not be, for `<>`) sent.
+    Failed,
+    /// Held by policy (required protection impossible, `on_missing_key = "hold"`).
+    Held,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    pub status: RcptStatus,
+    /// The last reply or reason, for `queue show`, the log and DSNs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: String,
+    /// Bumped on every rewrite; after a crash mid-move the higher one wins.
+    pub seq: u64,
+    /// Envelope sender; empty for `<>` (bounces).
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// Arrival time (Unix seconds): max_age counts from here.
+    pub received: u64,
+    pub client_ip: String,
+    pub helo: String,
+    /// MAIL FROM carried SMTPUTF8.
+    #[serde(default)]
+    pub smtputf8: bool,
+    /// MAIL FROM carried BODY=8BITMIME.
+    #[serde(default)]
+    pub body_8bit: bool,
+    pub size: u64,
+    pub attempts: u32,
+    /// Unix seconds; 0 = as soon as possible.
+    pub next_attempt: u64,
+    /// A DSN we generated: never bounced again.
+    #[serde(default)]
+    pub is_bounce: bool,
+    /// Why the message is in hold/.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_reason: Option<String>,
+}
+
+impl Envelope {
+    pub fn new(
+        sender: String,
+        recipients: Vec<String>,
+        client_ip: String,
+        helo: String,
+    ) -> Envelope {
+        Envelope {
+            id: String::new(),
+            seq: 0,
+            sender,
+            recipients: recipients
+                .into_iter()
+                .map(|address| Recipient {
+                    address,
+                    status: RcptStatus::Pending,
+                    reply: None,
+                })
+                .collect(),
+            received: super::now_secs(),
+            client_ip,
+            helo,
+            smtputf8: false,
+            body_8bit: false,
+            size: 0,
+            attempts: 0,
+            next_attempt: 0,
+            is_bounce: false,
+            hold_reason: None,
+        }
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients
+            .iter()
+            .filter(|r| r.status == RcptStatus::Pending)
+    }
+
+    pub fn recipient_mut(&mut self, address: &str) -> Option<&mut Recipient> {
+        self.recipients.iter_mut().find(|r| r.address == address)
+    }
+}

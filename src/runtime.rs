@@ -14,6 +14,8 @@ pub struct Runtime {
     pub tls: Option<TlsAcceptor>,
     /// The upstream client (its connection pool lives as long as this runtime).
     pub relay: crate::relay::Relay,
+    /// `log.audit_file`, opened for appending.
+    pub audit: Option<crate::audit::Audit>,
 }
 
 impl Runtime {
@@ -55,6 +57,20 @@ impl Runtime {
                 message,
             })
         });
+        let audit = match &config.log.audit_file {
+            Some(path) => crate::audit::Audit::open(path)
+                .map(Some)
+                .unwrap_or_else(|message| {
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line: None,
+                        key: "log.audit_file".into(),
+                        message,
+                    });
+                    None
+                }),
+            None => None,
+        };
         let (stores, problems) = crate::pipeline::Stores::load(&config);
         errors.extend(problems);
         match relay {
@@ -63,6 +79,7 @@ impl Runtime {
                 stores,
                 tls,
                 relay,
+                audit,
             }),
             _ => Err(errors),
         }

@@ -214,6 +214,28 @@ async fn attempt(
             .deliver(id, &env.sender, &copy.recipients, &copy.message, params)
             .await;
         metrics.upstream_latency(started.elapsed());
+        if let Some(audit) = &rt.audit {
+            audit.record(&crate::audit::Record {
+                time: crate::audit::now_rfc3339(),
+                queue_id: id,
+                message_id: sealed.message_id.as_deref(),
+                sender: &env.sender,
+                recipients: &copy.recipients,
+                rule: copy.rule.as_deref(),
+                policy_version: &rt.config.policy.version,
+                signer: copy.signer.as_deref(),
+                encrypted_to: &copy.encrypted_to,
+                algorithm: copy.algorithm,
+                replies: outcomes
+                    .iter()
+                    .map(|o| match o {
+                        Outcome::Delivered(r) | Outcome::Temporary(r) | Outcome::Permanent(r) => {
+                            r.clone()
+                        }
+                    })
+                    .collect(),
+            });
+        }
         for (rcpt, outcome) in copy.recipients.iter().zip(outcomes) {
             let Some(r) = env.recipient_mut(rcpt) else {
                 continue;

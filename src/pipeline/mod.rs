@@ -11,6 +11,8 @@ use crate::reply::{self, Reply};
 use crate::runtime::Runtime;
 use crate::spool::Envelope;
 
+pub mod headers;
+
 /// Signing keys and recipient certificates, loaded at start and on reload; never read from disk
 /// on the hot path.
 #[derive(Default)]
@@ -46,6 +48,8 @@ pub struct Copy {
 #[derive(Debug, Default)]
 pub struct Sealed {
     pub copies: Vec<Copy>,
+    /// The message's Message-ID (audit log).
+    pub message_id: Option<String>,
     /// Recipients that fail permanently now (a DSN follows).
     pub failed: Vec<(String, Reply)>,
     /// Recipients to hold, with the reason.

@@ -1,0 +1,166 @@
+//! What the pipeline needs from a message's header, read once per attempt with `mail-parser`:
+//! the From: address (it picks the signing key: recipients' clients compare it with the
+//! certificate), the To:/Cc: addresses (anyone else is a Bcc), Message-ID (audit log), and the
+//! per-message triggers. [`strip_triggers`] removes the trigger header and subject tag on the raw
+//! bytes, before anything is signed.
+
+use mail_parser::{HeaderValue, MessageParser};
+
+#[derive(Debug, Default, Clone)]
+pub struct Headers {
+    /// First From: address, lowercased domain.
+    pub from: Option<String>,
+    /// Every To: and Cc: address, lowercased.
+    pub visible: Vec<String>,
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    /// The configured trigger header is present with value "yes" (or "true", "1").
+    pub encrypt_header: bool,
+}
+
+fn addresses(v: Option<&mail_parser::Address>) -> Vec<String> {
+    v.map(|a| {
+        a.iter()
+            .filter_map(|x| x.address())
+            .map(|s| s.to_ascii_lowercase())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Header end: offset just past the blank line (or the whole message when there is none).
+pub fn header_len(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 2;
+    }
+    memchr::memmem::find(message, b"\r\n\r\n")
+        .map(|i| i + 4)
+        .unwrap_or(message.len())
+}
+
+pub fn read(message: &[u8], encrypt_header: Option<&str>) -> Headers {
+    let head = &message[..header_len(message)];
+    let Some(m) = MessageParser::default().parse_headers(head) else {
+        return Headers::default();
+    };
+    let mut visible = addresses(m.to());
+    visible.extend(addresses(m.cc()));
+    let trigger = encrypt_header.is_some_and(|name| {
+        m.headers().iter().any(|h| {
+            h.name().eq_ignore_ascii_case(name)
+                && match &h.value {
+                    HeaderValue::Text(t) => {
+                        matches!(t.trim().to_ascii_lowercase().as_str(), "yes" | "true" | "1")
+                    }
+                    _ => false,
+                }
+        })
+    });
+    Headers {
+        from: addresses(m.from()).into_iter().next(),
+        visible,
+        message_id: m.message_id().map(str::to_string),
+        subject: m.subject().map(str::to_string),
+        encrypt_header: trigger,
+    }
+}
+
+/// True when `subject` carries `tag` (case-insensitive).
+pub fn has_tag(subject: Option<&str>, tag: Option<&str>) -> bool {
+    match (subject, tag) {
+        (Some(s), Some(t)) => s.to_ascii_lowercase().contains(&t.to_ascii_lowercase()),
+        _ => false,
+    }
+}
+
+/// Removes header fields named `header` and the first `tag` in Subject:, on the raw bytes.
+/// Returns `None` when there is nothing to change (no copy made).
+pub fn strip_triggers(message: &[u8], tag: Option<&str>, header: Option<&str>) -> Option<Vec<u8>> {
+    let end = header_len(message);
+    let head = &message[..end];
+    let mut out = Vec::with_capacity(message.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < head.len() {
+        // One field: its first line plus continuation lines that start with SP or HTAB.
+        let mut j = i;
+        loop {
+            let nl = memchr::memchr(b'\n', &head[j..])
+                .map(|k| j + k + 1)
+                .unwrap_or(head.len());
+            j = nl;
+            if j >= head.len() || !(head[j] == b' ' || head[j] == b'\t') {
+                break;
+            }
+        }
+        let field = &head[i..j];
+        let name_end = memchr::memchr(b':', field).unwrap_or(0);
+        let name = std::str::from_utf8(&field[..name_end]).unwrap_or("").trim();
+        if header.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
+            changed = true;
+        } else if let (true, Some(tag)) = (name.eq_ignore_ascii_case("subject"), tag) {
+            let lower = field.to_ascii_lowercase();
+            match memchr::memmem::find(&lower[name_end..], tag.to_ascii_lowercase().as_bytes()) {
+                Some(pos) => {
+                    let at = name_end + pos;
+                    let mut after = at + tag.len();
+                    if field.get(after) == Some(&b' ') {
+                        after += 1;
+                    }
+                    out.extend_from_slice(&field[..at]);
+                    out.extend_from_slice(&field[after..]);
+                    changed = true;
+                }
+                None => out.extend_from_slice(field),
+            }
+        } else {
+            out.extend_from_slice(field);
+        }
+        i = j;
+    }
+    if !changed {
+        return None;
+    }
+    out.extend_from_slice(&message[end..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"Received: from x\r\n\tby y\r\nFrom: \"Alice L.\" <Alice@Example.ORG>\r\nTo: bob@partner.example, \"C\" <carol@x.example>\r\nCc: <dave@y.example>\r\nSubject: [secure] quarterly\r\n numbers\r\nX-Cachet-Encrypt: yes\r\nMessage-ID: <m1@example.org>\r\n\r\nbody\r\nX-Cachet-Encrypt: yes\r\n";
+
+    #[test]
+    fn reads_addresses_ids_and_triggers() {
+        let h = read(MSG, Some("x-cachet-encrypt"));
+        assert_eq!(h.from.as_deref(), Some("alice@example.org"));
+        assert_eq!(
+            h.visible,
+            ["bob@partner.example", "carol@x.example", "dave@y.example"]
+        );
+        assert_eq!(h.message_id.as_deref(), Some("m1@example.org"));
+        assert!(h.encrypt_header);
+        assert!(has_tag(h.subject.as_deref(), Some("[SECURE]")));
+        assert!(!read(MSG, Some("X-Other")).encrypt_header);
+    }
+
+    #[test]
+    fn strips_tag_and_header_but_not_the_body() {
+        let out = strip_triggers(MSG, Some("[secure]"), Some("X-Cachet-Encrypt")).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("Subject: quarterly\r\n numbers\r\n"),
+            "{text}"
+        );
+        assert!(
+            !text[..text.find("\r\n\r\n").unwrap()].contains("X-Cachet-Encrypt"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\nbody\r\nX-Cachet-Encrypt: yes\r\n"),
+            "the body is never touched"
+        );
+        assert!(strip_triggers(MSG, Some("[other]"), Some("X-None")).is_none());
+    }
+}

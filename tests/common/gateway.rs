@@ -1,0 +1,483 @@
+//! The real `cachet` binary as a child process: writes a TOML config (defaults + whatever the test gives) and
+//! any extra files into a temp dir, spawns `cachet serve --config <file>`, waits until the SMTP port accepts,
+//! and offers `kill_9`, `restart`, `sighup`. stdout/stderr go to files in the temp dir and are printed when a
+//! test panics (on Drop). Relative paths in the config resolve from the temp dir (the config's folder).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::pki::TestPki;
+use super::upstream::{Upstream, UpstreamTls};
+
+/// A free 127.0.0.1 port: bind :0, read the port, release it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Quote a string as a TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The config to write: sections of `key = raw TOML value`, in order, plus raw TOML appended verbatim.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    sections: Vec<(String, Vec<(String, String)>)>,
+    raw: String,
+    files: Vec<(PathBuf, Vec<u8>)>,
+    /// Also listen for implicit TLS (`listen_tls`) on a free port (needs `with_tls`).
+    smtps: bool,
+    /// Extra environment for the child process.
+    env: Vec<(String, String)>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig::new()
+    }
+}
+
+impl GatewayConfig {
+    /// Defaults: `[server]` (listen filled in at start), `[spool]` with 1s/2s retries, `[upstream]` delivering
+    /// to `file://<dir>/outbox` (set a real upstream with `upstream()`).
+    pub fn new() -> GatewayConfig {
+        let mut c = GatewayConfig {
+            sections: Vec::new(),
+            raw: String::new(),
+            files: Vec::new(),
+            smtps: false,
+            env: vec![],
+        };
+        c.set("server", "hostname", &toml_str("cachet.test"));
+        c.set("server", "relay_networks", r#"["127.0.0.0/8", "::1/128"]"#);
+        c.set("server", "max_message_size", &toml_str("10MiB"));
+        c.set("spool", "dir", &toml_str("spool"));
+        c.set("spool", "retry", r#"["1s", "2s"]"#);
+        c.set("spool", "max_age", &toml_str("1h"));
+        c.set("upstream", "url", &toml_str("file://{DIR}/outbox"));
+        c.set("upstream", "tls", &toml_str("none"));
+        c
+    }
+
+    /// Relay to `upstream`: its URL, `tls = "verify"` (or `"none"` for a plaintext upstream) and its trusted
+    /// test CA copied to `upstream-ca.pem`.
+    pub fn upstream(mut self, upstream: &Upstream) -> Self {
+        self.set("upstream", "url", &toml_str(&upstream.url()));
+        if upstream.tls_mode() == UpstreamTls::None {
+            self.set("upstream", "tls", &toml_str("none"));
+            self.unset("upstream", "ca_file");
+        } else {
+            self.set("upstream", "tls", &toml_str("verify"));
+            self.set("upstream", "ca_file", &toml_str("upstream-ca.pem"));
+            self.files.push((
+                "upstream-ca.pem".into(),
+                upstream.pki().ca_pem.clone().into_bytes(),
+            ));
+        }
+        self
+    }
+
+    /// Offer STARTTLS with `pki`'s server certificate (`server.crt` / `server.key` in the temp dir).
+    pub fn with_tls(mut self, pki: &TestPki) -> Self {
+        self.set("server", "tls_cert", &toml_str("server.crt"));
+        self.set("server", "tls_key", &toml_str("server.key"));
+        self.files.push((
+            "server.crt".into(),
+            pki.server.cert_pem.clone().into_bytes(),
+        ));
+        self.files
+            .push(("server.key".into(), pki.server.key_pem.clone().into_bytes()));
+        self
+    }
+
+    /// Also listen for implicit TLS on a free port (`[server] listen_tls`); see `Gateway::smtps_addr`.
+    pub fn with_smtps(mut self) -> Self {
+        self.smtps = true;
+        self
+    }
+
+    /// Set `key = value` in `[section]` (value is raw TOML: quote strings with `toml_str`). Replaces an
+    /// existing key; creates the section when missing. `{DIR}` in the value becomes the temp dir.
+    pub fn set(&mut self, section: &str, key: &str, value: &str) -> &mut Self {
+        let idx = match self.sections.iter().position(|(s, _)| s == section) {
+            Some(i) => i,
+            None => {
+                self.sections.push((section.to_string(), Vec::new()));
+                self.sections.len() - 1
+            }
+        };
+        let keys = &mut self.sections[idx].1;
+        match keys.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value.to_string(),
+            None => keys.push((key.to_string(), value.to_string())),
+        }
+        self
+    }
+
+    /// Builder form of `set`.
+    pub fn with(mut self, section: &str, key: &str, value: &str) -> Self {
+        self.set(section, key, value);
+        self
+    }
+
+    /// Remove `key` from `[section]` (e.g. to test a default).
+    pub fn unset(&mut self, section: &str, key: &str) -> &mut Self {
+        if let Some((_, keys)) = self.sections.iter_mut().find(|(s, _)| s == section) {
+            keys.retain(|(k, _)| k != key);
+        }
+        self
+    }
+
+    /// Drop a whole section (write it yourself with `raw` if you like).
+    pub fn without_section(mut self, section: &str) -> Self {
+        self.sections.retain(|(s, _)| s != section);
+        self
+    }
+
+    /// Append raw TOML verbatim after the sections (new sections, arrays of tables, deliberate errors).
+    /// `{DIR}` becomes the temp dir.
+    pub fn raw(mut self, toml: &str) -> Self {
+        self.raw.push_str(toml);
+        if !self.raw.ends_with('\n') {
+            self.raw.push('\n');
+        }
+        self
+    }
+
+    /// Write an extra file (relative to the temp dir) before starting, e.g. keys or certificates.
+    pub fn file(mut self, rel: impl AsRef<Path>, contents: impl Into<Vec<u8>>) -> Self {
+        self.files
+            .push((rel.as_ref().to_path_buf(), contents.into()));
+        self
+    }
+
+    /// Set an environment variable for the gateway process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The TOML text, with `{DIR}` replaced by `dir`.
+    pub fn render(&self, dir: &Path) -> String {
+        let mut out = String::new();
+        for (section, keys) in &self.sections {
+            out.push_str(&format!("[{section}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+            out.push('\n');
+        }
+        out.push_str(&self.raw);
+        out.replace("{DIR}", &dir.display().to_string())
+    }
+
+    /// Fill in free ports for `listen` (and `listen_tls`) unless the test set them, write the files and the
+    /// config into `dir`; returns the config path.
+    pub fn write_to(&mut self, dir: &Path) -> PathBuf {
+        if !self.has("server", "listen") {
+            let listen = format!("[{}]", toml_str(&format!("127.0.0.1:{}", free_port())));
+            self.set("server", "listen", &listen);
+        }
+        if self.smtps && !self.has("server", "listen_tls") {
+            let listen = format!("[{}]", toml_str(&format!("127.0.0.1:{}", free_port())));
+            self.set("server", "listen_tls", &listen);
+        }
+        for (rel, contents) in &self.files {
+            let path = dir.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create dir for config file");
+            }
+            std::fs::write(&path, contents)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+        std::fs::create_dir_all(dir.join("outbox")).expect("outbox dir");
+        let path = dir.join("cachet.toml");
+        std::fs::write(&path, self.render(dir)).expect("write cachet.toml");
+        path
+    }
+
+    fn has(&self, section: &str, key: &str) -> bool {
+        self.get(section, key).is_some()
+    }
+
+    /// The raw TOML value of `key` in `[section]`.
+    pub fn get(&self, section: &str, key: &str) -> Option<&str> {
+        self.sections
+            .iter()
+            .find(|(s, _)| s == section)?
+            .1
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first address of `[server] <key>` (a TOML array of "ip:port" strings).
+    fn first_addr(&self, key: &str) -> Option<SocketAddr> {
+        let v = self.get("server", key)?;
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()?
+            .remove("v")?;
+        parsed.as_array()?.first()?.as_str()?.parse().ok()
+    }
+}
+
+/// `cachet` with the given arguments (the binary Cargo built for these tests).
+pub fn cachet_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cachet"))
+}
+
+/// A running gateway process; killed on drop, with its logs printed when the test is panicking.
+pub struct Gateway {
+    dir: tempfile::TempDir,
+    config: GatewayConfig,
+    config_path: PathBuf,
+    addr: SocketAddr,
+    smtps_addr: Option<SocketAddr>,
+    child: Option<Child>,
+    /// How many times the process was started (log files are `stdout.N.log` / `stderr.N.log`).
+    starts: u32,
+    /// How long `start`/`restart` wait for the port.
+    pub ready_timeout: Duration,
+}
+
+impl Gateway {
+    /// Write the config into a fresh temp dir, spawn `cachet serve`, wait until the port accepts (panics with
+    /// the logs otherwise).
+    pub async fn start(config: GatewayConfig) -> Gateway {
+        match Gateway::try_start(config).await {
+            Ok(g) => g,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like `start`, but returns the failure (with the logs) instead of panicking, e.g. for a bad config.
+    pub async fn try_start(mut config: GatewayConfig) -> Result<Gateway, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("cachet-gw-")
+            .tempdir()
+            .expect("gateway tempdir");
+        let config_path = config.write_to(dir.path());
+        let addr = config
+            .first_addr("listen")
+            .expect("[server] listen must hold an ip:port");
+        let smtps_addr = config.first_addr("listen_tls");
+        let mut gw = Gateway {
+            dir,
+            config,
+            config_path,
+            addr,
+            smtps_addr,
+            child: None,
+            starts: 0,
+            ready_timeout: Duration::from_secs(30),
+        };
+        match gw.spawn_and_wait().await {
+            Ok(()) => Ok(gw),
+            Err(e) => {
+                let logs = gw.logs();
+                gw.kill_9();
+                Err(format!("{e}\n{logs}"))
+            }
+        }
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+        self.starts += 1;
+        let out =
+            std::fs::File::create(self.dir.path().join(format!("stdout.{}.log", self.starts)))
+                .unwrap();
+        let err =
+            std::fs::File::create(self.dir.path().join(format!("stderr.{}.log", self.starts)))
+                .unwrap();
+        let mut cmd = cachet_command();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env("RUST_BACKTRACE", "1");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,cachet=debug");
+        }
+        for (k, v) in &self.config.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", env!("CARGO_BIN_EXE_cachet")))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + self.ready_timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .map_err(|e| e.to_string())?
+            {
+                self.child = None;
+                return Err(format!(
+                    "cachet exited before listening on {}: {status}",
+                    self.addr
+                ));
+            }
+            let connect = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(self.addr),
+            );
+            if let Ok(Ok(_stream)) = connect.await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "cachet did not listen on {} within {:?}",
+                    self.addr, self.ready_timeout
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The SMTP (plaintext / STARTTLS) address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The implicit-TLS address when started `with_smtps`.
+    pub fn smtps_addr(&self) -> Option<SocketAddr> {
+        self.smtps_addr
+    }
+    /// The temp dir (the config's folder; relative paths resolve from here).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    /// The config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+    /// The spool dir (`[spool] dir` is `spool` unless overridden).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+    /// The default `file://` upstream folder.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.dir.path().join("outbox")
+    }
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGKILL the process and reap it (no chance to clean up: the crash test).
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Send a signal by name (`HUP`, `TERM`, ...) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("gateway not running");
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(name)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} {pid} failed");
+    }
+
+    /// SIGHUP (reload the config).
+    pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    /// SIGTERM and wait up to `timeout` for a clean exit; returns the exit status (`None` if it had to be
+    /// killed).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill_9();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kill (if running) and start again on the same config, spool and ports; waits until it listens.
+    pub async fn restart(&mut self) {
+        self.kill_9();
+        if let Err(e) = self.spawn_and_wait().await {
+            panic!("restart failed: {e}\n{}", self.logs());
+        }
+    }
+
+    /// Rewrite the config file from an edited `GatewayConfig` (listen ports and temp dir stay), e.g. before
+    /// `sighup()`.
+    pub fn rewrite_config(&mut self, edit: impl FnOnce(&mut GatewayConfig)) {
+        edit(&mut self.config);
+        self.config_path = self.config.write_to(self.dir.path());
+    }
+
+    /// Everything the process printed so far, every start, stdout and stderr.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in 1..=self.starts {
+            for stream in ["stdout", "stderr"] {
+                let path = self.dir.path().join(format!("{stream}.{n}.log"));
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                out.push_str(&format!("----- cachet {stream} (start {n}) -----\n{text}"));
+                if !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill_9();
+        if std::thread::panicking() {
+            eprintln!(
+                "===== cachet config {} =====\n{}",
+                self.config_path.display(),
+                self.config.render(self.dir.path())
+            );
+            eprintln!("{}", self.logs());
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! A recording upstream SMTP server on 127.0.0.1 (pure tokio + tokio-rustls) for the gateway to relay to.
+//! It records every accepted message byte for byte and every command line per connection, speaks STARTTLS,
+//! implicit TLS or plaintext, and replays scripted faults (greeting / MAIL / RCPT / end of DATA).
+//! End of DATA is strictly `<CRLF>.<CRLF>` and dot-unstuffing is done exactly once (RFC 5321 §4.5.2).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::pki::TestPki;
+
+/// How the upstream offers TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Plaintext greeting, STARTTLS advertised in EHLO (the default; `smtp://`).
+    Starttls,
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
+    /// No TLS at all; STARTTLS is not advertised and answered 502.
+    None,
+}
+
+/// Where a scripted fault applies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The 220 greeting; a fault here is sent instead of 220 and the connection is closed.
+    Greeting,
+    /// The reply to `MAIL FROM`.
+    Mail,
+    /// The reply to `RCPT TO` for this address (compared case-insensitively, without angle brackets).
+    Rcpt(String),
+    /// The reply to any `RCPT TO` without a more specific `Rcpt(addr)` fault.
+    AnyRcpt,
+    /// The reply to `DATA` itself (instead of 354).
+    Data,
+    /// The reply after the final `.` (the message is then not recorded).
+    DataEnd,
+}
+
+/// A reply to give instead of the normal one, for the first `times` attempts (or always when `None`).
+/// A 421 reply closes the connection after it is sent, as RFC 5321 §3.8 says.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub code: u16,
+    /// Text after the code, e.g. `4.3.2 try later` (enhanced code included by the caller).
+    pub text: String,
+    /// Remaining attempts that get the fault; `None` = always.
+    pub times: Option<u32>,
+}
+
+impl Fault {
+    /// Fail the first `k` attempts with `code text`, then behave normally.
+    pub fn times(k: u32, code: u16, text: &str) -> Fault {
+        Fault {
+            code,
+            text: text.to_string(),
+            times: Some(k),
+        }
+    }
+    /// Fail every attempt with `code text`.
+    pub fn always(code: u16, text: &str) -> Fault {
+        Fault {
+            code,
+            text: text.to_string(),
+            times: None,
+        }
+    }
+}
+
+/// One message the upstream accepted (250 after DATA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Reverse path without angle brackets; empty for the null sender `<>`.
+    pub mail_from: String,
+    /// Accepted recipients (faulted ones are left out), without angle brackets, in RCPT order.
+    pub rcpt_to: Vec<String>,
+    /// Exactly the message bytes after dot-unstuffing, without the final `.CRLF`.
+    pub data: Vec<u8>,
+    /// Whether the message came over TLS (implicit or after STARTTLS).
+    pub tls: bool,
+}
+
+/// One command line as the upstream saw it (without CRLF).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub line: String,
+    /// Whether the line arrived inside TLS.
+    pub tls: bool,
+}
+
+/// Options for [`Upstream::start`].
+#[derive(Clone)]
+pub struct UpstreamOptions {
+    pub tls: UpstreamTls,
+    /// Present a certificate from a separate CA that nobody trusts (`ca_path()` still names the trusted CA).
+    pub untrusted_cert: bool,
+    /// Answer `530 5.7.0` to MAIL until TLS is up (Starttls mode).
+    pub require_tls: bool,
+    /// Faults in force from the start; change them later with [`Upstream::faults`].
+    pub faults: Vec<(Stage, Fault)>,
+    /// Bind this address instead of 127.0.0.1:0 (e.g. to come back on the same port after `stop`).
+    pub bind: Option<SocketAddr>,
+    /// Reuse this PKI (its CA is the trusted one) instead of generating a new one.
+    pub pki: Option<Arc<TestPki>>,
+    /// Hostname in the greeting and EHLO reply.
+    pub hostname: String,
+    /// Idle timeout per read; the connection is dropped after it.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            tls: UpstreamTls::Starttls,
+            untrusted_cert: false,
+            require_tls: false,
+            faults: Vec::new(),
+            bind: None,
+            pki: None,
+            hostname: "upstream.test".to_string(),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl UpstreamOptions {
+    pub fn starttls() -> Self {
+        Self::default()
+    }
+    pub fn implicit_tls() -> Self {
+        UpstreamOptions {
+            tls: UpstreamTls::Implicit,
+            ..Self::default()
+        }
+    }
+    pub fn plain() -> Self {
+        UpstreamOptions {
+            tls: UpstreamTls::None,
+            ..Self::default()
+        }
+    }
+    /// Add a fault in force from the start.
+    pub fn fault(mut self, stage: Stage, fault: Fault) -> Self {
+        self.faults.push((stage, fault));
+        self
+    }
+    /// Present a certificate that does not chain to the trusted test CA.
+    pub fn untrusted(mut self) -> Self {
+        self.untrusted_cert = true;
+        self
+    }
+}
+
+/// A cloneable, mutable handle on the fault script of a running upstream.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<Mutex<HashMap<Stage, Fault>>>);
+
+impl Faults {
+    /// Set (or replace) the fault for `stage`.
+    pub fn set(&self, stage: Stage, fault: Fault) {
+        let stage = normalise(stage);
+        self.0.lock().unwrap().insert(stage, fault);
+    }
+    /// Remove the fault for `stage`.
+    pub fn remove(&self, stage: Stage) {
+        self.0.lock().unwrap().remove(&normalise(stage));
+    }
+    /// Remove every fault.
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+    /// Take one attempt at `stage`: the fault reply if one is in force (and count it down).
+    fn take(&self, stage: &Stage) -> Option<(u16, String)> {
+        let mut map = self.0.lock().unwrap();
+        let fault = map.get_mut(stage)?;
+        match &mut fault.times {
+            None => Some((fault.code, fault.text.clone())),
+            Some(0) => None,
+            Some(n) => {
+                *n -= 1;
+                Some((fault.code, fault.text.clone()))
+            }
+        }
+    }
+}
+
+fn normalise(stage: Stage) -> Stage {
+    match stage {
+        Stage::Rcpt(a) => Stage::Rcpt(
+            a.trim_matches(|c| c == '<' || c == '>')
+                .to_ascii_lowercase(),
+        ),
+        s => s,
+    }
+}
+
+#[derive(Default)]
+struct Record {
+    received: Vec<Received>,
+    connections: Vec<Vec<Seen>>,
+    /// Bytes the client pipelined after STARTTLS before the handshake, per connection (a client bug).
+    pipelined_after_starttls: usize,
+}
+
+struct Shared {
+    opts: UpstreamOptions,
+    faults: Faults,
+    record: Mutex<Record>,
+    acceptor: TlsAcceptor,
+}
+
+/// A running recording upstream; stops (all its tasks aborted) when dropped.
+pub struct Upstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    pki: Arc<TestPki>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Upstream {
+    /// Bind 127.0.0.1:0 (or `opts.bind`) and start serving on the current tokio runtime.
+    pub async fn start(opts: UpstreamOptions) -> Upstream {
+        let pki = opts
+            .pki
+            .clone()
+            .unwrap_or_else(|| Arc::new(TestPki::new("cachet test upstream CA")));
+        let server_config = if opts.untrusted_cert {
+            TestPki::new("cachet UNTRUSTED CA").server_config()
+        } else {
+            pki.server_config()
+        };
+        let bind = opts.bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let listener = TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("upstream bind {bind}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let faults = Faults::default();
+        for (stage, fault) in &opts.faults {
+            faults.set(stage.clone(), fault.clone());
+        }
+        let shared = Arc::new(Shared {
+            opts,
+            faults,
+            record: Mutex::new(Record::default()),
+            acceptor: TlsAcceptor::from(server_config),
+        });
+        let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let accept = {
+            let shared = shared.clone();
+            let tasks = tasks.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let index = {
+                        let mut rec = shared.record.lock().unwrap();
+                        rec.connections.push(Vec::new());
+                        rec.connections.len() - 1
+                    };
+                    let shared = shared.clone();
+                    let handle = tokio::spawn(async move {
+                        let _ = serve(shared, stream, index).await;
+                    });
+                    tasks.lock().unwrap().push(handle.abort_handle());
+                }
+            })
+        };
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Upstream {
+            addr,
+            shared,
+            pki,
+            tasks,
+        }
+    }
+
+    /// The listening address (always 127.0.0.1).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The TLS mode this upstream runs in.
+    pub fn tls_mode(&self) -> UpstreamTls {
+        self.shared.opts.tls
+    }
+    /// The URL to put in the gateway's `[upstream] url` (`smtp://` or `smtps://`).
+    pub fn url(&self) -> String {
+        match self.shared.opts.tls {
+            UpstreamTls::Implicit => format!("smtps://{}", self.addr),
+            _ => format!("smtp://{}", self.addr),
+        }
+    }
+    /// The trusted test PKI (its CA signed the server cert unless `untrusted_cert`).
+    pub fn pki(&self) -> &Arc<TestPki> {
+        &self.pki
+    }
+    /// PEM file of the trusted test CA (for `[upstream] ca_file` or a client).
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.pki.ca_path()
+    }
+    /// The mutable fault script.
+    pub fn faults(&self) -> Faults {
+        self.shared.faults.clone()
+    }
+    /// Every accepted message so far, in order of acceptance.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.record.lock().unwrap().received.clone()
+    }
+    /// How many TCP connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.record.lock().unwrap().connections.len()
+    }
+    /// Every command line seen, per connection, in order (DATA content is not included).
+    pub fn commands(&self) -> Vec<Vec<Seen>> {
+        self.shared.record.lock().unwrap().connections.clone()
+    }
+    /// How many connections sent bytes after STARTTLS before the TLS handshake (those bytes were discarded).
+    pub fn pipelined_after_starttls(&self) -> usize {
+        self.shared.record.lock().unwrap().pipelined_after_starttls
+    }
+    /// Wait until at least `n` messages were accepted or `timeout` passed; returns what was received either way.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    /// Wait until at least `n` connections were accepted or `timeout` passed; returns the count.
+    pub async fn wait_for_connections(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.connections();
+            if got >= n || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    /// Stop listening and drop every open connection (the port is then free to bind again).
+    pub fn stop(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; be generous).
+const MAX_LINE: usize = 4096;
+/// Largest message recorded.
+const MAX_DATA: usize = 64 * 1024 * 1024;
+
+struct Conn {
+    io: BufReader<Box<dyn Io>>,
+    tls: bool,
+    index: usize,
+    shared: Arc<Shared>,
+}
+
+impl Conn {
+    async fn reply(&mut self, code: u16, text: &str) -> std::io::Result<()> {
+        let mut out = String::new();
+        let lines: Vec<&str> = text.split('\n').collect();
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            out.push_str(&format!("{code}{sep}{line}\r\n"));
+        }
+        self.io.get_mut().write_all(out.as_bytes()).await?;
+        self.io.get_mut().flush().await
+    }
+
+    /// Read one line including its terminator (LF or CRLF); `None` at EOF or idle timeout.
+    async fn read_line(&mut self, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+        let mut buf = Vec::new();
+        let idle = self.shared.opts.idle_timeout;
+        let n = tokio::time::timeout(
+            idle,
+            (&mut self.io).take(max as u64).read_until(b'\n', &mut buf),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
+        Ok(if n == 0 { None } else { Some(buf) })
+    }
+
+    fn log(&self, line: &str) {
+        let mut rec = self.shared.record.lock().unwrap();
+        rec.connections[self.index].push(Seen {
+            line: line.to_string(),
+            tls: self.tls,
+        });
+    }
+
+    async fn upgrade(&mut self) -> std::io::Result<()> {
+        if !self.io.buffer().is_empty() {
+            // CVE-2011-0411: anything pipelined after STARTTLS must be discarded, never executed.
+            let junk = String::from_utf8_lossy(self.io.buffer()).into_owned();
+            self.log(&format!("<pipelined after STARTTLS, discarded: {junk:?}>"));
+            self.shared.record.lock().unwrap().pipelined_after_starttls += 1;
+        }
+        let plain = std::mem::replace(
+            &mut self.io,
+            BufReader::new(Box::new(tokio::io::duplex(1).0)),
+        );
+        let stream = plain.into_inner();
+        let tls = self.shared.acceptor.accept(stream).await?;
+        self.io = BufReader::new(Box::new(tls));
+        self.tls = true;
+        Ok(())
+    }
+}
+
+/// Pull the address out of `FROM:<a> params` / `TO:<a>`: text between the first `<` and its `>`.
+fn path_arg(rest: &str) -> Option<String> {
+    let rest = rest.trim_start();
+    let start = rest.find('<')?;
+    let end = rest[start..].find('>')? + start;
+    Some(rest[start + 1..end].to_string())
+}
+
+/// Strip a case-insensitive prefix.
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len()
+        && s.is_char_boundary(prefix.len())
+        && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+    {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io::Result<()> {
+    let mode = shared.opts.tls;
+    let host = shared.opts.hostname.clone();
+    let mut conn = Conn {
+        io: BufReader::new(Box::new(stream)),
+        tls: false,
+        index,
+        shared: shared.clone(),
+    };
+    if mode == UpstreamTls::Implicit {
+        conn.upgrade().await?;
+    }
+    if let Some((code, text)) = shared.faults.take(&Stage::Greeting) {
+        conn.reply(code, &text).await?;
+        return Ok(());
+    }
+    conn.reply(220, &format!("{host} ESMTP cachet test upstream"))
+        .await?;
+
+    let mut ehlo = false;
+    let mut mail_from: Option<String> = None;
+    let mut rcpts: Vec<String> = Vec::new();
+    loop {
+        let Some(raw) = conn.read_line(MAX_LINE).await? else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        conn.log(text.trim_end_matches(['\r', '\n']));
+        if !raw.ends_with(b"\r\n") {
+            conn.reply(500, "5.5.2 command line must end with CRLF")
+                .await?;
+            continue;
+        }
+        let line = text.trim_end_matches(['\r', '\n']);
+        let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        let rest = line.get(verb.len()..).unwrap_or("");
+        match verb.as_str() {
+            "EHLO" => {
+                ehlo = true;
+                mail_from = None;
+                rcpts.clear();
+                let mut caps = vec![
+                    format!("{host} greets {}", rest.trim()),
+                    "PIPELINING".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "8BITMIME".into(),
+                    format!("SIZE {MAX_DATA}"),
+                ];
+                if mode == UpstreamTls::Starttls && !conn.tls {
+                    caps.push("STARTTLS".into());
+                }
+                caps.push("SMTPUTF8".into());
+                conn.reply(250, &caps.join("\n")).await?;
+            }
+            "HELO" => {
+                ehlo = true;
+                mail_from = None;
+                rcpts.clear();
+                conn.reply(250, &host).await?;
+            }
+            "STARTTLS" => {
+                if mode != UpstreamTls::Starttls || conn.tls {
+                    conn.reply(502, "5.5.1 STARTTLS not available").await?;
+                    continue;
+                }
+                conn.reply(220, "2.0.0 ready to start TLS").await?;
+                conn.upgrade().await?;
+                ehlo = false;
+                mail_from = None;
+                rcpts.clear();
+            }
+            "MAIL" => {
+                if !ehlo {
+                    conn.reply(503, "5.5.1 EHLO first").await?;
+                } else if mail_from.is_some() {
+                    conn.reply(503, "5.5.1 nested MAIL").await?;
+                } else if shared.opts.require_tls && !conn.tls {
+                    conn.reply(530, "5.7.0 must issue STARTTLS first").await?;
+                } else if let Some(from) =
+                    strip_prefix_ci(rest.trim_start(), "FROM:").and_then(path_arg)
+                {
+                    if let Some((code, text)) = shared.faults.take(&Stage::Mail) {
+                        conn.reply(code, &text).await?;
+                        if code == 421 {
+                            return Ok(());
+                        }
+                    } else {
+                        mail_from = Some(from);
+                        conn.reply(250, "2.1.0 sender ok").await?;
+                    }
+                } else {
+                    conn.reply(501, "5.5.4 syntax: MAIL FROM:<address>").await?;
+                }
+            }
+            "RCPT" => {
+                if mail_from.is_none() {
+                    conn.reply(503, "5.5.1 MAIL first").await?;
+                } else if let Some(to) =
+                    strip_prefix_ci(rest.trim_start(), "TO:").and_then(path_arg)
+                {
+                    let fault = shared
+                        .faults
+                        .take(&Stage::Rcpt(to.to_ascii_lowercase()))
+                        .or_else(|| shared.faults.take(&Stage::AnyRcpt));
+                    if let Some((code, text)) = fault {
+                        conn.reply(code, &text).await?;
+                        if code == 421 {
+                            return Ok(());
+                        }
+                    } else {
+                        rcpts.push(to);
+                        conn.reply(250, "2.1.5 recipient ok").await?;
+                    }
+                } else {
+                    conn.reply(501, "5.5.4 syntax: RCPT TO:<address>").await?;
+                }
+            }
+            "DATA" => {
+                if mail_from.is_none() {
+                    conn.reply(503, "5.5.1 MAIL first").await?;
+                    continue;
+                }
+                if rcpts.is_empty() {
+                    conn.reply(554, "5.5.1 no valid recipients").await?;
+                    continue;
+                }
+                if let Some((code, text)) = shared.faults.take(&Stage::Data) {
+                    conn.reply(code, &text).await?;
+                    if code == 421 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
+                let Some(data) = read_data(&mut conn).await? else {
+                    return Ok(());
+                };
+                conn.log(&format!("<{} bytes of message data>", data.len()));
+                let from = mail_from.take().unwrap_or_default();
+                let to = std::mem::take(&mut rcpts);
+                if let Some((code, text)) = shared.faults.take(&Stage::DataEnd) {
+                    conn.reply(code, &text).await?;
+                    if code == 421 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let n = {
+                    let mut rec = shared.record.lock().unwrap();
+                    rec.received.push(Received {
+                        mail_from: from,
+                        rcpt_to: to,
+                        data,
+                        tls: conn.tls,
+                    });
+                    rec.received.len()
+                };
+                conn.reply(250, &format!("2.0.0 queued as U{n}")).await?;
+            }
+            "RSET" => {
+                mail_from = None;
+                rcpts.clear();
+                conn.reply(250, "2.0.0 reset").await?;
+            }
+            "NOOP" => conn.reply(250, "2.0.0 ok").await?,
+            "QUIT" => {
+                conn.reply(221, "2.0.0 bye").await?;
+                let _ = conn.io.get_mut().shutdown().await;
+                return Ok(());
+            }
+            "VRFY" => conn.reply(252, "2.1.5 cannot verify").await?,
+            _ => conn.reply(502, "5.5.2 command not implemented").await?,
+        }
+    }
+}
+
+/// Read message data up to `<CRLF>.<CRLF>`, dot-unstuffing once. A line ending in a bare LF is kept as is and
+/// never ends the data, nor does a `.` line that follows it. `None` at EOF (the message is then dropped).
+async fn read_data(conn: &mut Conn) -> std::io::Result<Option<Vec<u8>>> {
+    let mut data = Vec::new();
+    // True at the start of DATA and after every CRLF: only there is a line start per RFC 5321 §4.5.2.
+    let mut at_line_start = true;
+    loop {
+        let Some(line) = conn.read_line(MAX_DATA + 8).await? else {
+            return Ok(None);
+        };
+        if at_line_start && line == b".\r\n" {
+            return Ok(Some(data));
+        }
+        if at_line_start && line.first() == Some(&b'.') {
+            data.extend_from_slice(&line[1..]);
+        } else {
+            data.extend_from_slice(&line);
+        }
+        at_line_start = line.ends_with(b"\r\n");
+        if data.len() > MAX_DATA {
+            return Err(std::io::Error::other(
+                "message too large for the test upstream",
+            ));
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Proves the integration-test harness against itself: raw client and Python smtplib against the recording
+//! upstream in every TLS mode, fault scripts, strict framing and dot-unstuffing, untrusted-CA refusal, and the
+//! gateway config writer and process handle.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::dot_stuff;
+use common::gateway::toml_str;
+use common::upstream::Seen;
+use common::{
+    Fault, Gateway, GatewayConfig, SmtpClient, Stage, Upstream, UpstreamOptions, python_send,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn lines(seen: &[Seen]) -> Vec<(&str, bool)> {
+    seen.iter().map(|s| (s.line.as_str(), s.tls)).collect()
+}
+
+#[tokio::test]
+async fn starttls_upstream_records_message_and_plaintext_commands() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let (mut c, ehlo) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    assert_eq!(ehlo.0, 250);
+    for cap in ["PIPELINING", "ENHANCEDSTATUSCODES", "STARTTLS"] {
+        assert!(ehlo.1.contains(cap), "{cap} missing in {}", ehlo.1);
+    }
+    c.starttls(&up.ca_path(), "localhost").await.unwrap();
+    let ehlo = c.cmd("EHLO client.test").await.unwrap();
+    assert!(
+        !ehlo.1.contains("STARTTLS"),
+        "STARTTLS offered twice: {}",
+        ehlo.1
+    );
+    let msg = b"Subject: hi\r\n\r\nline one\r\nline two\r\n";
+    let reply = c
+        .send_message("a@example.org", &["b@example.net", "c@example.net"], msg)
+        .await
+        .unwrap();
+    assert_eq!(reply.0, 250, "{}", reply.1);
+    c.quit().await;
+
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mail_from, "a@example.org");
+    assert_eq!(got[0].rcpt_to, vec!["b@example.net", "c@example.net"]);
+    assert_eq!(got[0].data, msg.to_vec());
+    assert!(got[0].tls);
+    assert_eq!(up.connections(), 1);
+    let seen = up.commands();
+    let plaintext: Vec<&str> = seen[0]
+        .iter()
+        .filter(|s| !s.tls)
+        .map(|s| s.line.as_str())
+        .collect();
+    assert_eq!(plaintext, vec!["EHLO client.test", "STARTTLS"]);
+    assert_eq!(up.pipelined_after_starttls(), 0);
+}
+
+#[tokio::test]
+async fn starttls_verifies_against_127_0_0_1_too() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    c.starttls(&up.ca_path(), "127.0.0.1").await.unwrap();
+    assert_eq!(c.cmd("EHLO client.test").await.unwrap().0, 250);
+}
+
+#[tokio::test]
+async fn implicit_tls_upstream() {
+    let up = Upstream::start(UpstreamOptions::implicit_tls()).await;
+    assert!(up.url().starts_with("smtps://127.0.0.1:"));
+    let mut c = SmtpClient::connect_tls(up.addr(), &up.ca_path(), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 220);
+    let ehlo = c.cmd("EHLO client.test").await.unwrap();
+    assert!(!ehlo.1.contains("STARTTLS"));
+    let reply = c
+        .send_message("", &["b@example.net"], b"x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(reply.0, 250);
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got[0].mail_from, "", "null sender recorded as empty");
+    assert_eq!(got[0].data, b"x\r\n");
+    assert!(got[0].tls);
+    assert!(up.commands()[0].iter().all(|s| s.tls));
+}
+
+#[tokio::test]
+async fn plaintext_upstream() {
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    let (mut c, ehlo) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    assert!(!ehlo.1.contains("STARTTLS"));
+    assert_eq!(c.cmd("STARTTLS").await.unwrap().0, 502);
+    let reply = c
+        .send_message("a@x.test", &["b@y.test"], b"no newline at end")
+        .await
+        .unwrap();
+    assert_eq!(reply.0, 250);
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(
+        got[0].data, b"no newline at end\r\n",
+        "send_message appends the missing CRLF"
+    );
+    assert!(!got[0].tls);
+}
+
+#[tokio::test]
+async fn require_tls_refuses_plaintext_mail() {
+    let mut opts = UpstreamOptions::starttls();
+    opts.require_tls = true;
+    let up = Upstream::start(opts).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    let r = c.cmd("MAIL FROM:<a@x.test>").await.unwrap();
+    assert_eq!(r.0, 530);
+    assert!(r.1.contains("5.7.0"));
+}
+
+#[tokio::test]
+async fn greeting_421_twice_then_220() {
+    let up = Upstream::start(
+        UpstreamOptions::plain().fault(Stage::Greeting, Fault::times(2, 421, "4.3.2 not now")),
+    )
+    .await;
+    for _ in 0..2 {
+        let mut c = SmtpClient::connect(up.addr()).await.unwrap();
+        let r = c.read_reply().await.unwrap();
+        assert_eq!(r, (421, "421 4.3.2 not now".to_string()));
+        // The server closes after 421.
+        assert!(c.read_reply().await.is_err());
+    }
+    let mut c = SmtpClient::connect(up.addr()).await.unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 220);
+    assert_eq!(up.connections(), 3);
+}
+
+#[tokio::test]
+async fn data_end_451_once_then_accepted() {
+    let up = Upstream::start(
+        UpstreamOptions::plain().fault(Stage::DataEnd, Fault::times(1, 451, "4.3.0 busy")),
+    )
+    .await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    let r = c
+        .send_message("a@x.test", &["b@y.test"], b"first\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r, (451, "451 4.3.0 busy".to_string()));
+    assert!(
+        up.received().is_empty(),
+        "a faulted message is not recorded"
+    );
+    // Same connection, next transaction: accepted.
+    let r = c
+        .send_message("a@x.test", &["b@y.test"], b"second\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.0, 250);
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, b"second\r\n");
+}
+
+#[tokio::test]
+async fn rcpt_550_always_for_one_address_and_script_changes_while_running() {
+    let up = Upstream::start(UpstreamOptions::plain().fault(
+        Stage::Rcpt("<Bad@Y.test>".into()),
+        Fault::always(550, "5.1.1 no such user"),
+    ))
+    .await;
+    let faults = up.faults();
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    c.cmd("MAIL FROM:<a@x.test>").await.unwrap();
+    assert_eq!(c.cmd("RCPT TO:<good@y.test>").await.unwrap().0, 250);
+    let r = c.cmd("RCPT TO:<bad@y.test>").await.unwrap();
+    assert_eq!(r, (550, "550 5.1.1 no such user".to_string()));
+    assert_eq!(
+        c.cmd("RCPT TO:<bad@y.test>").await.unwrap().0,
+        550,
+        "always"
+    );
+    assert_eq!(c.cmd("DATA").await.unwrap().0, 354);
+    c.send_raw(b"body\r\n.\r\n").await.unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 250);
+    assert_eq!(up.wait_for(1, WAIT).await[0].rcpt_to, vec!["good@y.test"]);
+
+    // Change the script while the server runs.
+    faults.remove(Stage::Rcpt("bad@y.test".into()));
+    faults.set(Stage::Mail, Fault::times(1, 421, "4.3.2 shutting down"));
+    let r = c.cmd("MAIL FROM:<a@x.test>").await.unwrap();
+    assert_eq!(r.0, 421);
+    assert!(c.read_reply().await.is_err(), "421 closes the connection");
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    let r = c
+        .send_message("a@x.test", &["bad@y.test"], b"ok now\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.0, 250);
+    assert_eq!(up.wait_for(2, WAIT).await[1].rcpt_to, vec!["bad@y.test"]);
+    faults.set(Stage::AnyRcpt, Fault::always(452, "4.5.3 too many"));
+    let r = c
+        .send_message("a@x.test", &["z@y.test"], b"x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.0, 452,
+        "no recipient accepted: send_message returns the RCPT reply"
+    );
+    faults.clear();
+    assert_eq!(
+        c.send_message("a@x.test", &["z@y.test"], b"x\r\n")
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+}
+
+#[tokio::test]
+async fn dot_unstuffing_and_strict_end_of_data() {
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    c.cmd("MAIL FROM:<a@x.test>").await.unwrap();
+    c.cmd("RCPT TO:<b@y.test>").await.unwrap();
+    assert_eq!(c.cmd("DATA").await.unwrap().0, 354);
+    // `..` -> `.`, `...x` -> `..x`, a dot not at line start stays, a bare LF followed by `.` CRLF does not
+    // end the data (nor is that dot unstuffed), and neither does `\r.\r\n` after a bare CR.
+    c.send_raw(b"..\r\n...x\r\na.b\r\nbare\n.\r\nmore\r.\r\n.end\r\n.\r\n")
+        .await
+        .unwrap();
+    let r = c.read_reply().await.unwrap();
+    assert_eq!(r.0, 250, "{}", r.1);
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "exactly one message");
+    assert_eq!(
+        got[0].data,
+        b".\r\n..x\r\na.b\r\nbare\n.\r\nmore\r.\r\nend\r\n".to_vec()
+    );
+
+    // And through send_message (which stuffs): the bytes come back exactly.
+    let msg = b".hidden\r\n.\r\n..\r\nend\r\n";
+    assert_eq!(dot_stuff(msg), b"..hidden\r\n..\r\n...\r\nend\r\n".to_vec());
+    assert_eq!(
+        c.send_message("a@x.test", &["b@y.test"], msg)
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    assert_eq!(up.wait_for(2, WAIT).await[1].data, msg.to_vec());
+}
+
+#[tokio::test]
+async fn pipelined_transactions_and_rset() {
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    c.send_raw(
+        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<1@y.test>\r\nRSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<2@y.test>\r\nDATA\r\n",
+    )
+    .await
+    .unwrap();
+    let codes: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(c.read_reply().await.unwrap().0);
+        }
+        v
+    };
+    assert_eq!(codes, vec![250, 250, 250, 250, 250, 354]);
+    c.send_raw(b"one\r\n.\r\nMAIL FROM:<b@x.test>\r\nRCPT TO:<3@y.test>\r\nDATA\r\n")
+        .await
+        .unwrap();
+    for want in [250, 250, 250, 354] {
+        assert_eq!(c.read_reply().await.unwrap().0, want);
+    }
+    c.send_raw(b"two\r\n.\r\n").await.unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 250);
+    let got = up.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[0].rcpt_to.clone(), got[0].data.clone()),
+        (vec!["2@y.test".to_string()], b"one\r\n".to_vec())
+    );
+    assert_eq!(
+        (got[1].mail_from.as_str(), got[1].data.as_slice()),
+        ("b@x.test", &b"two\r\n"[..])
+    );
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn bytes_pipelined_after_starttls_are_discarded_and_recorded() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    c.send_raw(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 220);
+    c.upgrade(&up.ca_path(), "localhost").await.unwrap();
+    // The injected MAIL was not executed: MAIL before EHLO is refused after the upgrade reset.
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await.unwrap().0, 503);
+    assert_eq!(up.pipelined_after_starttls(), 1);
+    let seen = up.commands();
+    assert!(
+        !lines(&seen[0]).contains(&("MAIL FROM:<evil@x.test>", false)),
+        "{:?}",
+        seen[0]
+    );
+}
+
+#[tokio::test]
+async fn command_without_crlf_is_refused() {
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    c.send_raw(b"NOOP\n").await.unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 500);
+}
+
+#[tokio::test]
+async fn python_smtplib_with_starttls() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let msg = b"From: a@x.test\r\nTo: b@y.test\r\nSubject: py\r\n\r\n.dot line\r\nbody\r\n";
+    python_send(
+        up.addr(),
+        "a@x.test",
+        &["b@y.test", "c@y.test"],
+        msg,
+        Some(&up.ca_path()),
+    )
+    .await
+    .unwrap();
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mail_from, "a@x.test");
+    assert_eq!(got[0].rcpt_to, vec!["b@y.test", "c@y.test"]);
+    assert_eq!(got[0].data, msg.to_vec());
+    assert!(got[0].tls);
+    let plaintext: Vec<String> = up.commands()[0]
+        .iter()
+        .filter(|s| !s.tls)
+        .map(|s| s.line.clone())
+        .collect();
+    assert_eq!(plaintext, vec!["ehlo python.test", "STARTTLS"]);
+}
+
+#[tokio::test]
+async fn python_smtplib_reports_upstream_failures() {
+    let up = Upstream::start(
+        UpstreamOptions::plain().fault(Stage::DataEnd, Fault::always(451, "4.3.0 busy")),
+    )
+    .await;
+    let err = python_send(up.addr(), "a@x.test", &["b@y.test"], b"x\r\n", None)
+        .await
+        .unwrap_err();
+    assert!(err.contains("451") && err.contains("4.3.0 busy"), "{err}");
+    assert!(up.received().is_empty());
+}
+
+#[tokio::test]
+async fn untrusted_ca_fails_verification() {
+    let up = Upstream::start(UpstreamOptions::starttls().untrusted()).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    let err = c
+        .starttls(&up.ca_path(), "localhost")
+        .await
+        .err()
+        .expect("handshake must fail");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let err = python_send(
+        up.addr(),
+        "a@x.test",
+        &["b@y.test"],
+        b"x\r\n",
+        Some(&up.ca_path()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("CERTIFICATE_VERIFY_FAILED"), "{err}");
+    assert!(up.received().is_empty());
+
+    let up = Upstream::start(UpstreamOptions::implicit_tls().untrusted()).await;
+    assert!(
+        SmtpClient::connect_tls(up.addr(), &up.ca_path(), "localhost")
+            .await
+            .is_err()
+    );
+    // Trusting the wrong name fails too, with the right CA.
+    let up = Upstream::start(UpstreamOptions::implicit_tls()).await;
+    assert!(
+        SmtpClient::connect_tls(up.addr(), &up.ca_path(), "other.test")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn wait_for_returns_what_it_has_at_timeout() {
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    let start = std::time::Instant::now();
+    let got = up.wait_for(1, Duration::from_millis(200)).await;
+    assert!(got.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(200) && start.elapsed() < Duration::from_secs(3)
+    );
+}
+
+#[tokio::test]
+async fn stopped_upstream_refuses_and_can_come_back_on_the_same_port() {
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    let addr = up.addr();
+    drop(up);
+    // The aborted accept task drops its listener the next time the runtime runs it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(SmtpClient::connect(addr).await.is_err());
+    let mut opts = UpstreamOptions::plain();
+    opts.bind = Some(addr);
+    let up = Upstream::start(opts).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    assert_eq!(
+        c.send_message("a@x.test", &["b@y.test"], b"back\r\n")
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+}
+
+#[tokio::test]
+async fn gateway_config_renders_defaults_overrides_and_raw_toml() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let pki = common::TestPki::new("gateway test CA");
+    let mut cfg = GatewayConfig::new()
+        .upstream(&up)
+        .with_tls(&pki)
+        .with("spool", "retry", r#"["1s"]"#)
+        .raw("[policy]\nrules = []\n");
+    cfg.set("server", "max_message_size", &toml_str("1MiB"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = cfg.write_to(dir.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let t: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = t["server"].as_table().unwrap();
+    let listen = server["listen"].as_array().unwrap()[0].as_str().unwrap();
+    assert!(
+        listen.starts_with("127.0.0.1:") && !listen.ends_with(":0"),
+        "{listen}"
+    );
+    assert_eq!(server["hostname"].as_str(), Some("cachet.test"));
+    assert_eq!(server["max_message_size"].as_str(), Some("1MiB"));
+    assert_eq!(server["tls_cert"].as_str(), Some("server.crt"));
+    assert_eq!(t["spool"]["retry"].as_array().unwrap().len(), 1);
+    assert_eq!(t["spool"]["max_age"].as_str(), Some("1h"));
+    assert_eq!(t["upstream"]["url"].as_str(), Some(up.url().as_str()));
+    assert_eq!(t["upstream"]["tls"].as_str(), Some("verify"));
+    assert_eq!(t["upstream"]["ca_file"].as_str(), Some("upstream-ca.pem"));
+    assert!(t["policy"]["rules"].as_array().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("upstream-ca.pem")).unwrap(),
+        up.pki().ca_pem
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("server.key")).unwrap(),
+        pki.server.key_pem.as_bytes()
+    );
+
+    // The default upstream is a file:// outbox inside the temp dir.
+    let mut plain = GatewayConfig::new();
+    let text = std::fs::read_to_string(plain.write_to(dir.path())).unwrap();
+    let t: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(
+        t["upstream"]["url"].as_str().unwrap(),
+        format!("file://{}/outbox", dir.path().display())
+    );
+    assert_eq!(t["upstream"]["tls"].as_str(), Some("none"));
+    assert!(dir.path().join("outbox").is_dir());
+}
+
+#[tokio::test]
+async fn gateway_that_exits_early_is_reported_with_its_logs() {
+    // A config the real binary must refuse; a binary that is not finished yet exits too.
+    let cfg = GatewayConfig::new().raw("[server]\nthis is not toml\n");
+    let started = std::time::Instant::now();
+    let err = match Gateway::try_start(cfg).await {
+        Ok(_) => panic!("a broken config must not start"),
+        Err(e) => e,
+    };
+    assert!(err.contains("exited before listening"), "{err}");
+    assert!(err.contains("----- cachet stderr (start 1) -----"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

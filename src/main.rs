@@ -38,7 +38,7 @@ enum Command {
     },
     /// Inspect and manage the queue of a (running or stopped) gateway.
     Queue {
-        #[arg(long, short, default_value = "config/cachet.toml")]
+        #[arg(long, short, global = true, default_value = "config/cachet.toml")]
         config: PathBuf,
         #[command(subcommand)]
         action: QueueAction,

@@ -310,7 +310,7 @@ async fn reschedule(
         dsn::send(spool, &rt.config.server.hostname, &env, data, &list).await;
     }
     let id = env.id.clone();
-    let result = if env.pending().next().is_some() {
+    if env.pending().next().is_some() {
         let step = (env.attempts.max(1) as usize - 1).min(cfg.retry.len() - 1);
         let delay = cfg.retry[step];
         env.next_attempt = now + delay.as_secs().max(1);
@@ -346,6 +346,5 @@ async fn reschedule(
         }
         tracing::info!(queue_id = %id, "done");
         None
-    };
-    result
+    }
 }

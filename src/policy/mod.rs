@@ -377,7 +377,8 @@ sign = "never"
     #[test]
     fn first_matching_rule_wins_and_unset_fields_fall_back() {
         let c = load(PARTNERS).unwrap();
-        let table: &[(&str, &str, Option<&str>, Mode, Mode, Cipher)] = &[
+        type Row<'a> = (&'a str, &'a str, Option<&'a str>, Mode, Mode, Cipher);
+        let table: &[Row] = &[
             (
                 "a@example.org",
                 "x@partner.example",

@@ -72,6 +72,12 @@ impl GatewayConfig {
         c.set("spool", "max_age", &toml_str("1h"));
         c.set("upstream", "url", &toml_str("file://{DIR}/outbox"));
         c.set("upstream", "tls", &toml_str("none"));
+        // Tests run in parallel: the admin listener gets its own free port too.
+        c.set(
+            "admin",
+            "listen",
+            &toml_str(&format!("127.0.0.1:{}", free_port())),
+        );
         c
     }
 
@@ -361,6 +367,56 @@ impl Gateway {
         self.addr
     }
     /// The implicit-TLS address when started `with_smtps`.
+    /// The admin listener (`/metrics`, `/healthz`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let v = self
+            .config
+            .get("admin", "listen")
+            .expect("admin.listen is set by GatewayConfig::new");
+        v.trim_matches('"')
+            .parse()
+            .expect("admin.listen is ip:port")
+    }
+
+    /// `GET path` on the admin listener: (status code, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin_addr())
+            .await
+            .expect("admin listener");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    /// Runs `cachet <args...> --config <this gateway's config>` and returns (success, stdout+stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = cachet_command()
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run cachet");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     pub fn smtps_addr(&self) -> Option<SocketAddr> {
         self.smtps_addr
     }

@@ -8,6 +8,6 @@ pub mod pki;
 pub mod upstream;
 
 pub use client::{SmtpClient, python_send};
-pub use gateway::{Gateway, GatewayConfig};
+pub use gateway::{Gateway, GatewayConfig, free_port, toml_str};
 pub use pki::TestPki;
 pub use upstream::{Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls};

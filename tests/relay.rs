@@ -1,0 +1,279 @@
+//! End to end over loopback: a real client -> the real gateway binary -> a recording STARTTLS
+//! upstream with a test CA, and the upstream's faults: retries, bounces, TLS failures.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn message(subject: &str) -> Vec<u8> {
+    format!(
+        "From: alice@example.org\r\nTo: bob@partner.example\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n\r\n\
+         line one\r\n.line starting with a dot\r\n..two dots\r\n\r\n8bit caf\u{e9}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The gateway prepends exactly one Received: header and changes nothing else.
+fn assert_relayed_verbatim(got: &[u8], sent: &[u8]) {
+    let text = String::from_utf8_lossy(got);
+    assert!(text.starts_with("Received: from "), "{text}");
+    assert!(
+        got.ends_with(sent),
+        "upstream bytes must end with the original message verbatim:\n{text}"
+    );
+    let prefix = &text[..text.len() - sent.len()];
+    assert_eq!(prefix.matches("\r\nReceived:").count() + 1, 1, "{prefix}");
+    assert!(
+        prefix.contains("by cachet.test (cachet) with ESMTPS id "),
+        "{prefix}"
+    );
+}
+
+#[tokio::test]
+async fn python_client_to_starttls_upstream_byte_for_byte() {
+    let pki = TestPki::new("gateway");
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(GatewayConfig::new().with_tls(&pki).upstream(&up)).await;
+    let msg = message("e2e");
+    python_send(
+        gw.addr(),
+        "alice@example.org",
+        &["bob@partner.example", "carol@other.example"],
+        &msg,
+        Some(&pki.ca_path()),
+    )
+    .await
+    .expect("smtplib send");
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    assert_eq!(got[0].mail_from, "alice@example.org");
+    assert_eq!(
+        got[0].rcpt_to,
+        ["bob@partner.example", "carol@other.example"]
+    );
+    assert!(got[0].tls, "the upstream hop must be TLS");
+    assert_relayed_verbatim(&got[0].data, &msg);
+    // Nothing was sent before STARTTLS except EHLO.
+    for conn in up.commands() {
+        for seen in conn.iter().filter(|s| !s.tls) {
+            assert!(
+                seen.line.starts_with("EHLO") || seen.line.starts_with("STARTTLS"),
+                "plaintext command: {}",
+                seen.line
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn several_messages_reuse_one_upstream_connection() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up).with(
+        "upstream",
+        "max_connections",
+        "1",
+    ))
+    .await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    for i in 0..5 {
+        let r = c
+            .send_message(
+                "a@example.org",
+                &["b@x.example"],
+                &message(&format!("m{i}")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.0, 250, "{r:?}");
+    }
+    let got = up.wait_for(5, WAIT).await;
+    assert_eq!(got.len(), 5);
+    assert!(
+        up.connections() < 5,
+        "expected connection reuse, saw {} connections",
+        up.connections()
+    );
+}
+
+#[tokio::test]
+async fn temporary_failures_are_retried_until_delivered() {
+    let up = Upstream::start(
+        UpstreamOptions::starttls()
+            .fault(Stage::Greeting, Fault::times(1, 421, "4.3.2 busy"))
+            .fault(Stage::DataEnd, Fault::times(1, 451, "4.3.0 try again")),
+    )
+    .await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    let msg = message("retry");
+    assert_eq!(
+        c.send_message("a@example.org", &["b@x.example"], &msg)
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    assert!(got[0].data.ends_with(&msg));
+    let logs = gw.logs();
+    assert!(logs.contains("upstream greeting: 421 4.3.2 busy"), "{logs}");
+    assert!(logs.contains("451 4.3.0 try again"), "{logs}");
+    assert_eq!(logs.matches("deferred").count(), 2, "{logs}");
+}
+
+#[tokio::test]
+async fn permanent_failure_bounces_to_sender_and_spares_other_recipients() {
+    let up = Upstream::start(UpstreamOptions::starttls().fault(
+        Stage::Rcpt("nobody@x.example".into()),
+        Fault::always(550, "5.1.1 no such user"),
+    ))
+    .await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    let msg = message("bounce");
+    assert_eq!(
+        c.send_message(
+            "alice@example.org",
+            &["nobody@x.example", "bob@x.example"],
+            &msg
+        )
+        .await
+        .unwrap()
+        .0,
+        250
+    );
+    let got = up.wait_for(2, WAIT).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "the message for bob and the DSN for alice: {}",
+        gw.logs()
+    );
+    let delivered = got
+        .iter()
+        .find(|r| r.mail_from == "alice@example.org")
+        .expect("original");
+    assert_eq!(delivered.rcpt_to, ["bob@x.example"]);
+    let dsn = got
+        .iter()
+        .find(|r| r.mail_from.is_empty())
+        .expect("a DSN from <>");
+    assert_eq!(dsn.rcpt_to, ["alice@example.org"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains("Content-Type: multipart/report; report-type=delivery-status;"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; nobody@x.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Message-ID: <bounce@example.org>"),
+        "the original's headers are returned: {text}"
+    );
+    assert!(!text.contains("line one"), "but not its body");
+}
+
+#[tokio::test]
+async fn untrusted_upstream_certificate_defers_and_sends_nothing() {
+    let up = Upstream::start(UpstreamOptions::starttls().untrusted()).await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    assert_eq!(
+        c.send_message("a@example.org", &["b@x.example"], &message("tls"))
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    up.wait_for_connections(2, WAIT).await;
+    assert!(up.received().is_empty());
+    for conn in up.commands() {
+        for seen in conn {
+            assert!(
+                !seen.line.starts_with("MAIL")
+                    && !seen.line.starts_with("RCPT")
+                    && !seen.line.starts_with("DATA"),
+                "sent {:?} over a failed TLS session",
+                seen.line
+            );
+        }
+    }
+    let (ok, queue) = gw.cli(&["queue", "list"]);
+    assert!(ok, "{queue}");
+    assert!(queue.contains("deferred"), "{queue}");
+    assert!(
+        queue.contains("TLS failure"),
+        "the reason is recorded: {queue}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_without_starttls_is_never_used_in_plaintext() {
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    // The gateway insists on TLS (the default) although this upstream has none.
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .with("upstream", "url", &toml_str(&up.url()))
+            .with("upstream", "tls", "\"verify\""),
+    )
+    .await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    assert_eq!(
+        c.send_message("a@example.org", &["b@x.example"], &message("plain"))
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    up.wait_for_connections(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(up.received().is_empty());
+    assert!(
+        gw.logs()
+            .contains("does not offer STARTTLS; not sending in plaintext"),
+        "{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test]
+async fn implicit_tls_upstream_and_smtps_listener() {
+    let pki = TestPki::new("gateway");
+    let up = Upstream::start(UpstreamOptions::implicit_tls()).await;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .with_tls(&pki)
+            .with_smtps()
+            .upstream(&up),
+    )
+    .await;
+    let mut c = SmtpClient::connect_tls(gw.smtps_addr().unwrap(), &pki.ca_path(), "localhost")
+        .await
+        .unwrap();
+    let banner = c.read_reply().await.unwrap();
+    assert_eq!(banner.0, 220);
+    assert_eq!(c.cmd("EHLO client").await.unwrap().0, 250);
+    let msg = message("smtps");
+    assert_eq!(
+        c.send_message("a@example.org", &["b@x.example"], &msg)
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    assert!(got[0].tls && got[0].data.ends_with(&msg));
+}

@@ -318,7 +318,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             "require_tls and listen_tls need tls_cert and tls_key",
         );
     }
-    if listen.is_empty() && listen_tls.is_empty() {
+    if s.listen.is_empty() && s.listen_tls.is_empty() {
         p.at(0..0, "server.listen", "no SMTP listener configured");
     }
     if s.hostname.is_empty() || s.hostname.contains(char::is_whitespace) {

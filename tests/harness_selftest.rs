@@ -366,8 +366,7 @@ async fn untrusted_ca_fails_verification() {
     let err = c
         .starttls(&up.ca_path(), "localhost")
         .await
-        .err()
-        .expect("handshake must fail");
+        .expect_err("handshake must fail");
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"

@@ -220,6 +220,39 @@ async fn rcpt_550_always_for_one_address_and_script_changes_while_running() {
 }
 
 #[tokio::test]
+async fn disconnect_and_delay_faults() {
+    let up =
+        Upstream::start(UpstreamOptions::plain().fault(Stage::DataEnd, Fault::disconnect(Some(1))))
+            .await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    let err = c.send_message("a@x.test", &["b@y.test"], b"lost\r\n").await;
+    assert!(err.is_err(), "no reply after the dot: {err:?}");
+    assert!(up.received().is_empty());
+    assert_eq!(up.faults().remaining(Stage::DataEnd), Some(Some(0)));
+    assert!(
+        up.commands()[0]
+            .iter()
+            .any(|s| s.line == "<fault: disconnect>")
+    );
+
+    up.faults().set(
+        Stage::Greeting,
+        Fault::delay(Some(1), Duration::from_millis(300)),
+    );
+    let started = std::time::Instant::now();
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        c.send_message("a@x.test", &["b@y.test"], b"kept\r\n")
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    assert_eq!(up.wait_for(1, WAIT).await[0].data, b"kept\r\n");
+}
+
+#[tokio::test]
 async fn dot_unstuffing_and_strict_end_of_data() {
     let up = Upstream::start(UpstreamOptions::plain()).await;
     let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();

@@ -10,4 +10,4 @@ pub mod upstream;
 pub use client::{SmtpClient, python_send};
 pub use gateway::{Gateway, GatewayConfig};
 pub use pki::TestPki;
-pub use upstream::{Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls};
+pub use upstream::{Action, Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls};

@@ -43,32 +43,52 @@ pub enum Stage {
     DataEnd,
 }
 
-/// A reply to give instead of the normal one, for the first `times` attempts (or always when `None`).
-/// A 421 reply closes the connection after it is sent, as RFC 5321 §3.8 says.
+/// What a scripted fault does at its stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Reply `code text` instead of the normal reply. A 421 then closes the connection (RFC 5321 §3.8).
+    Reply(u16, String),
+    /// Close the connection without replying (at `DataEnd`: after reading the whole message).
+    Disconnect,
+    /// Wait this long, then behave normally (a slow upstream, for timeouts and crash-midway tests).
+    Delay(Duration),
+}
+
+/// A fault for the first `times` attempts at a stage (or always when `None`), then normal behaviour.
 #[derive(Clone, Debug)]
 pub struct Fault {
-    pub code: u16,
-    /// Text after the code, e.g. `4.3.2 try later` (enhanced code included by the caller).
-    pub text: String,
+    pub action: Action,
     /// Remaining attempts that get the fault; `None` = always.
     pub times: Option<u32>,
 }
 
 impl Fault {
-    /// Fail the first `k` attempts with `code text`, then behave normally.
+    /// Reply `code text` (e.g. `421`, `"4.3.2 try later"`) to the first `k` attempts, then behave normally.
     pub fn times(k: u32, code: u16, text: &str) -> Fault {
         Fault {
-            code,
-            text: text.to_string(),
+            action: Action::Reply(code, text.to_string()),
             times: Some(k),
         }
     }
-    /// Fail every attempt with `code text`.
+    /// Reply `code text` to every attempt.
     pub fn always(code: u16, text: &str) -> Fault {
         Fault {
-            code,
-            text: text.to_string(),
+            action: Action::Reply(code, text.to_string()),
             times: None,
+        }
+    }
+    /// Drop the connection without a reply, `times` times (`None` = always).
+    pub fn disconnect(times: Option<u32>) -> Fault {
+        Fault {
+            action: Action::Disconnect,
+            times,
+        }
+    }
+    /// Stall `delay` before the normal reply, `times` times (`None` = always).
+    pub fn delay(times: Option<u32>, delay: Duration) -> Fault {
+        Fault {
+            action: Action::Delay(delay),
+            times,
         }
     }
 }
@@ -176,17 +196,26 @@ impl Faults {
         self.0.lock().unwrap().clear();
     }
     /// Take one attempt at `stage`: the fault reply if one is in force (and count it down).
-    fn take(&self, stage: &Stage) -> Option<(u16, String)> {
+    fn take(&self, stage: &Stage) -> Option<Action> {
         let mut map = self.0.lock().unwrap();
         let fault = map.get_mut(stage)?;
         match &mut fault.times {
-            None => Some((fault.code, fault.text.clone())),
+            None => Some(fault.action.clone()),
             Some(0) => None,
             Some(n) => {
                 *n -= 1;
-                Some((fault.code, fault.text.clone()))
+                Some(fault.action.clone())
             }
         }
+    }
+
+    /// Attempts left for the fault at `stage` (`Some(None)` = always; `None` = no fault set).
+    pub fn remaining(&self, stage: Stage) -> Option<Option<u32>> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&normalise(stage))
+            .map(|f| f.times)
     }
 }
 
@@ -368,6 +397,16 @@ const MAX_LINE: usize = 4096;
 /// Largest message recorded.
 const MAX_DATA: usize = 64 * 1024 * 1024;
 
+/// What is left to do after a fault.
+enum Outcome {
+    /// No fault (or only a delay): give the normal reply.
+    Proceed,
+    /// The fault reply was sent; wait for the next command.
+    Replied,
+    /// Close the connection.
+    Close,
+}
+
 struct Conn {
     io: BufReader<Box<dyn Io>>,
     tls: bool,
@@ -398,6 +437,30 @@ impl Conn {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
         Ok(if n == 0 { None } else { Some(buf) })
+    }
+
+    /// Carry out a fault (if any) and tell the caller what is left to do.
+    async fn fault(&mut self, action: Option<Action>) -> std::io::Result<Outcome> {
+        match action {
+            None => Ok(Outcome::Proceed),
+            Some(Action::Reply(code, text)) => {
+                self.reply(code, &text).await?;
+                Ok(if code == 421 {
+                    Outcome::Close
+                } else {
+                    Outcome::Replied
+                })
+            }
+            Some(Action::Disconnect) => {
+                self.log("<fault: disconnect>");
+                let _ = self.io.get_mut().shutdown().await;
+                Ok(Outcome::Close)
+            }
+            Some(Action::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(Outcome::Proceed)
+            }
+        }
     }
 
     fn log(&self, line: &str) {
@@ -459,9 +522,13 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
     if mode == UpstreamTls::Implicit {
         conn.upgrade().await?;
     }
-    if let Some((code, text)) = shared.faults.take(&Stage::Greeting) {
-        conn.reply(code, &text).await?;
-        return Ok(());
+    if let Some(action) = shared.faults.take(&Stage::Greeting) {
+        // Any greeting fault ends the connection (after a delay: a normal session goes on).
+        let delayed = matches!(action, Action::Delay(_));
+        conn.fault(Some(action)).await?;
+        if !delayed {
+            return Ok(());
+        }
     }
     conn.reply(220, &format!("{host} ESMTP cachet test upstream"))
         .await?;
@@ -528,14 +595,13 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 } else if let Some(from) =
                     strip_prefix_ci(rest.trim_start(), "FROM:").and_then(path_arg)
                 {
-                    if let Some((code, text)) = shared.faults.take(&Stage::Mail) {
-                        conn.reply(code, &text).await?;
-                        if code == 421 {
-                            return Ok(());
+                    match conn.fault(shared.faults.take(&Stage::Mail)).await? {
+                        Outcome::Close => return Ok(()),
+                        Outcome::Replied => {}
+                        Outcome::Proceed => {
+                            mail_from = Some(from);
+                            conn.reply(250, "2.1.0 sender ok").await?;
                         }
-                    } else {
-                        mail_from = Some(from);
-                        conn.reply(250, "2.1.0 sender ok").await?;
                     }
                 } else {
                     conn.reply(501, "5.5.4 syntax: MAIL FROM:<address>").await?;
@@ -551,14 +617,13 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                         .faults
                         .take(&Stage::Rcpt(to.to_ascii_lowercase()))
                         .or_else(|| shared.faults.take(&Stage::AnyRcpt));
-                    if let Some((code, text)) = fault {
-                        conn.reply(code, &text).await?;
-                        if code == 421 {
-                            return Ok(());
+                    match conn.fault(fault).await? {
+                        Outcome::Close => return Ok(()),
+                        Outcome::Replied => {}
+                        Outcome::Proceed => {
+                            rcpts.push(to);
+                            conn.reply(250, "2.1.5 recipient ok").await?;
                         }
-                    } else {
-                        rcpts.push(to);
-                        conn.reply(250, "2.1.5 recipient ok").await?;
                     }
                 } else {
                     conn.reply(501, "5.5.4 syntax: RCPT TO:<address>").await?;
@@ -573,12 +638,10 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     conn.reply(554, "5.5.1 no valid recipients").await?;
                     continue;
                 }
-                if let Some((code, text)) = shared.faults.take(&Stage::Data) {
-                    conn.reply(code, &text).await?;
-                    if code == 421 {
-                        return Ok(());
-                    }
-                    continue;
+                match conn.fault(shared.faults.take(&Stage::Data)).await? {
+                    Outcome::Close => return Ok(()),
+                    Outcome::Replied => continue,
+                    Outcome::Proceed => {}
                 }
                 conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
                 let Some(data) = read_data(&mut conn).await? else {
@@ -587,12 +650,10 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 conn.log(&format!("<{} bytes of message data>", data.len()));
                 let from = mail_from.take().unwrap_or_default();
                 let to = std::mem::take(&mut rcpts);
-                if let Some((code, text)) = shared.faults.take(&Stage::DataEnd) {
-                    conn.reply(code, &text).await?;
-                    if code == 421 {
-                        return Ok(());
-                    }
-                    continue;
+                match conn.fault(shared.faults.take(&Stage::DataEnd)).await? {
+                    Outcome::Close => return Ok(()),
+                    Outcome::Replied => continue,
+                    Outcome::Proceed => {}
                 }
                 let n = {
                     let mut rec = shared.record.lock().unwrap();

@@ -526,3 +526,73 @@ async fn gateway_that_exits_early_is_reported_with_its_logs() {
     assert!(err.contains("----- cachet stderr (start 1) -----"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// A stand-in gateway: reads the config with tomllib, listens on `[server] listen`, greets, logs SIGHUP.
+const FAKE_GATEWAY: &str = r#"
+import signal, socket, sys, tomllib
+cfg = tomllib.load(open(sys.argv[sys.argv.index("--config") + 1], "rb"))
+host, port = cfg["server"]["listen"][0].rsplit(":", 1)
+signal.signal(signal.SIGHUP, lambda *a: print("reloaded config", file=sys.stderr, flush=True))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, int(port)))
+s.listen()
+print("fake gateway listening on", port, flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"220 fake ESMTP\r\n")
+    c.close()
+"#;
+
+#[tokio::test]
+async fn gateway_handle_starts_kills_restarts_and_signals() {
+    let cfg = GatewayConfig::new().program(&["python3", "-c", FAKE_GATEWAY]);
+    let mut gw = Gateway::start(cfg).await;
+    let pid = gw.pid().unwrap();
+    let mut c = SmtpClient::connect(gw.addr()).await.unwrap();
+    assert_eq!(
+        c.read_reply().await.unwrap(),
+        (220, "220 fake ESMTP".to_string())
+    );
+    assert!(
+        gw.wait_log("fake gateway listening on", WAIT).await,
+        "{}",
+        gw.logs()
+    );
+
+    gw.sighup();
+    assert!(gw.wait_log("reloaded config", WAIT).await, "{}", gw.logs());
+    assert!(gw.is_running());
+
+    gw.kill_9();
+    assert!(!gw.is_running());
+    assert!(
+        SmtpClient::connect(gw.addr()).await.is_err(),
+        "killed gateway still accepts"
+    );
+
+    gw.restart().await;
+    assert_ne!(gw.pid().unwrap(), pid);
+    let mut c = SmtpClient::connect(gw.addr()).await.unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 220);
+    let logs = gw.logs();
+    assert!(
+        logs.contains("----- cachet stdout (start 2) -----"),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("fake gateway listening on").count(),
+        2,
+        "{logs}"
+    );
+    assert!(gw.spool_files().is_empty());
+    assert!(gw.outbox_messages().is_empty());
+    std::fs::write(gw.outbox_dir().join("1.eml"), b"x").unwrap();
+    assert_eq!(gw.wait_outbox(1, WAIT).await[0].1, b"x");
+
+    let status = gw.terminate(WAIT).await;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "SIGTERM ends the fake: {status:?}"
+    );
+}

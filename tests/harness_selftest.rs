@@ -431,6 +431,18 @@ async fn untrusted_ca_fails_verification() {
     );
 }
 
+#[test]
+fn strip_first_received_removes_only_the_top_trace_field() {
+    use common::upstream::strip_first_received;
+    let msg = b"Received: from a\r\n\tby b; date\r\nReceived: from c\r\nSubject: s\r\n\r\nbody\r\n";
+    assert_eq!(
+        strip_first_received(msg),
+        b"Received: from c\r\nSubject: s\r\n\r\nbody\r\n".to_vec()
+    );
+    let plain = b"Subject: s\r\n\r\nReceived: not a header\r\n";
+    assert_eq!(strip_first_received(plain), plain.to_vec());
+}
+
 #[tokio::test]
 async fn wait_for_returns_what_it_has_at_timeout() {
     let up = Upstream::start(UpstreamOptions::plain()).await;

@@ -106,6 +106,32 @@ pub struct Received {
     pub tls: bool,
 }
 
+impl Received {
+    /// `data` without the topmost `Received:` header field (with its folded lines), when the message starts
+    /// with one: the trace field the gateway prepends, so the rest can be compared byte for byte.
+    pub fn data_without_first_received(&self) -> Vec<u8> {
+        strip_first_received(&self.data)
+    }
+}
+
+/// `data` without its first header field when that field is `Received:` (case-insensitive), folded
+/// continuation lines (starting with space or tab) included; otherwise `data` unchanged.
+pub fn strip_first_received(data: &[u8]) -> Vec<u8> {
+    if data.len() < 9 || !data[..9].eq_ignore_ascii_case(b"received:") {
+        return data.to_vec();
+    }
+    let mut pos = 0;
+    loop {
+        match data[pos..].iter().position(|&b| b == b'\n') {
+            None => return Vec::new(),
+            Some(i) => pos += i + 1,
+        }
+        if !matches!(data.get(pos), Some(b' ') | Some(b'\t')) {
+            return data[pos..].to_vec();
+        }
+    }
+}
+
 /// One command line as the upstream saw it (without CRLF).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seen {

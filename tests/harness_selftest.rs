@@ -120,6 +120,49 @@ async fn require_tls_refuses_plaintext_mail() {
 }
 
 #[tokio::test]
+async fn auth_plain_and_login_after_starttls() {
+    let mut opts = UpstreamOptions::starttls();
+    opts.auth = Some(("relay".into(), "s3cret".into()));
+    let up = Upstream::start(opts).await;
+    let (mut c, ehlo) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    assert!(
+        !ehlo.1.contains("AUTH"),
+        "no AUTH offered in the clear: {}",
+        ehlo.1
+    );
+    c.starttls(&up.ca_path(), "localhost").await.unwrap();
+    let ehlo = c.cmd("EHLO client.test").await.unwrap();
+    assert!(ehlo.1.contains("AUTH PLAIN LOGIN"), "{}", ehlo.1);
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await.unwrap().0, 530);
+    // "\0relay\0wrong" then "\0relay\0s3cret"
+    assert_eq!(c.cmd("AUTH PLAIN AHJlbGF5AHdyb25n").await.unwrap().0, 535);
+    let r = c.cmd("AUTH PLAIN AHJlbGF5AHMzY3JldA==").await.unwrap();
+    assert_eq!(r.0, 235, "{}", r.1);
+    assert_eq!(
+        c.send_message("a@x.test", &["b@y.test"], b"x\r\n")
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    c.starttls(&up.ca_path(), "localhost").await.unwrap();
+    c.cmd("EHLO client.test").await.unwrap();
+    assert_eq!(
+        c.cmd("AUTH LOGIN").await.unwrap(),
+        (334, "334 VXNlcm5hbWU6".to_string())
+    );
+    assert_eq!(c.cmd("cmVsYXk=").await.unwrap().0, 334);
+    assert_eq!(c.cmd("czNjcmV0").await.unwrap().0, 235);
+    assert_eq!(up.authenticated(), vec!["relay", "relay"]);
+    assert_eq!(
+        up.plaintext_commands()[1],
+        vec!["EHLO client.test", "STARTTLS"]
+    );
+}
+
+#[tokio::test]
 async fn greeting_421_twice_then_220() {
     let up = Upstream::start(
         UpstreamOptions::plain().fault(Stage::Greeting, Fault::times(2, 421, "4.3.2 not now")),

@@ -148,6 +148,9 @@ pub struct UpstreamOptions {
     pub untrusted_cert: bool,
     /// Answer `530 5.7.0` to MAIL until TLS is up (Starttls mode).
     pub require_tls: bool,
+    /// `(user, password)`: advertise `AUTH PLAIN LOGIN` (in TLS, or always in plaintext mode) and answer
+    /// `530 5.7.0` to MAIL until the client authenticated with exactly these.
+    pub auth: Option<(String, String)>,
     /// Faults in force from the start; change them later with [`Upstream::faults`].
     pub faults: Vec<(Stage, Fault)>,
     /// Bind this address instead of 127.0.0.1:0 (e.g. to come back on the same port after `stop`).
@@ -166,6 +169,7 @@ impl Default for UpstreamOptions {
             tls: UpstreamTls::Starttls,
             untrusted_cert: false,
             require_tls: false,
+            auth: None,
             faults: Vec::new(),
             bind: None,
             pki: None,
@@ -261,6 +265,8 @@ struct Record {
     connections: Vec<Vec<Seen>>,
     /// Bytes the client pipelined after STARTTLS before the handshake, per connection (a client bug).
     pipelined_after_starttls: usize,
+    /// Users that authenticated successfully, in order.
+    authenticated: Vec<String>,
 }
 
 struct Shared {
@@ -374,6 +380,24 @@ impl Upstream {
     /// Every command line seen, per connection, in order (DATA content is not included).
     pub fn commands(&self) -> Vec<Vec<Seen>> {
         self.shared.record.lock().unwrap().connections.clone()
+    }
+    /// Users that authenticated successfully (`UpstreamOptions::auth`), in order.
+    pub fn authenticated(&self) -> Vec<String> {
+        self.shared.record.lock().unwrap().authenticated.clone()
+    }
+    /// Per connection, the command lines that arrived outside TLS (to assert nothing but EHLO and STARTTLS
+    /// went in the clear).
+    pub fn plaintext_commands(&self) -> Vec<Vec<String>> {
+        let rec = self.shared.record.lock().unwrap();
+        rec.connections
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .filter(|s| !s.tls)
+                    .map(|s| s.line.clone())
+                    .collect()
+            })
+            .collect()
     }
     /// How many connections sent bytes after STARTTLS before the TLS handshake (those bytes were discarded).
     pub fn pipelined_after_starttls(&self) -> usize {
@@ -560,6 +584,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
         .await?;
 
     let mut ehlo = false;
+    let mut authed = false;
     let mut mail_from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
     loop {
@@ -591,6 +616,9 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 if mode == UpstreamTls::Starttls && !conn.tls {
                     caps.push("STARTTLS".into());
                 }
+                if shared.opts.auth.is_some() && (conn.tls || mode == UpstreamTls::None) {
+                    caps.push("AUTH PLAIN LOGIN".into());
+                }
                 caps.push("SMTPUTF8".into());
                 conn.reply(250, &caps.join("\n")).await?;
             }
@@ -608,6 +636,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 conn.reply(220, "2.0.0 ready to start TLS").await?;
                 conn.upgrade().await?;
                 ehlo = false;
+                authed = false;
                 mail_from = None;
                 rcpts.clear();
             }
@@ -618,6 +647,8 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     conn.reply(503, "5.5.1 nested MAIL").await?;
                 } else if shared.opts.require_tls && !conn.tls {
                     conn.reply(530, "5.7.0 must issue STARTTLS first").await?;
+                } else if shared.opts.auth.is_some() && !authed {
+                    conn.reply(530, "5.7.0 authentication required").await?;
                 } else if let Some(from) =
                     strip_prefix_ci(rest.trim_start(), "FROM:").and_then(path_arg)
                 {
@@ -693,6 +724,27 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 };
                 conn.reply(250, &format!("2.0.0 queued as U{n}")).await?;
             }
+            "AUTH" => {
+                let Some((user, pass)) = shared.opts.auth.clone() else {
+                    conn.reply(502, "5.5.1 AUTH not available").await?;
+                    continue;
+                };
+                if authed || mail_from.is_some() || !ehlo {
+                    conn.reply(503, "5.5.1 bad sequence of commands").await?;
+                    continue;
+                }
+                let Some(got) = auth_exchange(&mut conn, rest.trim()).await? else {
+                    return Ok(());
+                };
+                if got == (user.clone(), pass) {
+                    authed = true;
+                    shared.record.lock().unwrap().authenticated.push(user);
+                    conn.reply(235, "2.7.0 authentication successful").await?;
+                } else {
+                    conn.reply(535, "5.7.8 authentication credentials invalid")
+                        .await?;
+                }
+            }
             "RSET" => {
                 mail_from = None;
                 rcpts.clear();
@@ -707,6 +759,57 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
             "VRFY" => conn.reply(252, "2.1.5 cannot verify").await?,
             _ => conn.reply(502, "5.5.2 command not implemented").await?,
         }
+    }
+}
+
+/// Run an AUTH PLAIN / LOGIN exchange (RFC 4954, RFC 4616) after `AUTH <args>`; returns (user, password)
+/// as sent (empty strings when undecodable), or `None` at EOF.
+async fn auth_exchange(conn: &mut Conn, args: &str) -> std::io::Result<Option<(String, String)>> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let decode =
+        |s: &str| String::from_utf8(b64.decode(s.trim()).unwrap_or_default()).unwrap_or_default();
+    let mut parts = args.split_whitespace();
+    let mechanism = parts.next().unwrap_or("").to_ascii_uppercase();
+    let initial = parts.next().map(str::to_string);
+    async fn ask(conn: &mut Conn, prompt: &str) -> std::io::Result<Option<String>> {
+        conn.reply(334, prompt).await?;
+        let Some(line) = conn.read_line(MAX_LINE).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        conn.log(&text);
+        Ok(Some(text))
+    }
+    match mechanism.as_str() {
+        "PLAIN" => {
+            let response = match initial {
+                Some(r) => r,
+                None => match ask(conn, "").await? {
+                    Some(r) => r,
+                    None => return Ok(None),
+                },
+            };
+            let decoded = decode(&response);
+            let mut fields = decoded.split('\0').skip(1);
+            let user = fields.next().unwrap_or("").to_string();
+            let pass = fields.next().unwrap_or("").to_string();
+            Ok(Some((user, pass)))
+        }
+        "LOGIN" => {
+            let user = match initial {
+                Some(u) => decode(&u),
+                None => match ask(conn, "VXNlcm5hbWU6").await? {
+                    Some(u) => decode(&u),
+                    None => return Ok(None),
+                },
+            };
+            let Some(pass) = ask(conn, "UGFzc3dvcmQ6").await? else {
+                return Ok(None);
+            };
+            Ok(Some((user, decode(&pass))))
+        }
+        _ => Ok(Some((String::new(), String::new()))),
     }
 }
 

@@ -357,6 +357,15 @@ impl Upstream {
             _ => format!("smtp://{}", self.addr),
         }
     }
+    /// Like `url()` but naming `host` (e.g. `localhost`, also in the certificate) instead of 127.0.0.1.
+    pub fn url_with_host(&self, host: &str) -> String {
+        let scheme = if self.shared.opts.tls == UpstreamTls::Implicit {
+            "smtps"
+        } else {
+            "smtp"
+        };
+        format!("{scheme}://{host}:{}", self.addr.port())
+    }
     /// The trusted test PKI (its CA signed the server cert unless `untrusted_cert`).
     pub fn pki(&self) -> &Arc<TestPki> {
         &self.pki

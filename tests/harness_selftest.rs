@@ -564,7 +564,7 @@ async fn gateway_config_renders_defaults_overrides_and_raw_toml() {
         t["upstream"]["url"].as_str().unwrap(),
         format!("file://{}/outbox", dir.path().display())
     );
-    assert_eq!(t["upstream"]["tls"].as_str(), Some("none"));
+    assert!(t["upstream"].get("tls").is_none());
     assert!(dir.path().join("outbox").is_dir());
 }
 

@@ -28,6 +28,7 @@ pub fn toml_str(s: &str) -> String {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
             c => out.push(c),
         }
     }
@@ -58,7 +59,7 @@ impl Default for GatewayConfig {
 
 impl GatewayConfig {
     /// Defaults: `[server]` (listen filled in at start), `[spool]` with 1s/2s retries, `[upstream]` delivering
-    /// to `file://<dir>/outbox` (set a real upstream with `upstream()`).
+    /// to `file://<dir>/outbox` with no `tls` key (set a real upstream with `upstream()`).
     pub fn new() -> GatewayConfig {
         let mut c = GatewayConfig {
             sections: Vec::new(),
@@ -75,7 +76,6 @@ impl GatewayConfig {
         c.set("spool", "retry", r#"["1s", "2s"]"#);
         c.set("spool", "max_age", &toml_str("1h"));
         c.set("upstream", "url", &toml_str("file://{DIR}/outbox"));
-        c.set("upstream", "tls", &toml_str("none"));
         c
     }
 

@@ -120,6 +120,49 @@ async fn require_tls_refuses_plaintext_mail() {
 }
 
 #[tokio::test]
+async fn auth_plain_and_login_after_starttls() {
+    let mut opts = UpstreamOptions::starttls();
+    opts.auth = Some(("relay".into(), "s3cret".into()));
+    let up = Upstream::start(opts).await;
+    let (mut c, ehlo) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    assert!(
+        !ehlo.1.contains("AUTH"),
+        "no AUTH offered in the clear: {}",
+        ehlo.1
+    );
+    c.starttls(&up.ca_path(), "localhost").await.unwrap();
+    let ehlo = c.cmd("EHLO client.test").await.unwrap();
+    assert!(ehlo.1.contains("AUTH PLAIN LOGIN"), "{}", ehlo.1);
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await.unwrap().0, 530);
+    // "\0relay\0wrong" then "\0relay\0s3cret"
+    assert_eq!(c.cmd("AUTH PLAIN AHJlbGF5AHdyb25n").await.unwrap().0, 535);
+    let r = c.cmd("AUTH PLAIN AHJlbGF5AHMzY3JldA==").await.unwrap();
+    assert_eq!(r.0, 235, "{}", r.1);
+    assert_eq!(
+        c.send_message("a@x.test", &["b@y.test"], b"x\r\n")
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    c.starttls(&up.ca_path(), "localhost").await.unwrap();
+    c.cmd("EHLO client.test").await.unwrap();
+    assert_eq!(
+        c.cmd("AUTH LOGIN").await.unwrap(),
+        (334, "334 VXNlcm5hbWU6".to_string())
+    );
+    assert_eq!(c.cmd("cmVsYXk=").await.unwrap().0, 334);
+    assert_eq!(c.cmd("czNjcmV0").await.unwrap().0, 235);
+    assert_eq!(up.authenticated(), vec!["relay", "relay"]);
+    assert_eq!(
+        up.plaintext_commands()[1],
+        vec!["EHLO client.test", "STARTTLS"]
+    );
+}
+
+#[tokio::test]
 async fn greeting_421_twice_then_220() {
     let up = Upstream::start(
         UpstreamOptions::plain().fault(Stage::Greeting, Fault::times(2, 421, "4.3.2 not now")),
@@ -217,6 +260,39 @@ async fn rcpt_550_always_for_one_address_and_script_changes_while_running() {
             .0,
         250
     );
+}
+
+#[tokio::test]
+async fn disconnect_and_delay_faults() {
+    let up =
+        Upstream::start(UpstreamOptions::plain().fault(Stage::DataEnd, Fault::disconnect(Some(1))))
+            .await;
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    let err = c.send_message("a@x.test", &["b@y.test"], b"lost\r\n").await;
+    assert!(err.is_err(), "no reply after the dot: {err:?}");
+    assert!(up.received().is_empty());
+    assert_eq!(up.faults().remaining(Stage::DataEnd), Some(Some(0)));
+    assert!(
+        up.commands()[0]
+            .iter()
+            .any(|s| s.line == "<fault: disconnect>")
+    );
+
+    up.faults().set(
+        Stage::Greeting,
+        Fault::delay(Some(1), Duration::from_millis(300)),
+    );
+    let started = std::time::Instant::now();
+    let (mut c, _) = SmtpClient::connect_ehlo(up.addr()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        c.send_message("a@x.test", &["b@y.test"], b"kept\r\n")
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    assert_eq!(up.wait_for(1, WAIT).await[0].data, b"kept\r\n");
 }
 
 #[tokio::test]
@@ -366,8 +442,7 @@ async fn untrusted_ca_fails_verification() {
     let err = c
         .starttls(&up.ca_path(), "localhost")
         .await
-        .err()
-        .expect("handshake must fail");
+        .expect_err("handshake must fail");
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
@@ -397,6 +472,18 @@ async fn untrusted_ca_fails_verification() {
             .await
             .is_err()
     );
+}
+
+#[test]
+fn strip_first_received_removes_only_the_top_trace_field() {
+    use common::upstream::strip_first_received;
+    let msg = b"Received: from a\r\n\tby b; date\r\nReceived: from c\r\nSubject: s\r\n\r\nbody\r\n";
+    assert_eq!(
+        strip_first_received(msg),
+        b"Received: from c\r\nSubject: s\r\n\r\nbody\r\n".to_vec()
+    );
+    let plain = b"Subject: s\r\n\r\nReceived: not a header\r\n";
+    assert_eq!(strip_first_received(plain), plain.to_vec());
 }
 
 #[tokio::test]
@@ -477,7 +564,7 @@ async fn gateway_config_renders_defaults_overrides_and_raw_toml() {
         t["upstream"]["url"].as_str().unwrap(),
         format!("file://{}/outbox", dir.path().display())
     );
-    assert_eq!(t["upstream"]["tls"].as_str(), Some("none"));
+    assert!(t["upstream"].get("tls").is_none());
     assert!(dir.path().join("outbox").is_dir());
 }
 
@@ -493,4 +580,74 @@ async fn gateway_that_exits_early_is_reported_with_its_logs() {
     assert!(err.contains("exited before listening"), "{err}");
     assert!(err.contains("----- cachet stderr (start 1) -----"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// A stand-in gateway: reads the config with tomllib, listens on `[server] listen`, greets, logs SIGHUP.
+const FAKE_GATEWAY: &str = r#"
+import signal, socket, sys, tomllib
+cfg = tomllib.load(open(sys.argv[sys.argv.index("--config") + 1], "rb"))
+host, port = cfg["server"]["listen"][0].rsplit(":", 1)
+signal.signal(signal.SIGHUP, lambda *a: print("reloaded config", file=sys.stderr, flush=True))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, int(port)))
+s.listen()
+print("fake gateway listening on", port, flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"220 fake ESMTP\r\n")
+    c.close()
+"#;
+
+#[tokio::test]
+async fn gateway_handle_starts_kills_restarts_and_signals() {
+    let cfg = GatewayConfig::new().program(&["python3", "-c", FAKE_GATEWAY]);
+    let mut gw = Gateway::start(cfg).await;
+    let pid = gw.pid().unwrap();
+    let mut c = SmtpClient::connect(gw.addr()).await.unwrap();
+    assert_eq!(
+        c.read_reply().await.unwrap(),
+        (220, "220 fake ESMTP".to_string())
+    );
+    assert!(
+        gw.wait_log("fake gateway listening on", WAIT).await,
+        "{}",
+        gw.logs()
+    );
+
+    gw.sighup();
+    assert!(gw.wait_log("reloaded config", WAIT).await, "{}", gw.logs());
+    assert!(gw.is_running());
+
+    gw.kill_9();
+    assert!(!gw.is_running());
+    assert!(
+        SmtpClient::connect(gw.addr()).await.is_err(),
+        "killed gateway still accepts"
+    );
+
+    gw.restart().await;
+    assert_ne!(gw.pid().unwrap(), pid);
+    let mut c = SmtpClient::connect(gw.addr()).await.unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 220);
+    let logs = gw.logs();
+    assert!(
+        logs.contains("----- cachet stdout (start 2) -----"),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("fake gateway listening on").count(),
+        2,
+        "{logs}"
+    );
+    assert!(gw.spool_files().is_empty());
+    assert!(gw.outbox_messages().is_empty());
+    std::fs::write(gw.outbox_dir().join("1.eml"), b"x").unwrap();
+    assert_eq!(gw.wait_outbox(1, WAIT).await[0].1, b"x");
+
+    let status = gw.terminate(WAIT).await;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "SIGTERM ends the fake: {status:?}"
+    );
 }

@@ -28,6 +28,7 @@ pub fn toml_str(s: &str) -> String {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
             c => out.push(c),
         }
     }
@@ -45,6 +46,9 @@ pub struct GatewayConfig {
     smtps: bool,
     /// Extra environment for the child process.
     env: Vec<(String, String)>,
+    /// Run this program (and leading arguments) instead of the cachet binary: the harness self-test uses a
+    /// stand-in gateway to prove the process handling.
+    program: Option<Vec<String>>,
 }
 
 impl Default for GatewayConfig {
@@ -55,7 +59,7 @@ impl Default for GatewayConfig {
 
 impl GatewayConfig {
     /// Defaults: `[server]` (listen filled in at start), `[spool]` with 1s/2s retries, `[upstream]` delivering
-    /// to `file://<dir>/outbox` (set a real upstream with `upstream()`).
+    /// to `file://<dir>/outbox` with no `tls` key (set a real upstream with `upstream()`).
     pub fn new() -> GatewayConfig {
         let mut c = GatewayConfig {
             sections: Vec::new(),
@@ -63,6 +67,7 @@ impl GatewayConfig {
             files: Vec::new(),
             smtps: false,
             env: vec![],
+            program: None,
         };
         c.set("server", "hostname", &toml_str("cachet.test"));
         c.set("server", "relay_networks", r#"["127.0.0.0/8", "::1/128"]"#);
@@ -71,7 +76,6 @@ impl GatewayConfig {
         c.set("spool", "retry", r#"["1s", "2s"]"#);
         c.set("spool", "max_age", &toml_str("1h"));
         c.set("upstream", "url", &toml_str("file://{DIR}/outbox"));
-        c.set("upstream", "tls", &toml_str("none"));
         // Tests run in parallel: the admin listener gets its own free port too.
         c.set(
             "admin",
@@ -179,6 +183,13 @@ impl GatewayConfig {
         self
     }
 
+    /// Run `argv` (program and leading arguments) instead of the cachet binary; `serve --config <file>` is
+    /// still appended.
+    pub fn program(mut self, argv: &[&str]) -> Self {
+        self.program = Some(argv.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
     /// The TOML text, with `{DIR}` replaced by `dir`.
     pub fn render(&self, dir: &Path) -> String {
         let mut out = String::new();
@@ -241,6 +252,27 @@ impl GatewayConfig {
             .remove("v")?;
         parsed.as_array()?.first()?.as_str()?.parse().ok()
     }
+}
+
+/// Every regular file under `dir`, recursively, sorted; empty when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// `cachet` with the given arguments (the binary Cargo built for these tests).
@@ -311,7 +343,14 @@ impl Gateway {
         let err =
             std::fs::File::create(self.dir.path().join(format!("stderr.{}.log", self.starts)))
                 .unwrap();
-        let mut cmd = cachet_command();
+        let mut cmd = match &self.config.program {
+            Some(argv) => {
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+            None => cachet_command(),
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -505,6 +544,45 @@ impl Gateway {
     pub fn rewrite_config(&mut self, edit: impl FnOnce(&mut GatewayConfig)) {
         edit(&mut self.config);
         self.config_path = self.config.write_to(self.dir.path());
+    }
+
+    /// Every regular file under the spool dir, recursively, sorted (for crash and recovery assertions).
+    pub fn spool_files(&self) -> Vec<PathBuf> {
+        files_under(&self.spool_dir())
+    }
+
+    /// The messages the default `file://` upstream wrote so far: (path, bytes), sorted by path.
+    pub fn outbox_messages(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        files_under(&self.outbox_dir())
+            .into_iter()
+            .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+            .collect()
+    }
+
+    /// Wait until the outbox holds at least `n` files or `timeout` passed; returns what is there either way.
+    pub async fn wait_outbox(&self, n: usize, timeout: Duration) -> Vec<(PathBuf, Vec<u8>)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.outbox_messages();
+            if got.len() >= n || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the logs contain `needle` or `timeout` passed; returns whether they do.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Everything the process printed so far, every start, stdout and stderr.

@@ -1,5 +1,16 @@
 //! Integration-test harness shared by every `tests/*.rs` (each does `mod common;`): a test PKI, a recording
 //! upstream SMTP server, the real gateway binary as a child process, and raw / Python SMTP clients.
+//! Everything is loopback only and every wait is bounded. Typical test:
+//!
+//! ```text
+//! let up = Upstream::start(UpstreamOptions::starttls()).await;            // records what it gets
+//! let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;      // real binary, temp dir
+//! let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+//! assert_eq!(c.send_message("a@x.test", &["b@y.test"], msg).await.unwrap().0, 250);
+//! assert_eq!(up.wait_for(1, Duration::from_secs(10)).await[0].data_without_first_received(), msg);
+//! ```
+//! Faults: `UpstreamOptions::starttls().fault(Stage::Greeting, Fault::times(2, 421, "4.3.2 busy"))`, or
+//! `up.faults().set(Stage::Rcpt("b@y.test".into()), Fault::always(550, "5.1.1 unknown"))` while running.
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
@@ -10,4 +21,4 @@ pub mod upstream;
 pub use client::{SmtpClient, python_send};
 pub use gateway::{Gateway, GatewayConfig, free_port, toml_str};
 pub use pki::TestPki;
-pub use upstream::{Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls};
+pub use upstream::{Action, Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls};

@@ -43,32 +43,52 @@ pub enum Stage {
     DataEnd,
 }
 
-/// A reply to give instead of the normal one, for the first `times` attempts (or always when `None`).
-/// A 421 reply closes the connection after it is sent, as RFC 5321 §3.8 says.
+/// What a scripted fault does at its stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Reply `code text` instead of the normal reply. A 421 then closes the connection (RFC 5321 §3.8).
+    Reply(u16, String),
+    /// Close the connection without replying (at `DataEnd`: after reading the whole message).
+    Disconnect,
+    /// Wait this long, then behave normally (a slow upstream, for timeouts and crash-midway tests).
+    Delay(Duration),
+}
+
+/// A fault for the first `times` attempts at a stage (or always when `None`), then normal behaviour.
 #[derive(Clone, Debug)]
 pub struct Fault {
-    pub code: u16,
-    /// Text after the code, e.g. `4.3.2 try later` (enhanced code included by the caller).
-    pub text: String,
+    pub action: Action,
     /// Remaining attempts that get the fault; `None` = always.
     pub times: Option<u32>,
 }
 
 impl Fault {
-    /// Fail the first `k` attempts with `code text`, then behave normally.
+    /// Reply `code text` (e.g. `421`, `"4.3.2 try later"`) to the first `k` attempts, then behave normally.
     pub fn times(k: u32, code: u16, text: &str) -> Fault {
         Fault {
-            code,
-            text: text.to_string(),
+            action: Action::Reply(code, text.to_string()),
             times: Some(k),
         }
     }
-    /// Fail every attempt with `code text`.
+    /// Reply `code text` to every attempt.
     pub fn always(code: u16, text: &str) -> Fault {
         Fault {
-            code,
-            text: text.to_string(),
+            action: Action::Reply(code, text.to_string()),
             times: None,
+        }
+    }
+    /// Drop the connection without a reply, `times` times (`None` = always).
+    pub fn disconnect(times: Option<u32>) -> Fault {
+        Fault {
+            action: Action::Disconnect,
+            times,
+        }
+    }
+    /// Stall `delay` before the normal reply, `times` times (`None` = always).
+    pub fn delay(times: Option<u32>, delay: Duration) -> Fault {
+        Fault {
+            action: Action::Delay(delay),
+            times,
         }
     }
 }
@@ -84,6 +104,32 @@ pub struct Received {
     pub data: Vec<u8>,
     /// Whether the message came over TLS (implicit or after STARTTLS).
     pub tls: bool,
+}
+
+impl Received {
+    /// `data` without the topmost `Received:` header field (with its folded lines), when the message starts
+    /// with one: the trace field the gateway prepends, so the rest can be compared byte for byte.
+    pub fn data_without_first_received(&self) -> Vec<u8> {
+        strip_first_received(&self.data)
+    }
+}
+
+/// `data` without its first header field when that field is `Received:` (case-insensitive), folded
+/// continuation lines (starting with space or tab) included; otherwise `data` unchanged.
+pub fn strip_first_received(data: &[u8]) -> Vec<u8> {
+    if data.len() < 9 || !data[..9].eq_ignore_ascii_case(b"received:") {
+        return data.to_vec();
+    }
+    let mut pos = 0;
+    loop {
+        match data[pos..].iter().position(|&b| b == b'\n') {
+            None => return Vec::new(),
+            Some(i) => pos += i + 1,
+        }
+        if !matches!(data.get(pos), Some(b' ') | Some(b'\t')) {
+            return data[pos..].to_vec();
+        }
+    }
 }
 
 /// One command line as the upstream saw it (without CRLF).
@@ -102,6 +148,9 @@ pub struct UpstreamOptions {
     pub untrusted_cert: bool,
     /// Answer `530 5.7.0` to MAIL until TLS is up (Starttls mode).
     pub require_tls: bool,
+    /// `(user, password)`: advertise `AUTH PLAIN LOGIN` (in TLS, or always in plaintext mode) and answer
+    /// `530 5.7.0` to MAIL until the client authenticated with exactly these.
+    pub auth: Option<(String, String)>,
     /// Faults in force from the start; change them later with [`Upstream::faults`].
     pub faults: Vec<(Stage, Fault)>,
     /// Bind this address instead of 127.0.0.1:0 (e.g. to come back on the same port after `stop`).
@@ -120,6 +169,7 @@ impl Default for UpstreamOptions {
             tls: UpstreamTls::Starttls,
             untrusted_cert: false,
             require_tls: false,
+            auth: None,
             faults: Vec::new(),
             bind: None,
             pki: None,
@@ -176,17 +226,26 @@ impl Faults {
         self.0.lock().unwrap().clear();
     }
     /// Take one attempt at `stage`: the fault reply if one is in force (and count it down).
-    fn take(&self, stage: &Stage) -> Option<(u16, String)> {
+    fn take(&self, stage: &Stage) -> Option<Action> {
         let mut map = self.0.lock().unwrap();
         let fault = map.get_mut(stage)?;
         match &mut fault.times {
-            None => Some((fault.code, fault.text.clone())),
+            None => Some(fault.action.clone()),
             Some(0) => None,
             Some(n) => {
                 *n -= 1;
-                Some((fault.code, fault.text.clone()))
+                Some(fault.action.clone())
             }
         }
+    }
+
+    /// Attempts left for the fault at `stage` (`Some(None)` = always; `None` = no fault set).
+    pub fn remaining(&self, stage: Stage) -> Option<Option<u32>> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&normalise(stage))
+            .map(|f| f.times)
     }
 }
 
@@ -206,6 +265,8 @@ struct Record {
     connections: Vec<Vec<Seen>>,
     /// Bytes the client pipelined after STARTTLS before the handshake, per connection (a client bug).
     pipelined_after_starttls: usize,
+    /// Users that authenticated successfully, in order.
+    authenticated: Vec<String>,
 }
 
 struct Shared {
@@ -296,6 +357,15 @@ impl Upstream {
             _ => format!("smtp://{}", self.addr),
         }
     }
+    /// Like `url()` but naming `host` (e.g. `localhost`, also in the certificate) instead of 127.0.0.1.
+    pub fn url_with_host(&self, host: &str) -> String {
+        let scheme = if self.shared.opts.tls == UpstreamTls::Implicit {
+            "smtps"
+        } else {
+            "smtp"
+        };
+        format!("{scheme}://{host}:{}", self.addr.port())
+    }
     /// The trusted test PKI (its CA signed the server cert unless `untrusted_cert`).
     pub fn pki(&self) -> &Arc<TestPki> {
         &self.pki
@@ -319,6 +389,24 @@ impl Upstream {
     /// Every command line seen, per connection, in order (DATA content is not included).
     pub fn commands(&self) -> Vec<Vec<Seen>> {
         self.shared.record.lock().unwrap().connections.clone()
+    }
+    /// Users that authenticated successfully (`UpstreamOptions::auth`), in order.
+    pub fn authenticated(&self) -> Vec<String> {
+        self.shared.record.lock().unwrap().authenticated.clone()
+    }
+    /// Per connection, the command lines that arrived outside TLS (to assert nothing but EHLO and STARTTLS
+    /// went in the clear).
+    pub fn plaintext_commands(&self) -> Vec<Vec<String>> {
+        let rec = self.shared.record.lock().unwrap();
+        rec.connections
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .filter(|s| !s.tls)
+                    .map(|s| s.line.clone())
+                    .collect()
+            })
+            .collect()
     }
     /// How many connections sent bytes after STARTTLS before the TLS handshake (those bytes were discarded).
     pub fn pipelined_after_starttls(&self) -> usize {
@@ -368,6 +456,16 @@ const MAX_LINE: usize = 4096;
 /// Largest message recorded.
 const MAX_DATA: usize = 64 * 1024 * 1024;
 
+/// What is left to do after a fault.
+enum Outcome {
+    /// No fault (or only a delay): give the normal reply.
+    Proceed,
+    /// The fault reply was sent; wait for the next command.
+    Replied,
+    /// Close the connection.
+    Close,
+}
+
 struct Conn {
     io: BufReader<Box<dyn Io>>,
     tls: bool,
@@ -398,6 +496,30 @@ impl Conn {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
         Ok(if n == 0 { None } else { Some(buf) })
+    }
+
+    /// Carry out a fault (if any) and tell the caller what is left to do.
+    async fn fault(&mut self, action: Option<Action>) -> std::io::Result<Outcome> {
+        match action {
+            None => Ok(Outcome::Proceed),
+            Some(Action::Reply(code, text)) => {
+                self.reply(code, &text).await?;
+                Ok(if code == 421 {
+                    Outcome::Close
+                } else {
+                    Outcome::Replied
+                })
+            }
+            Some(Action::Disconnect) => {
+                self.log("<fault: disconnect>");
+                let _ = self.io.get_mut().shutdown().await;
+                Ok(Outcome::Close)
+            }
+            Some(Action::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(Outcome::Proceed)
+            }
+        }
     }
 
     fn log(&self, line: &str) {
@@ -459,14 +581,19 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
     if mode == UpstreamTls::Implicit {
         conn.upgrade().await?;
     }
-    if let Some((code, text)) = shared.faults.take(&Stage::Greeting) {
-        conn.reply(code, &text).await?;
-        return Ok(());
+    if let Some(action) = shared.faults.take(&Stage::Greeting) {
+        // Any greeting fault ends the connection (after a delay: a normal session goes on).
+        let delayed = matches!(action, Action::Delay(_));
+        conn.fault(Some(action)).await?;
+        if !delayed {
+            return Ok(());
+        }
     }
     conn.reply(220, &format!("{host} ESMTP cachet test upstream"))
         .await?;
 
     let mut ehlo = false;
+    let mut authed = false;
     let mut mail_from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
     loop {
@@ -498,6 +625,9 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 if mode == UpstreamTls::Starttls && !conn.tls {
                     caps.push("STARTTLS".into());
                 }
+                if shared.opts.auth.is_some() && (conn.tls || mode == UpstreamTls::None) {
+                    caps.push("AUTH PLAIN LOGIN".into());
+                }
                 caps.push("SMTPUTF8".into());
                 conn.reply(250, &caps.join("\n")).await?;
             }
@@ -515,6 +645,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 conn.reply(220, "2.0.0 ready to start TLS").await?;
                 conn.upgrade().await?;
                 ehlo = false;
+                authed = false;
                 mail_from = None;
                 rcpts.clear();
             }
@@ -525,17 +656,18 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     conn.reply(503, "5.5.1 nested MAIL").await?;
                 } else if shared.opts.require_tls && !conn.tls {
                     conn.reply(530, "5.7.0 must issue STARTTLS first").await?;
+                } else if shared.opts.auth.is_some() && !authed {
+                    conn.reply(530, "5.7.0 authentication required").await?;
                 } else if let Some(from) =
                     strip_prefix_ci(rest.trim_start(), "FROM:").and_then(path_arg)
                 {
-                    if let Some((code, text)) = shared.faults.take(&Stage::Mail) {
-                        conn.reply(code, &text).await?;
-                        if code == 421 {
-                            return Ok(());
+                    match conn.fault(shared.faults.take(&Stage::Mail)).await? {
+                        Outcome::Close => return Ok(()),
+                        Outcome::Replied => {}
+                        Outcome::Proceed => {
+                            mail_from = Some(from);
+                            conn.reply(250, "2.1.0 sender ok").await?;
                         }
-                    } else {
-                        mail_from = Some(from);
-                        conn.reply(250, "2.1.0 sender ok").await?;
                     }
                 } else {
                     conn.reply(501, "5.5.4 syntax: MAIL FROM:<address>").await?;
@@ -551,14 +683,13 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                         .faults
                         .take(&Stage::Rcpt(to.to_ascii_lowercase()))
                         .or_else(|| shared.faults.take(&Stage::AnyRcpt));
-                    if let Some((code, text)) = fault {
-                        conn.reply(code, &text).await?;
-                        if code == 421 {
-                            return Ok(());
+                    match conn.fault(fault).await? {
+                        Outcome::Close => return Ok(()),
+                        Outcome::Replied => {}
+                        Outcome::Proceed => {
+                            rcpts.push(to);
+                            conn.reply(250, "2.1.5 recipient ok").await?;
                         }
-                    } else {
-                        rcpts.push(to);
-                        conn.reply(250, "2.1.5 recipient ok").await?;
                     }
                 } else {
                     conn.reply(501, "5.5.4 syntax: RCPT TO:<address>").await?;
@@ -573,12 +704,10 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     conn.reply(554, "5.5.1 no valid recipients").await?;
                     continue;
                 }
-                if let Some((code, text)) = shared.faults.take(&Stage::Data) {
-                    conn.reply(code, &text).await?;
-                    if code == 421 {
-                        return Ok(());
-                    }
-                    continue;
+                match conn.fault(shared.faults.take(&Stage::Data)).await? {
+                    Outcome::Close => return Ok(()),
+                    Outcome::Replied => continue,
+                    Outcome::Proceed => {}
                 }
                 conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
                 let Some(data) = read_data(&mut conn).await? else {
@@ -587,12 +716,10 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 conn.log(&format!("<{} bytes of message data>", data.len()));
                 let from = mail_from.take().unwrap_or_default();
                 let to = std::mem::take(&mut rcpts);
-                if let Some((code, text)) = shared.faults.take(&Stage::DataEnd) {
-                    conn.reply(code, &text).await?;
-                    if code == 421 {
-                        return Ok(());
-                    }
-                    continue;
+                match conn.fault(shared.faults.take(&Stage::DataEnd)).await? {
+                    Outcome::Close => return Ok(()),
+                    Outcome::Replied => continue,
+                    Outcome::Proceed => {}
                 }
                 let n = {
                     let mut rec = shared.record.lock().unwrap();
@@ -605,6 +732,27 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     rec.received.len()
                 };
                 conn.reply(250, &format!("2.0.0 queued as U{n}")).await?;
+            }
+            "AUTH" => {
+                let Some((user, pass)) = shared.opts.auth.clone() else {
+                    conn.reply(502, "5.5.1 AUTH not available").await?;
+                    continue;
+                };
+                if authed || mail_from.is_some() || !ehlo {
+                    conn.reply(503, "5.5.1 bad sequence of commands").await?;
+                    continue;
+                }
+                let Some(got) = auth_exchange(&mut conn, rest.trim()).await? else {
+                    return Ok(());
+                };
+                if got == (user.clone(), pass) {
+                    authed = true;
+                    shared.record.lock().unwrap().authenticated.push(user);
+                    conn.reply(235, "2.7.0 authentication successful").await?;
+                } else {
+                    conn.reply(535, "5.7.8 authentication credentials invalid")
+                        .await?;
+                }
             }
             "RSET" => {
                 mail_from = None;
@@ -620,6 +768,57 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
             "VRFY" => conn.reply(252, "2.1.5 cannot verify").await?,
             _ => conn.reply(502, "5.5.2 command not implemented").await?,
         }
+    }
+}
+
+/// Run an AUTH PLAIN / LOGIN exchange (RFC 4954, RFC 4616) after `AUTH <args>`; returns (user, password)
+/// as sent (empty strings when undecodable), or `None` at EOF.
+async fn auth_exchange(conn: &mut Conn, args: &str) -> std::io::Result<Option<(String, String)>> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let decode =
+        |s: &str| String::from_utf8(b64.decode(s.trim()).unwrap_or_default()).unwrap_or_default();
+    let mut parts = args.split_whitespace();
+    let mechanism = parts.next().unwrap_or("").to_ascii_uppercase();
+    let initial = parts.next().map(str::to_string);
+    async fn ask(conn: &mut Conn, prompt: &str) -> std::io::Result<Option<String>> {
+        conn.reply(334, prompt).await?;
+        let Some(line) = conn.read_line(MAX_LINE).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        conn.log(&text);
+        Ok(Some(text))
+    }
+    match mechanism.as_str() {
+        "PLAIN" => {
+            let response = match initial {
+                Some(r) => r,
+                None => match ask(conn, "").await? {
+                    Some(r) => r,
+                    None => return Ok(None),
+                },
+            };
+            let decoded = decode(&response);
+            let mut fields = decoded.split('\0').skip(1);
+            let user = fields.next().unwrap_or("").to_string();
+            let pass = fields.next().unwrap_or("").to_string();
+            Ok(Some((user, pass)))
+        }
+        "LOGIN" => {
+            let user = match initial {
+                Some(u) => decode(&u),
+                None => match ask(conn, "VXNlcm5hbWU6").await? {
+                    Some(u) => decode(&u),
+                    None => return Ok(None),
+                },
+            };
+            let Some(pass) = ask(conn, "UGFzc3dvcmQ6").await? else {
+                return Ok(None);
+            };
+            Ok(Some((user, decode(&pass))))
+        }
+        _ => Ok(Some((String::new(), String::new()))),
     }
 }
 

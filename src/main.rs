@@ -36,6 +36,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2525")]
         listen: String,
     },
+    /// Print a `server.auth_users` line for USER; the password is read from standard input.
+    Passwd { user: String },
     /// Inspect and manage the queue of a (running or stopped) gateway.
     Queue {
         #[arg(long, short, global = true, default_value = "config/cachet.toml")]
@@ -111,6 +113,20 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Passwd { user } => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err()
+                || password.trim_end_matches(['\r', '\n']).is_empty()
+            {
+                eprintln!("cachet passwd: give the password on standard input");
+                return ExitCode::from(2);
+            }
+            println!(
+                "{}",
+                cachet::session::auth::hash_line(&user, password.trim_end_matches(['\r', '\n']))
+            );
+            ExitCode::SUCCESS
+        }
         Command::Demo { dir, listen } => match demo::prepare(&dir, &listen) {
             Ok(config) => run_serve(config),
             Err(e) => {

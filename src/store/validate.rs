@@ -127,14 +127,20 @@ fn classify_key(
     spki_der: &[u8],
 ) -> (Option<KeyKind>, Option<String>) {
     if alg == RSA_ENCRYPTION {
-        match aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki_der) {
-            Ok(k) => (
-                Some(KeyKind::Rsa {
-                    bits: k.key_size_bits(),
-                }),
-                None,
-            ),
-            Err(e) => (None, Some(format!("unusable RSA public key: {e}"))),
+        // Size from the modulus itself: aws-lc-rs refuses small keys outright, and we want
+        // to say how small.
+        match rsa_modulus_bits(spki.subject_public_key.raw_bytes()) {
+            Some(bits) if bits < MIN_RSA_BITS => (Some(KeyKind::Rsa { bits }), None),
+            Some(_) => match aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki_der) {
+                Ok(k) => (
+                    Some(KeyKind::Rsa {
+                        bits: k.key_size_bits(),
+                    }),
+                    None,
+                ),
+                Err(e) => (None, Some(format!("unusable RSA public key: {e}"))),
+            },
+            None => (None, Some("malformed RSA public key".into())),
         }
     } else if alg == ID_EC_PUBLIC_KEY {
         let curve = spki
@@ -158,6 +164,35 @@ fn classify_key(
             )),
         )
     }
+}
+
+/// Bit length of the modulus in a PKCS#1 RSAPublicKey (RFC 8017 §A.1.1):
+/// `SEQUENCE { INTEGER n, INTEGER e }`.
+fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+    fn header(b: &[u8], tag: u8) -> Option<(usize, &[u8])> {
+        if *b.first()? != tag {
+            return None;
+        }
+        let first = *b.get(1)? as usize;
+        if first < 0x80 {
+            return Some((first, b.get(2..)?));
+        }
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = b
+            .get(2..2 + n)?
+            .iter()
+            .fold(0usize, |a, &x| (a << 8) | x as usize);
+        Some((len, b.get(2 + n..)?))
+    }
+    let (_, seq) = header(der, 0x30)?;
+    let (len, rest) = header(seq, 0x02)?;
+    let modulus = rest.get(..len)?;
+    let start = modulus.iter().position(|&b| b != 0)?;
+    let m = &modulus[start..];
+    Some(m.len() * 8 - m[0].leading_zeros() as usize)
 }
 
 /// Check everything except the trust path; returns the first reason the certificate is unfit.

@@ -193,7 +193,7 @@ fn ecdh_key_wrap_matches_content_key_strength() {
     ] {
         let enc = smime::encrypt(
             &sample_message(),
-            &[ec.clone()],
+            std::slice::from_ref(&ec),
             &EncryptOptions {
                 cipher,
                 ..Default::default()
@@ -209,7 +209,7 @@ fn each_call_uses_a_fresh_content_key() {
     let bob = bob_recipient();
     let a = smime::encrypt(
         b"Subject: x\r\n\r\nsame\r\n",
-        &[bob.clone()],
+        std::slice::from_ref(&bob),
         &EncryptOptions::default(),
     )
     .unwrap();

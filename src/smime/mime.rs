@@ -115,11 +115,11 @@ fn parse_fields(head: &[u8]) -> Vec<Field> {
             .unwrap_or(rest.len());
         let line = &rest[..end];
         rest = &rest[end..];
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            if let Some(last) = fields.last_mut() {
-                last.raw.extend_from_slice(line);
-                continue;
-            }
+        if matches!(line.first(), Some(b' ' | b'\t'))
+            && let Some(last) = fields.last_mut()
+        {
+            last.raw.extend_from_slice(line);
+            continue;
         }
         let name_end = line.iter().position(|&b| b == b':').unwrap_or(0);
         let name = String::from_utf8_lossy(&line[..name_end])
@@ -217,22 +217,23 @@ const MAX_DEPTH: usize = 32;
 fn entity_bytes(mut fields: Vec<Field>, body: &[u8], depth: usize) -> Vec<u8> {
     let (mime, boundary) = content_type(&fields);
     let cte = transfer_encoding(&fields);
-    if mime.starts_with("multipart/") && depth < MAX_DEPTH {
-        if let Some(b) = boundary.filter(|b| !b.is_empty()) {
-            let new_body = multipart_body(body, &b, depth);
-            if cte != "7bit" {
-                // RFC 2045 §6.4: a multipart's encoding is the widest of its parts, now 7bit.
-                set_cte(&mut fields, None);
-            }
-            return join(&fields, &new_body);
+    if mime.starts_with("multipart/")
+        && depth < MAX_DEPTH
+        && let Some(b) = boundary.filter(|b| !b.is_empty())
+    {
+        let new_body = multipart_body(body, &b, depth);
+        if cte != "7bit" {
+            // RFC 2045 §6.4: a multipart's encoding is the widest of its parts, now 7bit.
+            set_cte(&mut fields, None);
         }
+        return join(&fields, &new_body);
     }
     if mime == "message/rfc822" && depth < MAX_DEPTH && !is_7bit_safe(body) && cte != "base64" {
         // Canonicalise the enclosed message; only if its header is still 8-bit do we fall back
         // to base64 (RFC 2046 §5.2.1 frowns on it, but every client reads it).
         let (h, b) = split_head_body(body);
         let inner = parse_fields(h);
-        let new_body = entity_bytes_keep_headers(inner, b, depth + 1);
+        let new_body = entity_bytes(inner, b, depth + 1);
         if is_7bit_safe(&new_body) {
             set_cte(&mut fields, None);
             return join(&fields, &new_body);
@@ -256,11 +257,6 @@ fn entity_bytes(mut fields: Vec<Field>, body: &[u8], depth: usize) -> Vec<u8> {
         set_cte(&mut fields, Some("base64"));
         join(&fields, &base64_lines(body))
     }
-}
-
-/// Canonicalise an enclosed message: its own header stays as is, its MIME body is walked.
-fn entity_bytes_keep_headers(fields: Vec<Field>, body: &[u8], depth: usize) -> Vec<u8> {
-    entity_bytes(fields, body, depth)
 }
 
 /// Replace (or remove, with `None`) the Content-Transfer-Encoding field.

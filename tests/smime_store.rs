@@ -309,3 +309,39 @@ fn trust_anchor_problems_are_reported_and_nothing_validates_without_anchors() {
     );
     assert!(store.lookup("bob@smime.example", now()).cert.is_none());
 }
+
+#[test]
+fn modern_pbes2_aes_p12_from_openssl_3_loads() {
+    // OpenSSL 3's default export: PBES2 + PBKDF2 + AES-256-CBC, HMAC-SHA-256 MAC.
+    let dir = tempfile::tempdir().unwrap();
+    let p12 = dir.path().join("alice@smime.example.p12");
+    let chain = write(dir.path(), "chain.pem", read("alice.encrypt.crt"));
+    run_ok(
+        std::process::Command::new("openssl")
+            .args(["pkcs12", "-export", "-passout", "pass:s3cret", "-inkey"])
+            .arg(rfc9216().join("alice.sign.key"))
+            .arg("-in")
+            .arg(rfc9216().join("alice.sign.crt"))
+            .arg("-certfile")
+            .arg(&chain)
+            .arg("-out")
+            .arg(&p12),
+    );
+    std::fs::remove_file(chain).unwrap();
+    chmod(&p12, 0o600);
+    chmod(
+        &write(dir.path(), "alice@smime.example.p12.pass", "s3cret\r\n"),
+        0o600,
+    );
+    let (keys, problems) = KeyStore::load(dir.path(), None, &trust(), now());
+    assert!(problems.is_empty(), "{problems:?}");
+    let alice = keys.get("alice@smime.example").unwrap();
+    // p12-keystore keeps only the key's own chain: certificates without a localKeyId are not
+    // read, so a separate encryption certificate needs the .pem form (documented).
+    assert!(alice.encryption_cert.is_none());
+    assert_eq!(alice.chain.len(), 1);
+    openssl_verify(
+        &smime::sign(&sample_message(), &alice, &Default::default()).unwrap(),
+        None,
+    );
+}

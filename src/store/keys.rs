@@ -8,7 +8,7 @@
 //!
 //! The signing certificate must name the address of the file, chain to a trust anchor and be fit
 //! for signing ([`validate::check`] with [`Purpose::Sign`]). Further end-entity certificates for
-//! the same address in the file (or the signing certificate itself when its keyUsage allows it)
+//! the same address in a `.pem` file (or the signing certificate itself when its keyUsage allows it)
 //! become the identity's own encryption certificate, announced in SMIMEEncryptionKeyPreference
 //! (RFC 8551 §2.5.3) and usable for encrypt-to-self (RFC 8551 §3.3).
 //!
@@ -296,20 +296,13 @@ impl KeyStore {
                     let (_, chain) = ks
                         .private_key_chain()
                         .ok_or("PKCS#12 holds no private key")?;
-                    let mut certs: Vec<CertificateDer<'static>> = chain
+                    let certs: Vec<CertificateDer<'static>> = chain
                         .chain()
                         .iter()
                         .map(|c| CertificateDer::from(c.as_der().to_vec()))
                         .collect();
-                    // Certificates stored outside the key's chain bag (e.g. an encryption cert).
-                    for (_, entry) in ks.entries() {
-                        if let p12_keystore::KeyStoreEntry::Certificate(c) = entry {
-                            let der = CertificateDer::from(c.as_der().to_vec());
-                            if !certs.contains(&der) {
-                                certs.push(der);
-                            }
-                        }
-                    }
+                    // Only the key's own chain: p12-keystore drops certificates without a
+                    // localKeyId, so a separate encryption certificate needs the .pem form.
                     SigningIdentity::from_parts(address, chain.key(), &certs, trust, now)
                 } else {
                     SigningIdentity::from_pem(address, &bytes, trust, now)

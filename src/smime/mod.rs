@@ -24,6 +24,7 @@ use crate::store::keys::SigningIdentity;
 pub mod algs;
 mod envelope;
 pub mod mime;
+pub mod recipients;
 mod sign;
 
 /// How the signature travels (RFC 8551 §3.5).

@@ -74,25 +74,23 @@ impl TrustAnchors {
     /// Load every certificate in each file (PEM, one or many, or a single DER certificate).
     pub fn load(files: &[PathBuf]) -> (TrustAnchors, Vec<Problem>) {
         let mut problems = Vec::new();
-        let mut all = Vec::new();
+        let mut out = TrustAnchors::default();
         for file in files {
             match read_certificates(file) {
                 Ok(certs) if certs.is_empty() => problems.push(Problem::new(
                     file,
                     "no certificate found in trust anchor file",
                 )),
-                Ok(certs) => all.extend(certs),
+                Ok(certs) => {
+                    let (anchors, bad) = TrustAnchors::from_certs(certs);
+                    out.anchors.extend(anchors.anchors);
+                    out.certs.extend(anchors.certs);
+                    problems.extend(bad.into_iter().map(|reason| Problem::new(file, reason)));
+                }
                 Err(reason) => problems.push(Problem::new(file, reason)),
             }
         }
-        let (anchors, more) = TrustAnchors::from_certs(all);
-        problems.extend(more.into_iter().map(|reason| {
-            Problem::new(
-                files.first().map(PathBuf::as_path).unwrap_or(Path::new("")),
-                reason,
-            )
-        }));
-        (anchors, problems)
+        (out, problems)
     }
 
     /// Build anchors from DER certificates already in memory; returns the reasons for any

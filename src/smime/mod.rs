@@ -13,6 +13,10 @@
 //! - sign then encrypt is `encrypt(&sign(..)?, ..)`: the whole signed entity is encrypted
 //!   (RFC 8551 §3.7).
 //!
+//! [`recipients`] reads the From: address (which key signs) and splits envelope recipients into
+//! Bcc-safe copies; encrypt-to-self is the caller adding the sender's
+//! `SigningIdentity::encryption_cert` to a copy's recipients (RFC 8551 §3.3).
+//!
 //! Pure CPU work on byte slices (no I/O, no async): callers run it off the async threads.
 //! Errors are [`SmimeError`]; none carries key material.
 
@@ -113,6 +117,14 @@ impl std::fmt::Display for SmimeError {
 }
 
 impl std::error::Error for SmimeError {}
+
+impl SmimeError {
+    /// True when retrying later may succeed (the crypto library failed); everything else is a
+    /// property of the message, key or certificates and will fail again.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, SmimeError::Crypto(_))
+    }
+}
 
 impl From<der::Error> for SmimeError {
     fn from(e: der::Error) -> Self {

@@ -172,6 +172,16 @@ mod tests {
     }
 
     #[test]
+    fn stores_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<KeyStore>();
+        shared::<CertStore>();
+        shared::<TrustAnchors>();
+        shared::<std::sync::Arc<SigningIdentity>>();
+        assert_eq!(normalize_address("a@B"), "a@b");
+    }
+
+    #[test]
     fn hex_is_lowercase_two_digits() {
         assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
     }

@@ -447,6 +447,32 @@ mod tests {
     }
 
     #[test]
+    fn attached_message_is_canonicalised_inside_or_base64_when_its_header_is_8bit() {
+        let inner_ok = "Subject: fwd\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nK\u{f6}ln\r\n";
+        let msg = format!("Content-Type: message/rfc822\r\n\r\n{inner_ok}");
+        let e = String::from_utf8(split_message(msg.as_bytes(), true).entity).unwrap();
+        assert!(
+            e.contains("Subject: fwd\r\n") && e.contains("K=C3=B6ln"),
+            "{e}"
+        );
+        let msg = "Content-Type: message/rfc822\r\n\r\nSubject: K\u{f6}ln\r\n\r\nhi\r\n";
+        let e = String::from_utf8(split_message(msg.as_bytes(), true).entity).unwrap();
+        assert!(
+            e.starts_with(
+                "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn eight_bit_preamble_is_dropped_boundaries_kept() {
+        let msg = b"Content-Type: multipart/mixed; boundary=zz\r\n\r\npr\xe9amble\r\n--zz\r\n\r\na\r\n--zz--\r\nepilogue\r\n";
+        let e = split_message(msg, true).entity;
+        assert_eq!(e, b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n\r\na\r\n--zz--\r\nepilogue\r\n");
+    }
+
+    #[test]
     fn canonical_entity_is_a_fixed_point() {
         let msg = "Content-Type: multipart/mixed; boundary=\"q\"\r\n\r\n--q\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\u{fc}ber  \r\n--q--\r\n";
         let once = split_message(msg.as_bytes(), true).entity;

@@ -27,7 +27,7 @@ use crate::store::keys::SigningIdentity;
 
 pub mod algs;
 mod envelope;
-pub mod mime;
+mod mime;
 pub mod recipients;
 mod sign;
 

@@ -125,8 +125,8 @@ fn main() {
     );
     println!("openssl = `openssl cms` CLI per message, process start included");
     println!();
-    println!("| operation      | size    | rcpts | cachet msg/s | openssl cms msg/s | ratio |");
-    println!("|----------------|---------|-------|--------------|-------------------|-------|");
+    println!("| operation      | size    | rcpts | cachet msg/s | openssl cms msg/s |  ratio |");
+    println!("|----------------|---------|-------|--------------|-------------------|--------|");
     for size in [10 * 1024, 100 * 1024] {
         let msg = message(size);
         let input = dir.join(format!("in-{size}.eml"));
@@ -162,7 +162,7 @@ fn main() {
             };
             let theirs_rate = rate(theirs, || sh(&script));
             println!(
-                "| {op:<14} | {:>4} KB | {:>5} | {ours_rate:>12.0} | {theirs_rate:>17.0} | {:>4.1}x |",
+                "| {op:<14} | {:>4} KB | {:>5} | {ours_rate:>12.0} | {theirs_rate:>17.0} | {:>5.1}x |",
                 size / 1024,
                 if n == 0 {
                     "-".to_string()

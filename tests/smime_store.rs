@@ -345,3 +345,59 @@ fn modern_pbes2_aes_p12_from_openssl_3_loads() {
         None,
     );
 }
+
+#[test]
+fn intermediates_come_from_the_key_file_and_the_certificate_directory() {
+    let (int_cert, int_key) = intermediate_ca();
+    let mut signer = Leaf::new("ivan@test.example", Alg::EcP256);
+    signer.intermediate = Some((int_cert.clone(), int_key.clone()));
+    let mut rcpt = Leaf::new("judy@test.example", Alg::Rsa2048);
+    rcpt.intermediate = Some((int_cert.clone(), int_key));
+
+    // Key file: key + leaf + intermediate. The signature carries the intermediate, so openssl
+    // verifies with only the root as CA file.
+    let keys = tempfile::tempdir().unwrap();
+    let (c, k) = signer.issue();
+    chmod(
+        &write(
+            keys.path(),
+            "ivan@test.example.pem",
+            format!("{k}{c}{int_cert}"),
+        ),
+        0o600,
+    );
+    let (ks, problems) = KeyStore::load(keys.path(), None, &trust(), now());
+    assert!(problems.is_empty(), "{problems:?}");
+    let ivan = ks.get("ivan@test.example").unwrap();
+    assert_eq!(ivan.chain.len(), 2);
+    openssl_verify(
+        &smime::sign(&sample_message(), &ivan, &Default::default()).unwrap(),
+        None,
+    );
+    // Without the intermediate the path cannot be built.
+    chmod(
+        &write(keys.path(), "ivan@test.example.pem", format!("{k}{c}")),
+        0o600,
+    );
+    let (_, problems) = KeyStore::load(keys.path(), None, &trust(), now());
+    assert!(
+        problems[0]
+            .reason
+            .contains("does not chain to a trusted root"),
+        "{problems:?}"
+    );
+
+    // Certificate directory: the intermediate in its own file serves every recipient.
+    let certs = tempfile::tempdir().unwrap();
+    write(certs.path(), "judy.pem", rcpt.issue().0);
+    let (store, problems) = CertStore::load(certs.path(), &trust(), now());
+    assert!(
+        problems[0].reason.contains("does not chain"),
+        "{problems:?}"
+    );
+    assert!(store.lookup("judy@test.example", now()).cert.is_none());
+    write(certs.path(), "intermediate.crt", &int_cert);
+    let (store, problems) = CertStore::load(certs.path(), &trust(), now());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(store.lookup("judy@test.example", now()).cert.is_some());
+}

@@ -66,20 +66,19 @@ pub(crate) struct Split {
 /// Normalise line ends to CRLF (RFC 5322 §2.1: CR and LF only occur together as CRLF).
 pub(crate) fn to_crlf(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 32);
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if input.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
+    let mut rest = input;
+    // Copy runs between CR/LF in bulk; only the line ends themselves are looked at.
+    while let Some(p) = memchr::memchr2(b'\r', b'\n', rest) {
+        out.extend_from_slice(&rest[..p]);
+        out.extend_from_slice(b"\r\n");
+        let skip = if rest[p] == b'\r' && rest.get(p + 1) == Some(&b'\n') {
+            2
+        } else {
+            1
+        };
+        rest = &rest[p + skip..];
     }
+    out.extend_from_slice(rest);
     out
 }
 

@@ -3,7 +3,7 @@
 //! Input is a whole message (header + body, CRLF line ends preferred; lone LF/CR are fixed);
 //! output is a whole message. Outer header fields (From, To, Subject, Date, Message-ID,
 //! Received, ...) stay outside and unprotected; the `Content-*` fields move inside with the body
-//! (RFC 8551 §3.1). The entity is canonicalised first ([`mime`]), then:
+//! (RFC 8551 §3.1). The entity is canonicalised first (`mime.rs`), then:
 //!
 //! - [`sign`]: detached `multipart/signed` (default, RFC 8551 §3.5.3) or opaque
 //!   `application/pkcs7-mime; smime-type=signed-data` (§3.5.2). No byte is rewritten after it
@@ -27,7 +27,7 @@ use crate::store::keys::SigningIdentity;
 
 pub mod algs;
 mod envelope;
-pub mod mime;
+mod mime;
 pub mod recipients;
 mod sign;
 

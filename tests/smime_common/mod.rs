@@ -101,6 +101,26 @@ pub struct Leaf {
     pub not_after: time::OffsetDateTime,
     /// Issue from a fresh, untrusted CA instead of the RFC 9216 CA.
     pub untrusted: bool,
+    /// Issue from this intermediate CA (cert PEM, key PEM) instead of the RFC 9216 CA.
+    pub intermediate: Option<(String, String)>,
+}
+
+/// An intermediate CA under the RFC 9216 root: (cert PEM, key PEM).
+pub fn intermediate_ca() -> (String, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "Test Intermediate CA");
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.use_authority_key_identifier_extension = true;
+    let ca_key = KeyPair::from_pem(&read("ca.rsa.key")).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.rsa.crt"), ca_key).unwrap();
+    (
+        p.signed_by(&key, &issuer).unwrap().pem(),
+        key.serialize_pem(),
+    )
 }
 
 impl Leaf {
@@ -123,6 +143,7 @@ impl Leaf {
             not_before: now - time::Duration::days(1),
             not_after: now + time::Duration::days(365),
             untrusted: false,
+            intermediate: None,
         }
     }
 
@@ -154,6 +175,10 @@ impl Leaf {
             cp.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             cp.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
             let issuer = Issuer::new(cp, ca_key);
+            p.signed_by(&key, &issuer).unwrap()
+        } else if let Some((ca_cert, ca_key)) = &self.intermediate {
+            let ca_key = KeyPair::from_pem(ca_key).unwrap();
+            let issuer = Issuer::from_ca_cert_pem(ca_cert, ca_key).unwrap();
             p.signed_by(&key, &issuer).unwrap()
         } else {
             let ca_key = KeyPair::from_pem(&read("ca.rsa.key")).unwrap();

@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, watch};
 pub const MAX_LINE: usize = 4096;
 const READ_CHUNK: usize = 64 * 1024;
 const DATA_FLUSH: usize = 256 * 1024;
+/// How much of a message the end-of-DATA policy check reads (the header is in there).
+const HEAD_MAX: usize = 64 * 1024;
 
 /// What every session shares.
 pub struct SessionCtx {
@@ -524,14 +526,21 @@ impl Session {
                 write_failed = true;
             }
         }
-        let mut fed = 0usize; // bytes of `buf` already fed to the reader
+        // The first bytes of the message, for the end-of-DATA policy check on From:.
+        let want_head = self.runtime.config.policy.any_sign_required();
+        let mut head: Vec<u8> = Vec::new();
         loop {
-            let feed = reader.feed(&buf[fed..], &mut body);
+            let before = body.len();
+            let feed = reader.feed(buf, &mut body);
             let consumed = match feed {
-                Feed::End { consumed } => fed + consumed,
+                Feed::End { consumed } => consumed,
                 _ => buf.len(),
             };
-            total += body.len() as u64;
+            total += (body.len() - before) as u64;
+            if want_head && head.len() < HEAD_MAX {
+                let take = (HEAD_MAX - head.len()).min(body.len() - before);
+                head.extend_from_slice(&body[before..before + take]);
+            }
             if total > max {
                 too_big = true;
             }
@@ -559,7 +568,6 @@ impl Session {
                 }
                 Feed::More => {
                     buf.clear();
-                    fed = 0;
                     match read_more(stream, buf, self.runtime.config.server.idle_timeout).await? {
                         Some(0) => return Ok(Step::Close),
                         Some(_) => {}
@@ -579,6 +587,15 @@ impl Session {
         let draft = draft.expect("checked above");
         if write_failed {
             self.reply(reply::SPOOL_FAILURE);
+            return Ok(Step::Continue);
+        }
+        if want_head
+            && let Some(refusal) =
+                crate::pipeline::data_check(&self.runtime, &tx.sender, &tx.recipients, &head)
+        {
+            tracing::info!(client = %self.peer, sender = %tx.sender, reply = %refusal, "message refused by policy");
+            self.ctx.metrics.refused("policy");
+            self.reply(refusal);
             return Ok(Step::Continue);
         }
         let mut env = Envelope::new(

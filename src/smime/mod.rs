@@ -13,9 +13,9 @@
 //! - sign then encrypt is `encrypt(&sign(..)?, ..)`: the whole signed entity is encrypted
 //!   (RFC 8551 §3.7).
 //!
-//! [`recipients`] reads the From: address (which key signs) and splits envelope recipients into
-//! Bcc-safe copies; encrypt-to-self is the caller adding the sender's
-//! `SigningIdentity::encryption_cert` to a copy's recipients (RFC 8551 §3.3).
+//! Choosing the signing key (the From: address), Bcc-safe recipient groups and encrypt-to-self
+//! (the sender's `SigningIdentity::encryption_cert` added to a copy, RFC 8551 §3.3) are the
+//! pipeline's job: see `crate::pipeline::seal`.
 //!
 //! Pure CPU work on byte slices (no I/O, no async): callers run it off the async threads.
 //! Errors are [`SmimeError`]; none carries key material.
@@ -28,7 +28,6 @@ use crate::store::keys::SigningIdentity;
 pub mod algs;
 mod envelope;
 mod mime;
-pub mod recipients;
 mod sign;
 
 /// How the signature travels (RFC 8551 §3.5).

@@ -429,3 +429,145 @@ pub fn verify_detached_in_process(content: &[u8], p7s: &[u8], signer_cert_pem: &
     key.verify(&attrs.to_der().unwrap(), si.signature.as_bytes())
         .expect("signature verifies");
 }
+
+/// A temporary GnuPG home: CA imported and marked trusted, CRL checks off (no network),
+/// loopback pinentry so the p12 passphrase can be passed on the command line.
+pub struct Gpgsm {
+    home: tempfile::TempDir,
+}
+
+impl Gpgsm {
+    pub fn new() -> Gpgsm {
+        // Short path: gpg-agent's socket path must fit in sun_path.
+        let home = tempfile::Builder::new()
+            .prefix("gsm")
+            .tempdir_in("/tmp")
+            .unwrap();
+        chmod(home.path(), 0o700);
+        write(home.path(), "gpg-agent.conf", "allow-loopback-pinentry\n");
+        write(
+            home.path(),
+            "gpgsm.conf",
+            "disable-crl-checks\ndisable-policy-checks\n",
+        );
+        let fpr = run_ok(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+                .arg(ca_cert_path()),
+        );
+        let fpr = String::from_utf8_lossy(&fpr.stdout);
+        let fpr = fpr.trim().split('=').nth(1).unwrap().to_string();
+        write(home.path(), "trustlist.txt", format!("{fpr} S relax\n"));
+        let g = Gpgsm { home };
+        g.run_ok(&["--import", ca_cert_path().to_str().unwrap()]);
+        g
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("gpgsm");
+        c.env("GNUPGHOME", self.home.path()).args([
+            "--batch",
+            "--no-tty",
+            "--disable-crl-checks",
+            "--disable-dirmngr",
+        ]);
+        c
+    }
+
+    pub fn run_ok(&self, args: &[&str]) -> std::process::Output {
+        run_ok(self.cmd().args(args))
+    }
+
+    /// Import a private key + certificate. gpgsm 2.2 cannot parse RFC 9216's own .p12 files, so
+    /// we re-pack the published PEM key as a PKCS#12 with openssl (3DES/SHA-1, what gpgsm reads).
+    pub fn import_key(&self, key: &Path, cert: &Path, dir: &Path) {
+        let p12 = dir.join("import.p12");
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "pkcs12",
+                    "-export",
+                    "-keypbe",
+                    "PBE-SHA1-3DES",
+                    "-certpbe",
+                    "PBE-SHA1-3DES",
+                ])
+                .args(["-macalg", "sha1", "-passout", "pass:test", "-inkey"])
+                .arg(key)
+                .arg("-in")
+                .arg(cert)
+                .arg("-out")
+                .arg(&p12),
+        );
+        let mut cmd = self.cmd();
+        cmd.args([
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--import",
+        ])
+        .arg(&p12);
+        let out = run_with_input(&mut cmd, b"test\ntest\ntest\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("secret keys imported: 1"),
+            "gpgsm import: {err}"
+        );
+    }
+    /// `gpgsm --verify` of a detached multipart/signed message; asserts a good, trusted signature.
+    pub fn verify_detached(&self, signed: &[u8], dir: &Path) {
+        let (content, p7s) = split_signed(signed);
+        let sig = write(dir, "sig.p7s", &p7s);
+        let data = write(dir, "data", &content);
+        let out = self
+            .cmd()
+            .args(["--status-fd", "1", "--verify"])
+            .arg(&sig)
+            .arg(&data)
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && status.contains("[GNUPG:] GOODSIG")
+                && status.contains("TRUST_"),
+            "gpgsm --verify: {status}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `gpgsm --decrypt` of an S/MIME enveloped message (the PEM/base64 body of an .eml).
+    pub fn decrypt(&self, message: &[u8], dir: &Path) -> Vec<u8> {
+        let p7m = write(dir, "enc.p7m", p7m_der(message));
+        let out_path = dir.join("plain");
+        let mut cmd = self.cmd();
+        cmd.args([
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--output",
+        ])
+        .arg(&out_path)
+        .arg("--decrypt")
+        .arg(&p7m);
+        let out = run_with_input(&mut cmd, b"test\n");
+        assert!(
+            out.status.success(),
+            "gpgsm --decrypt: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(&out_path).unwrap()
+    }
+}
+
+impl Drop for Gpgsm {
+    fn drop(&mut self) {
+        // Stop the agent this home started (by its socket, not by process name).
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}

@@ -142,3 +142,31 @@ fn message(token: &str) -> String {
          Hello Bob,\r\n.a line starting with a dot\r\ntoken: {token}\r\n"
     )
 }
+
+/// The S/MIME check the compose test relies on, proven on messages openssl makes (needs no
+/// Docker): signed-then-encrypted passes, encrypted-only and signed-only do not.
+#[test]
+fn smime_check_needs_both_signature_and_encryption() {
+    let work = tempfile::Builder::new().prefix("cachet-smime-check-").tempdir().expect("tempdir");
+    let demo = work.path().join("demo");
+    let setup = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/demo/setup.sh");
+    let o = std::process::Command::new("sh").arg(setup).arg(&demo).output().expect("openssl/sh");
+    assert!(o.status.success(), "setup.sh: {}", String::from_utf8_lossy(&o.stderr));
+    let p = |name: &str| demo.join(name).display().to_string();
+    let openssl = |args: &[&str]| {
+        let o = std::process::Command::new("openssl").args(args).output().expect("openssl");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    std::fs::write(demo.join("plain.txt"), "Content-Type: text/plain\r\n\r\ntoken: check-123\r\n").unwrap();
+    let (plain, signed, both, enc_only) = (p("plain.txt"), p("signed.eml"), p("both.eml"), p("enc.eml"));
+    let (alice_crt, alice_key, bob) =
+        (p("private/alice@demo.test.crt"), p("private/alice@demo.test.key"), p("recipients/bob@demo.test.pem"));
+    openssl(&["cms", "-sign", "-signer", &alice_crt, "-inkey", &alice_key, "-in", &plain, "-out", &signed]);
+    openssl(&["cms", "-encrypt", "-aes256", "-in", &signed, "-out", &both, &bob]);
+    openssl(&["cms", "-encrypt", "-aes256", "-in", &plain, "-out", &enc_only, &bob]);
+
+    let got = verify_smime(&demo, std::path::Path::new(&both)).expect("signed+encrypted must pass");
+    assert!(got.contains("token: check-123"), "{got}");
+    assert!(verify_smime(&demo, std::path::Path::new(&enc_only)).is_err(), "encrypted-only must fail");
+    assert!(verify_smime(&demo, std::path::Path::new(&signed)).is_err(), "signed-only must fail");
+}

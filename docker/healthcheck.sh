@@ -1,7 +1,7 @@
 #!/bin/sh
 # HEALTHCHECK for the cachet container (busybox sh, no other tools needed).
 #
-# * CACHET_HEALTH_URL set (e.g. http://127.0.0.1:8025/healthz, the admin
+# * CACHET_HEALTH_URL set (e.g. http://127.0.0.1:9925/healthz, the admin
 #   listener): healthy when it answers 2xx. This is the real readiness check
 #   (listening + spool writable) once the admin listener exists.
 # * otherwise: healthy when the SMTP listener on CACHET_SMTP_PORT (default

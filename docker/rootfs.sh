@@ -56,7 +56,7 @@ fi
 # 2. busybox for sh/nc/wget (healthcheck, demo sink, `docker exec` debugging).
 install -m 0755 "$busybox" bin/busybox
 for applet in sh ash cat cp date echo env grep head id kill ls mkdir mv nc \
-              printf ps rm cut chown chmod tar du df sed sleep tail test timeout tr wc wget; do
+              printf ps rm cut chown chmod tar gzip gunzip du df sed sleep tail test timeout tr wc wget; do
   ln -s busybox "bin/$applet"
 done
 install -m 0755 "$here/healthcheck.sh" usr/local/bin/cachet-healthcheck

@@ -31,7 +31,7 @@ need=""
 if ! command -v busybox >/dev/null 2>&1 || ldd "$(command -v busybox)" >/dev/null 2>&1; then
   need="busybox-static"
 fi
-[ -s /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates"
+ls /usr/share/ca-certificates/mozilla/*.crt >/dev/null 2>&1 || need="$need ca-certificates"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "build-image.sh: installing$need" >&2

@@ -16,7 +16,7 @@
 #   /bin/busybox + /bin/{sh,nc,wget,...}  healthcheck, demo sink, debugging
 #   /usr/local/bin/cachet-healthcheck  HEALTHCHECK command
 #   /usr/local/bin/smtp-sink           tiny SMTP sink for the demo stack
-#   /etc/ssl/certs/ca-certificates.crt system trust store (upstream TLS verify)
+#   /etc/ssl/certs/ca-certificates.crt Debian's Mozilla CA set (upstream TLS verify)
 #   /etc/passwd, /etc/group           root + cachet (uid/gid 10025)
 #   /etc/cachet, /var/spool/cachet, /var/spool/outbox (demo sink), /tmp,
 #   /run/secrets                      mount points
@@ -24,6 +24,8 @@ set -eu
 
 bin=${1:?usage: rootfs.sh BINARY OUTDIR}
 out=${2:?usage: rootfs.sh BINARY OUTDIR}
+case "$bin" in /*) ;; *) bin=$(pwd)/$bin ;; esac
+case "$out" in /*) ;; *) out=$(pwd)/$out ;; esac
 here=$(cd "$(dirname "$0")" && pwd)
 CACHET_UID=${CACHET_UID:-10025}
 
@@ -33,8 +35,12 @@ busybox=$(command -v busybox || true)
 if ldd "$busybox" >/dev/null 2>&1; then
   echo "rootfs.sh: $busybox is dynamically linked; install busybox-static" >&2; exit 1
 fi
-cabundle=/etc/ssl/certs/ca-certificates.crt
-[ -s "$cabundle" ] || { echo "rootfs.sh: $cabundle missing (apt-get install ca-certificates)" >&2; exit 1; }
+# The trust store is Debian's Mozilla set as packaged (not this host's
+# /etc/ssl/certs bundle, which may carry local additions such as a
+# TLS-inspection CA): the same on every build machine. Private CAs for the
+# upstream belong in [upstream] ca_file.
+mozilla=/usr/share/ca-certificates/mozilla
+ls "$mozilla"/*.crt >/dev/null 2>&1 || { echo "rootfs.sh: $mozilla/*.crt missing (apt-get install ca-certificates)" >&2; exit 1; }
 
 rm -rf "$out"
 mkdir -p "$out"
@@ -63,7 +69,7 @@ install -m 0755 "$here/healthcheck.sh" usr/local/bin/cachet-healthcheck
 install -m 0755 "$here/smtp-sink.sh" usr/local/bin/smtp-sink
 
 # 3. trust store, users, name service.
-cp -L "$cabundle" etc/ssl/certs/ca-certificates.crt
+cat "$mozilla"/*.crt > etc/ssl/certs/ca-certificates.crt
 cat > etc/passwd <<PASSWD
 root:x:0:0:root:/root:/bin/sh
 cachet:x:$CACHET_UID:$CACHET_UID:cachet:/var/spool/cachet:/bin/false

@@ -29,14 +29,20 @@ fi
 # missing and we may (CI runs as root on a fresh machine).
 need=""
 if ! command -v busybox >/dev/null 2>&1 || ldd "$(command -v busybox)" >/dev/null 2>&1; then
-  need="busybox-static"
+  need=" busybox-static"
 fi
 ls /usr/share/ca-certificates/mozilla/*.crt >/dev/null 2>&1 || need="$need ca-certificates"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "build-image.sh: installing$need" >&2
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >&2
+    # other jobs on the machine may hold the dpkg lock: wait for it
+    log=$(mktemp)
+    if ! { apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+           DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+             --no-install-recommends $need; } >"$log" 2>&1; then
+      cat "$log" >&2; rm -f "$log"; echo "build-image.sh: apt-get failed" >&2; exit 1
+    fi
+    rm -f "$log"
   else
     echo "build-image.sh: please install:$need" >&2; exit 1
   fi

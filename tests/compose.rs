@@ -52,6 +52,11 @@ fn compose_demo_stack() {
         return;
     }
 
+    // The demo config must pass `cachet check` in the image, with the compose mounts.
+    let check = stack.compose(&["run", "--rm", "--no-deps", "cachet", "check", "--config", "/etc/cachet/cachet.toml"]);
+    assert!(check.status.success(), "cachet check on the demo config failed:\n{}{}",
+        String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+
     let cachet = stack.container("cachet");
     stack.wait_health(&cachet, Duration::from_secs(90));
     assert_eq!(stack.inspect(&cachet, "{{.Config.User}}"), "10025:10025");

@@ -68,6 +68,8 @@ relay_networks = ["127.0.0.0/8", "::1/128", "172.16.0.0/12", "192.168.0.0/16", "
 
 [spool]
 dir = "/var/spool/cachet"
+# short retries: mail deferred while the sink or a restart is in the way goes soon
+retry = ["5s", "30s"]
 
 [upstream]
 url = "smtp://sink:2525"
@@ -79,6 +81,11 @@ dir = "/etc/cachet/keys"
 [certificates]
 dir = "/etc/cachet/recipients"
 trust = ["/etc/cachet/trust/ca.pem"]
+
+# the demo shows (and the compose test checks) both: fail closed, never plaintext
+[policy]
+sign = "required"
+encrypt = "required"
 TOML
 
 # Private files must belong to the container user (they are refused when

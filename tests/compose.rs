@@ -22,8 +22,8 @@
 #[path = "compose/support.rs"]
 mod support;
 
-use support::*;
 use std::time::{Duration, Instant};
+use support::*;
 
 #[test]
 fn compose_demo_stack() {
@@ -31,19 +31,32 @@ fn compose_demo_stack() {
     let bin = env!("CARGO_BIN_EXE_cachet");
     let real_gateway = binary_has_serve(bin);
 
-    let work = tempfile::Builder::new().prefix("cachet-compose-").tempdir().expect("tempdir");
+    let work = tempfile::Builder::new()
+        .prefix("cachet-compose-")
+        .tempdir()
+        .expect("tempdir");
     let stack = Stack::up(&docker, bin, work.path());
 
     let sink = stack.container("sink");
     stack.wait_health(&sink, Duration::from_secs(60));
     assert_eq!(stack.inspect(&sink, "{{.Config.User}}"), "10025:10025");
-    assert_eq!(stack.inspect(&sink, "{{.HostConfig.ReadonlyRootfs}}"), "true");
+    assert_eq!(
+        stack.inspect(&sink, "{{.HostConfig.ReadonlyRootfs}}"),
+        "true"
+    );
 
     // The sink (same image, busybox SMTP) takes mail and stores it verbatim.
     let session = "EHLO t\r\nMAIL FROM:<a@demo.test>\r\nRCPT TO:<b@demo.test>\r\nDATA\r\n\
                    Subject: sink probe\r\n\r\n..leading dot\r\nsink-probe-token\r\n.\r\nQUIT\r\n";
-    let out = stack.exec_stdin("sink", "(cat; sleep 2) | nc -w 5 127.0.0.1 2525", session.as_bytes());
-    assert!(out.contains("250 2.0.0 Ok: queued"), "sink did not take the probe: {out}");
+    let out = stack.exec_stdin(
+        "sink",
+        "(cat; sleep 2) | nc -w 5 127.0.0.1 2525",
+        session.as_bytes(),
+    );
+    assert!(
+        out.contains("250 2.0.0 Ok: queued"),
+        "sink did not take the probe: {out}"
+    );
     let got = stack.wait_outbox(1, Duration::from_secs(20));
     assert!(got.iter().any(|m| m.text.contains("sink-probe-token") && m.text.contains("\r\n.leading dot\r\n")));
 
@@ -53,14 +66,29 @@ fn compose_demo_stack() {
     }
 
     // The demo config must pass `cachet check` in the image, with the compose mounts.
-    let check = stack.compose(&["run", "--rm", "--no-deps", "cachet", "check", "--config", "/etc/cachet/cachet.toml"]);
-    assert!(check.status.success(), "cachet check on the demo config failed:\n{}{}",
-        String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let check = stack.compose(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "cachet",
+        "check",
+        "--config",
+        "/etc/cachet/cachet.toml",
+    ]);
+    assert!(
+        check.status.success(),
+        "cachet check on the demo config failed:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let cachet = stack.container("cachet");
     stack.wait_health(&cachet, Duration::from_secs(90));
     assert_eq!(stack.inspect(&cachet, "{{.Config.User}}"), "10025:10025");
-    assert_eq!(stack.inspect(&cachet, "{{.HostConfig.ReadonlyRootfs}}"), "true");
+    assert_eq!(
+        stack.inspect(&cachet, "{{.HostConfig.ReadonlyRootfs}}"),
+        "true"
+    );
     let addr = stack.published_port("cachet", 2525);
     let already = got.len();
 
@@ -68,8 +96,12 @@ fn compose_demo_stack() {
     let mut tokens = Vec::new();
     for i in 0..3 {
         let token = format!("compose-basic-{i}-{}", std::process::id());
-        let reply = smtp_send(&addr, "alice@demo.test", "bob@demo.test", &message(&token)).expect("send");
-        assert!(reply.starts_with("250"), "gateway refused message {i}: {reply}");
+        let reply =
+            smtp_send(&addr, "alice@demo.test", "bob@demo.test", &message(&token)).expect("send");
+        assert!(
+            reply.starts_with("250"),
+            "gateway refused message {i}: {reply}"
+        );
         tokens.push(token);
     }
     stack.wait_tokens(&tokens, already, Duration::from_secs(60));
@@ -79,7 +111,8 @@ fn compose_demo_stack() {
     std::thread::sleep(Duration::from_secs(2));
     stack.wait_health(&cachet, Duration::from_secs(30));
     let token = format!("compose-after-hup-{}", std::process::id());
-    let reply = smtp_send(&addr, "alice@demo.test", "bob@demo.test", &message(&token)).expect("send after HUP");
+    let reply = smtp_send(&addr, "alice@demo.test", "bob@demo.test", &message(&token))
+        .expect("send after HUP");
     assert!(reply.starts_with("250"), "after SIGHUP: {reply}");
     tokens.push(token);
 
@@ -92,8 +125,16 @@ fn compose_demo_stack() {
         for i in 0..30 {
             let token = format!("compose-restart-{i}-{}", std::process::id());
             loop {
-                assert!(Instant::now() < deadline, "gateway did not accept message {i} within 120s");
-                match smtp_send(&sender_addr, "alice@demo.test", "bob@demo.test", &message(&token)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "gateway did not accept message {i} within 120s"
+                );
+                match smtp_send(
+                    &sender_addr,
+                    "alice@demo.test",
+                    "bob@demo.test",
+                    &message(&token),
+                ) {
                     Ok(r) if r.starts_with("250") => break,
                     _ => std::thread::sleep(Duration::from_millis(300)),
                 }
@@ -109,7 +150,10 @@ fn compose_demo_stack() {
     tokens.extend(accepted);
     stack.wait_health(&cachet, Duration::from_secs(60));
     stack.wait_tokens(&tokens, already, Duration::from_secs(120));
-    eprintln!("compose test: {} messages accepted and all arrived signed+encrypted", tokens.len());
+    eprintln!(
+        "compose test: {} messages accepted and all arrived signed+encrypted",
+        tokens.len()
+    );
 }
 
 /// What the test can prove while `cachet` is still the stub: the gateway container starts with the
@@ -123,17 +167,35 @@ fn placeholder_checks(stack: &Stack) {
     );
     let cachet = stack.container("cachet");
     assert_eq!(stack.inspect(&cachet, "{{.Config.User}}"), "10025:10025");
-    assert_eq!(stack.inspect(&cachet, "{{.HostConfig.ReadonlyRootfs}}"), "true");
-    assert_eq!(stack.inspect(&cachet, "{{.HostConfig.RestartPolicy.Name}}"), "unless-stopped");
-    assert_eq!(stack.inspect(&cachet, "{{.Config.Healthcheck.Test}}"), "[CMD /usr/local/bin/cachet-healthcheck]");
+    assert_eq!(
+        stack.inspect(&cachet, "{{.HostConfig.ReadonlyRootfs}}"),
+        "true"
+    );
+    assert_eq!(
+        stack.inspect(&cachet, "{{.HostConfig.RestartPolicy.Name}}"),
+        "unless-stopped"
+    );
+    assert_eq!(
+        stack.inspect(&cachet, "{{.Config.Healthcheck.Test}}"),
+        "[CMD /usr/local/bin/cachet-healthcheck]"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let state = stack.inspect(&cachet, "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}");
+        let state = stack.inspect(
+            &cachet,
+            "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}",
+        );
         let mut it = state.split_whitespace();
         let (status, code) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
         assert_ne!(status, "dead", "gateway container died: {state}");
-        assert!(code == "0", "gateway container exited with an error: {state}");
-        if it.next().map(|n| n != "0").unwrap_or(false) || status == "exited" || Instant::now() > deadline {
+        assert!(
+            code == "0",
+            "gateway container exited with an error: {state}"
+        );
+        if it.next().map(|n| n != "0").unwrap_or(false)
+            || status == "exited"
+            || Instant::now() > deadline
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -152,26 +214,64 @@ fn message(token: &str) -> String {
 /// Docker): signed-then-encrypted passes, encrypted-only and signed-only do not.
 #[test]
 fn smime_check_needs_both_signature_and_encryption() {
-    let work = tempfile::Builder::new().prefix("cachet-smime-check-").tempdir().expect("tempdir");
+    let work = tempfile::Builder::new()
+        .prefix("cachet-smime-check-")
+        .tempdir()
+        .expect("tempdir");
     let demo = work.path().join("demo");
     let setup = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/demo/setup.sh");
-    let o = std::process::Command::new("sh").arg(setup).arg(&demo).output().expect("openssl/sh");
-    assert!(o.status.success(), "setup.sh: {}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new("sh")
+        .arg(setup)
+        .arg(&demo)
+        .output()
+        .expect("openssl/sh");
+    assert!(
+        o.status.success(),
+        "setup.sh: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let p = |name: &str| demo.join(name).display().to_string();
     let openssl = |args: &[&str]| {
-        let o = std::process::Command::new("openssl").args(args).output().expect("openssl");
-        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
-    std::fs::write(demo.join("plain.txt"), "Content-Type: text/plain\r\n\r\ntoken: check-123\r\n").unwrap();
-    let (plain, signed, both, enc_only) = (p("plain.txt"), p("signed.eml"), p("both.eml"), p("enc.eml"));
-    let (alice_crt, alice_key, bob) =
-        (p("private/alice@demo.test.crt"), p("private/alice@demo.test.key"), p("recipients/bob@demo.test.pem"));
-    openssl(&["cms", "-sign", "-signer", &alice_crt, "-inkey", &alice_key, "-in", &plain, "-out", &signed]);
-    openssl(&["cms", "-encrypt", "-aes256", "-in", &signed, "-out", &both, &bob]);
-    openssl(&["cms", "-encrypt", "-aes256", "-in", &plain, "-out", &enc_only, &bob]);
+    std::fs::write(
+        demo.join("plain.txt"),
+        "Content-Type: text/plain\r\n\r\ntoken: check-123\r\n",
+    )
+    .unwrap();
+    let (plain, signed, both, enc_only) =
+        (p("plain.txt"), p("signed.eml"), p("both.eml"), p("enc.eml"));
+    let (alice_crt, alice_key, bob) = (
+        p("private/alice@demo.test.crt"),
+        p("private/alice@demo.test.key"),
+        p("recipients/bob@demo.test.pem"),
+    );
+    openssl(&[
+        "cms", "-sign", "-signer", &alice_crt, "-inkey", &alice_key, "-in", &plain, "-out", &signed,
+    ]);
+    openssl(&[
+        "cms", "-encrypt", "-aes256", "-in", &signed, "-out", &both, &bob,
+    ]);
+    openssl(&[
+        "cms", "-encrypt", "-aes256", "-in", &plain, "-out", &enc_only, &bob,
+    ]);
 
     let got = verify_smime(&demo, std::path::Path::new(&both)).expect("signed+encrypted must pass");
     assert!(got.contains("token: check-123"), "{got}");
-    assert!(verify_smime(&demo, std::path::Path::new(&enc_only)).is_err(), "encrypted-only must fail");
-    assert!(verify_smime(&demo, std::path::Path::new(&signed)).is_err(), "signed-only must fail");
+    assert!(
+        verify_smime(&demo, std::path::Path::new(&enc_only)).is_err(),
+        "encrypted-only must fail"
+    );
+    assert!(
+        verify_smime(&demo, std::path::Path::new(&signed)).is_err(),
+        "signed-only must fail"
+    );
 }

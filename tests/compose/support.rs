@@ -16,7 +16,11 @@ pub fn loud(lines: &str) {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// The docker CLI plus whichever compose tool this machine has (`docker compose` or the older
@@ -30,9 +34,15 @@ impl Docker {
     /// engine is a failure, never a skip.
     pub fn find() -> Option<Docker> {
         let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
-        let mut problem = match Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output() {
+        let mut problem = match Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+        {
             Err(e) => Some(format!("no `docker` command ({e})")),
-            Ok(o) if !o.status.success() => Some(format!("the Docker engine does not answer: {}", text(&o).trim())),
+            Ok(o) if !o.status.success() => Some(format!(
+                "the Docker engine does not answer: {}",
+                text(&o).trim()
+            )),
             Ok(_) => None,
         };
         let mut compose = Vec::new();
@@ -49,7 +59,9 @@ impl Docker {
         }
         match problem {
             None => Some(Docker { compose }),
-            Some(p) if ci => panic!("compose test: CI=true but {p}; the compose test must run in CI"),
+            Some(p) if ci => {
+                panic!("compose test: CI=true but {p}; the compose test must run in CI")
+            }
             Some(p) => {
                 loud(&format!(
                     "## SKIPPED: tests/compose.rs (docker-compose deployment test) did NOT run:\n## {p}.\n\
@@ -61,19 +73,32 @@ impl Docker {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new("docker").args(args).stdin(Stdio::null()).output().expect("run docker")
+        Command::new("docker")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
     }
 
     pub fn run_ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "docker {} failed: {}", args.join(" "), text(&o));
+        assert!(
+            o.status.success(),
+            "docker {} failed: {}",
+            args.join(" "),
+            text(&o)
+        );
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 }
 
 /// True when the binary knows `serve`, i.e. it is the real gateway and not the crate's stub.
 pub fn binary_has_serve(bin: &str) -> bool {
-    match Command::new(bin).arg("--help").stdin(Stdio::null()).output() {
+    match Command::new(bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+    {
         Ok(o) => text(&o).contains("serve"),
         Err(_) => false,
     }
@@ -112,8 +137,15 @@ impl<'a> Stack<'a> {
             .stdin(Stdio::null())
             .output()
             .expect("run docker/build-image.sh");
-        assert!(o.status.success(), "docker/build-image.sh failed: {}", text(&o));
-        eprintln!("compose test: image {image} built in {:.1}s", t.elapsed().as_secs_f64());
+        assert!(
+            o.status.success(),
+            "docker/build-image.sh failed: {}",
+            text(&o)
+        );
+        eprintln!(
+            "compose test: image {image} built in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
 
         let demo = work.join("demo");
         let o = Command::new("sh")
@@ -123,18 +155,30 @@ impl<'a> Stack<'a> {
             .stdin(Stdio::null())
             .output()
             .expect("run docker/demo/setup.sh");
-        assert!(o.status.success(), "docker/demo/setup.sh failed: {}", text(&o));
+        assert!(
+            o.status.success(),
+            "docker/demo/setup.sh failed: {}",
+            text(&o)
+        );
 
         let stack = Stack {
             docker,
             project: format!("cachettest{pid}"),
             image: image.clone(),
-            files: vec![repo.join("docker/docker-compose.yml"), repo.join("docker/docker-compose.demo.yml")],
+            files: vec![
+                repo.join("docker/docker-compose.yml"),
+                repo.join("docker/docker-compose.demo.yml"),
+            ],
             env: vec![
                 ("CACHET_IMAGE".into(), image),
                 ("CACHET_DEMO_DIR".into(), demo.display().to_string()),
                 // loopback only, any free host port (read back with `port`)
-                ("CACHET_SMTP_PUBLISH".into(), "127.0.0.1:".into()),
+                // A fixed free port: an ephemeral one ("127.0.0.1:") changes when the container
+                // restarts, and the restart test must keep talking to the same address.
+                (
+                    "CACHET_SMTP_PUBLISH".into(),
+                    format!("127.0.0.1:{}", free_loopback_port()),
+                ),
                 ("RUST_LOG".into(), "debug".into()),
             ],
             demo,
@@ -144,13 +188,18 @@ impl<'a> Stack<'a> {
         // `stack` exists before `up`, so a failing `up` is torn down too.
         let t = Instant::now();
         stack.compose_ok(&["up", "-d", "--no-build"]);
-        eprintln!("compose test: `up -d` took {:.1}s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "compose test: `up -d` took {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
         stack
     }
 
     fn compose_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.docker.compose[0]);
-        c.args(&self.docker.compose[1..]).arg("-p").arg(&self.project);
+        c.args(&self.docker.compose[1..])
+            .arg("-p")
+            .arg(&self.project);
         for f in &self.files {
             c.arg("-f").arg(f);
         }
@@ -159,12 +208,20 @@ impl<'a> Stack<'a> {
     }
 
     pub fn compose(&self, args: &[&str]) -> Output {
-        self.compose_cmd(args).stdin(Stdio::null()).output().expect("run compose")
+        self.compose_cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run compose")
     }
 
     pub fn compose_ok(&self, args: &[&str]) -> String {
         let o = self.compose(args);
-        assert!(o.status.success(), "compose {} failed: {}", args.join(" "), text(&o));
+        assert!(
+            o.status.success(),
+            "compose {} failed: {}",
+            args.join(" "),
+            text(&o)
+        );
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
@@ -183,7 +240,10 @@ impl<'a> Stack<'a> {
     pub fn wait_health(&self, id: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let s = self.inspect(id, "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}");
+            let s = self.inspect(
+                id,
+                "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+            );
             if s.ends_with(" healthy") {
                 return;
             }
@@ -199,7 +259,10 @@ impl<'a> Stack<'a> {
     pub fn published_port(&self, service: &str, port: u16) -> String {
         let out = self.compose_ok(&["port", service, &port.to_string()]);
         let line = out.lines().next().unwrap_or("").trim().to_string();
-        assert!(line.contains(':'), "no published port for {service}:{port}: {out:?}");
+        assert!(
+            line.contains(':'),
+            "no published port for {service}:{port}: {out:?}"
+        );
         line.replace("0.0.0.0:", "127.0.0.1:")
     }
 
@@ -212,7 +275,12 @@ impl<'a> Stack<'a> {
             .stderr(Stdio::piped())
             .spawn()
             .expect("compose exec");
-        child.stdin.take().unwrap().write_all(input).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input)
+            .expect("write stdin");
         let o = child.wait_with_output().expect("compose exec");
         assert!(o.status.success(), "exec in {service} failed: {}", text(&o));
         text(&o)
@@ -225,7 +293,11 @@ impl<'a> Stack<'a> {
         let dir = self.work.join(format!("outbox-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let sink = self.container("sink");
-        self.docker.run_ok(&["cp", &format!("{sink}:/var/spool/outbox/."), &dir.display().to_string()]);
+        self.docker.run_ok(&[
+            "cp",
+            &format!("{sink}:/var/spool/outbox/."),
+            &dir.display().to_string(),
+        ]);
         let mut mails: Vec<Mail> = std::fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())
@@ -248,7 +320,11 @@ impl<'a> Stack<'a> {
             if m.len() >= n {
                 return m;
             }
-            assert!(Instant::now() < deadline, "sink has {} messages, wanted {n}, after {timeout:?}", m.len());
+            assert!(
+                Instant::now() < deadline,
+                "sink has {} messages, wanted {n}, after {timeout:?}",
+                m.len()
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -257,20 +333,31 @@ impl<'a> Stack<'a> {
     /// bob (`skip`: messages present before, like the sink probe). Duplicates are allowed.
     pub fn wait_tokens(&self, tokens: &[String], skip: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let mut checked: std::collections::HashMap<String, Result<String, String>> = Default::default();
+        let mut checked: std::collections::HashMap<String, Result<String, String>> =
+            Default::default();
         loop {
             let mails = self.outbox();
             for m in mails.iter().skip(skip) {
-                checked.entry(m.name.clone()).or_insert_with(|| verify_smime(&self.demo, &m.path));
+                checked
+                    .entry(m.name.clone())
+                    .or_insert_with(|| verify_smime(&self.demo, &m.path));
             }
-            let missing: Vec<&String> =
-                tokens.iter().filter(|t| !checked.values().any(|r| matches!(r, Ok(p) if p.contains(t.as_str())))).collect();
+            let missing: Vec<&String> = tokens
+                .iter()
+                .filter(|t| {
+                    !checked
+                        .values()
+                        .any(|r| matches!(r, Ok(p) if p.contains(t.as_str())))
+                })
+                .collect();
             if missing.is_empty() {
                 return;
             }
             if Instant::now() > deadline {
-                let bad: Vec<String> =
-                    checked.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+                let bad: Vec<String> = checked
+                    .iter()
+                    .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+                    .collect();
                 panic!(
                     "{} of {} accepted messages never arrived signed+encrypted within {timeout:?}: {missing:?}\n\
                      messages that failed the S/MIME check: {bad:#?}",
@@ -288,7 +375,11 @@ impl Drop for Stack<'_> {
         if std::thread::panicking() {
             let logs = self.compose(&["logs", "--no-color", "--tail", "200"]);
             let ps = self.compose(&["ps"]);
-            eprintln!("---- compose ps ----\n{}\n---- compose logs ----\n{}", text(&ps), text(&logs));
+            eprintln!(
+                "---- compose ps ----\n{}\n---- compose logs ----\n{}",
+                text(&ps),
+                text(&logs)
+            );
         }
         let o = self.compose(&["down", "-v", "--remove-orphans", "-t", "10"]);
         if !o.status.success() {
@@ -317,7 +408,13 @@ pub fn smtp_send(addr: &str, from: &str, to: &str, message: &str) -> Result<Stri
             }
         }
     };
-    let expect = |got: String, code: &str| if got.starts_with(code) { Ok(got) } else { Err(got) };
+    let expect = |got: String, code: &str| {
+        if got.starts_with(code) {
+            Ok(got)
+        } else {
+            Err(got)
+        }
+    };
     expect(reply(&mut r)?, "220")?;
     for (cmd, code) in [
         ("EHLO client.demo.test".to_string(), "250"),
@@ -325,7 +422,8 @@ pub fn smtp_send(addr: &str, from: &str, to: &str, message: &str) -> Result<Stri
         (format!("RCPT TO:<{to}>"), "250"),
         ("DATA".to_string(), "354"),
     ] {
-        w.write_all(format!("{cmd}\r\n").as_bytes()).map_err(|e| e.to_string())?;
+        w.write_all(format!("{cmd}\r\n").as_bytes())
+            .map_err(|e| e.to_string())?;
         let got = reply(&mut r)?;
         if !got.starts_with(code) {
             return Ok(got); // a refusal is an answer, not an I/O error
@@ -350,8 +448,20 @@ pub fn smtp_send(addr: &str, from: &str, to: &str, message: &str) -> Result<Stri
 }
 
 fn openssl(args: &[&str]) -> Result<(), String> {
-    let o = Command::new("openssl").args(args).stdin(Stdio::null()).output().map_err(|e| format!("openssl: {e}"))?;
-    if o.status.success() { Ok(()) } else { Err(format!("openssl {}: {}", args[..2].join(" "), text(&o).trim())) }
+    let o = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl {}: {}",
+            args[..2].join(" "),
+            text(&o).trim()
+        ))
+    }
 }
 
 /// Decrypt with bob's key and verify alice's signature against the demo CA (either nesting order);
@@ -366,11 +476,40 @@ pub fn verify_smime(demo: &Path, mail: &Path) -> Result<String, String> {
     let mid = s(mail.with_extension("mid"));
     let out = s(mail.with_extension("plain"));
     let m = s(mail.to_path_buf());
-    let decrypt = |i: &str, o: &str| openssl(&["cms", "-decrypt", "-in", i, "-recip", &recip, "-inkey", &key, "-out", o]);
-    let verify = |i: &str, o: &str| openssl(&["cms", "-verify", "-in", i, "-CAfile", &ca, "-purpose", "smimesign", "-out", o]);
+    let decrypt = |i: &str, o: &str| {
+        openssl(&[
+            "cms", "-decrypt", "-in", i, "-recip", &recip, "-inkey", &key, "-out", o,
+        ])
+    };
+    let verify = |i: &str, o: &str| {
+        openssl(&[
+            "cms",
+            "-verify",
+            "-in",
+            i,
+            "-CAfile",
+            &ca,
+            "-purpose",
+            "smimesign",
+            "-out",
+            o,
+        ])
+    };
     let first = decrypt(&m, &mid).and_then(|_| verify(&mid, &out));
     if let Err(e1) = first {
-        verify(&m, &mid).and_then(|_| decrypt(&mid, &out)).map_err(|e2| format!("decrypt+verify: {e1}; verify+decrypt: {e2}"))?;
+        verify(&m, &mid)
+            .and_then(|_| decrypt(&mid, &out))
+            .map_err(|e2| format!("decrypt+verify: {e1}; verify+decrypt: {e2}"))?;
     }
-    std::fs::read(&out).map(|b| String::from_utf8_lossy(&b).into_owned()).map_err(|e| e.to_string())
+    std::fs::read(&out)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// A TCP port free on loopback right now.
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

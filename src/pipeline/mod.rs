@@ -9,6 +9,7 @@
 //! encrypts once per group (one content key per copy). CPU work: callers run it off the async
 //! threads.
 
+pub mod explain;
 pub mod headers;
 
 use crate::config::{Config, ConfigError};

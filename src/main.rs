@@ -35,6 +35,9 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:2525")]
         listen: String,
+        /// Where /metrics and /healthz listen.
+        #[arg(long, default_value = "127.0.0.1:9925")]
+        admin: String,
     },
     /// Show what the policy does with a message: per recipient, the rule, the signing key,
     /// the certificate and algorithms, or the exact reply a refused recipient gets.
@@ -176,7 +179,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Demo { dir, listen } => match demo::prepare(&dir, &listen) {
+        Command::Demo { dir, listen, admin } => match demo::prepare(&dir, &listen, &admin) {
             Ok(config) => run_serve(config),
             Err(e) => {
                 eprintln!("cachet demo: {e}");

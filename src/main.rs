@@ -60,6 +60,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running gateway's admin listener for /healthz; exit 0 when healthy (container
+    /// HEALTHCHECK without curl or wget).
+    Healthcheck {
+        #[arg(long, default_value = "127.0.0.1:9925")]
+        admin: String,
+    },
     /// Print a `server.auth_users` line for USER; the password is read from standard input.
     Passwd { user: String },
     /// Inspect and manage the queue of a (running or stopped) gateway.
@@ -163,6 +169,13 @@ fn main() -> ExitCode {
             Err(errors) => {
                 eprintln!("{}", app::format_errors(&errors));
                 ExitCode::from(2)
+            }
+        },
+        Command::Healthcheck { admin } => match cachet::admin::probe(&admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cachet healthcheck: {e}");
+                ExitCode::from(1)
             }
         },
         Command::Passwd { user } => {

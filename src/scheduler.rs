@@ -123,7 +123,10 @@ impl Scheduler {
             }
             if last_pickup.elapsed() >= PICKUP_INTERVAL {
                 last_pickup = Instant::now();
-                if let Ok(ids) = self.spool.ids(Queue::Incoming) {
+                // A directory listing can be large: never on the async threads.
+                let spool = self.spool.clone();
+                let listed = tokio::task::spawn_blocking(move || spool.ids(Queue::Incoming)).await;
+                if let Ok(Ok(ids)) = listed {
                     // Released or retried by an operator (or injected by another process).
                     for id in ids {
                         if !in_flight.contains(&id) && scheduled.get(&id) != Some(&0) {
@@ -166,8 +169,9 @@ async fn attempt(
             return None;
         }
     };
+    // Shared, not copied, between the sealing job and the DSN builder.
     let data = match spool.read_data(id).await {
-        Ok(d) => d,
+        Ok(d) => Arc::new(d),
         Err(e) => {
             tracing::error!(queue_id = id, error = %e, "message data unreadable; moving to corrupt/");
             let _ = spool.scan(&[queue]);
@@ -178,7 +182,7 @@ async fn attempt(
     // Crypto is CPU work: run it on the blocking pool, never on the async threads.
     let job = {
         let (rt, env, data, pending) = (rt.clone(), env.clone(), data.clone(), pending.clone());
-        tokio::task::spawn_blocking(move || pipeline::seal(&rt, &env, &data, &pending))
+        tokio::task::spawn_blocking(move || pipeline::seal(&rt, &env, &data[..], &pending))
     };
     let sealed = match job.await {
         Ok(s) => s,

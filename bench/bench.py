@@ -254,7 +254,7 @@ class Sink:
         self.counter = self.base / f"count{self.gen}.txt"
         self._parsed = {}
         out = open(self.counter, "w")
-        # -c: running counters (msg=N counts completed transactions); -d: one file per transaction
+        # -c: running counters (mesg=N counts completed transactions); -d: one file per transaction
         self.proc = subprocess.Popen(
             [SBIN / "smtp-sink", "-c", "-u", "nobody", "-m", "1024", "-t", "300",
              "-d", f"{self.dump}/%H%M%S.", f"127.0.0.1:{self.port}", "1024"],
@@ -279,7 +279,7 @@ class Sink:
                 tail = f.read().decode("ascii", "replace")
         except OSError:
             return 0
-        m = re.findall(r"msg=(\d+)", tail)
+        m = re.findall(r"mesg=(\d+)", tail)
         return int(m[-1]) if m else 0
 
     def _parse(self, name: str) -> dict:
@@ -365,7 +365,9 @@ class Postfix:
         self.etc = self.dir / "etc"
         self.queue = self.dir / "queue"
         self.etc.mkdir(parents=True)
+        self.queue.mkdir()  # postfix start creates its subdirectories (owned by postfix)
         os.chmod(self.dir, 0o755)
+        os.chmod(self.queue, 0o755)
         conf = {
             "compatibility_level": "3.6",
             "queue_directory": self.queue,
@@ -391,6 +393,7 @@ class Postfix:
             "smtpd_recipient_restrictions": "",
             "biff": "no",
             "maillog_file": self.dir / "maillog",
+            "maillog_file_prefixes": self.dir,
             "message_size_limit": "536870912",
             "mailbox_size_limit": "0",
             "smtputf8_enable": "no",
@@ -405,7 +408,11 @@ class Postfix:
         self.started = False
 
     def start(self) -> None:
-        run([SBIN / "postfix", "-c", self.etc, "start"], timeout=60)
+        p = run([SBIN / "postfix", "-c", self.etc, "start"], timeout=60, check=False)
+        if p.returncode != 0:  # postfix prints its fatal errors only to a tty or syslog: show its log
+            detail = (self.dir / "maillog").read_text(errors="replace")[-2000:] if (self.dir / "maillog").exists() else ""
+            raise BenchError(f"postfix instance {self.name} did not start ({p.returncode}):\n"
+                             f"{p.stdout}{p.stderr}{detail}\n(try: script -qc 'postfix -c {self.etc} check' /dev/null)")
         self.started = True
         on_exit(self.stop)
 
@@ -649,7 +656,7 @@ def verify_all(sink: Sink, files: dict, pki: dict, scratch: Path, smime: bool) -
 
 
 class Bench:
-    def __init__(self, args, work: Path, shm: Path, cachet_bin: Path):
+    def __init__(self, args, work: Path, shm: Path, cachet_bin: Path | None):
         self.args, self.work, self.shm = args, work, shm
         self.errors: list[str] = []
         self.pki = make_pki(work / "pki")
@@ -706,7 +713,7 @@ class Bench:
             f"127.0.0.1:{p['diy_reinject']} inet n - n - - smtpd -o content_filter=\n"
             f"  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks\n"
             f"smimefilter unix - n n - 20 pipe flags=q user=nobody argv={filt} ${{sender}} ${{recipient}}\n")
-        self.cachet = Cachet(cachet_bin, work, p["cachet"], p["upstream"], self.pki)
+        self.cachet = Cachet(cachet_bin, work, p["cachet"], p["upstream"], self.pki) if cachet_bin else None
         self.port_of = {1: p["sink"], 2: p["relay"], 3: p["diy"], 4: p["cachet"]}
         self.smime_active = False
 
@@ -718,7 +725,8 @@ class Bench:
         wait_port(self.ports["relay"], what="postfix relay")
         wait_port(self.ports["diy"], what="postfix diy")
         wait_port(self.ports["diy_reinject"], what="postfix diy reinjection")
-        self.detect_smime()
+        if self.cachet:
+            self.detect_smime()
 
     def detect_smime(self) -> None:
         mode = self.args.smime
@@ -1041,7 +1049,7 @@ def main() -> int:
     for tool in ("openssl", "taskset"):
         if not shutil.which(tool):
             raise BenchError(f"{tool} is required")
-    cachet_bin = resolve_cachet(a.cachet)
+    cachet_bin = resolve_cachet(a.cachet) if 4 in topos else None
 
     work = Path(tempfile.mkdtemp(prefix="cachet-bench-"))
     shm_root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None

@@ -36,6 +36,29 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2525")]
         listen: String,
     },
+    /// Show what the policy does with a message: per recipient, the rule, the signing key,
+    /// the certificate and algorithms, or the exact reply a refused recipient gets.
+    Explain {
+        #[arg(long, short, default_value = "config/cachet.toml")]
+        config: PathBuf,
+        /// Envelope sender (MAIL FROM).
+        #[arg(long)]
+        from: String,
+        /// Recipients (RCPT TO); repeat for several.
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// The From: header address, when it differs from the envelope sender.
+        #[arg(long)]
+        header_from: Option<String>,
+        /// A Subject: to try the subject-tag trigger with.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a `server.auth_users` line for USER; the password is read from standard input.
+    Passwd { user: String },
     /// Inspect and manage the queue of a (running or stopped) gateway.
     Queue {
         #[arg(long, short, global = true, default_value = "config/cachet.toml")]
@@ -111,6 +134,48 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Explain {
+            config,
+            from,
+            to,
+            header_from,
+            subject,
+            json,
+        } => match Runtime::load(&config) {
+            Ok(rt) => {
+                let v = cachet::pipeline::explain::explain(
+                    &rt,
+                    &from,
+                    header_from.as_deref(),
+                    &to,
+                    subject.as_deref(),
+                );
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    print!("{}", cachet::pipeline::explain::render_text(&v));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}", app::format_errors(&errors));
+                ExitCode::from(2)
+            }
+        },
+        Command::Passwd { user } => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err()
+                || password.trim_end_matches(['\r', '\n']).is_empty()
+            {
+                eprintln!("cachet passwd: give the password on standard input");
+                return ExitCode::from(2);
+            }
+            println!(
+                "{}",
+                cachet::session::auth::hash_line(&user, password.trim_end_matches(['\r', '\n']))
+            );
+            ExitCode::SUCCESS
+        }
         Command::Demo { dir, listen } => match demo::prepare(&dir, &listen) {
             Ok(config) => run_serve(config),
             Err(e) => {

@@ -14,6 +14,8 @@ pub struct Runtime {
     pub tls: Option<TlsAcceptor>,
     /// The upstream client (its connection pool lives as long as this runtime).
     pub relay: crate::relay::Relay,
+    /// `server.auth_users`: who may relay after AUTH.
+    pub users: Option<crate::session::auth::Users>,
     /// `log.audit_file`, opened for appending.
     pub audit: Option<crate::audit::Audit>,
 }
@@ -57,6 +59,20 @@ impl Runtime {
                 message,
             })
         });
+        let users = match &config.server.auth_users {
+            Some(path) => crate::session::auth::Users::load(path)
+                .map(Some)
+                .unwrap_or_else(|message| {
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line: None,
+                        key: "server.auth_users".into(),
+                        message,
+                    });
+                    None
+                }),
+            None => None,
+        };
         let audit = match &config.log.audit_file {
             Some(path) => crate::audit::Audit::open(path)
                 .map(Some)
@@ -79,6 +95,7 @@ impl Runtime {
                 stores,
                 tls,
                 relay,
+                users,
                 audit,
             }),
             _ => Err(errors),

@@ -203,6 +203,12 @@ async fn attempt(
         tracing::warn!(queue_id = id, rcpt = %rcpt, reply = %reply, "refused by policy");
         failures.push((rcpt.clone(), reply.to_string()));
     }
+    for (rcpt, reason) in &sealed.deferred {
+        if let Some(r) = env.recipient_mut(rcpt) {
+            r.reply = Some(reason.clone());
+        }
+        metrics.deferred(1);
+    }
     let params = MailParams {
         smtputf8: env.smtputf8,
         body_8bit: env.body_8bit,
@@ -235,6 +241,14 @@ async fn attempt(
                     })
                     .collect(),
             });
+        }
+        if outcomes.iter().any(|o| matches!(o, Outcome::Delivered(_))) {
+            if copy.signer.is_some() {
+                metrics.signed();
+            }
+            if let Some(alg) = copy.algorithm {
+                metrics.encrypted(alg);
+            }
         }
         for (rcpt, outcome) in copy.recipients.iter().zip(outcomes) {
             let Some(r) = env.recipient_mut(rcpt) else {

@@ -113,6 +113,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub max_errors: u32,
+    /// `user:$pbkdf2-sha256$...` lines; AUTH is offered over TLS when set.
+    pub auth_users: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -318,6 +320,13 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             "require_tls and listen_tls need tls_cert and tls_key",
         );
     }
+    if let (Some(v), None) = (&s.auth_users, &tls_cert) {
+        p.at(
+            v.span(),
+            "server.auth_users",
+            "AUTH is only offered over TLS: set tls_cert and tls_key",
+        );
+    }
     if s.listen.is_empty() && s.listen_tls.is_empty() {
         p.at(0..0, "server.listen", "no SMTP listener configured");
     }
@@ -347,6 +356,10 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
         max_connections: s.max_connections,
         idle_timeout: s.idle_timeout.0,
         max_errors: s.max_errors,
+        auth_users: s
+            .auth_users
+            .as_ref()
+            .map(|v| existing_file(base, v, "server.auth_users", p)),
     };
 
     let sp = raw.spool;

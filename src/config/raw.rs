@@ -51,6 +51,8 @@ pub struct RawServer {
     pub idle_timeout: Dur,
     #[serde(default = "default_max_errors")]
     pub max_errors: u32,
+    /// Users who may relay from anywhere after AUTH (over TLS).
+    pub auth_users: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]

@@ -2,31 +2,200 @@
 //! copies, each for a group of recipients that get the same treatment, plus the recipients whose
 //! required protection cannot be met (refused, held or bounced — never sent in plaintext).
 //!
-//! Called from the scheduler (off the async threads: crypto is CPU work), from the session at
-//! RCPT time ([`rcpt_check`]) and by `cachet explain`: one code path for all three.
+//! [`decide`] is the one policy decision for a (sender, recipient) pair with the loaded stores;
+//! the session's RCPT check ([`rcpt_check`]), delivery ([`seal`]) and `cachet explain` all call
+//! it. [`seal`] then groups recipients by treatment (Bcc recipients of encrypted copies alone,
+//! so their certificate never shows in a copy others receive), signs once per message and
+//! encrypts once per group (one content key per copy). CPU work: callers run it off the async
+//! threads.
+
+pub mod explain;
+pub mod headers;
 
 use crate::config::{Config, ConfigError};
-use crate::policy::{Mode, OnMissing, Treatment};
+use crate::policy::{Cipher, Digest, KeyTransport, Mode, OnMissing, SignatureForm, Treatment};
 use crate::reply::{self, Reply};
 use crate::runtime::Runtime;
+use crate::smime;
 use crate::spool::Envelope;
-
-pub mod headers;
+use crate::store::{CertStore, KeyStore, RecipientCert, SigningIdentity, TrustAnchors};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 /// Signing keys and recipient certificates, loaded at start and on reload; never read from disk
 /// on the hot path.
 #[derive(Default)]
-pub struct Stores {}
+pub struct Stores {
+    pub trust: TrustAnchors,
+    pub keys: KeyStore,
+    pub certs: CertStore,
+    /// Problems with individual keys or certificates: reported by `check` and at load, and
+    /// those files are never used, but they do not stop the gateway.
+    pub warnings: Vec<String>,
+}
 
 impl Stores {
-    pub fn load(_config: &Config) -> (Stores, Vec<ConfigError>) {
-        (Stores::default(), Vec::new())
+    /// Loads the configured stores. Unreadable trust anchors are errors (nothing could validate);
+    /// a bad key or certificate file is a warning.
+    pub fn load(config: &Config) -> (Stores, Vec<ConfigError>) {
+        let now = SystemTime::now();
+        let mut errors = Vec::new();
+        let mut stores = Stores::default();
+        let err = |key: &str, p: crate::store::Problem| ConfigError {
+            file: p.path,
+            line: None,
+            key: key.into(),
+            message: p.reason,
+        };
+        if let Some(c) = &config.certificates {
+            let (trust, problems) = TrustAnchors::load(&c.trust);
+            errors.extend(problems.into_iter().map(|p| err("certificates.trust", p)));
+            stores.trust = trust;
+            let (certs, problems) = CertStore::load(&c.dir, &stores.trust, now);
+            stores
+                .warnings
+                .extend(problems.iter().map(|p| p.to_string()));
+            stores.certs = certs;
+        }
+        if let Some(k) = &config.keys {
+            let (keys, problems) =
+                KeyStore::load(&k.dir, k.p12_password_file.as_deref(), &stores.trust, now);
+            for p in problems {
+                // A key file others can read is a configuration error, not a skipped file.
+                if p.reason.contains("readable") {
+                    errors.push(err("keys.dir", p));
+                } else {
+                    stores.warnings.push(p.to_string());
+                }
+            }
+            stores.keys = keys;
+        }
+        (stores, errors)
     }
 
-    /// Whether a valid encryption certificate exists for `address`.
-    pub fn can_encrypt_to(&self, _address: &str) -> bool {
-        false
+    /// The signing identity for the From: address, if valid now.
+    pub fn signer(&self, from: &str) -> Option<Arc<SigningIdentity>> {
+        self.keys
+            .get(from)
+            .filter(|id| id.not_after > SystemTime::now())
     }
+
+    pub fn can_encrypt_to(&self, address: &str) -> bool {
+        self.certs.lookup(address, SystemTime::now()).cert.is_some()
+    }
+}
+
+/// What happens to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Send,
+    /// Refused at RCPT (only possible during SMTP; at delivery it becomes a bounce).
+    Refuse(Reply),
+    Hold(String),
+    Bounce(Reply),
+}
+
+/// The policy decision for one recipient, with everything `explain` shows.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub recipient: String,
+    pub rule: Option<String>,
+    /// After per-message triggers (which only ever raise protection).
+    pub treatment: Treatment,
+    pub signer: Option<Arc<SigningIdentity>>,
+    /// The certificate the copy is encrypted to; `None` = not encrypted.
+    pub cert: Option<Arc<RecipientCert>>,
+    /// Certificates for this recipient that were refused, with why.
+    pub rejected_certs: Vec<(String, String)>,
+    pub fate: Fate,
+}
+
+/// Why a required protection is impossible, in words the sender understands.
+fn no_certificate(address: &str) -> String {
+    format!("no valid S/MIME certificate for {address}")
+}
+
+fn no_signing_key(from: Option<&str>) -> String {
+    format!(
+        "no valid S/MIME signing key for {}",
+        from.unwrap_or("the From: address")
+    )
+}
+
+fn missing(on: OnMissing, reason: String, during_smtp: bool) -> Fate {
+    match on {
+        OnMissing::Reject if during_smtp => Fate::Refuse(reply::policy_refused(reason)),
+        // Reject was enforced during SMTP; if the key or certificate vanished since (a reload), bounce.
+        OnMissing::Reject | OnMissing::Bounce => Fate::Bounce(Reply::owned(550, "5.7.1", reason)),
+        OnMissing::Hold => Fate::Hold(reason),
+    }
+}
+
+/// The one decision for (envelope sender, From: address, recipient).
+/// `from` is `None` at RCPT time (the header is not known yet): signing is then not decided.
+pub fn decide(
+    rt: &Runtime,
+    sender: &str,
+    from: Option<&str>,
+    recipient: &str,
+    triggered: bool,
+    during_smtp: bool,
+) -> Decision {
+    let (rule, mut t) = rt.config.policy.treatment(sender, recipient);
+    if triggered {
+        t.encrypt = t.encrypt.max(Mode::Required);
+    }
+    let lookup = rt.stores.certs.lookup(recipient, SystemTime::now());
+    let signer = from.and_then(|f| rt.stores.signer(f));
+    let mut fate = Fate::Send;
+    if t.encrypt == Mode::Required && lookup.cert.is_none() {
+        fate = missing(t.on_missing_key, no_certificate(recipient), during_smtp);
+    } else if from.is_some() && t.sign == Mode::Required && signer.is_none() {
+        fate = missing(t.on_missing_key, no_signing_key(from), during_smtp);
+    }
+    Decision {
+        recipient: recipient.to_string(),
+        rule: rule.map(str::to_string),
+        treatment: t,
+        signer: if t.sign == Mode::Never { None } else { signer },
+        cert: if t.encrypt == Mode::Never {
+            None
+        } else {
+            lookup.cert
+        },
+        rejected_certs: lookup.rejected,
+        fate,
+    }
+}
+
+/// RCPT-time check: a recipient whose rule says encrypt = required with on_missing_key = reject,
+/// and who has no valid certificate, is refused now so the sending MTA bounces it itself.
+pub fn rcpt_check(rt: &Runtime, sender: &str, recipient: &str) -> Option<Reply> {
+    match decide(rt, sender, None, recipient, false, true).fate {
+        Fate::Refuse(r) => Some(r),
+        _ => None,
+    }
+}
+
+/// End-of-DATA check, once the From: header is known: a required signature that is impossible
+/// with on_missing_key = reject refuses the message (`550 5.7.1`) before it is queued.
+pub fn data_check(rt: &Runtime, sender: &str, recipients: &[String], head: &[u8]) -> Option<Reply> {
+    let h = headers::read(head, rt.config.policy.encrypt_header.as_deref());
+    recipients.iter().find_map(|r| {
+        match decide(
+            rt,
+            sender,
+            Some(h.from.as_deref().unwrap_or("")),
+            r,
+            false,
+            true,
+        )
+        .fate
+        {
+            Fate::Refuse(reply) => Some(reply),
+            _ => None,
+        }
+    })
 }
 
 /// One message to relay.
@@ -54,70 +223,265 @@ pub struct Sealed {
     pub failed: Vec<(String, Reply)>,
     /// Recipients to hold, with the reason.
     pub held: Vec<(String, String)>,
+    /// Recipients to try again later (a temporary crypto failure), with the reason.
+    pub deferred: Vec<(String, String)>,
 }
 
-/// Why encryption is impossible for a recipient, in words the sender understands.
-fn no_certificate(address: &str) -> String {
-    format!("no valid S/MIME certificate for {address}")
-}
-
-/// RCPT-time check: a recipient whose rule says encrypt = required with on_missing_key = reject,
-/// and who has no valid certificate, is refused now so the sending MTA bounces it itself.
-pub fn rcpt_check(rt: &Runtime, sender: &str, recipient: &str) -> Option<Reply> {
-    let (_, t) = rt.config.policy.treatment(sender, recipient);
-    if t.encrypt == Mode::Required
-        && t.on_missing_key == OnMissing::Reject
-        && !rt.stores.can_encrypt_to(recipient)
-    {
-        return Some(reply::policy_refused(no_certificate(recipient)));
+pub fn cipher_name(c: Cipher) -> &'static str {
+    match c {
+        Cipher::Aes256Cbc => "aes256-cbc",
+        Cipher::Aes128Gcm => "aes128-gcm",
+        Cipher::Aes256Gcm => "aes256-gcm",
     }
-    None
+}
+
+fn sign_options(rt: &Runtime) -> smime::SignOptions {
+    let p = &rt.config.policy;
+    smime::SignOptions {
+        form: match p.signature_form {
+            SignatureForm::Detached => smime::SignForm::Detached,
+            SignatureForm::Opaque => smime::SignForm::Opaque,
+        },
+        digest: match p.digest {
+            Digest::Sha256 => smime::Digest::Sha256,
+            Digest::Sha512 => smime::Digest::Sha512,
+        },
+        rsa_pss: p.rsa_pss,
+    }
+}
+
+fn encrypt_options(t: &Treatment) -> smime::EncryptOptions {
+    smime::EncryptOptions {
+        cipher: match t.encryption {
+            Cipher::Aes256Cbc => smime::ContentCipher::Aes256Cbc,
+            Cipher::Aes128Gcm => smime::ContentCipher::Aes128Gcm,
+            Cipher::Aes256Gcm => smime::ContentCipher::Aes256Gcm,
+        },
+        key_transport: match t.key_transport {
+            KeyTransport::RsaPkcs1 => smime::KeyTransport::RsaPkcs1,
+            KeyTransport::RsaOaep => smime::KeyTransport::RsaOaep,
+        },
+    }
+}
+
+/// Per-message triggers: honoured for every accepted message (only relay networks and
+/// authenticated users can submit), never for our own bounces.
+fn triggered(rt: &Runtime, env: &Envelope, h: &headers::Headers) -> bool {
+    let p = &rt.config.policy;
+    !env.is_bounce
+        && (h.encrypt_header || headers::has_tag(h.subject.as_deref(), p.subject_tag.as_deref()))
 }
 
 /// Builds the outgoing copies for `recipients` (the envelope's pending ones).
 pub fn seal(rt: &Runtime, env: &Envelope, message: &[u8], recipients: &[String]) -> Sealed {
-    let mut sealed = Sealed::default();
-    let mut plain: Vec<String> = Vec::new();
-    let mut rule_name = None;
+    let p = &rt.config.policy;
+    let h = headers::read(message, p.encrypt_header.as_deref());
+    let trig = triggered(rt, env, &h);
+    let mut sealed = Sealed {
+        message_id: h.message_id.clone(),
+        ..Default::default()
+    };
+    let from = h.from.clone().unwrap_or_default();
+
+    // Group: same (signer, encryption settings); encrypted Bcc recipients alone.
+    type Key = (
+        Option<String>,
+        Option<(Cipher, KeyTransport)>,
+        Option<String>,
+    );
+    let mut groups: Vec<(Key, Vec<Decision>)> = Vec::new();
     for r in recipients {
-        let (rule, t): (Option<&str>, Treatment) = rt.config.policy.treatment(&env.sender, r);
-        if t.encrypt == Mode::Required && !rt.stores.can_encrypt_to(r) {
-            match t.on_missing_key {
-                OnMissing::Hold => sealed.held.push((r.clone(), no_certificate(r))),
-                // Reject was enforced at RCPT; if the certificate vanished since (reload), bounce.
-                OnMissing::Reject | OnMissing::Bounce => sealed
-                    .failed
-                    .push((r.clone(), Reply::owned(550, "5.7.1", no_certificate(r)))),
+        let d = decide(rt, &env.sender, Some(&from), r, trig, false);
+        match &d.fate {
+            Fate::Send => {}
+            Fate::Hold(reason) => {
+                sealed.held.push((r.clone(), reason.clone()));
+                continue;
             }
-            continue;
+            Fate::Refuse(reply) | Fate::Bounce(reply) => {
+                sealed.failed.push((r.clone(), reply.clone()));
+                continue;
+            }
         }
-        rule_name = rule.map(str::to_string);
-        plain.push(r.clone());
+        let enc = d
+            .cert
+            .as_ref()
+            .map(|_| (d.treatment.encryption, d.treatment.key_transport));
+        let blind = enc.is_some() && !h.visible.contains(&r.to_ascii_lowercase());
+        let key: Key = (
+            d.signer.as_ref().map(|s| s.fingerprint.clone()),
+            enc,
+            blind.then(|| r.clone()),
+        );
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(d),
+            None => groups.push((key, vec![d])),
+        }
     }
-    if !plain.is_empty() {
+    if groups.is_empty() {
+        return sealed;
+    }
+
+    // The triggers never leave the gateway; nothing is rewritten after signing.
+    let stripped = headers::strip_triggers(
+        message,
+        p.subject_tag.as_deref(),
+        p.encrypt_header.as_deref(),
+    );
+    let base: &[u8] = stripped.as_deref().unwrap_or(message);
+    // Sign once per signer, encrypt once per group.
+    let mut signed: Vec<(String, Result<Vec<u8>, smime::SmimeError>)> = Vec::new();
+    for ((signer_fp, enc, _), decisions) in groups {
+        let rcpts: Vec<String> = decisions.iter().map(|d| d.recipient.clone()).collect();
+        let first = &decisions[0];
+        let fail = |sealed: &mut Sealed, e: &smime::SmimeError| {
+            tracing::error!(queue_id = %env.id, error = %e, "S/MIME failed");
+            for r in &rcpts {
+                if e.is_temporary() {
+                    sealed
+                        .deferred
+                        .push((r.clone(), format!("4.3.0 S/MIME: {e}")));
+                } else {
+                    sealed.failed.push((
+                        r.clone(),
+                        Reply::owned(554, "5.7.1", format!("S/MIME: {e}")),
+                    ));
+                }
+            }
+        };
+        let body: Vec<u8> = match (&signer_fp, &first.signer) {
+            (Some(fp), Some(id)) => {
+                if !signed.iter().any(|(f, _)| f == fp) {
+                    signed.push((fp.clone(), smime::sign(base, id, &sign_options(rt))));
+                }
+                match &signed
+                    .iter()
+                    .find(|(f, _)| f == fp)
+                    .expect("just inserted")
+                    .1
+                {
+                    Ok(b) => b.clone(),
+                    Err(e) => {
+                        fail(&mut sealed, e);
+                        continue;
+                    }
+                }
+            }
+            _ => base.to_vec(),
+        };
+        let (message, encrypted_to, algorithm) = match enc {
+            None => (body, Vec::new(), None),
+            Some(_) => {
+                let mut certs: Vec<Arc<RecipientCert>> =
+                    decisions.iter().filter_map(|d| d.cert.clone()).collect();
+                if p.encrypt_to_self
+                    && let Some(own) = rt
+                        .stores
+                        .signer(&from)
+                        .and_then(|s| s.encryption_cert.clone())
+                    && !certs.iter().any(|c| c.fingerprint == own.fingerprint)
+                {
+                    certs.push(own);
+                }
+                match smime::encrypt(&body, &certs, &encrypt_options(&first.treatment)) {
+                    Ok(m) => (
+                        m,
+                        certs.iter().map(|c| c.fingerprint.clone()).collect(),
+                        Some(cipher_name(first.treatment.encryption)),
+                    ),
+                    Err(e) => {
+                        fail(&mut sealed, &e);
+                        continue;
+                    }
+                }
+            }
+        };
         sealed.copies.push(Copy {
-            recipients: plain,
-            message: message.to_vec(),
-            rule: rule_name,
-            signer: None,
-            encrypted_to: Vec::new(),
-            algorithm: None,
+            recipients: rcpts,
+            message,
+            rule: first.rule.clone(),
+            signer: signer_fp,
+            encrypted_to,
+            algorithm,
         });
     }
     sealed
 }
 
-/// Prometheus gauges for certificate expiry (one per signing key and recipient certificate).
-pub fn expiry_gauges(_stores: &Stores) -> String {
-    String::new()
-}
-
-/// Lines `cachet check` prints after "ok": what was loaded, and warnings (expiring certificates).
+/// Lines `cachet check` prints after "ok": what was loaded, then warnings (unusable files,
+/// certificates and keys expiring within 30 days).
 pub fn check_summary(rt: &Runtime) -> Vec<String> {
-    vec![format!(
-        "policy {} with {} rule(s); upstream {}",
+    let s = &rt.stores;
+    let mut out = vec![format!(
+        "policy {} with {} rule(s); upstream {}; {} signing key(s), {} recipient certificate(s), {} trust anchor(s)",
         rt.config.policy.version,
         rt.config.policy.rules.len(),
-        rt.config.upstream.url
-    )]
+        rt.config.upstream.url,
+        s.keys.iter().count(),
+        s.certs.addresses().len(),
+        s.trust.len()
+    )];
+    out.extend(s.warnings.iter().map(|w| format!("warning: {w}")));
+    let soon = SystemTime::now() + Duration::from_secs(30 * 86400);
+    for id in s.keys.iter().filter(|id| id.not_after < soon) {
+        out.push(format!(
+            "warning: signing key {} ({}) expires within 30 days ({})",
+            id.email,
+            id.fingerprint,
+            unix(id.not_after)
+        ));
+    }
+    for addr in s.certs.addresses() {
+        if let Some(c) = s.certs.lookup(addr, SystemTime::now()).cert
+            && c.not_after < soon
+        {
+            out.push(format!(
+                "warning: certificate for {addr} ({}) expires within 30 days ({})",
+                c.fingerprint,
+                unix(c.not_after)
+            ));
+        }
+    }
+    out
+}
+
+fn unix(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    crate::session::rfc5322_date(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Prometheus gauges for certificate expiry (one per signing key and recipient certificate).
+pub fn expiry_gauges(stores: &Stores) -> String {
+    use std::fmt::Write;
+    let mut s = String::from(
+        "# HELP cachet_certificate_expiry_seconds Unix time when a certificate in use expires.\n# TYPE cachet_certificate_expiry_seconds gauge\n",
+    );
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+    };
+    for id in stores.keys.iter() {
+        let _ = writeln!(
+            s,
+            "cachet_certificate_expiry_seconds{{kind=\"signing\",address=\"{}\",fingerprint=\"{}\"}} {}",
+            id.email,
+            id.fingerprint,
+            secs(id.not_after)
+        );
+    }
+    for addr in stores.certs.addresses() {
+        if let Some(c) = stores.certs.lookup(addr, SystemTime::now()).cert {
+            let _ = writeln!(
+                s,
+                "cachet_certificate_expiry_seconds{{kind=\"recipient\",address=\"{addr}\",fingerprint=\"{}\"}} {}",
+                c.fingerprint,
+                secs(c.not_after)
+            );
+        }
+    }
+    s
 }

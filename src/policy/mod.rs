@@ -326,6 +326,16 @@ impl Policy {
         }
     }
 
+    /// True when some rule (or the default) may require a signature: the session then checks
+    /// the From: key at the end of DATA.
+    pub fn any_sign_required(&self) -> bool {
+        self.defaults.sign == Mode::Required
+            || self
+                .rules
+                .iter()
+                .any(|r| r.set.sign == Some(Mode::Required))
+    }
+
     /// The treatment of one (envelope sender, recipient) pair and the name of the rule that set it.
     pub fn treatment(&self, sender: &str, recipient: &str) -> (Option<&str>, Treatment) {
         let sender = sender.to_ascii_lowercase();

@@ -10,6 +10,7 @@
 //!
 //! Replies produced here: every constant in [`crate::reply`], plus policy refusals at RCPT.
 
+pub mod auth;
 pub mod data;
 
 use crate::reply::{self, Reply};
@@ -28,6 +29,8 @@ use tokio::sync::{mpsc, watch};
 pub const MAX_LINE: usize = 4096;
 const READ_CHUNK: usize = 64 * 1024;
 const DATA_FLUSH: usize = 256 * 1024;
+/// How much of a message the end-of-DATA policy check reads (the header is in there).
+const HEAD_MAX: usize = 64 * 1024;
 
 /// What every session shares.
 pub struct SessionCtx {
@@ -64,6 +67,16 @@ pub struct Session {
     tx: Option<Transaction>,
     errors: u32,
     out: Vec<u8>,
+    /// The AUTH identity, once authenticated (RFC 4954); relaying is then allowed from anywhere.
+    authenticated: Option<String>,
+    /// An AUTH exchange waiting for the client's next line.
+    auth: Option<AuthStep>,
+}
+
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPass(String),
 }
 
 enum Step {
@@ -71,6 +84,8 @@ enum Step {
     Close,
     Data,
     StartTls,
+    /// Check these credentials (CPU work: on the blocking pool).
+    Verify(String, String),
 }
 
 impl Session {
@@ -85,6 +100,8 @@ impl Session {
             tx: None,
             errors: 0,
             out: Vec::new(),
+            authenticated: None,
+            auth: None,
         }
     }
 
@@ -122,8 +139,13 @@ impl Session {
                 }
                 let line = buf[start..start + line_len].to_vec();
                 start += line_len;
-                match self.command(&line) {
+                let step = match self.auth.take() {
+                    Some(pending) => self.auth_continue(pending, &line),
+                    None => self.command(&line),
+                };
+                match step {
                     Step::Continue => {}
+                    Step::Verify(user, pass) => self.verify(user, pass).await,
                     Step::Close => {
                         stream.write_all(&self.out).await?;
                         let _ = stream.shutdown().await;
@@ -252,6 +274,12 @@ impl Session {
             Request::Vrfy { .. } => self.reply(reply::VRFY_REFUSED),
             Request::Expn { .. } => self.reply(reply::EXPN_REFUSED),
             Request::Help { .. } => self.reply(reply::HELP),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                return self.auth_start(mechanism, initial_response.as_ref());
+            }
             Request::StartTls => {
                 if self.tls {
                     self.reply(reply::TLS_ALREADY);
@@ -279,6 +307,9 @@ impl Session {
         ];
         if !self.tls && self.runtime.tls.is_some() {
             lines.push("STARTTLS".into());
+        }
+        if self.tls && self.runtime.users.is_some() {
+            lines.push("AUTH PLAIN LOGIN".into());
         }
         let last = lines.len() - 1;
         for (i, l) in lines.iter().enumerate() {
@@ -336,11 +367,12 @@ impl Session {
         if !address.is_ascii() && !tx.smtputf8 {
             return reply::SMTPUTF8_NEEDED;
         }
-        // Never an open relay: only listed networks may relay (RFC 5321 §3.6.2).
-        if !cfg
-            .relay_networks
-            .iter()
-            .any(|n| n.contains(&self.peer.ip()))
+        // Never an open relay: only listed networks or authenticated users (RFC 5321 §3.6.2).
+        if self.authenticated.is_none()
+            && !cfg
+                .relay_networks
+                .iter()
+                .any(|n| n.contains(&self.peer.ip()))
         {
             tracing::warn!(client = %self.peer, rcpt = address, "relay denied");
             self.ctx.metrics.refused("relay_denied");
@@ -358,6 +390,103 @@ impl Session {
             tx.recipients.push(address.to_string());
         }
         reply::RECIPIENT_OK
+    }
+
+    async fn verify(&mut self, user: String, pass: String) {
+        let rt = self.runtime.clone();
+        let who = user.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            rt.users.as_ref().is_some_and(|u| u.verify(&who, &pass))
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            tracing::info!(client = %self.peer, user = %user, "authenticated");
+            self.authenticated = Some(user);
+            self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
+        } else {
+            tracing::warn!(client = %self.peer, user = %user, "authentication failed");
+            self.ctx.metrics.refused("auth_failed");
+            self.reply(Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            ));
+        }
+    }
+
+    fn auth_start(&mut self, mechanism: u64, initial: &str) -> Step {
+        let r = if self.runtime.users.is_none() {
+            reply::NOT_IMPLEMENTED
+        } else if !self.tls {
+            Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            )
+        } else if self.authenticated.is_some() {
+            Reply::new(503, "5.5.1", "Already authenticated")
+        } else if self.tx.is_some() {
+            reply::BAD_SEQUENCE
+        } else if mechanism == smtp_proto::AUTH_PLAIN {
+            if initial.is_empty() || initial == "=" {
+                self.auth = Some(AuthStep::Plain);
+                Reply::new(334, "", "")
+            } else {
+                return self.plain(initial);
+            }
+        } else if mechanism == smtp_proto::AUTH_LOGIN {
+            if initial.is_empty() {
+                self.auth = Some(AuthStep::LoginUser);
+                Reply::new(334, "", "VXNlcm5hbWU6")
+            } else {
+                return self.auth_continue(AuthStep::LoginUser, initial.as_bytes());
+            }
+        } else {
+            Reply::new(504, "5.5.4", "Unrecognized authentication mechanism")
+        };
+        self.reply(r);
+        Step::Continue
+    }
+
+    fn plain(&mut self, b64: &str) -> Step {
+        match auth::decode_plain(b64) {
+            Some((user, pass)) => Step::Verify(user, pass),
+            None => {
+                self.reply(Reply::new(501, "5.5.2", "Cannot decode AUTH response"));
+                Step::Continue
+            }
+        }
+    }
+
+    /// The client's line during an AUTH exchange (base64, or `*` to cancel).
+    fn auth_continue(&mut self, step: AuthStep, line: &[u8]) -> Step {
+        let text = String::from_utf8_lossy(line).trim_end().to_string();
+        if text == "*" {
+            self.reply(Reply::new(501, "5.0.0", "Authentication canceled"));
+            return Step::Continue;
+        }
+        let undecodable = Reply::new(501, "5.5.2", "Cannot decode AUTH response");
+        match step {
+            AuthStep::Plain => self.plain(&text),
+            AuthStep::LoginUser => {
+                match auth::decode_text(&text) {
+                    Some(user) => {
+                        self.auth = Some(AuthStep::LoginPass(user));
+                        self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
+                    }
+                    None => self.reply(undecodable),
+                }
+                Step::Continue
+            }
+            AuthStep::LoginPass(user) => match auth::decode_text(&text) {
+                Some(pass) => Step::Verify(user, pass),
+                None => {
+                    self.reply(undecodable);
+                    Step::Continue
+                }
+            },
+        }
     }
 
     /// DATA: 354, stream into a spool draft, commit, 250. Leftover pipelined bytes stay in `buf`.
@@ -397,14 +526,21 @@ impl Session {
                 write_failed = true;
             }
         }
-        let mut fed = 0usize; // bytes of `buf` already fed to the reader
+        // The first bytes of the message, for the end-of-DATA policy check on From:.
+        let want_head = self.runtime.config.policy.any_sign_required();
+        let mut head: Vec<u8> = Vec::new();
         loop {
-            let feed = reader.feed(&buf[fed..], &mut body);
+            let before = body.len();
+            let feed = reader.feed(buf, &mut body);
             let consumed = match feed {
-                Feed::End { consumed } => fed + consumed,
+                Feed::End { consumed } => consumed,
                 _ => buf.len(),
             };
-            total += body.len() as u64;
+            total += (body.len() - before) as u64;
+            if want_head && head.len() < HEAD_MAX {
+                let take = (HEAD_MAX - head.len()).min(body.len() - before);
+                head.extend_from_slice(&body[before..before + take]);
+            }
             if total > max {
                 too_big = true;
             }
@@ -432,7 +568,6 @@ impl Session {
                 }
                 Feed::More => {
                     buf.clear();
-                    fed = 0;
                     match read_more(stream, buf, self.runtime.config.server.idle_timeout).await? {
                         Some(0) => return Ok(Step::Close),
                         Some(_) => {}
@@ -452,6 +587,15 @@ impl Session {
         let draft = draft.expect("checked above");
         if write_failed {
             self.reply(reply::SPOOL_FAILURE);
+            return Ok(Step::Continue);
+        }
+        if want_head
+            && let Some(refusal) =
+                crate::pipeline::data_check(&self.runtime, &tx.sender, &tx.recipients, &head)
+        {
+            tracing::info!(client = %self.peer, sender = %tx.sender, reply = %refusal, "message refused by policy");
+            self.ctx.metrics.refused("policy");
+            self.reply(refusal);
             return Ok(Step::Continue);
         }
         let mut env = Envelope::new(
@@ -479,12 +623,17 @@ impl Session {
 
     /// RFC 5321 §4.4 trace header. No DNS lookups: the client is named by HELO and IP.
     fn received_header(&self, id: &str, tx: &Transaction) -> String {
-        let with = match (self.tls, tx.smtputf8) {
-            (false, false) => "ESMTP",
-            (true, false) => "ESMTPS",
-            (false, true) => "UTF8SMTP",
-            (true, true) => "UTF8SMTPS",
-        };
+        // RFC 3848 / RFC 6531 "with" keywords.
+        let with = format!(
+            "{}SMTP{}{}",
+            if tx.smtputf8 { "UTF8" } else { "E" },
+            if self.tls { "S" } else { "" },
+            if self.authenticated.is_some() {
+                "A"
+            } else {
+                ""
+            }
+        );
         let helo: String = self
             .helo
             .as_deref()

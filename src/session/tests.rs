@@ -246,3 +246,35 @@ async fn starttls_discards_pipelined_commands() {
         "the pipelined MAIL must not be answered: {seen}"
     );
 }
+
+/// Regression: the size limit counts each byte once, however the client's writes are split.
+#[tokio::test]
+async fn size_is_counted_once_across_many_reads() {
+    let mut f = fixture("");
+    let (client, server) = duplex(64);
+    let session = Session::new(f.ctx.clone(), LOCAL.parse().unwrap(), false);
+    let task = tokio::spawn(async move { session.run(server, true).await.map(|_| ()) });
+    let body = format!("Subject: s\r\n\r\n{}\r\n", "y".repeat(900)); // under the 1 KiB limit
+    let input = format!(
+        "EHLO x\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n{body}.\r\nQUIT\r\n"
+    );
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let writer = tokio::spawn(async move {
+        for piece in input.as_bytes().chunks(50) {
+            wr.write_all(piece).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        wr
+    });
+    let mut out = Vec::new();
+    rd.read_to_end(&mut out).await.unwrap();
+    let _ = writer.await.unwrap();
+    task.await.unwrap().unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{out}"
+    );
+    assert!(f.queued.try_recv().is_ok());
+}

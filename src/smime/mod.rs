@@ -1,1 +1,244 @@
-//! TODO
+//! The S/MIME stage: sign and/or encrypt one RFC 5322 message, in S/MIME 4.0 form (RFC 8551).
+//!
+//! Input is a whole message (header + body, CRLF line ends preferred; lone LF/CR are fixed);
+//! output is a whole message. Outer header fields (From, To, Subject, Date, Message-ID,
+//! Received, ...) stay outside and unprotected; the `Content-*` fields move inside with the body
+//! (RFC 8551 §3.1). The entity is canonicalised first (`mime.rs`), then:
+//!
+//! - [`sign`]: detached `multipart/signed` (default, RFC 8551 §3.5.3) or opaque
+//!   `application/pkcs7-mime; smime-type=signed-data` (§3.5.2). No byte is rewritten after it
+//!   is signed: the signed entity is copied verbatim between the boundaries.
+//! - [`encrypt`]: `application/pkcs7-mime; smime-type=enveloped-data` (AES-256-CBC) or
+//!   `smime-type=authEnveloped-data` (AES-GCM, RFC 8551 §3.4); one content key per call.
+//! - sign then encrypt is `encrypt(&sign(..)?, ..)`: the whole signed entity is encrypted
+//!   (RFC 8551 §3.7).
+//!
+//! Choosing the signing key (the From: address), Bcc-safe recipient groups and encrypt-to-self
+//! (the sender's `SigningIdentity::encryption_cert` added to a copy, RFC 8551 §3.3) are the
+//! pipeline's job: see `crate::pipeline::seal`.
+//!
+//! Pure CPU work on byte slices (no I/O, no async): callers run it off the async threads.
+//! Errors are [`SmimeError`]; none carries key material.
+
+use std::sync::Arc;
+
+use crate::store::certs::RecipientCert;
+use crate::store::keys::SigningIdentity;
+
+pub mod algs;
+mod envelope;
+mod mime;
+mod sign;
+
+/// How the signature travels (RFC 8551 §3.5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SignForm {
+    /// `multipart/signed`: readable by clients without S/MIME.
+    #[default]
+    Detached,
+    /// `application/pkcs7-mime; smime-type=signed-data`: survives gateways that rewrite MIME.
+    Opaque,
+}
+
+/// Message digest for signatures (RFC 5754). ECDSA P-256 keys always use SHA-256.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Digest {
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignOptions {
+    pub form: SignForm,
+    pub digest: Digest,
+    /// RSASSA-PSS instead of PKCS#1 v1.5 for RSA keys (RFC 4056); ignored for EC keys.
+    pub rsa_pss: bool,
+}
+
+/// Content encryption (RFC 8551 §2.7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContentCipher {
+    /// EnvelopedData, AES-256-CBC: read by every major client.
+    #[default]
+    Aes256Cbc,
+    /// AuthEnvelopedData, AES-128-GCM (RFC 5084).
+    Aes128Gcm,
+    /// AuthEnvelopedData, AES-256-GCM (RFC 5084).
+    Aes256Gcm,
+}
+
+/// Key transport for RSA recipients; EC P-256 recipients always use ECDH (RFC 5753).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyTransport {
+    /// RSAES-PKCS1-v1_5 (RFC 8551 §2.3 MUST support).
+    #[default]
+    RsaPkcs1,
+    /// RSAES-OAEP with SHA-256 and MGF1-SHA-256 (RFC 8551 §2.3 SHOULD+, RFC 4055).
+    RsaOaep,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncryptOptions {
+    pub cipher: ContentCipher,
+    pub key_transport: KeyTransport,
+}
+
+/// Why a message could not be signed or encrypted. All are permanent for the message except
+/// `Crypto`, which means the crypto library failed (treat as temporary).
+#[derive(Debug)]
+pub enum SmimeError {
+    /// Encrypt was called with no recipient.
+    NoRecipients,
+    /// A certificate could not be parsed or is unfit (reason inside).
+    Certificate(String),
+    /// The private key refused to sign (reason inside, no key material).
+    Sign(String),
+    /// An aws-lc-rs operation failed (which one).
+    Crypto(&'static str),
+    /// ASN.1 encoding failed.
+    Der(der::Error),
+    /// The `cms` crate refused to build an attribute.
+    Cms(String),
+}
+
+impl std::fmt::Display for SmimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SmimeError::NoRecipients => write!(f, "no recipient certificate to encrypt to"),
+            SmimeError::Certificate(r) => write!(f, "certificate: {r}"),
+            SmimeError::Sign(r) => write!(f, "signing failed: {r}"),
+            SmimeError::Crypto(what) => write!(f, "crypto operation failed: {what}"),
+            SmimeError::Der(e) => write!(f, "ASN.1 encoding: {e}"),
+            SmimeError::Cms(e) => write!(f, "CMS: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SmimeError {}
+
+impl SmimeError {
+    /// True when retrying later may succeed (the crypto library failed); everything else is a
+    /// property of the message, key or certificates and will fail again.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, SmimeError::Crypto(_))
+    }
+}
+
+impl From<der::Error> for SmimeError {
+    fn from(e: der::Error) -> Self {
+        SmimeError::Der(e)
+    }
+}
+
+impl From<cms::builder::Error> for SmimeError {
+    fn from(e: cms::builder::Error) -> Self {
+        SmimeError::Cms(e.to_string())
+    }
+}
+
+/// A boundary that cannot occur in base64, quoted-printable or our headers by accident.
+fn new_boundary() -> String {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut r = [0u8; 12];
+    let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut r);
+    format!("----=_cachet_{}", crate::store::hex(&r))
+}
+
+/// Outer fields + our MIME-Version + the new content fields + CRLF.
+fn outer_with(outer: &[u8], content_fields: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(outer.len() + content_fields.len() + 32);
+    out.extend_from_slice(outer);
+    out.extend_from_slice(b"MIME-Version: 1.0\r\n");
+    out.extend_from_slice(content_fields.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Sign `message` with `id` (RFC 8551 §3.5). The result verifies with `openssl cms -verify`.
+pub fn sign(
+    message: &[u8],
+    id: &SigningIdentity,
+    opts: &SignOptions,
+) -> Result<Vec<u8>, SmimeError> {
+    let split = mime::split_message(message, true);
+    let entity = split.entity;
+    match opts.form {
+        SignForm::Detached => {
+            let p7s = sign::signed_data(&entity, id, opts, true)?;
+            let (_, micalg) = sign::effective_digest(id.key, opts);
+            let mut boundary = new_boundary();
+            while memchr::memmem::find(&entity, boundary.as_bytes()).is_some() {
+                boundary = new_boundary();
+            }
+            let mut out = outer_with(
+                &split.outer,
+                &format!(
+                    "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={micalg};\r\n\tboundary=\"{boundary}\"\r\n"
+                ),
+            );
+            out.extend_from_slice(
+                b"This is a cryptographically signed message in MIME format.\r\n\r\n",
+            );
+            out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            // RFC 8551 §3.5.3: the first part is exactly the signed entity; the CRLF before
+            // the next delimiter belongs to the delimiter (RFC 2046 §5.1.1).
+            out.extend_from_slice(&entity);
+            out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+            out.extend_from_slice(
+                b"Content-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n\
+                  Content-Transfer-Encoding: base64\r\n\
+                  Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\
+                  Content-Description: S/MIME Cryptographic Signature\r\n\r\n",
+            );
+            out.extend_from_slice(&mime::base64_lines(&p7s));
+            out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+            Ok(out)
+        }
+        SignForm::Opaque => {
+            let p7m = sign::signed_data(&entity, id, opts, false)?;
+            let mut out = outer_with(
+                &split.outer,
+                "Content-Type: application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\"\r\n\
+                 Content-Transfer-Encoding: base64\r\n\
+                 Content-Disposition: attachment; filename=\"smime.p7m\"\r\n",
+            );
+            out.extend_from_slice(&mime::base64_lines(&p7m));
+            Ok(out)
+        }
+    }
+}
+
+/// Encrypt `message` to `recipients` (RFC 8551 §3.3/§3.4): one content key, one RecipientInfo
+/// per certificate. Callers pass only certificates the store validated, and split Bcc
+/// recipients into their own calls.
+pub fn encrypt(
+    message: &[u8],
+    recipients: &[Arc<RecipientCert>],
+    opts: &EncryptOptions,
+) -> Result<Vec<u8>, SmimeError> {
+    // An already signed or enveloped entity is encrypted byte for byte (only line ends fixed),
+    // so its signature keeps verifying after decryption.
+    let probe = mime::split_message(message, false);
+    let head_end = memchr::memmem::find(&probe.entity, b"\r\n\r\n").unwrap_or(probe.entity.len());
+    let head = String::from_utf8_lossy(&probe.entity[..head_end]).to_ascii_lowercase();
+    let already_smime =
+        head.contains("multipart/signed") || head.contains("application/pkcs7-mime");
+    let entity = if already_smime {
+        probe.entity
+    } else {
+        mime::split_message(message, true).entity
+    };
+    let (der, smime_type) = envelope::envelope(&entity, recipients, opts)?;
+    let mut out = outer_with(
+        &probe.outer,
+        &format!(
+            "Content-Type: application/pkcs7-mime; smime-type={smime_type}; name=\"smime.p7m\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\
+             Content-Disposition: attachment; filename=\"smime.p7m\"\r\n\
+             Content-Description: S/MIME Encrypted Message\r\n"
+        ),
+    );
+    out.extend_from_slice(&mime::base64_lines(&der));
+    Ok(out)
+}

@@ -1,1 +1,188 @@
-//! TODO
+//! Signing keys and recipient certificates, loaded from disk once and looked up in memory.
+//!
+//! Owns, on disk: the `[keys] dir` (one `<address>.pem` or `<address>.p12` per signing identity),
+//! the `[certificates] dir` (recipient certificates, any file names) and the trust anchor files.
+//! Everything is read by [`keys::KeyStore::load`], [`certs::CertStore::load`] and
+//! [`TrustAnchors::load`] at start and on reload; each returns the store *and* a list of
+//! [`Problem`]s, one line each in `cachet check`. A bad file never stops the others from loading,
+//! and a certificate that fails validation is reported and never used.
+//!
+//! Secrets touched: the private keys (and PKCS#12 passwords) in the keys directory. They stay in
+//! memory behind [`keys::SigningIdentity::sign`] so they could move to a separate process or an HSM.
+//!
+//! Validation rules (RFC 8550 §4, RFC 5280 §6) live in [`validate`], shared by both stores.
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::TrustAnchor;
+use rustls_pki_types::pem::PemObject;
+
+pub mod certs;
+pub mod keys;
+pub mod validate;
+
+pub use certs::{CertLookup, CertStore, RecipientCert};
+pub use keys::{KeyStore, SigningIdentity};
+
+/// One thing `cachet check` reports: which file, and why it (or a certificate in it) is not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file the problem was found in (the directory itself when it cannot be read).
+    pub path: PathBuf,
+    /// Human-readable reason; never contains key material.
+    pub reason: String,
+}
+
+impl Problem {
+    pub(crate) fn new(path: &Path, reason: impl Into<String>) -> Self {
+        Problem {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// The public key of a certificate or signing identity, as far as algorithm choice cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// RSA; `bits` is the modulus size (we refuse anything under 2048, RFC 8551 §4).
+    Rsa { bits: usize },
+    /// ECDSA / ECDH on NIST P-256 (secp256r1).
+    EcP256,
+}
+
+/// The certificates every other certificate must chain to (`[certificates] trust`).
+///
+/// Only self-contained roots belong here; intermediates come from the key files and the
+/// recipient certificate directory.
+#[derive(Debug, Default)]
+pub struct TrustAnchors {
+    /// Parsed anchors borrowed by webpki; owned copies so the store can live in an `Arc`.
+    pub(crate) anchors: Vec<TrustAnchor<'static>>,
+    /// The anchor certificates themselves (DER), for callers that want to show them.
+    pub(crate) certs: Vec<CertificateDer<'static>>,
+}
+
+impl TrustAnchors {
+    /// Load every certificate in each file (PEM, one or many, or a single DER certificate).
+    pub fn load(files: &[PathBuf]) -> (TrustAnchors, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let mut out = TrustAnchors::default();
+        for file in files {
+            match read_certificates(file) {
+                Ok(certs) if certs.is_empty() => problems.push(Problem::new(
+                    file,
+                    "no certificate found in trust anchor file",
+                )),
+                Ok(certs) => {
+                    let (anchors, bad) = TrustAnchors::from_certs(certs);
+                    out.anchors.extend(anchors.anchors);
+                    out.certs.extend(anchors.certs);
+                    problems.extend(bad.into_iter().map(|reason| Problem::new(file, reason)));
+                }
+                Err(reason) => problems.push(Problem::new(file, reason)),
+            }
+        }
+        (out, problems)
+    }
+
+    /// Build anchors from DER certificates already in memory; returns the reasons for any
+    /// certificate that cannot serve as an anchor.
+    pub fn from_certs(certs: Vec<CertificateDer<'static>>) -> (TrustAnchors, Vec<String>) {
+        let mut out = TrustAnchors::default();
+        let mut problems = Vec::new();
+        for cert in certs {
+            match webpki::anchor_from_trusted_cert(&cert) {
+                Ok(anchor) => {
+                    out.anchors.push(anchor.to_owned());
+                    out.certs.push(cert);
+                }
+                Err(e) => problems.push(format!("certificate cannot be a trust anchor: {e}")),
+            }
+        }
+        (out, problems)
+    }
+
+    /// Number of anchors loaded.
+    pub fn len(&self) -> usize {
+        self.anchors.len()
+    }
+
+    /// True when no anchor is loaded (then no certificate validates).
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+}
+
+/// Read all certificates of one file: PEM (any number of CERTIFICATE blocks) or raw DER.
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    parse_certificates(&bytes)
+}
+
+/// Certificates of a PEM or DER buffer; DER is recognised by its leading SEQUENCE tag.
+pub(crate) fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateDer::from(bytes.to_vec())]);
+    }
+    CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))
+}
+
+/// Lower-case the domain part of an address (RFC 5321 §2.4: the local part is the receiver's
+/// business, the domain is case-insensitive). Surrounding whitespace and `<>` are dropped.
+pub fn normalize_address(address: &str) -> String {
+    let a = address.trim().trim_start_matches('<').trim_end_matches('>');
+    match a.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => a.to_string(),
+    }
+}
+
+/// Lower-case hex, for fingerprints.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_is_lowercased_local_part_kept() {
+        assert_eq!(
+            normalize_address(" <Alice@SMIME.Example> "),
+            "Alice@smime.example"
+        );
+        assert_eq!(normalize_address("bob@x.org"), "bob@x.org");
+    }
+
+    #[test]
+    fn stores_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<KeyStore>();
+        shared::<CertStore>();
+        shared::<TrustAnchors>();
+        shared::<std::sync::Arc<SigningIdentity>>();
+        assert_eq!(normalize_address("a@B"), "a@b");
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits() {
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
+}

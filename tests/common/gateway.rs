@@ -222,6 +222,9 @@ impl GatewayConfig {
             }
             std::fs::write(&path, contents)
                 .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            // Like a careful operator: keys and secrets readable by the gateway's user only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         std::fs::create_dir_all(dir.join("outbox")).expect("outbox dir");
         let path = dir.join("cachet.toml");

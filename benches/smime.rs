@@ -1,0 +1,181 @@
+//! `cargo bench --bench smime`: messages per second for sign, encrypt and sign+encrypt, 10 KB and
+//! 100 KB messages, 1 and 3 recipients, beside the `openssl cms` CLI on the same input in the
+//! same run. The openssl column includes process start-up (that is what a CLI-based gateway
+//! pays); the cachet column is in-process.
+//!
+//! Without `--bench` (e.g. `cargo test --benches`) every row runs once as a smoke test.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cachet::smime::{self, EncryptOptions, SignOptions};
+use cachet::store::TrustAnchors;
+use cachet::store::certs::RecipientCert;
+use cachet::store::keys::SigningIdentity;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+fn rfc9216() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/interop/rfc9216"
+    ))
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(rfc9216().join(name)).unwrap()
+}
+
+fn recipient(pem: &str) -> Arc<RecipientCert> {
+    Arc::new(
+        RecipientCert::from_der(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap(),
+    )
+}
+
+/// A third RSA-2048 recipient issued by the RFC 9216 CA.
+fn third_recipient() -> String {
+    let ca_key = rcgen::KeyPair::from_pem(&read("ca.rsa.key")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.rsa.crt"), ca_key).unwrap();
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
+        "carol@smime.example".try_into().unwrap(),
+    )];
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::EmailProtection];
+    p.signed_by(&key, &issuer).unwrap().pem()
+}
+
+/// A 7-bit text message of about `size` bytes (the same file is fed to openssl).
+fn message(size: usize) -> Vec<u8> {
+    let mut m = b"From: alice@smime.example\r\nTo: bob@smime.example\r\nSubject: bench\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n".to_vec();
+    let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
+    while m.len() < size {
+        m.extend_from_slice(line);
+    }
+    m
+}
+
+/// Run `f` for about `budget` (at least once); return operations per second.
+fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u32;
+    while n == 0 || start.elapsed() < budget {
+        f();
+        n += 1;
+    }
+    f64::from(n) / start.elapsed().as_secs_f64()
+}
+
+fn sh(script: &str) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .expect("sh");
+    assert!(st.success(), "{script}");
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (ours, theirs) = if full {
+        (Duration::from_secs(1), Duration::from_millis(1500))
+    } else {
+        (Duration::ZERO, Duration::ZERO)
+    };
+    let (trust, problems) = TrustAnchors::load(&[rfc9216().join("ca.rsa.crt")]);
+    assert!(problems.is_empty());
+    let pem = format!("{}{}", read("alice.sign.key"), read("alice.sign.crt"));
+    let alice = SigningIdentity::from_pem(
+        "alice@smime.example",
+        pem.as_bytes(),
+        &trust,
+        SystemTime::now(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let carol = third_recipient();
+    std::fs::write(dir.join("carol.crt"), &carol).unwrap();
+    let one = vec![recipient(&read("bob.encrypt.crt"))];
+    let three = vec![
+        one[0].clone(),
+        recipient(&read("alice.encrypt.crt")),
+        recipient(&carol),
+    ];
+    let r = |n: &str| rfc9216().join(n).display().to_string();
+    let certs1 = r("bob.encrypt.crt");
+    let certs3 = format!(
+        "{} {} {}",
+        certs1,
+        r("alice.encrypt.crt"),
+        dir.join("carol.crt").display()
+    );
+    let signer = format!(
+        "-signer {} -inkey {}",
+        r("alice.sign.crt"),
+        r("alice.sign.key")
+    );
+
+    println!(
+        "S/MIME throughput, messages/s (RSA-2048; SHA-256; AES-256-CBC; PKCS#1 v1.5 key transport)"
+    );
+    println!("openssl = `openssl cms` CLI per message, process start included");
+    println!();
+    println!("| operation      | size    | rcpts | cachet msg/s | openssl cms msg/s |  ratio |");
+    println!("|----------------|---------|-------|--------------|-------------------|--------|");
+    for size in [10 * 1024, 100 * 1024] {
+        let msg = message(size);
+        let input = dir.join(format!("in-{size}.eml"));
+        std::fs::write(&input, &msg).unwrap();
+        let input = input.display().to_string();
+        let rows: Vec<(&str, usize)> = vec![
+            ("sign", 0),
+            ("encrypt", 1),
+            ("encrypt", 3),
+            ("sign+encrypt", 1),
+            ("sign+encrypt", 3),
+        ];
+        for (op, n) in rows {
+            let rcpts = if n == 3 { &three } else { &one };
+            let certs = if n == 3 { &certs3 } else { &certs1 };
+            let ours_rate = rate(ours, || {
+                let out = match op {
+                    "sign" => smime::sign(&msg, &alice, &SignOptions::default()),
+                    "encrypt" => smime::encrypt(&msg, rcpts, &EncryptOptions::default()),
+                    _ => smime::sign(&msg, &alice, &SignOptions::default())
+                        .and_then(|s| smime::encrypt(&s, rcpts, &EncryptOptions::default())),
+                };
+                std::hint::black_box(out.unwrap());
+            });
+            let script = match op {
+                "sign" => format!("openssl cms -sign {signer} -in {input} -out /dev/null"),
+                "encrypt" => {
+                    format!("openssl cms -encrypt -aes256 -in {input} -out /dev/null {certs}")
+                }
+                _ => format!(
+                    "openssl cms -sign {signer} -in {input} | openssl cms -encrypt -aes256 -out /dev/null {certs}"
+                ),
+            };
+            let theirs_rate = rate(theirs, || sh(&script));
+            println!(
+                "| {op:<14} | {:>4} KB | {:>5} | {ours_rate:>12.0} | {theirs_rate:>17.0} | {:>5.1}x |",
+                size / 1024,
+                if n == 0 {
+                    "-".to_string()
+                } else {
+                    n.to_string()
+                },
+                ours_rate / theirs_rate
+            );
+        }
+    }
+    if !full {
+        println!(
+            "\n(smoke run: pass --bench, as `cargo bench --bench smime` does, for real numbers)"
+        );
+    }
+}

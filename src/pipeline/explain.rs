@@ -1,0 +1,165 @@
+//! `cachet explain`: what the live policy does with a message from SENDER to each recipient,
+//! computed by the same [`decide`](super::decide) the gateway runs at RCPT time and at delivery
+//! (not a re-implementation). Text for people, JSON (`--json`) for scripts.
+
+use super::{Fate, cipher_name, decide, headers};
+use crate::policy::{KeyTransport, Mode};
+use crate::runtime::Runtime;
+use serde_json::{Value, json};
+use std::time::SystemTime;
+
+fn date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn mode(m: Mode) -> &'static str {
+    match m {
+        Mode::Never => "never",
+        Mode::Opportunistic => "opportunistic",
+        Mode::Required => "required",
+    }
+}
+
+/// The decision for every recipient as JSON. `from` is the From: header address (defaults to
+/// the sender); `subject` lets the subject-tag trigger be tried.
+pub fn explain(
+    rt: &Runtime,
+    sender: &str,
+    from: Option<&str>,
+    recipients: &[String],
+    subject: Option<&str>,
+) -> Value {
+    let from = from.unwrap_or(sender);
+    let p = &rt.config.policy;
+    let triggered = headers::has_tag(subject, p.subject_tag.as_deref());
+    let list: Vec<Value> = recipients
+        .iter()
+        .map(|r| {
+            let at_rcpt = decide(rt, sender, None, r, false, true);
+            let d = decide(rt, sender, Some(from), r, triggered, false);
+            let t = d.treatment;
+            let outcome = match (&at_rcpt.fate, &d.fate) {
+                (Fate::Refuse(reply), _) => json!({"action": "refuse at RCPT", "reply": reply.to_string()}),
+                (_, Fate::Send) => json!({"action": "relay"}),
+                (_, Fate::Hold(reason)) => json!({"action": "hold", "reason": reason}),
+                (_, Fate::Bounce(reply)) | (_, Fate::Refuse(reply)) => json!({"action": "bounce", "reply": reply.to_string()}),
+            };
+            let sign = match &d.signer {
+                Some(id) => json!({"mode": mode(t.sign), "sign": true, "key": id.fingerprint, "address": id.email, "expires": date(id.not_after)}),
+                None => json!({"mode": mode(t.sign), "sign": false, "why": if t.sign == Mode::Never { "policy says never".to_string() } else { format!("no valid signing key for {from}") }}),
+            };
+            let rejected: Vec<Value> = d.rejected_certs.iter().map(|(fp, why)| json!({"fingerprint": fp, "reason": why})).collect();
+            let encrypt = match &d.cert {
+                Some(c) => json!({
+                    "mode": mode(t.encrypt), "encrypt": true, "certificate": c.fingerprint, "expires": date(c.not_after),
+                    "encryption": cipher_name(t.encryption),
+                    "key_transport": match (c.key, t.key_transport) {
+                        (crate::store::KeyKind::EcP256, _) => "ecdh-p256",
+                        (_, KeyTransport::RsaPkcs1) => "rsa-pkcs1",
+                        (_, KeyTransport::RsaOaep) => "rsa-oaep",
+                    },
+                    "skipped": rejected,
+                }),
+                None => json!({"mode": mode(t.encrypt), "encrypt": false, "why": if t.encrypt == Mode::Never { "policy says never".to_string() } else { format!("no valid certificate for {r}") }, "skipped": rejected}),
+            };
+            json!({
+                "recipient": r,
+                "rule": d.rule,
+                "triggered": triggered,
+                "sign": sign,
+                "encrypt": encrypt,
+                "on_missing_key": format!("{:?}", t.on_missing_key).to_lowercase(),
+                "outcome": outcome,
+            })
+        })
+        .collect();
+    json!({"sender": sender, "from": from, "policy_version": p.version, "recipients": list})
+}
+
+/// The same, for a terminal.
+pub fn render_text(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "sender {}  From: {}  policy {}",
+        v["sender"].as_str().unwrap_or(""),
+        v["from"].as_str().unwrap_or(""),
+        v["policy_version"].as_str().unwrap_or("")
+    );
+    for r in v["recipients"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "\n{}", r["recipient"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            s,
+            "  rule:     {}",
+            r["rule"].as_str().unwrap_or("(none: [policy] defaults)")
+        );
+        let sign = &r["sign"];
+        if sign["sign"].as_bool() == Some(true) {
+            let _ = writeln!(
+                s,
+                "  sign:     yes ({}) with key {} for {}, expires {}",
+                sign["mode"].as_str().unwrap_or(""),
+                sign["key"].as_str().unwrap_or(""),
+                sign["address"].as_str().unwrap_or(""),
+                sign["expires"].as_str().unwrap_or("")
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  sign:     no ({}): {}",
+                sign["mode"].as_str().unwrap_or(""),
+                sign["why"].as_str().unwrap_or("")
+            );
+        }
+        let enc = &r["encrypt"];
+        if enc["encrypt"].as_bool() == Some(true) {
+            let _ = writeln!(
+                s,
+                "  encrypt:  yes ({}) to certificate {}, expires {}; {} with {}",
+                enc["mode"].as_str().unwrap_or(""),
+                enc["certificate"].as_str().unwrap_or(""),
+                enc["expires"].as_str().unwrap_or(""),
+                enc["encryption"].as_str().unwrap_or(""),
+                enc["key_transport"].as_str().unwrap_or("")
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  encrypt:  no ({}): {}",
+                enc["mode"].as_str().unwrap_or(""),
+                enc["why"].as_str().unwrap_or("")
+            );
+        }
+        for skipped in enc["skipped"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "  skipped:  certificate {}: {}",
+                skipped["fingerprint"].as_str().unwrap_or(""),
+                skipped["reason"].as_str().unwrap_or("")
+            );
+        }
+        let o = &r["outcome"];
+        let detail = o["reply"]
+            .as_str()
+            .or(o["reason"].as_str())
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  outcome:  {}{detail}",
+            o["action"].as_str().unwrap_or("")
+        );
+    }
+    s
+}

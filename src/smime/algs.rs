@@ -1,0 +1,175 @@
+//! Algorithm identifiers and the small ASN.1 pieces the `cms` crate has no type for.
+//!
+//! Only algorithms RFC 8551 §2 allows us to *send* are here: SHA-256/512, RSA PKCS#1 v1.5,
+//! RSASSA-PSS and RSAES-OAEP with SHA-256 (RFC 4055), ECDSA P-256, AES-CBC (RFC 3565),
+//! AES-GCM (RFC 5084), AES key wrap (RFC 3394) and ECDH ephemeral-static (RFC 5753).
+//! Never 3DES, RC2 or SHA-1.
+
+use const_oid::ObjectIdentifier as Oid;
+use der::asn1::Null;
+use der::{Any, Decode, Encode};
+use spki::AlgorithmIdentifierOwned;
+
+// Content types (RFC 5652 §4-6, RFC 5083 §1).
+pub const ID_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.1");
+pub const ID_SIGNED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.2");
+pub const ID_ENVELOPED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.3");
+pub const ID_AUTH_ENVELOPED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.1.23");
+
+// Signed attributes (RFC 5652 §11, RFC 8551 §2.5).
+pub const ID_SMIME_CAPABILITIES: Oid = Oid::new_unwrap("1.2.840.113549.1.9.15");
+pub const ID_ENCRYPTION_KEY_PREFERENCE: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.2.11");
+
+// Digests (RFC 5754 §2).
+pub const SHA256: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.1");
+pub const SHA512: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.3");
+
+// Signatures and key transport (RFC 3370 §3.2, RFC 4055, RFC 5754 §3).
+pub const RSA_ENCRYPTION: Oid = Oid::new_unwrap("1.2.840.113549.1.1.1");
+pub const ID_RSAES_OAEP: Oid = Oid::new_unwrap("1.2.840.113549.1.1.7");
+pub const ID_MGF1: Oid = Oid::new_unwrap("1.2.840.113549.1.1.8");
+pub const ID_RSASSA_PSS: Oid = Oid::new_unwrap("1.2.840.113549.1.1.10");
+pub const ECDSA_WITH_SHA256: Oid = Oid::new_unwrap("1.2.840.10045.4.3.2");
+pub const ID_EC_PUBLIC_KEY: Oid = Oid::new_unwrap("1.2.840.10045.2.1");
+
+// Content encryption and key wrap (RFC 3565 §4, RFC 5084 §3).
+pub const AES128_CBC: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.2");
+pub const AES192_CBC: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.22");
+pub const AES256_CBC: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.42");
+pub const AES128_GCM: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.6");
+pub const AES256_GCM: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.46");
+pub const AES128_WRAP: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.5");
+pub const AES256_WRAP: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.45");
+/// dhSinglePass-stdDH-sha256kdf-scheme (RFC 5753 §7.1.4 / SEC 1).
+pub const DH_SINGLE_PASS_STD_DH_SHA256KDF: Oid = Oid::new_unwrap("1.3.132.1.11.1");
+
+/// AlgorithmIdentifier with absent parameters (RFC 5754 §2 for SHA-2, RFC 3394 for key wrap).
+pub fn alg(oid: Oid) -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid,
+        parameters: None,
+    }
+}
+
+/// AlgorithmIdentifier with NULL parameters (rsaEncryption, RFC 3370 §3.2).
+pub fn alg_null(oid: Oid) -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid,
+        parameters: Some(Any::from(Null)),
+    }
+}
+
+/// AlgorithmIdentifier whose parameters are the given DER.
+pub fn alg_with(oid: Oid, params_der: &[u8]) -> Result<AlgorithmIdentifierOwned, der::Error> {
+    Ok(AlgorithmIdentifierOwned {
+        oid,
+        parameters: Some(Any::from_der(params_der)?),
+    })
+}
+
+/// DER tag-length-value.
+pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes = n.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The hash AlgorithmIdentifier inside RSASSA-PSS / RSAES-OAEP parameters and MGF1 (RFC 4055
+/// §2.1: SHA-2 here with NULL parameters, which is what OpenSSL writes and every reader takes).
+fn hash_alg_der(hash: Oid) -> Vec<u8> {
+    alg_null(hash)
+        .to_der()
+        .expect("static AlgorithmIdentifier encodes")
+}
+
+fn mgf1_der(hash: Oid) -> Vec<u8> {
+    let mut content = ID_MGF1.to_der().expect("oid");
+    content.extend_from_slice(&hash_alg_der(hash));
+    tlv(0x30, &content)
+}
+
+/// RSASSA-PSS-params (RFC 4055 §3.1): hash, MGF1 with the same hash, salt = hash length.
+pub fn pss_params(hash: Oid, salt_len: u8) -> Vec<u8> {
+    let mut content = tlv(0xa0, &hash_alg_der(hash));
+    content.extend(tlv(0xa1, &mgf1_der(hash)));
+    content.extend(tlv(0xa2, &[0x02, 0x01, salt_len]));
+    tlv(0x30, &content)
+}
+
+/// RSAES-OAEP-params (RFC 4055 §4.1) for SHA-256 + MGF1-SHA-256, empty label (default pSource).
+pub fn oaep_sha256_params() -> Vec<u8> {
+    let mut content = tlv(0xa0, &hash_alg_der(SHA256));
+    content.extend(tlv(0xa1, &mgf1_der(SHA256)));
+    tlv(0x30, &content)
+}
+
+/// GCMParameters (RFC 5084 §3.2): 12-octet nonce, explicit 16-octet ICV (default would be 12).
+pub fn gcm_params(nonce: &[u8; 12]) -> Vec<u8> {
+    let mut content = tlv(0x04, nonce);
+    content.extend_from_slice(&[0x02, 0x01, 16]);
+    tlv(0x30, &content)
+}
+
+/// ECC-CMS-SharedInfo (RFC 5753 §7.2) without entityUInfo: keyInfo is the key-wrap algorithm,
+/// suppPubInfo the KEK length in bits as a 32-bit big-endian integer.
+pub fn ecc_cms_shared_info(
+    wrap: &AlgorithmIdentifierOwned,
+    kek_bits: u32,
+) -> Result<Vec<u8>, der::Error> {
+    let mut content = wrap.to_der()?;
+    content.extend(tlv(0xa2, &tlv(0x04, &kek_bits.to_be_bytes())));
+    Ok(tlv(0x30, &content))
+}
+
+/// SMIMECapabilities value (RFC 8551 §2.5.2), in our order of preference: authenticated
+/// encryption first, then AES-CBC; the signature and key management algorithms we use.
+pub fn smime_capabilities() -> Result<Vec<u8>, der::Error> {
+    let caps: Vec<AlgorithmIdentifierOwned> = vec![
+        alg(AES256_GCM),
+        alg(AES128_GCM),
+        alg(AES256_CBC),
+        alg(AES192_CBC),
+        alg(AES128_CBC),
+        alg(ID_RSAES_OAEP),
+        alg(ID_RSASSA_PSS),
+        alg(ECDSA_WITH_SHA256),
+        alg(DH_SINGLE_PASS_STD_DH_SHA256KDF),
+    ];
+    caps.to_der()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlv_long_length() {
+        let v = tlv(0x04, &[0u8; 300]);
+        assert_eq!(&v[..4], &[0x04, 0x82, 0x01, 0x2c]);
+    }
+
+    #[test]
+    fn oaep_params_are_the_rfc4055_sha256_encoding() {
+        // RFC 4055 §4.1 / OpenSSL output for -keyopt rsa_oaep_md:sha256
+        let expected = "302fa00f300d06096086480165030402010500a11c301a06092a864886f70d010108300d06096086480165030402010500";
+        assert_eq!(crate::store::hex(&oaep_sha256_params()), expected);
+    }
+
+    #[test]
+    fn shared_info_for_aes256_wrap() {
+        let si = ecc_cms_shared_info(&alg(AES256_WRAP), 256).unwrap();
+        assert_eq!(
+            crate::store::hex(&si),
+            "3015300b060960864801650304012da20604040000".to_owned() + "0100"
+        );
+    }
+}

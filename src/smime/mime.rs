@@ -1,0 +1,481 @@
+//! MIME canonicalisation before signing or encrypting (RFC 8551 §3.1, RFC 2045/2046).
+//!
+//! A message is split into its *outer* header fields (From, To, Subject, Date, Message-ID,
+//! Received, ... which stay visible and unsigned) and its *entity*: the `Content-*` fields plus
+//! the body, which is what gets signed or encrypted (RFC 8551 §3.1: "the MIME entity").
+//!
+//! The entity is then made safe for any 7-bit relay, so no one downstream can break a signature:
+//! - every line ends in CRLF (lone LF or CR become CRLF; RFC 8551 §3.1.1);
+//! - each leaf part whose body is 8-bit, binary, contains NUL, or has a line over 998 octets
+//!   (RFC 5322 §2.1.1) is re-encoded: `text/*` as quoted-printable, everything else as base64
+//!   (RFC 8551 §3.1.2); quoted-printable also escapes a line-leading `From ` and `.` and trailing
+//!   white space, which mbox writers and careless relays are known to alter;
+//! - multiparts are walked recursively and keep their boundaries; an 8-bit preamble or epilogue
+//!   (never shown by clients) is dropped.
+//!
+//! Canonicalising an entity that is already canonical changes nothing, so an already signed
+//! entity can be encrypted without breaking its signature.
+
+use base64::Engine;
+
+/// RFC 5322 §2.1.1 hard limit, excluding CRLF.
+const MAX_LINE: usize = 998;
+
+/// One header field, raw (with its folding and final CRLF) plus its lower-cased name.
+#[derive(Debug, Clone)]
+pub(crate) struct Field {
+    pub name: String,
+    pub raw: Vec<u8>,
+}
+
+impl Field {
+    /// Unfolded value with surrounding whitespace trimmed.
+    pub fn value(&self) -> String {
+        let colon = self
+            .raw
+            .iter()
+            .position(|&b| b == b':')
+            .unwrap_or(self.raw.len());
+        let v = &self.raw[(colon + 1).min(self.raw.len())..];
+        let v: Vec<u8> = v
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect();
+        String::from_utf8_lossy(&v).trim().to_string()
+    }
+
+    fn new(name: &str, value: &str) -> Field {
+        Field {
+            name: name.to_ascii_lowercase(),
+            raw: format!("{name}: {value}\r\n").into_bytes(),
+        }
+    }
+}
+
+/// A message split for S/MIME: outer header fields and the canonical entity.
+#[derive(Debug)]
+pub(crate) struct Split {
+    /// Non-`Content-*` header fields, raw, in original order (MIME-Version removed; the caller
+    /// writes its own).
+    pub outer: Vec<u8>,
+    /// `Content-*` fields + CRLF + canonical body.
+    pub entity: Vec<u8>,
+}
+
+/// Normalise line ends to CRLF (RFC 5322 §2.1: CR and LF only occur together as CRLF).
+pub(crate) fn to_crlf(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 32);
+    let mut rest = input;
+    // Copy runs between CR/LF in bulk; only the line ends themselves are looked at.
+    while let Some(p) = memchr::memchr2(b'\r', b'\n', rest) {
+        out.extend_from_slice(&rest[..p]);
+        out.extend_from_slice(b"\r\n");
+        let skip = if rest[p] == b'\r' && rest.get(p + 1) == Some(&b'\n') {
+            2
+        } else {
+            1
+        };
+        rest = &rest[p + skip..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// Split header block and body at the first empty line; input must be CRLF already.
+fn split_head_body(msg: &[u8]) -> (&[u8], &[u8]) {
+    if msg.starts_with(b"\r\n") {
+        return (&[], &msg[2..]);
+    }
+    match memchr::memmem::find(msg, b"\r\n\r\n") {
+        Some(p) => (&msg[..p + 2], &msg[p + 4..]),
+        // Only headers, or a body without any header: decide by whether the first line is a field.
+        None if looks_like_field(msg) => (msg, &[]),
+        None => (&[], msg),
+    }
+}
+
+fn looks_like_field(line: &[u8]) -> bool {
+    let end = line.iter().position(|&b| b == b'\r').unwrap_or(line.len());
+    let line = &line[..end];
+    match line.iter().position(|&b| b == b':') {
+        Some(c) if c > 0 => line[..c].iter().all(|&b| b.is_ascii_graphic() && b != b':'),
+        _ => false,
+    }
+}
+
+/// Header block into fields; continuation lines (leading WSP) belong to the previous field.
+fn parse_fields(head: &[u8]) -> Vec<Field> {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut rest = head;
+    while !rest.is_empty() {
+        let end = memchr::memmem::find(rest, b"\r\n")
+            .map(|p| p + 2)
+            .unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = &rest[end..];
+        if matches!(line.first(), Some(b' ' | b'\t'))
+            && let Some(last) = fields.last_mut()
+        {
+            last.raw.extend_from_slice(line);
+            continue;
+        }
+        let name_end = line.iter().position(|&b| b == b':').unwrap_or(0);
+        let name = String::from_utf8_lossy(&line[..name_end])
+            .trim()
+            .to_ascii_lowercase();
+        let mut raw = line.to_vec();
+        if !raw.ends_with(b"\r\n") {
+            raw.extend_from_slice(b"\r\n");
+        }
+        fields.push(Field { name, raw });
+    }
+    fields
+}
+
+/// Split a whole message into outer fields and the canonical entity.
+/// With `canonicalise == false` only line ends are fixed (used for already-signed entities).
+pub(crate) fn split_message(message: &[u8], canonicalise: bool) -> Split {
+    let msg = to_crlf(message);
+    let (head, body) = split_head_body(&msg);
+    let mut outer = Vec::new();
+    let mut inner = Vec::new();
+    for f in parse_fields(head) {
+        if f.name.starts_with("content-") {
+            inner.push(f);
+        } else if f.name != "mime-version" {
+            outer.extend_from_slice(&f.raw);
+        }
+    }
+    if !inner.iter().any(|f| f.name == "content-type") {
+        // RFC 2045 §5.2 default, with a charset we can stand behind when the body is 8-bit.
+        let ct = if body.is_ascii() {
+            "text/plain; charset=us-ascii"
+        } else if std::str::from_utf8(body).is_ok() {
+            "text/plain; charset=utf-8"
+        } else {
+            "text/plain; charset=unknown-8bit"
+        };
+        inner.insert(0, Field::new("Content-Type", ct));
+    }
+    let entity = if canonicalise {
+        entity_bytes(inner, body, 0)
+    } else {
+        join(&inner, body)
+    };
+    Split { outer, entity }
+}
+
+fn join(fields: &[Field], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 256);
+    for f in fields {
+        out.extend_from_slice(&f.raw);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Content-Type essentials: lower-cased `type/subtype` and the boundary parameter.
+fn content_type(fields: &[Field]) -> (String, Option<String>) {
+    let Some(f) = fields.iter().find(|f| f.name == "content-type") else {
+        return ("text/plain".into(), None);
+    };
+    let v = f.value();
+    let mut parts = v.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let mut boundary = None;
+    for p in parts {
+        if let Some((k, val)) = p.split_once('=')
+            && k.trim().eq_ignore_ascii_case("boundary")
+        {
+            boundary = Some(val.trim().trim_matches('"').to_string());
+        }
+    }
+    (mime, boundary)
+}
+
+fn transfer_encoding(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .find(|f| f.name == "content-transfer-encoding")
+        .map(|f| f.value().to_ascii_lowercase())
+        .unwrap_or_else(|| "7bit".into())
+}
+
+/// True when the body can cross any 7-bit relay untouched.
+fn is_7bit_safe(body: &[u8]) -> bool {
+    body.iter().all(|&b| b != 0 && b < 0x80)
+        && body.split(|&b| b == b'\n').all(|l| l.len() <= MAX_LINE + 1)
+}
+
+/// Depth limit for nested multiparts: deeper structures are treated as opaque leaves.
+const MAX_DEPTH: usize = 32;
+
+/// Canonical bytes of one entity (fields + CRLF + body).
+fn entity_bytes(mut fields: Vec<Field>, body: &[u8], depth: usize) -> Vec<u8> {
+    let (mime, boundary) = content_type(&fields);
+    let cte = transfer_encoding(&fields);
+    if mime.starts_with("multipart/")
+        && depth < MAX_DEPTH
+        && let Some(b) = boundary.filter(|b| !b.is_empty())
+    {
+        let new_body = multipart_body(body, &b, depth);
+        if cte != "7bit" {
+            // RFC 2045 §6.4: a multipart's encoding is the widest of its parts, now 7bit.
+            set_cte(&mut fields, None);
+        }
+        return join(&fields, &new_body);
+    }
+    if mime == "message/rfc822" && depth < MAX_DEPTH && !is_7bit_safe(body) && cte != "base64" {
+        // Canonicalise the enclosed message; only if its header is still 8-bit do we fall back
+        // to base64 (RFC 2046 §5.2.1 frowns on it, but every client reads it).
+        let (h, b) = split_head_body(body);
+        let inner = parse_fields(h);
+        let new_body = entity_bytes(inner, b, depth + 1);
+        if is_7bit_safe(&new_body) {
+            set_cte(&mut fields, None);
+            return join(&fields, &new_body);
+        }
+        set_cte(&mut fields, Some("base64"));
+        return join(&fields, &base64_lines(&new_body));
+    }
+    let already_encoded = matches!(cte.as_str(), "base64" | "quoted-printable");
+    if is_7bit_safe(body) && (already_encoded || !matches!(cte.as_str(), "binary")) {
+        if cte == "8bit" {
+            set_cte(&mut fields, Some("7bit"));
+        }
+        return join(&fields, body);
+    }
+    // Re-encode (RFC 8551 §3.1.2). A part labelled base64/QP that is not 7-bit is mislabelled;
+    // its raw octets are what we protect.
+    if mime.starts_with("text/") && !matches!(cte.as_str(), "binary") && !body.contains(&0) {
+        set_cte(&mut fields, Some("quoted-printable"));
+        join(&fields, &quoted_printable(body))
+    } else {
+        set_cte(&mut fields, Some("base64"));
+        join(&fields, &base64_lines(body))
+    }
+}
+
+/// Replace (or remove, with `None`) the Content-Transfer-Encoding field.
+fn set_cte(fields: &mut Vec<Field>, cte: Option<&str>) {
+    fields.retain(|f| f.name != "content-transfer-encoding");
+    if let Some(cte) = cte {
+        fields.push(Field::new("Content-Transfer-Encoding", cte));
+    }
+}
+
+/// Walk a multipart body (RFC 2046 §5.1.1): delimiter lines are `--boundary` (trailing white
+/// space allowed), the CRLF before a delimiter belongs to it, `--boundary--` closes.
+fn multipart_body(body: &[u8], boundary: &str, depth: usize) -> Vec<u8> {
+    let open = format!("--{boundary}");
+    // Line start offsets of delimiter lines, with whether they close.
+    let mut delims: Vec<(usize, usize, bool)> = Vec::new(); // (line start, line end incl CRLF, close)
+    let mut pos = 0;
+    while pos < body.len() {
+        let end = memchr::memmem::find(&body[pos..], b"\r\n")
+            .map(|p| pos + p + 2)
+            .unwrap_or(body.len());
+        let line = &body[pos..end];
+        let trimmed = trim_end_ws(line);
+        if trimmed.starts_with(open.as_bytes()) {
+            let rest = &trimmed[open.len()..];
+            if rest.is_empty() {
+                delims.push((pos, end, false));
+            } else if rest == b"--" {
+                delims.push((pos, end, true));
+                break;
+            }
+        }
+        pos = end;
+    }
+    if delims.is_empty() {
+        // Not really a multipart: protect it as a leaf would be.
+        return if is_7bit_safe(body) {
+            body.to_vec()
+        } else {
+            base64_lines(body)
+        };
+    }
+    let mut out = Vec::with_capacity(body.len() + 1024);
+    let first = delims[0].0;
+    let preamble = &body[..first];
+    if is_7bit_safe(preamble) {
+        out.extend_from_slice(preamble);
+    }
+    for (i, &(start, end, close)) in delims.iter().enumerate() {
+        out.extend_from_slice(&body[start..end]);
+        if close {
+            let epilogue = &body[end..];
+            if is_7bit_safe(epilogue) {
+                out.extend_from_slice(epilogue);
+            }
+            return out;
+        }
+        // Part runs to the CRLF before the next delimiter (or to the end when unterminated).
+        let part_end = match delims.get(i + 1) {
+            Some(&(next, _, _)) => next.saturating_sub(2).max(end),
+            None => body.len(),
+        };
+        let part = &body[end..part_end];
+        let (h, b) = split_head_body(part);
+        out.extend_from_slice(&entity_bytes(parse_fields(h), b, depth + 1));
+        if let Some(&(next, _, _)) = delims.get(i + 1) {
+            out.extend_from_slice(&body[part_end..next]);
+        } else {
+            // Unterminated multipart: close it so the structure is well formed.
+            out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        }
+    }
+    out
+}
+
+fn trim_end_ws(line: &[u8]) -> &[u8] {
+    let mut e = line.len();
+    while e > 0 && matches!(line[e - 1], b'\r' | b'\n' | b' ' | b'\t') {
+        e -= 1;
+    }
+    &line[..e]
+}
+
+/// Base64 in 76-column CRLF lines (RFC 2045 §6.8), each line ending in CRLF.
+pub(crate) fn base64_lines(data: &[u8]) -> Vec<u8> {
+    let enc = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = Vec::with_capacity(enc.len() + enc.len() / 76 * 2 + 2);
+    for chunk in enc.as_bytes().chunks(76) {
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Quoted-printable (RFC 2045 §6.7) of CRLF text: hard line breaks stay CRLF, soft breaks keep
+/// lines at 76 columns. Also escapes a leading `From ` (`=46`) and `.` (`=2E`), and trailing
+/// white space, so mbox writers and dot-mangling relays cannot alter the signed bytes.
+pub(crate) fn quoted_printable(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 8);
+    let mut lines = text.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let last = lines.peek().is_none();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if last && line.is_empty() {
+            break; // text ended with CRLF
+        }
+        let mut col = 0;
+        for (i, &b) in line.iter().enumerate() {
+            let trailing_ws = (b == b' ' || b == b'\t') && i + 1 == line.len();
+            let escape = b == b'='
+                || b >= 0x7f
+                || (b < 0x20 && b != b'\t')
+                || trailing_ws
+                || (i == 0 && b == b'.')
+                || (i == 0 && b == b'F' && line.starts_with(b"From "));
+            let width = if escape { 3 } else { 1 };
+            if col + width > 75 {
+                out.extend_from_slice(b"=\r\n");
+                col = 0;
+            }
+            if escape {
+                out.extend_from_slice(format!("={b:02X}").as_bytes());
+            } else {
+                out.push(b);
+            }
+            col += width;
+        }
+        if !last {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_normalisation_handles_lone_lf_and_cr() {
+        assert_eq!(to_crlf(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd");
+    }
+
+    #[test]
+    fn content_fields_move_inside_others_stay_outside() {
+        let s = split_message(
+            b"From: a@x\r\nSubject: hi\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nhello\r\n",
+            true,
+        );
+        assert_eq!(s.outer, b"From: a@x\r\nSubject: hi\r\n");
+        assert_eq!(s.entity, b"Content-Type: text/plain\r\n\r\nhello\r\n");
+    }
+
+    #[test]
+    fn eight_bit_text_becomes_quoted_printable() {
+        let s = split_message("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nh\u{e9}\r\nFrom here\r\n.\r\n".as_bytes(), true);
+        let e = String::from_utf8(s.entity).unwrap();
+        assert!(
+            e.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("\r\n\r\nh=C3=A9\r\n=46rom here\r\n=2E\r\n"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn binary_part_in_multipart_becomes_base64() {
+        let msg = b"Content-Type: multipart/mixed; boundary=b\r\n\r\npre\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\xff\r\n--b--\r\n";
+        let e = split_message(msg, true).entity;
+        assert!(is_7bit_safe(&e));
+        assert!(
+            String::from_utf8_lossy(&e)
+                .contains("Content-Transfer-Encoding: base64\r\n\r\nAP8=\r\n\r\n--b--")
+        );
+    }
+
+    #[test]
+    fn long_lines_are_wrapped() {
+        let long = "x".repeat(2000);
+        let e = split_message(
+            format!("Content-Type: text/plain\r\n\r\n{long}").as_bytes(),
+            true,
+        )
+        .entity;
+        assert!(is_7bit_safe(&e));
+    }
+
+    #[test]
+    fn attached_message_is_canonicalised_inside_or_base64_when_its_header_is_8bit() {
+        let inner_ok = "Subject: fwd\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nK\u{f6}ln\r\n";
+        let msg = format!("Content-Type: message/rfc822\r\n\r\n{inner_ok}");
+        let e = String::from_utf8(split_message(msg.as_bytes(), true).entity).unwrap();
+        assert!(
+            e.contains("Subject: fwd\r\n") && e.contains("K=C3=B6ln"),
+            "{e}"
+        );
+        let msg = "Content-Type: message/rfc822\r\n\r\nSubject: K\u{f6}ln\r\n\r\nhi\r\n";
+        let e = String::from_utf8(split_message(msg.as_bytes(), true).entity).unwrap();
+        assert!(
+            e.starts_with(
+                "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn eight_bit_preamble_is_dropped_boundaries_kept() {
+        let msg = b"Content-Type: multipart/mixed; boundary=zz\r\n\r\npr\xe9amble\r\n--zz\r\n\r\na\r\n--zz--\r\nepilogue\r\n";
+        let e = split_message(msg, true).entity;
+        assert_eq!(e, b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n\r\na\r\n--zz--\r\nepilogue\r\n");
+    }
+
+    #[test]
+    fn canonical_entity_is_a_fixed_point() {
+        let msg = "Content-Type: multipart/mixed; boundary=\"q\"\r\n\r\n--q\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\u{fc}ber  \r\n--q--\r\n";
+        let once = split_message(msg.as_bytes(), true).entity;
+        let twice = split_message(&once, true).entity;
+        assert_eq!(once, twice);
+    }
+}

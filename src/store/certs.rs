@@ -1,0 +1,245 @@
+//! Recipient certificates: the `[certificates] dir`, indexed by email address.
+//!
+//! Every `*.pem`, `*.crt`, `*.cer` and `*.der` file in the directory is read (any file name, any
+//! number of certificates per PEM file). CA certificates (basicConstraints cA) serve as
+//! intermediates for the others. End-entity certificates are indexed by each rfc822Name of their
+//! subjectAltName, falling back to the subject emailAddress (RFC 8550 §3), domain case-insensitive.
+//!
+//! A certificate is used only when [`validate::check`] accepts it for encryption at lookup time;
+//! of several usable ones the newest (latest notBefore) wins. Lookups never touch the disk: the
+//! store is rebuilt on reload.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+
+use super::validate::{self, CertInfo, Purpose};
+use super::{KeyKind, Problem, TrustAnchors, normalize_address};
+
+/// A certificate we may encrypt to (or one that was considered and rejected).
+#[derive(Debug, Clone)]
+pub struct RecipientCert {
+    /// All addresses the certificate names (domain lower-cased).
+    pub emails: Vec<String>,
+    /// SHA-256 over the DER certificate, lower-case hex: what logs and `check` show.
+    pub fingerprint: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// Decides the key management: RSA key transport or ECDH P-256 key agreement.
+    pub key: KeyKind,
+    /// The certificate itself; RecipientInfos name it by issuer and serial number.
+    pub der: CertificateDer<'static>,
+    /// DER SubjectPublicKeyInfo, fed to aws-lc-rs when encrypting.
+    pub spki_der: Vec<u8>,
+}
+
+impl RecipientCert {
+    /// Parse a certificate for use as an encryption target. Does NOT validate it: callers go
+    /// through [`CertStore::lookup`] (or validate themselves) before encrypting.
+    pub fn from_der(der: CertificateDer<'static>) -> Result<RecipientCert, String> {
+        let info = validate::inspect(&der)?;
+        Self::from_info(der, &info)
+    }
+
+    pub(crate) fn from_info(
+        der: CertificateDer<'static>,
+        info: &CertInfo,
+    ) -> Result<RecipientCert, String> {
+        let key = match info.key {
+            Some(k) => k,
+            None => {
+                return Err(info
+                    .key_error
+                    .clone()
+                    .unwrap_or_else(|| "unsupported key".into()));
+            }
+        };
+        Ok(RecipientCert {
+            emails: info.emails.clone(),
+            fingerprint: info.fingerprint.clone(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+            key,
+            der,
+            spki_der: info.spki_der.clone(),
+        })
+    }
+}
+
+/// Result of a lookup: the certificate to use, if any, and every candidate that was refused.
+#[derive(Debug, Clone, Default)]
+pub struct CertLookup {
+    pub cert: Option<Arc<RecipientCert>>,
+    /// (fingerprint, reason) of each certificate for this address that cannot be used.
+    pub rejected: Vec<(String, String)>,
+}
+
+/// One indexed end-entity certificate.
+#[derive(Debug)]
+struct Candidate {
+    cert: Option<Arc<RecipientCert>>,
+    info: CertInfo,
+    der: CertificateDer<'static>,
+}
+
+/// Recipient certificates by address; immutable once loaded, shared by `Arc`.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    by_address: HashMap<String, Vec<Candidate>>,
+    /// CA certificates found in the directory, offered to path building.
+    intermediates: Vec<CertificateDer<'static>>,
+    /// Copied anchors so lookups need no other reference (reload swaps the whole store).
+    trust: TrustAnchors,
+}
+
+impl CertStore {
+    /// Read the directory; report unreadable files and every certificate that does not validate
+    /// for encryption at `now`.
+    pub fn load(dir: &Path, trust: &TrustAnchors, now: SystemTime) -> (CertStore, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let mut loaded: Vec<(std::path::PathBuf, CertificateDer<'static>)> = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(Problem::new(
+                    dir,
+                    format!("cannot read certificate directory: {e}"),
+                ));
+                return (
+                    CertStore {
+                        trust: clone_trust(trust),
+                        ..Default::default()
+                    },
+                    problems,
+                );
+            }
+        };
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if !matches!(ext.as_str(), "pem" | "crt" | "cer" | "der") || !path.is_file() {
+                continue;
+            }
+            match super::read_certificates(&path) {
+                Ok(certs) if certs.is_empty() => {
+                    problems.push(Problem::new(&path, "no certificate in file"))
+                }
+                Ok(certs) => loaded.extend(certs.into_iter().map(|c| (path.clone(), c))),
+                Err(reason) => problems.push(Problem::new(&path, reason)),
+            }
+        }
+        let mut store = CertStore {
+            trust: clone_trust(trust),
+            ..Default::default()
+        };
+        let mut parsed = Vec::new();
+        for (path, der) in loaded {
+            match validate::inspect(&der) {
+                Ok(info) if info.is_ca => store.intermediates.push(der),
+                Ok(info) => parsed.push((path, der, info)),
+                Err(reason) => problems.push(Problem::new(&path, reason)),
+            }
+        }
+        for (path, der, info) in parsed {
+            if info.emails.is_empty() {
+                problems.push(Problem::new(
+                    &path,
+                    format!(
+                        "certificate {}: no email address in subjectAltName or subject",
+                        info.fingerprint
+                    ),
+                ));
+                continue;
+            }
+            if let Err(reason) = store.validate(&der, &info, now) {
+                problems.push(Problem::new(
+                    &path,
+                    format!(
+                        "certificate {} for {}: {reason}",
+                        info.fingerprint,
+                        info.emails.join(", ")
+                    ),
+                ));
+            }
+            let cert = RecipientCert::from_info(der.clone(), &info)
+                .ok()
+                .map(Arc::new);
+            for email in &info.emails {
+                let list = store.by_address.entry(email.clone()).or_default();
+                if !list.iter().any(|c| c.info.fingerprint == info.fingerprint) {
+                    list.push(Candidate {
+                        cert: cert.clone(),
+                        info: info.clone(),
+                        der: der.clone(),
+                    });
+                }
+            }
+        }
+        (store, problems)
+    }
+
+    fn validate(
+        &self,
+        der: &CertificateDer<'_>,
+        info: &CertInfo,
+        now: SystemTime,
+    ) -> Result<KeyKind, String> {
+        validate::check(
+            der,
+            info,
+            &self.intermediates,
+            &self.trust,
+            now,
+            Purpose::Encrypt,
+        )
+    }
+
+    /// The newest certificate for `address` that validates for encryption at `now`, and the
+    /// reasons every other candidate was refused. In memory only.
+    pub fn lookup(&self, address: &str, now: SystemTime) -> CertLookup {
+        let mut out = CertLookup::default();
+        let Some(cands) = self.by_address.get(&normalize_address(address)) else {
+            return out;
+        };
+        for c in cands {
+            match (self.validate(&c.der, &c.info, now), &c.cert) {
+                (Ok(_), Some(cert)) => {
+                    // Several valid certificates: the newest wins (issue 3).
+                    let newer = out.cert.as_ref().is_none_or(|best| {
+                        (cert.not_before, cert.not_after) > (best.not_before, best.not_after)
+                    });
+                    if newer {
+                        out.cert = Some(cert.clone());
+                    }
+                }
+                (Err(reason), _) => out.rejected.push((c.info.fingerprint.clone(), reason)),
+                (Ok(_), None) => out
+                    .rejected
+                    .push((c.info.fingerprint.clone(), "unsupported key".into())),
+            }
+        }
+        out
+    }
+
+    /// Addresses with at least one indexed certificate (valid or not), sorted.
+    pub fn addresses(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.by_address.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+fn clone_trust(t: &TrustAnchors) -> TrustAnchors {
+    TrustAnchors {
+        anchors: t.anchors.clone(),
+        certs: t.certs.clone(),
+    }
+}

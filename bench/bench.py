@@ -936,6 +936,27 @@ class Bench:
 
 
 # --------------------------------------------------------------------------------------------
+# The crypto-only bound: cachet's own S/MIME stage in-process (benches/smime.rs), one core.
+
+
+def crypto_bound() -> dict:
+    """Runs `cargo bench --bench smime` and reads its sign+encrypt rows: msgs/s on one core."""
+    if not (REPO / "benches" / "smime.rs").exists() or not shutil.which("cargo"):
+        return {"ok": False, "why": "benches/smime.rs or cargo not available"}
+    log("crypto-only bound: cargo bench --bench smime (in-process sign+encrypt, one core)")
+    p = run(["cargo", "bench", "--locked", "--manifest-path", REPO / "Cargo.toml", "--bench", "smime"],
+            timeout=3600, check=False)
+    rows = {}
+    for m in re.finditer(r"^\|\s*sign\+encrypt\s*\|\s*(\d+) KB\s*\|\s*(\d+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)",
+                         p.stdout, re.M):
+        rows[f"{int(m.group(1)) * 1024}x{m.group(2)}"] = {"cachet_per_core": float(m.group(3)),
+                                                         "openssl_cli": float(m.group(4))}
+    if p.returncode != 0 or not rows:
+        return {"ok": False, "why": f"cargo bench failed ({p.returncode}): {(p.stdout + p.stderr)[-300:]}"}
+    return {"ok": True, "rows": rows, "cores": os.cpu_count()}
+
+
+# --------------------------------------------------------------------------------------------
 # Output
 
 
@@ -988,7 +1009,19 @@ def print_table(summary: dict) -> None:
     if sc:
         w(f"cachet scaling {fmt_size(sc['size'])} x1: 2 cores {sc['rate_2cores']} msg/s, 1 core (taskset -c 0) "
           f"{sc['rate_1core']} msg/s: {sc['speedup']}x")
-    w("crypto-only bound of cachet's S/MIME stage: not measured here (cargo bench --bench smime once S/MIME is merged)")
+    cb = summary.get("crypto_bound")
+    if cb and cb.get("ok"):
+        w("crypto-only bound (cargo bench --bench smime: in-process sign+encrypt, one core; x cores = bound):")
+        for r in runs:
+            key = f"{r['size']}x{r['rcpts']}"
+            if r["topology"] == 4 and key in cb["rows"]:
+                per_core = cb["rows"][key]["cachet_per_core"]
+                bound = per_core * cb["cores"]
+                w(f"  {fmt_size(r['size']):>5} x{r['rcpts']}: {per_core:.0f} msg/s/core, bound {bound:.0f} msg/s; "
+                  f"cachet end-to-end {r['msgs_per_s']:.0f} msg/s = {100 * r['msgs_per_s'] / bound:.0f}% of it "
+                  f"(openssl cms CLI: {cb['rows'][key]['openssl_cli']:.0f} msg/s)")
+    else:
+        w("crypto-only bound: not measured (" + (cb or {}).get("why", "--crypto-bound not given; default on in full runs") + ")")
     if summary["errors"]:
         w("")
         w("ERRORS:")
@@ -1033,7 +1066,7 @@ def main() -> int:
     ap.add_argument("--rss-sessions", type=int, default=200)
     ap.add_argument("--rss-size", type=parse_size, help="message size for the RSS run (default 10m; --quick 1m)")
     ap.add_argument("--latency-seconds", type=float, help="length of the latency run (default 10; --quick 3)")
-    ap.add_argument("--skip", default="", help="comma list of extras to skip: latency,rss,scaling")
+    ap.add_argument("--skip", default="", help="comma list of extras to skip: latency,rss,scaling,crypto")
     ap.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
     ap.add_argument("--stall", type=float, default=60, help="fail a run after this many seconds without progress")
     ap.add_argument("--json", help="also write the summary JSON to this file")
@@ -1114,6 +1147,8 @@ def main() -> int:
         summary["scaling"] = b.scaling(a.n, small)
     if "rss" not in skip and 4 in topos:
         summary["rss"] = b.rss(a.rss_sessions, a.rss_size)
+    if "crypto" not in skip and not a.quick and 4 in topos and b.smime_active:
+        summary["crypto_bound"] = crypto_bound()
     summary["errors"] = b.errors
     summary["seconds"] = round(time.monotonic() - t_start, 1)
     if a.smime == "require" and not b.smime_active:

@@ -571,6 +571,15 @@ digest = "sha256"
             return None
         return None
 
+    def cpu_ms(self) -> float | None:
+        """cachet's own CPU time so far (all threads: utime + stime from /proc/PID/stat), in ms."""
+        try:
+            with open(f"/proc/{self.pid()}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError, AttributeError):
+            return None
+
     def stop(self) -> None:
         if self.proc:
             kill_proc(self.proc, grace=10)
@@ -775,6 +784,7 @@ class Bench:
         a = self.args
         self.sink.restart()
         bg = background_rate(a.bg_sample)
+        own0 = self.cachet.cpu_ms() if topo == 4 else None
         c0, t0 = cpu_busy_ms(), time.time()
         expected = n * rcpts
         timeout = max(120.0, n * rcpts * 0.5)  # generous: DIY peer at ~20 msg/s still completes
@@ -784,6 +794,7 @@ class Bench:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         res = self.sink.wait(expected, timeout=timeout, stall=a.stall)
         c1 = cpu_busy_ms()
+        own1 = self.cachet.cpu_ms() if topo == 4 else None
         try:
             src_out = src.communicate(timeout=30)[0].decode(errors="replace")
         except subprocess.TimeoutExpired:
@@ -812,6 +823,8 @@ class Bench:
             "cpu_ms_per_msg_net": round(net / max(delivered, 1), 3),
             "background_cpu_ms_per_s": round(bg, 1),
         }
+        if own0 is not None and own1 is not None:
+            row["cachet_cpu_ms_per_msg"] = round((own1 - own0) / max(delivered, 1), 3)
         if topo == 4 and verify:
             v = verify_all(self.sink, files, self.pki, self.work / "verify", self.smime_active)
             row["verified"] = v
@@ -980,6 +993,8 @@ def print_table(summary: dict) -> None:
         notes = []
         if not r["ok"]:
             notes.append("INCOMPLETE")
+        if "cachet_cpu_ms_per_msg" in r:
+            notes.append(f"cachet itself {r['cachet_cpu_ms_per_msg']:.2f} CPU-ms/msg")
         if "verified" in r:
             v = r["verified"]
             notes.append(f"verified {v['checked'] - v['failed']}/{v['checked']} ({'cms' if summary['smime_active'] else 'plain'})")

@@ -1104,6 +1104,8 @@ def main() -> int:
         print("BENCH_SKIP: needs Linux (/proc, taskset)", flush=True)
         return 2
     why = ensure_postfix(not a.no_install)
+    if not why and os.geteuid() != 0:
+        why = "private Postfix instances must be started as root"
     if why:
         print(f"BENCH_SKIP: {why}", flush=True)
         return 2

@@ -1036,7 +1036,8 @@ def print_table(summary: dict) -> None:
                   f"cachet end-to-end {r['msgs_per_s']:.0f} msg/s = {100 * r['msgs_per_s'] / bound:.0f}% of it "
                   f"(openssl cms CLI: {cb['rows'][key]['openssl_cli']:.0f} msg/s)")
     else:
-        w("crypto-only bound: not measured (" + (cb or {}).get("why", "--crypto-bound not given; default on in full runs") + ")")
+        w("crypto-only bound: not measured (" + (cb or {}).get("why", "skipped in --quick, with --skip crypto, or without S/MIME; full runs use "
+                                                    "cargo bench --bench smime") + ")")
     if summary["errors"]:
         w("")
         w("ERRORS:")

@@ -793,7 +793,7 @@ class Bench:
              "-f", SENDER, "-t", RCPT_BASE, "-M", "source.bench.test", f"127.0.0.1:{self.port_of[topo]}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         res = self.sink.wait(expected, timeout=timeout, stall=a.stall)
-        c1 = cpu_busy_ms()
+        c1, t_c1 = cpu_busy_ms(), time.time()
         own1 = self.cachet.cpu_ms() if topo == 4 else None
         try:
             src_out = src.communicate(timeout=30)[0].decode(errors="replace")
@@ -812,7 +812,7 @@ class Bench:
         t_end = max((i["mtime"] for i in files.values()), default=time.time())
         secs = max(t_end - t0, 1e-6)
         cpu = c1 - c0
-        net = max(0.0, cpu - bg * (time.time() - t0 if not res["done"] else secs))
+        net = max(0.0, cpu - bg * (t_c1 - t0))  # background as sampled just before, over the same window
         ok = res["done"] and delivered == n and rcpt_total >= expected and src.returncode == 0
         row = {
             "topology": topo, "name": label or TOPOLOGIES[topo], "size": size, "rcpts": rcpts,
@@ -1069,7 +1069,7 @@ def resolve_cachet(arg: str | None) -> Path:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="cachet end-to-end benchmark beside Postfix peers (issue 6)")
+    ap = argparse.ArgumentParser(prog="bench/run.sh", description="cachet end-to-end benchmark beside Postfix peers (issue 6)")
     ap.add_argument("--quick", action="store_true", help="small N, 10 KB only: < 3 minutes (CI smoke)")
     ap.add_argument("-n", type=int, help="messages per run (default 1000; --quick 100)")
     ap.add_argument("--sessions", type=int, default=20, help="smtp-source sessions (default 20)")

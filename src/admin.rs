@@ -100,3 +100,23 @@ impl Admin {
         }
     }
 }
+
+/// `GET /healthz` on `addr` with a 5 s budget; Ok when the answer is 200.
+pub fn probe(addr: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not ip:port"))?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    match out.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(out.lines().last().unwrap_or("no answer").to_string()),
+    }
+}

@@ -35,6 +35,9 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:2525")]
         listen: String,
+        /// Where /metrics and /healthz listen.
+        #[arg(long, default_value = "127.0.0.1:9925")]
+        admin: String,
     },
     /// Show what the policy does with a message: per recipient, the rule, the signing key,
     /// the certificate and algorithms, or the exact reply a refused recipient gets.
@@ -56,6 +59,12 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask a running gateway's admin listener for /healthz; exit 0 when healthy (container
+    /// HEALTHCHECK without curl or wget).
+    Healthcheck {
+        #[arg(long, default_value = "127.0.0.1:9925")]
+        admin: String,
     },
     /// Print a `server.auth_users` line for USER; the password is read from standard input.
     Passwd { user: String },
@@ -162,6 +171,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Healthcheck { admin } => match cachet::admin::probe(&admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cachet healthcheck: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Passwd { user } => {
             let mut password = String::new();
             if std::io::stdin().read_line(&mut password).is_err()
@@ -176,7 +192,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Demo { dir, listen } => match demo::prepare(&dir, &listen) {
+        Command::Demo { dir, listen, admin } => match demo::prepare(&dir, &listen, &admin) {
             Ok(config) => run_serve(config),
             Err(e) => {
                 eprintln!("cachet demo: {e}");

@@ -20,6 +20,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+/// Memory for messages being sealed and relayed, in MiB. A delivery holds its message several
+/// times over (data, canonical, signed, base64, encrypted copies), so it reserves
+/// `COPIES_HELD x size` of this budget: small messages run `spool.workers` at once, large ones
+/// queue up instead of multiplying the process's memory.
+const MEMORY_BUDGET_MIB: u32 = 160;
+const COPIES_HELD: u64 = 6;
+
+/// Budget units (MiB) a message of `size` bytes reserves; at least 1, at most the whole budget.
+fn memory_units(size: u64) -> u32 {
+    let mib = (size.saturating_mul(COPIES_HELD)).div_ceil(1 << 20);
+    mib.clamp(1, MEMORY_BUDGET_MIB as u64) as u32
+}
+
 /// How often incoming/ is scanned for messages released or retried by the queue CLI.
 const PICKUP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -52,6 +65,7 @@ impl Scheduler {
     ) {
         let workers = self.runtime.load().config.spool.workers;
         let slots = Arc::new(Semaphore::new(workers));
+        let memory = Arc::new(Semaphore::new(MEMORY_BUDGET_MIB as usize));
         let mut heap: BinaryHeap<Reverse<(u64, String, Queue)>> = BinaryHeap::new();
         // Latest due time per scheduled ID; heap entries that disagree are stale and skipped.
         let mut scheduled: HashMap<String, u64> = HashMap::new();
@@ -95,8 +109,9 @@ impl Scheduler {
                 let rt = self.runtime.load_full();
                 let metrics = self.metrics.clone();
                 let done = done_tx.clone();
+                let memory = memory.clone();
                 tokio::spawn(async move {
-                    let next = attempt(&spool, &rt, &metrics, &id, queue).await;
+                    let next = attempt(&spool, &rt, &metrics, &memory, &id, queue).await;
                     drop(permit);
                     let _ = done.send((id, next));
                 });
@@ -123,7 +138,10 @@ impl Scheduler {
             }
             if last_pickup.elapsed() >= PICKUP_INTERVAL {
                 last_pickup = Instant::now();
-                if let Ok(ids) = self.spool.ids(Queue::Incoming) {
+                // A directory listing can be large: never on the async threads.
+                let spool = self.spool.clone();
+                let listed = tokio::task::spawn_blocking(move || spool.ids(Queue::Incoming)).await;
+                if let Ok(Ok(ids)) = listed {
                     // Released or retried by an operator (or injected by another process).
                     for id in ids {
                         if !in_flight.contains(&id) && scheduled.get(&id) != Some(&0) {
@@ -144,6 +162,7 @@ async fn attempt(
     spool: &Spool,
     rt: &Arc<Runtime>,
     metrics: &Metrics,
+    memory: &Semaphore,
     id: &str,
     queue: Queue,
 ) -> Option<Due> {
@@ -166,8 +185,14 @@ async fn attempt(
             return None;
         }
     };
+    // Held until this attempt ends: bounds the memory of all deliveries together.
+    let _memory = memory
+        .acquire_many(memory_units(env.size))
+        .await
+        .expect("never closed");
+    // Shared, not copied, between the sealing job and the DSN builder.
     let data = match spool.read_data(id).await {
-        Ok(d) => d,
+        Ok(d) => Arc::new(d),
         Err(e) => {
             tracing::error!(queue_id = id, error = %e, "message data unreadable; moving to corrupt/");
             let _ = spool.scan(&[queue]);
@@ -178,7 +203,7 @@ async fn attempt(
     // Crypto is CPU work: run it on the blocking pool, never on the async threads.
     let job = {
         let (rt, env, data, pending) = (rt.clone(), env.clone(), data.clone(), pending.clone());
-        tokio::task::spawn_blocking(move || pipeline::seal(&rt, &env, &data, &pending))
+        tokio::task::spawn_blocking(move || pipeline::seal(&rt, &env, &data[..], &pending))
     };
     let sealed = match job.await {
         Ok(s) => s,
@@ -360,5 +385,18 @@ async fn reschedule(
         }
         tracing::info!(queue_id = %id, "done");
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_units_scale_with_size_within_the_budget() {
+        assert_eq!(memory_units(0), 1);
+        assert_eq!(memory_units(10 * 1024), 1);
+        assert_eq!(memory_units(10 << 20), 60);
+        assert_eq!(memory_units(1 << 30), MEMORY_BUDGET_MIB);
     }
 }

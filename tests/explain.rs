@@ -153,3 +153,40 @@ fn text_output_and_the_subject_trigger() {
         "{tagged}"
     );
 }
+
+#[test]
+fn check_warns_about_expiring_keys_and_settings_a_key_cannot_honour() {
+    use smime_common::{Alg, Leaf};
+    let dir = setup();
+    // Carol signs with EC P-256 and her certificate expires in ten days.
+    let mut leaf = Leaf::new("carol@smime.example", Alg::EcP256);
+    leaf.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let (cert, key) = leaf.issue();
+    let path = dir.path().join("keys/carol@smime.example.pem");
+    std::fs::write(&path, format!("{key}{cert}")).unwrap();
+    smime_common::chmod(&path, 0o600);
+    let cfg = dir.path().join("cachet.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[policy]\n", "[policy]\ndigest = \"sha512\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 signing key(s)"), "{stdout}");
+    assert!(
+        stdout.contains("warning: signing key carol@smime.example (")
+            && stdout.contains("expires within 30 days"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("warning: policy.digest = \"sha512\" but the signing key for carol@smime.example is EC P-256"), "{stdout}");
+    assert!(!stdout.contains("alice@smime.example is EC"), "{stdout}");
+}

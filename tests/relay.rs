@@ -277,3 +277,36 @@ async fn implicit_tls_upstream_and_smtps_listener() {
     assert_eq!(got.len(), 1, "{}", gw.logs());
     assert!(got[0].tls && got[0].data.ends_with(&msg));
 }
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_upstream_is_replaced_without_deferring() {
+    let mut opts = UpstreamOptions::starttls();
+    opts.idle_timeout = Duration::from_millis(300);
+    let up = Upstream::start(opts).await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+    assert_eq!(
+        c.send_message("a@example.org", &["b@x.example"], &message("first"))
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    assert_eq!(up.wait_for(1, WAIT).await.len(), 1);
+    // The upstream drops the idle pooled connection; the next message must not be deferred.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        c.send_message("a@example.org", &["b@x.example"], &message("second"))
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    let got = up.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2, "{}", gw.logs());
+    assert!(
+        !gw.logs().contains("deferred"),
+        "the stale connection cost a deferral: {}",
+        gw.logs()
+    );
+}

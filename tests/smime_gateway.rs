@@ -375,3 +375,49 @@ async fn gpgsm_decrypts_and_verifies_what_the_gateway_relayed() {
     assert!(String::from_utf8_lossy(&inner).contains("multipart/signed"));
     g.verify_detached(&inner, dir.path());
 }
+
+#[tokio::test]
+async fn encrypt_to_self_lets_the_sender_read_the_sent_copy() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    // Alice's key file also carries her encryption certificate (her own, RFC 8551 §3.3).
+    let gw = Gateway::start(
+        smime_config(&up, false)
+            .file(
+                "keys/alice@smime.example.pem",
+                format!(
+                    "{}{}{}",
+                    read("alice.sign.key"),
+                    read("alice.sign.crt"),
+                    read("alice.encrypt.crt")
+                ),
+            )
+            .raw("[policy]\nencrypt_to_self = true\n"),
+    )
+    .await;
+    let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+    let msg = message("bob@smime.example", "x@y.example");
+    assert_eq!(
+        c.send_message("alice@smime.example", &["bob@smime.example"], &msg)
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    let printed = openssl_print(&got[0].data);
+    assert_eq!(
+        printed.matches("d.ktri").count(),
+        2,
+        "bob and alice: {printed}"
+    );
+    let d = rfc9216();
+    let by_alice = openssl_decrypt(
+        &got[0].data,
+        &d.join("alice.encrypt.crt"),
+        &d.join("alice.decrypt.key"),
+    );
+    let by_bob = bob_decrypt(&got[0].data);
+    assert_eq!(by_alice, by_bob);
+    assert!(String::from_utf8_lossy(&openssl_verify(&by_bob, None)).contains(CANARY));
+}

@@ -79,26 +79,7 @@ fn gpgsm_decrypts_rsa_pkcs1_aes256_cbc_and_verifies_the_inner_signature() {
     );
     let signed = smime::sign(&sample_message(), &alice(), &SignOptions::default()).unwrap();
     let enc = smime::encrypt(&signed, &[bob_recipient()], &EncryptOptions::default()).unwrap();
-    let p7m = write(dir.path(), "enc.p7m", p7m_der(&enc));
-    let out_path = dir.path().join("plain");
-    let mut cmd = g.cmd();
-    cmd.args([
-        "--pinentry-mode",
-        "loopback",
-        "--passphrase-fd",
-        "0",
-        "--output",
-    ])
-    .arg(&out_path)
-    .arg("--decrypt")
-    .arg(&p7m);
-    let out = run_with_input(&mut cmd, b"test\n");
-    assert!(
-        out.status.success(),
-        "gpgsm --decrypt: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let inner = std::fs::read(&out_path).unwrap();
+    let inner = g.decrypt(&enc, dir.path());
     assert_eq!(split_signed(&inner).0, split_signed(&signed).0);
     g.verify_detached(&inner, dir.path());
 }

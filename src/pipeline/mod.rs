@@ -422,6 +422,25 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
         s.trust.len()
     )];
     out.extend(s.warnings.iter().map(|w| format!("warning: {w}")));
+    // Policy settings a key cannot honour.
+    if rt.config.policy.digest == Digest::Sha512 {
+        for id in s
+            .keys
+            .iter()
+            .filter(|id| id.key == crate::store::KeyKind::EcP256)
+        {
+            out.push(format!("warning: policy.digest = \"sha512\" but the signing key for {} is EC P-256: it signs with SHA-256", id.email));
+        }
+    }
+    if rt.config.policy.rsa_pss {
+        for id in s
+            .keys
+            .iter()
+            .filter(|id| id.key == crate::store::KeyKind::EcP256)
+        {
+            out.push(format!("warning: policy.rsa_signature = \"pss\" does not apply to the EC P-256 key for {} (ECDSA)", id.email));
+        }
+    }
     let soon = SystemTime::now() + Duration::from_secs(30 * 86400);
     for id in s.keys.iter().filter(|id| id.not_after < soon) {
         out.push(format!(

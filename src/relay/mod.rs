@@ -72,6 +72,13 @@ struct SmtpUpstream {
 /// A connection-level failure: every recipient of the copy gets the same outcome.
 struct ConnError(Outcome);
 
+/// Where in a transaction a connection failed.
+enum Failure {
+    /// At MAIL FROM: nothing of this message reached the upstream.
+    AtMail(ConnError),
+    Later(ConnError),
+}
+
 fn temp(msg: impl Into<String>) -> ConnError {
     ConnError(Outcome::Temporary(msg.into()))
 }
@@ -224,17 +231,24 @@ impl SmtpUpstream {
                 Err(ConnError(o)) => return vec![o; rcpts.len()],
             };
             match transaction(&mut client, sender, rcpts, message, params).await {
-                Ok(outcomes) => {
-                    self.idle.lock().unwrap().push(Idle {
-                        client,
-                        since: Instant::now(),
-                        eight_bit: params.body_8bit,
-                        smtputf8: params.smtputf8,
-                    });
+                Ok((outcomes, reusable)) => {
+                    if reusable {
+                        self.idle.lock().unwrap().push(Idle {
+                            client,
+                            since: Instant::now(),
+                            eight_bit: params.body_8bit,
+                            smtputf8: params.smtputf8,
+                        });
+                    }
                     return outcomes;
                 }
-                Err(ConnError(_)) if reused && attempt == 0 => continue,
-                Err(ConnError(o)) => return vec![o; rcpts.len()],
+                // A pooled connection the upstream closed meanwhile fails at MAIL, before
+                // anything of this message was sent: try once more on a fresh one. A failure
+                // later (after DATA) is never retried here, or the message could go twice.
+                Err(Failure::AtMail(_)) if reused && attempt == 0 => continue,
+                Err(Failure::AtMail(ConnError(o)) | Failure::Later(ConnError(o))) => {
+                    return vec![o; rcpts.len()];
+                }
             }
         }
         unreachable!("the loop returns on its second pass")
@@ -364,7 +378,8 @@ async fn transaction(
     rcpts: &[String],
     message: &[u8],
     params: MailParams,
-) -> Result<Vec<Outcome>, ConnError> {
+) -> Result<(Vec<Outcome>, bool), Failure> {
+    let later = |e: ConnError| Failure::Later(e);
     let mut mail = format!("MAIL FROM:<{sender}>");
     if params.body_8bit {
         mail.push_str(" BODY=8BITMIME");
@@ -376,18 +391,25 @@ async fn transaction(
     let r = c
         .cmd(mail.as_bytes())
         .await
-        .map_err(|e| temp(describe(&e)))?;
+        .map_err(|e| Failure::AtMail(temp(describe(&e))))?;
+    if r.code == 421 {
+        // The upstream is closing this connection (an idle pooled one, or it is shutting down).
+        return Err(Failure::AtMail(ConnError(classify(&r))));
+    }
     if r.code / 100 != 2 {
         let o = classify(&r);
         let _ = c.cmd(b"RSET\r\n").await;
-        return Ok(vec![o; rcpts.len()]);
+        return Ok((vec![o; rcpts.len()], true));
     }
+    // A 421 anywhere means the upstream closes the connection: do not pool it.
+    let mut reusable = true;
     let mut outcomes = Vec::with_capacity(rcpts.len());
     for rcpt in rcpts {
         let r = c
             .cmd(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
             .await
-            .map_err(|e| temp(describe(&e)))?;
+            .map_err(|e| later(temp(describe(&e))))?;
+        reusable &= r.code != 421;
         outcomes.push(if r.code / 100 == 2 {
             None
         } else {
@@ -396,31 +418,36 @@ async fn transaction(
     }
     if outcomes.iter().all(Option::is_some) {
         let _ = c.cmd(b"RSET\r\n").await;
-        return Ok(outcomes.into_iter().flatten().collect());
+        return Ok((outcomes.into_iter().flatten().collect(), reusable));
     }
-    let r = c.cmd(b"DATA\r\n").await.map_err(|e| temp(describe(&e)))?;
+    let r = c
+        .cmd(b"DATA\r\n")
+        .await
+        .map_err(|e| later(temp(describe(&e))))?;
     if r.code != 354 {
         let o = classify(&r);
         let _ = c.cmd(b"RSET\r\n").await;
-        return Ok(outcomes
-            .into_iter()
-            .map(|x| x.unwrap_or_else(|| o.clone()))
-            .collect());
+        return Ok((
+            outcomes
+                .into_iter()
+                .map(|x| x.unwrap_or_else(|| o.clone()))
+                .collect(),
+            r.code != 421,
+        ));
     }
-    let started = Instant::now();
     write_data(&mut c.stream, message)
         .await
-        .map_err(|e| temp(format!("connection failure during DATA: {e}")))?;
+        .map_err(|e| later(temp(format!("connection failure during DATA: {e}"))))?;
     let r = tokio::time::timeout(c.timeout, c.read())
         .await
-        .map_err(|_| temp("upstream timed out after DATA"))?
-        .map_err(|e| temp(describe(&e)))?;
-    let _ = started;
+        .map_err(|_| later(temp("upstream timed out after DATA")))?
+        .map_err(|e| later(temp(describe(&e))))?;
     let o = classify(&r);
-    Ok(outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|x| x.unwrap_or_else(|| o.clone()))
-        .collect())
+        .collect();
+    Ok((outcomes, reusable && r.code != 421))
 }
 
 /// Writes the message dot-stuffed (RFC 5321 §4.5.2) in large chunks, with the final

@@ -372,7 +372,7 @@ impl Session {
             && !cfg
                 .relay_networks
                 .iter()
-                .any(|n| n.contains(&self.peer.ip()))
+                .any(|n| n.contains(&self.peer.ip().to_canonical()))
         {
             tracing::warn!(client = %self.peer, rcpt = address, "relay denied");
             self.ctx.metrics.refused("relay_denied");

@@ -120,6 +120,26 @@ async fn outsiders_cannot_relay() {
     assert!(out.contains("503 5.5.1 Need RCPT command first"), "{out}");
 }
 
+/// A dual-stack listener ([::]) sees IPv4 clients as ::ffff:a.b.c.d; they must match IPv4 networks.
+#[tokio::test]
+async fn v4_mapped_clients_match_ipv4_relay_networks() {
+    let f = fixture("");
+    let out = converse(
+        &f,
+        "[::ffff:127.0.0.1]:5000",
+        b"EHLO x\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(codes(&out), ["220", "250", "250", "250", "221"], "{out}");
+    let out = converse(
+        &f,
+        "[::ffff:192.0.2.7]:5000",
+        b"EHLO x\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("550 5.7.1 Relay access denied"), "{out}");
+}
+
 #[tokio::test]
 async fn bare_lf_in_data_closes_without_queueing() {
     let mut f = fixture("");

@@ -48,15 +48,7 @@ impl RecipientCert {
         der: CertificateDer<'static>,
         info: &CertInfo,
     ) -> Result<RecipientCert, String> {
-        let key = match info.key {
-            Some(k) => k,
-            None => {
-                return Err(info
-                    .key_error
-                    .clone()
-                    .unwrap_or_else(|| "unsupported key".into()));
-            }
-        };
+        let key = info.key_kind()?;
         Ok(RecipientCert {
             emails: info.emails.clone(),
             fingerprint: info.fingerprint.clone(),

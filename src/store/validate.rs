@@ -69,6 +69,17 @@ pub struct CertInfo {
 }
 
 /// Parse a DER certificate into [`CertInfo`].
+impl CertInfo {
+    /// The key kind, or why the key is unusable.
+    pub fn key_kind(&self) -> Result<KeyKind, String> {
+        self.key.ok_or_else(|| {
+            self.key_error
+                .clone()
+                .unwrap_or_else(|| "unsupported key".into())
+        })
+    }
+}
+
 pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
     let cert = Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let tbs = cert.tbs_certificate();
@@ -197,15 +208,7 @@ fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
 
 /// Check everything except the trust path; returns the first reason the certificate is unfit.
 pub fn check_local(info: &CertInfo, now: SystemTime, purpose: Purpose) -> Result<KeyKind, String> {
-    let key = match info.key {
-        Some(k) => k,
-        None => {
-            return Err(info
-                .key_error
-                .clone()
-                .unwrap_or_else(|| "unsupported key".into()));
-        }
-    };
+    let key = info.key_kind()?;
     if let KeyKind::Rsa { bits } = key
         && bits < MIN_RSA_BITS
     {

@@ -1006,8 +1006,10 @@ def print_table(summary: dict) -> None:
     w("")
     w("cachet ratios (msg/s, same run):")
     for k in summary["ratios"]:
-        w(f"  {fmt_size(k['size']):>5} x{k['rcpts']}: vs 2 postfix TLS relay {k['vs_postfix']}x, "
-          f"vs 3 postfix+openssl {k['vs_diy']}x")
+        def x(v):
+            return "n/a" if v is None else f"{v}x"
+        w(f"  {fmt_size(k['size']):>5} x{k['rcpts']}: vs 2 postfix TLS relay {x(k['vs_postfix'])}, "
+          f"vs 3 postfix+openssl {x(k['vs_diy'])}")
     lat = summary.get("latency")
     if lat:
         for l in lat:

@@ -38,7 +38,13 @@ fn quick_benchmark_delivers_everything_and_verifies() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run.sh");
     let mut child = Command::new("bash")
         .arg(script)
-        .args(["--quick", "--smime", "require", "--cachet", env!("CARGO_BIN_EXE_cachet")])
+        .args([
+            "--quick",
+            "--smime",
+            "require",
+            "--cachet",
+            env!("CARGO_BIN_EXE_cachet"),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -57,7 +63,9 @@ fn quick_benchmark_delivers_everything_and_verifies() {
         }
         if start.elapsed() > WATCHDOG {
             // SIGTERM first so the script stops its Postfix instances and removes its temp dirs.
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             std::thread::sleep(Duration::from_secs(30));
             let _ = child.kill();
             let _ = child.wait();
@@ -95,7 +103,10 @@ fn quick_benchmark_delivers_everything_and_verifies() {
             "topology {} ({}), {} B x {} recipients",
             r["topology"], r["name"], r["size"], r["rcpts"]
         );
-        assert_eq!(r["delivered"], r["sent"], "{what}: messages delivered; errors: {errors}");
+        assert_eq!(
+            r["delivered"], r["sent"],
+            "{what}: messages delivered; errors: {errors}"
+        );
         assert!(
             r["delivered_rcpts"].as_u64() >= r["expected_rcpts"].as_u64(),
             "{what}: {} of {} recipients delivered; errors: {errors}",
@@ -104,11 +115,20 @@ fn quick_benchmark_delivers_everything_and_verifies() {
         );
         if r["topology"] == 4 {
             let v = &r["verified"];
-            assert_eq!(v["failed"], 0, "{what}: cachet output failed openssl cms checks: {v}");
+            assert_eq!(
+                v["failed"], 0,
+                "{what}: cachet output failed openssl cms checks: {v}"
+            );
             assert_eq!(v["checked"], r["copies"], "{what}: every copy checked: {v}");
         }
         assert_eq!(r["ok"], true, "{what}: not ok; errors: {errors}");
     }
-    assert_eq!(summary["smime_active"], true, "cachet relayed without S/MIME");
-    assert!(status.success(), "bench/run.sh exited {status}; errors: {errors}");
+    assert_eq!(
+        summary["smime_active"], true,
+        "cachet relayed without S/MIME"
+    );
+    assert!(
+        status.success(),
+        "bench/run.sh exited {status}; errors: {errors}"
+    );
 }

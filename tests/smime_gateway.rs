@@ -353,17 +353,10 @@ async fn subject_tag_raises_encryption_and_is_stripped() {
 async fn gpgsm_decrypts_and_verifies_what_the_gateway_relayed() {
     let up = Upstream::start(UpstreamOptions::starttls()).await;
     let gw = Gateway::start(smime_config(&up, false)).await;
-    let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
     let msg = message("bob@smime.example", "x@y.example");
-    assert_eq!(
-        c.send_message("alice@smime.example", &["bob@smime.example"], &msg)
-            .await
-            .unwrap()
-            .0,
-        250
-    );
-    let got = up.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "{}", gw.logs());
+    gw.send_ok("alice@smime.example", &["bob@smime.example"], &msg)
+        .await;
+    let got = gw.expect_upstream(&up, 1).await;
     let g = Gpgsm::new();
     let dir = tempfile::tempdir().unwrap();
     g.import_key(
@@ -394,17 +387,10 @@ async fn encrypt_to_self_lets_the_sender_read_the_sent_copy() {
             .raw("[policy]\nencrypt_to_self = true\n"),
     )
     .await;
-    let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
     let msg = message("bob@smime.example", "x@y.example");
-    assert_eq!(
-        c.send_message("alice@smime.example", &["bob@smime.example"], &msg)
-            .await
-            .unwrap()
-            .0,
-        250
-    );
-    let got = up.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "{}", gw.logs());
+    gw.send_ok("alice@smime.example", &["bob@smime.example"], &msg)
+        .await;
+    let got = gw.expect_upstream(&up, 1).await;
     let printed = openssl_print(&got[0].data);
     assert_eq!(
         printed.matches("d.ktri").count(),

@@ -409,6 +409,33 @@ impl Gateway {
         self.addr
     }
     /// The implicit-TLS address when started `with_smtps`.
+    /// One message over a fresh session; asserts `250` and returns the queue ID.
+    pub async fn send_ok(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
+        let (mut c, _) = super::client::SmtpClient::connect_ehlo(self.addr())
+            .await
+            .expect("connect to the gateway");
+        let r = c
+            .send_message(from, to, msg)
+            .await
+            .expect("SMTP conversation");
+        assert_eq!(r.0, 250, "{r:?}\n{}", self.logs());
+        c.quit().await;
+        r.1.rsplit(' ').next().unwrap_or_default().to_string()
+    }
+
+    /// Waits (20 s at most) until `up` received exactly `n` messages; shows the logs if not.
+    pub async fn expect_upstream(&self, up: &Upstream, n: usize) -> Vec<super::upstream::Received> {
+        let got = up.wait_for(n, Duration::from_secs(20)).await;
+        assert_eq!(
+            got.len(),
+            n,
+            "upstream received {} of {n}\n{}",
+            got.len(),
+            self.logs()
+        );
+        got
+    }
+
     /// The admin listener (`/metrics`, `/healthz`).
     pub fn admin_addr(&self) -> SocketAddr {
         let v = self

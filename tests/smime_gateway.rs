@@ -407,3 +407,40 @@ async fn encrypt_to_self_lets_the_sender_read_the_sent_copy() {
     assert_eq!(by_alice, by_bob);
     assert!(String::from_utf8_lossy(&openssl_verify(&by_bob, None)).contains(CANARY));
 }
+
+#[tokio::test]
+async fn encrypt_header_raises_encryption_and_is_removed() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(
+        smime_config(&up, false)
+            .raw("[policy]\nencrypt = \"never\"\nencrypt_header = \"X-Cachet-Encrypt\"\n"),
+    )
+    .await;
+    let msg = String::from_utf8(message("bob@smime.example", "x@y.example"))
+        .unwrap()
+        .replace(
+            "Subject: quarterly\r\n",
+            "Subject: quarterly\r\nX-Cachet-Encrypt: yes\r\n",
+        );
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@smime.example"],
+        msg.as_bytes(),
+    )
+    .await;
+    let got = gw.expect_upstream(&up, 1).await;
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        !text.contains(CANARY),
+        "encrypted although the policy says never"
+    );
+    assert!(
+        !text.to_ascii_lowercase().contains("x-cachet-encrypt"),
+        "trigger header removed: {text}"
+    );
+    let inner = String::from_utf8_lossy(&bob_decrypt(&got[0].data)).to_string();
+    assert!(
+        !inner.to_ascii_lowercase().contains("x-cachet-encrypt"),
+        "not inside either: {inner}"
+    );
+}

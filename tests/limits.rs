@@ -61,11 +61,11 @@ async fn json_logs_carry_the_queue_id_and_no_content() {
         .unwrap();
     assert_eq!(r.0, 250);
     let id = r.1.rsplit(' ').next().unwrap().to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !gw.logs().contains("\"done\"") {
-        assert!(tokio::time::Instant::now() < deadline, "{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        gw.wait_log("\"done\"", Duration::from_secs(20)).await,
+        "{}",
+        gw.logs()
+    );
     let logs = gw.logs();
     let events: Vec<serde_json::Value> = logs
         .lines()

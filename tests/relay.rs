@@ -107,17 +107,9 @@ async fn temporary_failures_are_retried_until_delivered() {
     )
     .await;
     let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
-    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
     let msg = message("retry");
-    assert_eq!(
-        c.send_message("a@example.org", &["b@x.example"], &msg)
-            .await
-            .unwrap()
-            .0,
-        250
-    );
-    let got = up.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "{}", gw.logs());
+    gw.send_ok("a@example.org", &["b@x.example"], &msg).await;
+    let got = gw.expect_upstream(&up, 1).await;
     assert!(got[0].data.ends_with(&msg));
     let logs = gw.logs();
     assert!(logs.contains("upstream greeting: 421 4.3.2 busy"), "{logs}");

@@ -56,21 +56,23 @@ async fn policy_reload_under_load_loses_nothing_and_applies_to_new_mail() {
         c.set("policy", "encrypt", "\"sometimes\"");
     });
     gw.sighup();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !gw.logs().contains("reload refused") {
-        assert!(tokio::time::Instant::now() < deadline, "{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        gw.wait_log("reload refused", Duration::from_secs(20)).await,
+        "{}",
+        gw.logs()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A valid edit: stop encrypting.
     gw.rewrite_config(|c| {
         c.set("policy", "encrypt", "\"never\"");
     });
     gw.sighup();
-    while !gw.logs().contains("configuration reloaded") {
-        assert!(tokio::time::Instant::now() < deadline, "{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        gw.wait_log("configuration reloaded", Duration::from_secs(20))
+            .await,
+        "{}",
+        gw.logs()
+    );
     reloaded.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);

@@ -296,10 +296,12 @@ async fn hold_keeps_the_message_until_a_certificate_exists_and_it_is_released() 
     )
     .unwrap();
     gw.sighup();
-    while !gw.logs().contains("configuration reloaded") {
-        assert!(tokio::time::Instant::now() < deadline, "{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        gw.wait_log("configuration reloaded", Duration::from_secs(20))
+            .await,
+        "{}",
+        gw.logs()
+    );
     let (ok, out) = gw.cli(&["queue", "release", &id]);
     assert!(ok, "{out}");
     let got = up.wait_for(1, WAIT).await;

@@ -202,7 +202,8 @@ pub fn data_check(rt: &Runtime, sender: &str, recipients: &[String], head: &[u8]
 #[derive(Debug)]
 pub struct Copy {
     pub recipients: Vec<String>,
-    pub message: Vec<u8>,
+    /// Shared: several groups signed by the same key carry the same signed bytes, uncopied.
+    pub message: Arc<Vec<u8>>,
     /// The matching rule (audit log).
     pub rule: Option<String>,
     /// Signer certificate fingerprint, when signed.
@@ -330,7 +331,9 @@ pub fn seal(rt: &Runtime, env: &Envelope, message: &[u8], recipients: &[String])
     );
     let base: &[u8] = stripped.as_deref().unwrap_or(message);
     // Sign once per signer, encrypt once per group.
-    let mut signed: Vec<(String, Result<Vec<u8>, smime::SmimeError>)> = Vec::new();
+    // Signed entity per signer fingerprint, made once and shared by every group it signs.
+    type Signed = Result<Arc<Vec<u8>>, smime::SmimeError>;
+    let mut signed: Vec<(String, Signed)> = Vec::new();
     for ((signer_fp, enc, _), decisions) in groups {
         let rcpts: Vec<String> = decisions.iter().map(|d| d.recipient.clone()).collect();
         let first = &decisions[0];
@@ -349,10 +352,13 @@ pub fn seal(rt: &Runtime, env: &Envelope, message: &[u8], recipients: &[String])
                 }
             }
         };
-        let body: Vec<u8> = match (&signer_fp, &first.signer) {
+        let body: Arc<Vec<u8>> = match (&signer_fp, &first.signer) {
             (Some(fp), Some(id)) => {
                 if !signed.iter().any(|(f, _)| f == fp) {
-                    signed.push((fp.clone(), smime::sign(base, id, &sign_options(rt))));
+                    signed.push((
+                        fp.clone(),
+                        smime::sign(base, id, &sign_options(rt)).map(Arc::new),
+                    ));
                 }
                 match &signed
                     .iter()
@@ -360,14 +366,14 @@ pub fn seal(rt: &Runtime, env: &Envelope, message: &[u8], recipients: &[String])
                     .expect("just inserted")
                     .1
                 {
-                    Ok(b) => b.clone(),
+                    Ok(b) => Arc::clone(b),
                     Err(e) => {
                         fail(&mut sealed, e);
                         continue;
                     }
                 }
             }
-            _ => base.to_vec(),
+            _ => Arc::new(base.to_vec()),
         };
         let (message, encrypted_to, algorithm) = match enc {
             None => (body, Vec::new(), None),
@@ -385,7 +391,7 @@ pub fn seal(rt: &Runtime, env: &Envelope, message: &[u8], recipients: &[String])
                 }
                 match smime::encrypt(&body, &certs, &encrypt_options(&first.treatment)) {
                     Ok(m) => (
-                        m,
+                        Arc::new(m),
                         certs.iter().map(|c| c.fingerprint.clone()).collect(),
                         Some(cipher_name(first.treatment.encryption)),
                     ),

@@ -497,6 +497,7 @@ class Cachet:
 listen = ["127.0.0.1:{port}"]
 hostname = "cachet.bench.test"
 relay_networks = ["127.0.0.0/8"]
+local_domains = ["bench.test", "example.org", "example.com"]
 max_message_size = "256MiB"
 max_connections = 1000
 

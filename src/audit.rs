@@ -17,6 +17,8 @@ pub struct Record<'a> {
     pub queue_id: &'a str,
     pub message_id: Option<&'a str>,
     pub sender: &'a str,
+    /// Who submitted it: the `[[submitter]]` name, `relay_networks` or `auth:USER`.
+    pub submitter: Option<&'a str>,
     pub recipients: &'a [String],
     pub rule: Option<&'a str>,
     pub policy_version: &'a str,

@@ -93,6 +93,7 @@ pub fn prepare(dir: &Path, listen: &str, admin: &str) -> Result<PathBuf, String>
 listen = ["{listen}"]
 hostname = "cachet.demo"
 relay_networks = ["127.0.0.0/8", "::1/128"]
+local_domains = ["demo.test"]
 tls_cert = "server.crt"
 tls_key = "server.key"
 

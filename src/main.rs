@@ -62,6 +62,15 @@ enum Command {
         /// A Subject: to try the subject-tag trigger with.
         #[arg(long)]
         subject: Option<String>,
+        /// The submitting client's IP address: shows which [[submitter]] it is and what it may send as.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// The AUTH user the client logged in as.
+        #[arg(long)]
+        user: Option<String>,
+        /// SHA-256 fingerprint of the TLS client certificate it presents.
+        #[arg(long)]
+        tls_fingerprint: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -155,11 +164,20 @@ fn main() -> ExitCode {
             to,
             header_from,
             subject,
+            client,
+            user,
+            tls_fingerprint,
             json,
         } => match Runtime::load(&config) {
             Ok(rt) => {
+                let who = cachet::pipeline::explain::ExplainClient {
+                    ip: client,
+                    user,
+                    tls_fingerprint,
+                };
                 let v = cachet::pipeline::explain::explain(
                     &rt,
+                    &who,
                     &from,
                     header_from.as_deref(),
                     &to,

@@ -91,6 +91,27 @@ pub const TLS_ALREADY: Reply = Reply::new(503, "5.5.1", "TLS already active");
 pub const TLS_UNAVAILABLE: Reply = Reply::new(454, "4.7.0", "TLS not available");
 pub const TLS_REQUIRED: Reply = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
 pub const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
+/// RFC 5321 addresses are judged and relayed as one string: anything that could be read two
+/// ways (quoted local parts, spaces, angle brackets, control characters, two `@`) is refused.
+pub const ADDRESS_FORM: Reply = Reply::new(
+    553,
+    "5.1.3",
+    "Address not accepted: use a plain address without quotes, spaces or angle brackets",
+);
+pub const SENDER_NOT_ALLOWED: Reply =
+    Reply::new(550, "5.7.1", "Sender address not allowed for this client");
+pub const FROM_NOT_ALLOWED: Reply =
+    Reply::new(550, "5.7.1", "From: address not allowed for this client");
+pub const SUBMITTER_HEADER_MISSING: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Message not accepted from this client: it does not carry the required tenant header",
+);
+pub const SIZE_INVALID: Reply = Reply::new(
+    552,
+    "5.3.4",
+    "Declared SIZE exceeds fixed maximum message size",
+);
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
 pub const MESSAGE_TOO_BIG: Reply = Reply::new(
     552,

@@ -12,6 +12,9 @@ pub struct Runtime {
     pub stores: crate::pipeline::Stores,
     /// Present when `server.tls_cert`/`tls_key` are set: STARTTLS is offered, SMTPS possible.
     pub tls: Option<TlsAcceptor>,
+    /// `server.tls_client_ca`: what TLS client certificates matched by issuer and subject must
+    /// chain to.
+    pub tls_client_anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
     /// The upstream client (its connection pool lives as long as this runtime).
     pub relay: crate::relay::Relay,
     /// `server.auth_users`: who may relay after AUTH.
@@ -27,7 +30,15 @@ impl Runtime {
         let config = Config::load(path)?;
         let mut errors = Vec::new();
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) => match crate::listener::tls_acceptor(cert, key) {
+            (Some(cert), Some(key)) => match crate::listener::tls_acceptor(
+                cert,
+                key,
+                config
+                    .submitters
+                    .entries
+                    .iter()
+                    .any(|e| e.tls_client.is_some()),
+            ) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     errors.push(ConfigError {
@@ -87,6 +98,17 @@ impl Runtime {
                 }),
             None => None,
         };
+        let mut tls_client_anchors = Vec::new();
+        if let Some(ca) = &config.server.tls_client_ca {
+            let (anchors, problems) = crate::store::TrustAnchors::load(std::slice::from_ref(ca));
+            errors.extend(problems.into_iter().map(|p| ConfigError {
+                file: p.path,
+                line: None,
+                key: "server.tls_client_ca".into(),
+                message: p.reason,
+            }));
+            tls_client_anchors = anchors.anchors;
+        }
         let (stores, problems) = crate::pipeline::Stores::load(&config);
         errors.extend(problems);
         match relay {
@@ -94,6 +116,7 @@ impl Runtime {
                 config,
                 stores,
                 tls,
+                tls_client_anchors,
                 relay,
                 users,
                 audit,

@@ -251,6 +251,7 @@ async fn attempt(
                 queue_id: id,
                 message_id: sealed.message_id.as_deref(),
                 sender: &env.sender,
+                submitter: env.submitter.as_deref(),
                 recipients: &copy.recipients,
                 rule: copy.rule.as_deref(),
                 policy_version: &rt.config.policy.version,

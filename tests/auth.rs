@@ -35,7 +35,10 @@ async fn outsiders_relay_only_after_auth_over_tls() {
             // Loopback is not a relay network here: this client is an outsider.
             .with("server", "relay_networks", "[\"192.0.2.0/24\"]")
             .with("server", "auth_users", "\"users\"")
-            .file("users", line),
+            .file("users", line)
+            // The account may send as any example.org address (without this entry only as
+            // "relay", its user name).
+            .raw("[[submitter]]\nname = \"relay-account\"\nuser = \"relay\"\nsenders = [\"*@example.org\"]\n"),
     )
     .await;
     let (mut c, ehlo) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();

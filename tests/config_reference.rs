@@ -27,7 +27,7 @@ fn accepted_keys(section: &str) -> Vec<String> {
     // A minimal valid config, plus one unknown key in the section under test.
     let mut toml = String::new();
     if section != "server" {
-        toml.push_str("[server]\n");
+        toml.push_str("[server]\nlocal_domains = [\"example.org\"]\n");
     }
     if section != "upstream" {
         toml.push_str("[upstream]\nurl = \"file://out\"\n");

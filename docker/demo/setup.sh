@@ -65,6 +65,7 @@ listen = ["0.0.0.0:2525"]
 hostname = "cachet.demo.test"
 # the host reaches the container through the Docker bridge (NAT / proxy):
 relay_networks = ["127.0.0.0/8", "::1/128", "172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8"]
+local_domains = ["demo.test"]
 
 [spool]
 dir = "/var/spool/cachet"

@@ -115,6 +115,10 @@ pub struct ServerConfig {
     pub max_errors: u32,
     /// `user:$pbkdf2-sha256$...` lines; AUTH is offered over TLS when set.
     pub auth_users: Option<PathBuf>,
+    /// The organisation's own domains, lowercased (also in `Config::submitters`).
+    pub local_domains: Vec<String>,
+    /// Trust anchors for TLS client certificates matched by issuer and subject.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +181,8 @@ pub struct Config {
     pub keys: Option<KeysConfig>,
     pub certificates: Option<CertificatesConfig>,
     pub policy: crate::policy::Policy,
+    /// `[[submitter]]` + `local_domains` + `relay_networks`: who may send as whom.
+    pub submitters: crate::policy::submitter::Submitters,
     pub admin_listen: Option<SocketAddr>,
     pub log: LogConfig,
 }
@@ -277,21 +283,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
     let s = raw.server;
     let listen = socket_addrs(&s.listen, "server.listen", p);
     let listen_tls = socket_addrs(&s.listen_tls, "server.listen_tls", p);
-    let mut relay_networks = Vec::new();
-    for v in &s.relay_networks {
-        let text = v.get_ref();
-        let parsed = text
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(n) => relay_networks.push(n),
-            Err(_) => p.at(
-                v.span(),
-                "server.relay_networks",
-                format!("{text:?} is not a network such as \"10.0.0.0/8\""),
-            ),
-        }
-    }
+    let relay_networks = networks(&s.relay_networks, "server.relay_networks", p);
     let tls_cert = s
         .tls_cert
         .as_ref()
@@ -343,6 +335,18 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
     if s.max_connections == 0 {
         p.at(0..0, "server.max_connections", "must be at least 1");
     }
+    let local_domains = local_domains(&s.local_domains, p);
+    let tls_client_ca = s
+        .tls_client_ca
+        .as_ref()
+        .map(|v| existing_file(base, v, "server.tls_client_ca", p));
+    if let (Some(v), None) = (&s.tls_client_ca, &tls_cert) {
+        p.at(
+            v.span(),
+            "server.tls_client_ca",
+            "client certificates are only asked for over TLS: set tls_cert and tls_key",
+        );
+    }
     let server = ServerConfig {
         listen,
         listen_tls,
@@ -360,7 +364,10 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             .auth_users
             .as_ref()
             .map(|v| existing_file(base, v, "server.auth_users", p)),
+        local_domains,
+        tls_client_ca,
     };
+    let submitters = submitters(&raw.submitters, &server, p);
 
     let sp = raw.spool;
     if sp.retry.is_empty() {
@@ -486,8 +493,176 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
         keys,
         certificates,
         policy,
+        submitters,
         admin_listen,
         log,
+    }
+}
+
+/// `server.local_domains`: required, because signing and the relay_networks default both
+/// depend on it (fail closed: without it nobody could be allowed anything).
+fn local_domains(list: &[Spanned<String>], p: &mut Problems) -> Vec<String> {
+    if list.is_empty() {
+        p.at(
+            0..0,
+            "server.local_domains",
+            "list the organisation's own domains, e.g. [\"example.org\"]: cachet signs only From: addresses in them",
+        );
+    }
+    let mut out = Vec::new();
+    for v in list {
+        let d = v.get_ref().trim().trim_end_matches('.').to_lowercase();
+        let ok = !d.is_empty()
+            && !d.starts_with('.')
+            && !d.contains("..")
+            && d.chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
+        if ok {
+            out.push(d);
+        } else {
+            p.at(
+                v.span(),
+                "server.local_domains",
+                format!("{:?} is not a domain such as \"example.org\" (no wildcards: list each subdomain)", v.get_ref()),
+            );
+        }
+    }
+    out
+}
+
+fn networks(list: &[Spanned<String>], key: &str, p: &mut Problems) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for v in list {
+        let text = v.get_ref();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => out.push(n),
+            Err(_) => p.at(
+                v.span(),
+                key,
+                format!("{text:?} is not a network such as \"10.0.0.0/8\""),
+            ),
+        }
+    }
+    out
+}
+
+/// `[[submitter]]` entries, checked: each names at least one way to recognise the client and
+/// at least one sender glob; a names-based `tls_client` needs `server.tls_client_ca`.
+fn submitters(
+    raw: &[Spanned<raw::RawSubmitter>],
+    server: &ServerConfig,
+    p: &mut Problems,
+) -> crate::policy::submitter::Submitters {
+    use crate::policy::submitter::{RequiredHeader, Submitter, Submitters, TlsClientMatch};
+    let mut entries = Vec::new();
+    for (i, spanned) in raw.iter().enumerate() {
+        let r = spanned.get_ref();
+        let name = r
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("submitter #{}", i + 1));
+        let key = |field: &str| format!("submitter {name:?}: {field}");
+        let nets = networks(r.networks.as_deref().unwrap_or(&[]), &key("networks"), p);
+        if r.networks.is_some() && r.networks.as_ref().is_some_and(|n| n.is_empty()) {
+            p.at(
+                spanned.span(),
+                &key("networks"),
+                "an empty list matches nobody: remove it or list networks",
+            );
+        }
+        let tls_client = r.tls_client.as_ref().map(|v| match v.get_ref() {
+            raw::RawTlsClient::Fingerprint(fp) => {
+                let hex: String = fp.chars().filter(|c| *c != ':').collect::<String>().to_lowercase();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    p.at(v.span(), &key("tls_client"), "a SHA-256 fingerprint is 64 hex digits (colons allowed), or use { issuer = \"...\", subject = \"...\" }");
+                }
+                TlsClientMatch::Fingerprint(hex)
+            }
+            raw::RawTlsClient::Names { issuer, subject } => {
+                if server.tls_client_ca.is_none() {
+                    p.at(v.span(), &key("tls_client"), "matching issuer and subject needs server.tls_client_ca (the CA the certificate must chain to)");
+                }
+                if issuer.trim().is_empty() || subject.trim().is_empty() {
+                    p.at(v.span(), &key("tls_client"), "issuer and subject must both be given");
+                }
+                TlsClientMatch::Names { issuer: issuer.clone(), subject: subject.clone() }
+            }
+        });
+        if r.networks.is_none() && r.user.is_none() && r.tls_client.is_none() {
+            p.at(spanned.span(), &key("networks"), "give networks, user or tls_client: an entry that names no client would match everyone");
+        }
+        if let (Some(u), None) = (&r.user, &server.auth_users) {
+            p.at(u.span(), &key("user"), "AUTH users need server.auth_users");
+        }
+        if r.tls_client.is_some() && server.tls_cert.is_none() {
+            p.at(
+                spanned.span(),
+                &key("tls_client"),
+                "client certificates need TLS: set server.tls_cert and tls_key",
+            );
+        }
+        let require_header = r.require_header.as_ref().map(|v| {
+            let h = v.get_ref();
+            let name_ok =
+                !h.name.is_empty() && h.name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+            if !name_ok {
+                p.at(
+                    v.span(),
+                    &key("require_header"),
+                    format!("{:?} is not a header field name", h.name),
+                );
+            }
+            if h.value.trim().is_empty() {
+                p.at(
+                    v.span(),
+                    &key("require_header"),
+                    "the value must not be empty",
+                );
+            }
+            RequiredHeader {
+                name: h.name.clone(),
+                value: h.value.trim().to_string(),
+            }
+        });
+        if r.senders.is_empty() {
+            p.at(
+                spanned.span(),
+                &key("senders"),
+                "list the addresses (globs) this submitter may use, e.g. [\"*@example.org\"]",
+            );
+        }
+        let mut senders = Vec::new();
+        for v in &r.senders {
+            let g = v.get_ref().trim().to_lowercase();
+            if g.is_empty() || g.contains(char::is_whitespace) || g.matches('@').count() != 1 {
+                p.at(
+                    v.span(),
+                    &key("senders"),
+                    format!(
+                        "{:?} is not an address glob such as \"*@example.org\"",
+                        v.get_ref()
+                    ),
+                );
+                continue;
+            }
+            senders.push((g.clone(), wildmatch::WildMatch::new(&g)));
+        }
+        entries.push(Submitter {
+            name,
+            networks: nets,
+            user: r.user.as_ref().map(|u| u.get_ref().clone()),
+            tls_client,
+            require_header,
+            senders,
+        });
+    }
+    Submitters {
+        entries,
+        local_domains: server.local_domains.clone(),
+        relay_networks: server.relay_networks.clone(),
     }
 }
 
@@ -547,7 +722,7 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = parse("[server]\n[upstream]\nurl = \"smtp://mx.example:587\"\n").unwrap();
+        let c = parse("[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://mx.example:587\"\n").unwrap();
         assert_eq!(c.server.listen, vec!["0.0.0.0:2525".parse().unwrap()]);
         assert_eq!(c.server.max_message_size, 50 << 20);
         assert_eq!(c.upstream.tls, UpstreamTls::Verify);

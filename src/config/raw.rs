@@ -20,6 +20,9 @@ pub struct RawConfig {
     pub policy: RawPolicy,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Spanned<RawRule>>,
+    /// `[[submitter]]`: who may submit mail as whom (first match wins).
+    #[serde(default, rename = "submitter")]
+    pub submitters: Vec<Spanned<RawSubmitter>>,
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
@@ -53,6 +56,42 @@ pub struct RawServer {
     pub max_errors: u32,
     /// Users who may relay from anywhere after AUTH (over TLS).
     pub auth_users: Option<Spanned<PathBuf>>,
+    /// The organisation's own domains: the only `From:` domains cachet signs for, and the
+    /// addresses a relay_networks client without a `[[submitter]]` entry may use.
+    #[serde(default)]
+    pub local_domains: Vec<Spanned<String>>,
+    /// PEM trust anchors for TLS client certificates matched by issuer and subject.
+    pub tls_client_ca: Option<Spanned<PathBuf>>,
+}
+
+/// `[[submitter]]`: a client identity (network, AUTH user, TLS client certificate) and the
+/// addresses it may use in `MAIL FROM` and `From:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubmitter {
+    /// A label for logs, the audit trail and `cachet explain`.
+    pub name: Option<String>,
+    pub networks: Option<Vec<Spanned<String>>>,
+    pub user: Option<Spanned<String>>,
+    pub tls_client: Option<Spanned<RawTlsClient>>,
+    pub require_header: Option<Spanned<RawRequireHeader>>,
+    pub senders: Vec<Spanned<String>>,
+}
+
+/// A TLS client certificate: its SHA-256 fingerprint (hex, colons allowed), or the issuer and
+/// subject DNs of a certificate that chains to `server.tls_client_ca`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum RawTlsClient {
+    Fingerprint(String),
+    Names { issuer: String, subject: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequireHeader {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,8 @@
 //! upgrading to TLS when the session asks. Sockets are bound by the caller (tests bind
 //! `127.0.0.1:0`); shutdown comes in through the session context's watch channel.
 
+pub mod client_cert;
+
 use crate::reply;
 use crate::session::{Ending, Session, SessionCtx};
 use rustls::ServerConfig;
@@ -15,8 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-/// Builds the inbound TLS acceptor from PEM files; errors name the file.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+/// Builds the inbound TLS acceptor from PEM files; errors name the file. `ask_client_cert`:
+/// request (never require) a client certificate, for `[[submitter]]` entries with `tls_client`.
+pub fn tls_acceptor(cert: &Path, key: &Path, ask_client_cert: bool) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("{}: {e}", cert.display()))?;
@@ -25,10 +28,15 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = if ask_client_cert {
+        builder.with_client_cert_verifier(client_cert::AnyClientCert::new())
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
@@ -87,7 +95,11 @@ async fn connection(
             return Ok(());
         };
         let tls = acceptor.accept(stream).await?;
-        Session::new(ctx, peer, true).run(tls, true).await?;
+        let cert = peer_cert(&ctx, &tls);
+        Session::new(ctx, peer, true)
+            .with_client_cert(cert)
+            .run(tls, true)
+            .await?;
         return Ok(());
     }
     match Session::new(ctx.clone(), peer, false)
@@ -100,9 +112,23 @@ async fn connection(
                 return Ok(());
             };
             let tls = acceptor.accept(stream).await?;
+            let cert = peer_cert(&ctx, &tls);
             // RFC 3207 §4.2: forget everything learned before TLS; the client says EHLO again.
-            Session::new(ctx, peer, true).run(tls, false).await?;
+            Session::new(ctx, peer, true)
+                .with_client_cert(cert)
+                .run(tls, false)
+                .await?;
             Ok(())
         }
     }
+}
+
+/// The client certificate of a finished handshake, judged against `server.tls_client_ca`.
+fn peer_cert<S>(
+    ctx: &SessionCtx,
+    tls: &tokio_rustls::server::TlsStream<S>,
+) -> Option<crate::policy::submitter::ClientCert> {
+    let chain = tls.get_ref().1.peer_certificates()?;
+    let rt = ctx.runtime.load();
+    client_cert::describe(chain, &rt.tls_client_anchors)
 }

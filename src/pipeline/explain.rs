@@ -30,10 +30,70 @@ fn mode(m: Mode) -> &'static str {
     }
 }
 
+/// The client to evaluate the submitter decision for (`--client`, `--user`, `--tls-fingerprint`).
+#[derive(Debug, Clone, Default)]
+pub struct ExplainClient {
+    pub ip: Option<std::net::IpAddr>,
+    pub user: Option<String>,
+    /// SHA-256 fingerprint of a TLS client certificate (hex, colons allowed).
+    pub tls_fingerprint: Option<String>,
+}
+
+/// Who may submit: the grant the client gets and whether it may use the envelope sender and
+/// the From: address — the same [`Submitters::resolve`](crate::policy::submitter::Submitters::resolve)
+/// the session runs.
+fn submitter_decision(rt: &Runtime, c: &ExplainClient, sender: &str, from: &str) -> Value {
+    use crate::policy::submitter::{Client, ClientCert};
+    let Some(ip) = c.ip else {
+        return json!({"evaluated": false, "why": "give --client IP (and --user, --tls-fingerprint) to see who may submit"});
+    };
+    let cert = c.tls_fingerprint.as_ref().map(|fp| ClientCert {
+        fingerprint: fp.replace(':', "").to_lowercase(),
+        ..Default::default()
+    });
+    let subs = &rt.config.submitters;
+    let grant = subs.resolve(&Client {
+        ip,
+        user: c.user.as_deref(),
+        cert: cert.as_ref(),
+    });
+    let Some(g) = grant else {
+        return json!({"evaluated": true, "client": ip.to_string(), "submitter": null,
+            "action": "refuse at RCPT", "reply": crate::reply::RELAY_DENIED.to_string()});
+    };
+    let sender_ok = sender.is_empty() || subs.allows(&g, sender);
+    let from_ok = subs.allows(&g, from);
+    let (action, reply) = if !sender_ok {
+        (
+            "refuse at MAIL",
+            Some(crate::reply::SENDER_NOT_ALLOWED.to_string()),
+        )
+    } else if !from_ok {
+        (
+            "refuse at end of DATA",
+            Some(crate::reply::FROM_NOT_ALLOWED.to_string()),
+        )
+    } else {
+        ("accept", None)
+    };
+    json!({
+        "evaluated": true,
+        "client": ip.to_string(),
+        "submitter": g.name,
+        "grant": g.describe(),
+        "sender_allowed": sender_ok,
+        "from_allowed": from_ok,
+        "require_header": g.require_header.as_ref().map(|h| format!("{}: {}", h.name, h.value)),
+        "action": action,
+        "reply": reply,
+    })
+}
+
 /// The decision for every recipient as JSON. `from` is the From: header address (defaults to
 /// the sender); `subject` lets the subject-tag trigger be tried.
 pub fn explain(
     rt: &Runtime,
+    client: &ExplainClient,
     sender: &str,
     from: Option<&str>,
     recipients: &[String],
@@ -41,6 +101,8 @@ pub fn explain(
 ) -> Value {
     let from = from.unwrap_or(sender);
     let p = &rt.config.policy;
+    let submitter = submitter_decision(rt, client, sender, from);
+    let local = rt.config.submitters.is_local(from);
     let triggered = headers::has_tag(subject, p.subject_tag.as_deref());
     let list: Vec<Value> = recipients
         .iter()
@@ -56,7 +118,7 @@ pub fn explain(
             };
             let sign = match &d.signer {
                 Some(id) => json!({"mode": mode(t.sign), "sign": true, "key": id.fingerprint, "address": id.email, "expires": date(id.not_after)}),
-                None => json!({"mode": mode(t.sign), "sign": false, "why": if t.sign == Mode::Never { "policy says never".to_string() } else { format!("no valid signing key for {from}") }}),
+                None => json!({"mode": mode(t.sign), "sign": false, "why": if t.sign == Mode::Never { "policy says never".to_string() } else if !local { format!("{from} is not in server.local_domains: cachet signs only the organisation's own addresses") } else { format!("no valid signing key for {from}") }}),
             };
             let rejected: Vec<Value> = d.rejected_certs.iter().map(|(fp, why)| json!({"fingerprint": fp, "reason": why})).collect();
             let encrypt = match &d.cert {
@@ -83,7 +145,7 @@ pub fn explain(
             })
         })
         .collect();
-    json!({"sender": sender, "from": from, "policy_version": p.version, "recipients": list})
+    json!({"sender": sender, "from": from, "policy_version": p.version, "submitter": submitter, "recipients": list})
 }
 
 /// The same, for a terminal.
@@ -97,6 +159,35 @@ pub fn render_text(v: &Value) -> String {
         v["from"].as_str().unwrap_or(""),
         v["policy_version"].as_str().unwrap_or("")
     );
+    let sub = &v["submitter"];
+    if sub["evaluated"].as_bool() == Some(true) {
+        let who = sub["submitter"].as_str().unwrap_or("(none: may not relay)");
+        let _ = writeln!(
+            s,
+            "submitter {who} for client {}",
+            sub["client"].as_str().unwrap_or("")
+        );
+        if let Some(g) = sub["grant"].as_str() {
+            let _ = writeln!(s, "  grant:    {g}");
+        }
+        if let Some(h) = sub["require_header"].as_str() {
+            let _ = writeln!(
+                s,
+                "  header:   the message must carry {h} (removed before relaying)"
+            );
+        }
+        let reply = sub["reply"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  action:   {}{reply}",
+            sub["action"].as_str().unwrap_or("")
+        );
+    } else {
+        let _ = writeln!(s, "submitter: {}", sub["why"].as_str().unwrap_or(""));
+    }
     for r in v["recipients"].as_array().into_iter().flatten() {
         let _ = writeln!(s, "\n{}", r["recipient"].as_str().unwrap_or(""));
         let _ = writeln!(

@@ -8,8 +8,11 @@ use mail_parser::{HeaderValue, MessageParser};
 
 #[derive(Debug, Default, Clone)]
 pub struct Headers {
-    /// First From: address, lowercased domain.
+    /// The author's address, lowercased: only when the message has exactly one From: address
+    /// (a message with several authors is never signed with any of their keys).
     pub from: Option<String>,
+    /// Every address in every From: field, lowercased.
+    pub authors: Vec<String>,
     /// Every To: and Cc: address, lowercased.
     pub visible: Vec<String>,
     pub message_id: Option<String>,
@@ -56,13 +59,104 @@ pub fn read(message: &[u8], encrypt_header: Option<&str>) -> Headers {
                 }
         })
     });
+    let authors = authors_of(&m);
     Headers {
-        from: addresses(m.from()).into_iter().next(),
+        from: match authors.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        },
+        authors,
         visible,
         message_id: m.message_id().map(str::to_string),
         subject: m.subject().map(str::to_string),
         encrypt_header: trigger,
     }
+}
+
+/// Every address of every From: field (a second From: field counts: clients differ in which
+/// one they show).
+fn authors_of(m: &mail_parser::Message) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in m.headers() {
+        if matches!(h.name, mail_parser::HeaderName::From)
+            && let HeaderValue::Address(a) = &h.value
+        {
+            out.extend(addresses(Some(a)));
+        }
+    }
+    out
+}
+
+/// The From: addresses of a message head (the session's end-of-DATA check).
+pub fn authors(message: &[u8]) -> Vec<String> {
+    let head = &message[..header_len(message)];
+    MessageParser::default()
+        .parse_headers(head)
+        .map(|m| authors_of(&m))
+        .unwrap_or_default()
+}
+
+/// True when some header field `name` has exactly `value` (trimmed; ASCII case-insensitive).
+pub fn has_field(message: &[u8], name: &str, value: &str) -> bool {
+    let head = &message[..header_len(message)];
+    fields(head).any(|field| {
+        let Some(colon) = memchr::memchr(b':', field) else {
+            return false;
+        };
+        let n = std::str::from_utf8(&field[..colon]).unwrap_or("");
+        let v = String::from_utf8_lossy(&field[colon + 1..]);
+        // Unfold (RFC 5322 §2.2.3) before comparing.
+        let v: String = v.split(['\r', '\n']).collect::<Vec<_>>().join("");
+        n.trim().eq_ignore_ascii_case(name) && v.trim().eq_ignore_ascii_case(value)
+    })
+}
+
+/// The raw header fields of `head`, each with its continuation lines.
+fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= head.len() {
+            return None;
+        }
+        let mut j = i;
+        loop {
+            let nl = memchr::memchr(b'\n', &head[j..])
+                .map(|k| j + k + 1)
+                .unwrap_or(head.len());
+            j = nl;
+            if j >= head.len() || !(head[j] == b' ' || head[j] == b'\t') {
+                break;
+            }
+        }
+        let field = &head[i..j];
+        i = j;
+        Some(field)
+    })
+}
+
+/// Removes every header field named in `names` (a submitter's tenant header). `None` when
+/// there is nothing to remove (no copy made).
+pub fn remove_fields(message: &[u8], names: &[String]) -> Option<Vec<u8>> {
+    if names.is_empty() {
+        return None;
+    }
+    let end = header_len(message);
+    let mut out = Vec::with_capacity(message.len());
+    let mut changed = false;
+    for field in fields(&message[..end]) {
+        let colon = memchr::memchr(b':', field).unwrap_or(0);
+        let n = std::str::from_utf8(&field[..colon]).unwrap_or("").trim();
+        if colon > 0 && names.iter().any(|x| x.eq_ignore_ascii_case(n)) {
+            changed = true;
+        } else {
+            out.extend_from_slice(field);
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.extend_from_slice(&message[end..]);
+    Some(out)
 }
 
 /// True when `subject` carries `tag` (case-insensitive).
@@ -143,6 +237,34 @@ mod tests {
         assert!(h.encrypt_header);
         assert!(has_tag(h.subject.as_deref(), Some("[SECURE]")));
         assert!(!read(MSG, Some("X-Other")).encrypt_header);
+    }
+
+    #[test]
+    fn several_authors_have_no_single_from() {
+        let two_fields =
+            b"From: a@example.org\r\nFrom: ceo@example.org\r\nTo: x@y.example\r\n\r\nhi\r\n";
+        let h = read(two_fields, None);
+        assert_eq!(h.authors, ["a@example.org", "ceo@example.org"]);
+        assert_eq!(h.from, None);
+        let list = b"From: a@example.org, CEO <Ceo@Example.org>\r\n\r\nhi\r\n";
+        assert_eq!(authors(list), ["a@example.org", "ceo@example.org"]);
+        assert_eq!(read(list, None).from, None);
+        assert_eq!(read(MSG, None).from.as_deref(), Some("alice@example.org"));
+    }
+
+    #[test]
+    fn tenant_header_is_found_and_removed() {
+        let m = b"X-Tenant: abc\r\nX-MS-Exchange-CrossTenant-Id:\r\n  1234-ABCD\r\nSubject: s\r\n\r\nX-Tenant: body\r\n";
+        assert!(has_field(m, "x-ms-exchange-crosstenant-id", "1234-abcd"));
+        assert!(!has_field(m, "X-MS-Exchange-CrossTenant-Id", "1234"));
+        assert!(!has_field(m, "X-Other", "abc"));
+        let out = remove_fields(
+            m,
+            &["x-ms-exchange-crosstenant-id".into(), "X-Tenant".into()],
+        )
+        .unwrap();
+        assert_eq!(out, b"Subject: s\r\n\r\nX-Tenant: body\r\n");
+        assert!(remove_fields(m, &["X-None".into()]).is_none());
     }
 
     #[test]

@@ -60,6 +60,21 @@ impl Stores {
         if let Some(k) = &config.keys {
             let (keys, problems) =
                 KeyStore::load(&k.dir, k.p12_password_file.as_deref(), &stores.trust, now);
+            // Only the organisation signs as the organisation: a key for another domain is a
+            // configuration error, never silently unused.
+            for id in keys.iter() {
+                if !config.submitters.is_local(&id.email) {
+                    errors.push(ConfigError {
+                        file: k.dir.clone(),
+                        line: None,
+                        key: "keys.dir".into(),
+                        message: format!(
+                            "signing key for {} ({}): its domain is not in server.local_domains; cachet signs only the organisation's own addresses",
+                            id.email, id.fingerprint
+                        ),
+                    });
+                }
+            }
             for p in problems {
                 // A key file others can read is a configuration error, not a skipped file.
                 if p.reason.contains("readable") {
@@ -146,7 +161,10 @@ pub fn decide(
         t.encrypt = t.encrypt.max(Mode::Required);
     }
     let lookup = rt.stores.certs.lookup(recipient, SystemTime::now());
-    let signer = from.and_then(|f| rt.stores.signer(f));
+    // Only addresses in the organisation's own domains are ever signed for.
+    let signer = from
+        .filter(|f| rt.config.submitters.is_local(f))
+        .and_then(|f| rt.stores.signer(f));
     let mut fate = Fate::Send;
     if t.encrypt == Mode::Required && lookup.cert.is_none() {
         fate = missing(t.on_missing_key, no_certificate(recipient), during_smtp);
@@ -323,7 +341,10 @@ pub fn seal(rt: &Runtime, env: &Envelope, message: &[u8], recipients: &[String])
         return sealed;
     }
 
-    // The triggers never leave the gateway; nothing is rewritten after signing.
+    // A submitter's tenant header and the triggers never leave the gateway; nothing is
+    // rewritten after signing.
+    let without_tenant = headers::remove_fields(message, &env.remove_headers);
+    let message: &[u8] = without_tenant.as_deref().unwrap_or(message);
     let stripped = headers::strip_triggers(
         message,
         p.subject_tag.as_deref(),
@@ -428,6 +449,7 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
         s.trust.len()
     )];
     out.extend(s.warnings.iter().map(|w| format!("warning: {w}")));
+    out.extend(submitter_warnings(&rt.config));
     // Policy settings a key cannot honour.
     if rt.config.policy.digest == Digest::Sha512 {
         for id in s
@@ -468,6 +490,60 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
         }
     }
     out
+}
+
+/// `cachet check` warnings about who may submit: public ranges in `relay_networks` that no
+/// `[[submitter]]` entry narrows (every tenant of a shared platform could send as you).
+pub fn submitter_warnings(config: &Config) -> Vec<String> {
+    let subs = &config.submitters;
+    let mut out = Vec::new();
+    for net in &subs.relay_networks {
+        if is_private(net) {
+            continue;
+        }
+        let narrowed = subs.entries.iter().any(|e| {
+            e.networks
+                .iter()
+                .any(|n| n.contains(net) || net.contains(n))
+        });
+        if !narrowed {
+            out.push(format!(
+                "warning: {}: server.relay_networks: {net} is a public range and no [[submitter]] entry restricts it: every host there (on a shared platform, every tenant) may send as any address in server.local_domains; authenticate the platform with a [[submitter]] entry (tls_client + require_header) instead, see docs/deployment.md",
+                config.path.display()
+            ));
+        }
+    }
+    out
+}
+
+/// Loopback, RFC 1918, link-local, CGNAT, ULA: ranges only the organisation's own hosts use.
+fn is_private(net: &ipnet::IpNet) -> bool {
+    use std::net::IpAddr;
+    let private: [&str; 9] = [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ];
+    let inside = |n: &ipnet::IpNet| {
+        private
+            .iter()
+            .filter_map(|p| p.parse::<ipnet::IpNet>().ok())
+            .any(|p| p.contains(n))
+    };
+    match net.addr() {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            let v4 = v6.to_ipv4_mapped().unwrap();
+            let len = net.prefix_len().saturating_sub(96);
+            ipnet::Ipv4Net::new(v4, len).is_ok_and(|n| inside(&ipnet::IpNet::V4(n)))
+        }
+        _ => inside(net),
+    }
 }
 
 fn unix(t: SystemTime) -> String {

@@ -5,6 +5,8 @@
 //! the pipeline and `cachet explain` all call [`Policy::treatment`] and [`crate::pipeline::plan`].
 //! Rules come from `[policy]` (defaults) and `[[rule]]` (first match wins) in the config.
 
+pub mod submitter;
+
 use crate::config::Problems;
 use crate::config::raw::{RawPolicy, RawRule};
 use toml::Spanned;
@@ -365,7 +367,9 @@ mod tests {
     use std::path::Path;
 
     fn load(policy: &str) -> Result<Config, Vec<ConfigError>> {
-        let src = format!("[server]\n[upstream]\nurl = \"smtp://a\"\n{policy}");
+        let src = format!(
+            "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://a\"\n{policy}"
+        );
         Config::parse(Path::new("/x/cachet.toml"), &src)
     }
 
@@ -456,11 +460,11 @@ sign = "never"
         assert!(
             all.iter()
                 .any(|e| e
-                    .contains(":6: rule \"r1\": encryption: \"3des\" is not one of aes256-cbc")),
+                    .contains(":7: rule \"r1\": encryption: \"3des\" is not one of aes256-cbc")),
             "{all:?}"
         );
         assert!(
-            all.iter().any(|e| e.contains(":7: rule \"r1\": from")),
+            all.iter().any(|e| e.contains(":8: rule \"r1\": from")),
             "{all:?}"
         );
     }

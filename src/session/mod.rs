@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod data;
 
+use crate::policy::submitter::{Client, ClientCert, Grant};
 use crate::reply::{self, Reply};
 use crate::runtime::Runtime;
 use crate::spool::{Envelope, Spool};
@@ -55,6 +56,8 @@ struct Transaction {
     smtputf8: bool,
     body_8bit: bool,
     recipients: Vec<String>,
+    /// Who the client is allowed to be (`None`: it may not relay; RCPT says so).
+    grant: Option<Grant>,
 }
 
 /// One SMTP conversation's state.
@@ -71,6 +74,8 @@ pub struct Session {
     authenticated: Option<String>,
     /// An AUTH exchange waiting for the client's next line.
     auth: Option<AuthStep>,
+    /// The TLS client certificate presented on this connection, if any.
+    client_cert: Option<ClientCert>,
 }
 
 enum AuthStep {
@@ -102,7 +107,23 @@ impl Session {
             out: Vec::new(),
             authenticated: None,
             auth: None,
+            client_cert: None,
         }
+    }
+
+    /// The certificate the client presented in the TLS handshake (set by the listener).
+    pub fn with_client_cert(mut self, cert: Option<ClientCert>) -> Session {
+        self.client_cert = cert;
+        self
+    }
+
+    /// Who this client may send as, from what is known now (IP, AUTH user, TLS certificate).
+    fn grant(&self) -> Option<Grant> {
+        self.runtime.config.submitters.resolve(&Client {
+            ip: self.peer.ip(),
+            user: self.authenticated.as_deref(),
+            cert: self.client_cert.as_ref(),
+        })
     }
 
     /// Runs the conversation. `greet` is false after STARTTLS (no second banner, RFC 3207 §4.2).
@@ -217,6 +238,17 @@ impl Session {
     }
 
     fn command(&mut self, line: &[u8]) -> Step {
+        // smtp-proto wraps SIZE numbers past usize::MAX (a huge SIZE became a small one): read
+        // the digits ourselves first.
+        if line.len() > 4
+            && line[..4].eq_ignore_ascii_case(b"MAIL")
+            && declared_size(line)
+                .is_some_and(|n| n > self.runtime.config.server.max_message_size as u128)
+        {
+            self.ctx.metrics.refused("size");
+            self.reply(reply::SIZE_INVALID);
+            return Step::Continue;
+        }
         let parsed = Request::parse(&mut line.iter());
         let req = match parsed {
             Ok(r) => r,
@@ -340,15 +372,31 @@ impl Session {
         if !address.is_ascii() && !smtputf8 {
             return reply::SMTPUTF8_NEEDED;
         }
+        if !address.is_empty() && !plain_address(address) {
+            tracing::warn!(client = %self.peer, sender = %address.escape_debug(), "sender address refused: not a plain address");
+            self.ctx.metrics.refused("address_form");
+            return reply::ADDRESS_FORM;
+        }
         if size as u64 > self.runtime.config.server.max_message_size {
             self.ctx.metrics.refused("size");
             return reply::MESSAGE_TOO_BIG;
+        }
+        let grant = self.grant();
+        // The envelope sender must be one the client may use; `<>` (a bounce) is always allowed.
+        if let Some(g) = &grant
+            && !address.is_empty()
+            && !self.runtime.config.submitters.allows(g, address)
+        {
+            tracing::warn!(client = %self.peer, submitter = %g.name, sender = %address, "sender not allowed for this submitter");
+            self.ctx.metrics.refused("sender_not_allowed");
+            return reply::SENDER_NOT_ALLOWED;
         }
         self.tx = Some(Transaction {
             sender: address.to_string(),
             smtputf8,
             body_8bit: flags & MAIL_BODY_8BITMIME != 0,
             recipients: Vec::new(),
+            grant,
         });
         reply::SENDER_OK
     }
@@ -367,16 +415,25 @@ impl Session {
         if !address.is_ascii() && !tx.smtputf8 {
             return reply::SMTPUTF8_NEEDED;
         }
-        // Never an open relay: only listed networks or authenticated users (RFC 5321 §3.6.2).
-        if self.authenticated.is_none()
-            && !cfg
-                .relay_networks
-                .iter()
-                .any(|n| n.contains(&self.peer.ip().to_canonical()))
-        {
+        if !plain_address(address) {
+            tracing::warn!(client = %self.peer, rcpt = %address.escape_debug(), "recipient address refused: not a plain address");
+            self.ctx.metrics.refused("address_form");
+            return reply::ADDRESS_FORM;
+        }
+        // Never an open relay: only clients with a grant — relay networks, authenticated
+        // users, [[submitter]] entries (RFC 5321 §3.6.2).
+        if tx.grant.is_none() {
             tracing::warn!(client = %self.peer, rcpt = address, "relay denied");
             self.ctx.metrics.refused("relay_denied");
             return reply::RELAY_DENIED;
+        }
+        // The same recipient twice is delivered once (as Postfix does); still 250.
+        if tx
+            .recipients
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(address))
+        {
+            return reply::RECIPIENT_OK;
         }
         if tx.recipients.len() >= cfg.max_recipients {
             return reply::TOO_MANY_RECIPIENTS;
@@ -526,8 +583,8 @@ impl Session {
                 write_failed = true;
             }
         }
-        // The first bytes of the message, for the end-of-DATA policy check on From:.
-        let want_head = self.runtime.config.policy.any_sign_required();
+        // The first bytes of the message, for the end-of-DATA checks on From: (who may send as
+        // whom, and whether a required signature is possible).
         let mut head: Vec<u8> = Vec::new();
         loop {
             let before = body.len();
@@ -537,7 +594,7 @@ impl Session {
                 _ => buf.len(),
             };
             total += (body.len() - before) as u64;
-            if want_head && head.len() < HEAD_MAX {
+            if head.len() < HEAD_MAX {
                 let take = (HEAD_MAX - head.len()).min(body.len() - before);
                 head.extend_from_slice(&body[before..before + take]);
             }
@@ -589,7 +646,11 @@ impl Session {
             self.reply(reply::SPOOL_FAILURE);
             return Ok(Step::Continue);
         }
-        if want_head
+        if let Some(refusal) = self.submitter_check(&tx, &head) {
+            self.reply(refusal);
+            return Ok(Step::Continue);
+        }
+        if self.runtime.config.policy.any_sign_required()
             && let Some(refusal) =
                 crate::pipeline::data_check(&self.runtime, &tx.sender, &tx.recipients, &head)
         {
@@ -606,6 +667,10 @@ impl Session {
         );
         env.smtputf8 = tx.smtputf8;
         env.body_8bit = tx.body_8bit;
+        if let Some(g) = &tx.grant {
+            env.submitter = Some(g.name.clone());
+            env.remove_headers = g.require_header.iter().map(|h| h.name.clone()).collect();
+        }
         match draft.commit(env).await {
             Ok(id) => {
                 tracing::info!(queue_id = %id, sender = %tx.sender, recipients = tx.recipients.len(), size = total, client = %self.peer, tls = self.tls, "accepted");
@@ -619,6 +684,27 @@ impl Session {
             }
         }
         Ok(Step::Continue)
+    }
+
+    /// End of DATA: every `From:` address must be one this client may use, and a submitter
+    /// that must prove its tenant carries the required header. Refused here, never signed.
+    fn submitter_check(&self, tx: &Transaction, head: &[u8]) -> Option<Reply> {
+        let grant = tx.grant.as_ref()?;
+        let authors = crate::pipeline::headers::authors(head);
+        let subs = &self.runtime.config.submitters;
+        if let Some(bad) = authors.iter().find(|a| !subs.allows(grant, a)) {
+            tracing::warn!(client = %self.peer, submitter = %grant.name, sender = %tx.sender, from = %bad.escape_debug(), "From: address not allowed for this submitter");
+            self.ctx.metrics.refused("from_not_allowed");
+            return Some(reply::FROM_NOT_ALLOWED);
+        }
+        if let Some(req) = &grant.require_header
+            && !crate::pipeline::headers::has_field(head, &req.name, &req.value)
+        {
+            tracing::warn!(client = %self.peer, submitter = %grant.name, header = %req.name, "required submitter header missing or wrong");
+            self.ctx.metrics.refused("submitter_header");
+            return Some(reply::SUBMITTER_HEADER_MISSING);
+        }
+        None
     }
 
     /// RFC 5321 §4.4 trace header. No DNS lookups: the client is named by HELO and IP.
@@ -662,6 +748,60 @@ pub fn rfc5322_date(t: std::time::SystemTime) -> String {
         "[weekday repr:short], [day padding:none] [month repr:short] [year] [hour]:[minute]:[second] +0000"
     );
     dt.format(&fmt).unwrap_or_default()
+}
+
+/// The number in a `SIZE=` parameter of a MAIL command, read without overflow
+/// (`u128::MAX` for absurdly long numbers). `None` when there is none.
+fn declared_size(line: &[u8]) -> Option<u128> {
+    let text = std::str::from_utf8(line).ok()?;
+    let params = &text[text.rfind('>')? + 1..];
+    let value = params.split_ascii_whitespace().find_map(|p| {
+        p.get(..5)
+            .filter(|k| k.eq_ignore_ascii_case("SIZE="))
+            .map(|_| &p[5..])
+    })?;
+    if value.len() > 30 {
+        return Some(u128::MAX);
+    }
+    value.parse::<u128>().ok().or(Some(u128::MAX))
+}
+
+/// True for an address that reads the same to every party: one `@`, a dot-atom local part
+/// (RFC 5322 §3.2.3 atext, UTF-8 allowed for SMTPUTF8) and a domain or address literal. The
+/// parser has already removed quotes from a quoted local part, so what could only be written
+/// quoted (spaces, `<`, `>`, `"`, `\`, control characters, a second `@`) is refused: the policy
+/// must judge exactly the string the upstream receives.
+pub fn plain_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    if address.len() > 254 || local.is_empty() || local.len() > 64 || domain.is_empty() {
+        return false;
+    }
+    let atext = |c: char| {
+        c.is_ascii_alphanumeric()
+            || "!#$%&'*+-/=?^_`{|}~".contains(c)
+            || !c.is_ascii() && !c.is_control()
+    };
+    let dot_atom = |s: &str, ok: &dyn Fn(char) -> bool| {
+        !s.starts_with('.')
+            && !s.ends_with('.')
+            && !s.contains("..")
+            && s.chars().all(|c| c == '.' || ok(c))
+    };
+    if !dot_atom(local, &atext) {
+        return false;
+    }
+    if let Some(lit) = domain.strip_prefix('[') {
+        return lit.strip_suffix(']').is_some_and(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_hexdigit() || ".:".contains(c) || c.is_ascii_alphanumeric())
+        });
+    }
+    dot_atom(domain, &|c: char| {
+        c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii() && !c.is_control()
+    })
 }
 
 enum LineEnd {

@@ -19,7 +19,7 @@ fn fixture(extra_server: &str) -> Fixture {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nhostname = \"gw.test\"\nmax_message_size = \"1KiB\"\nmax_recipients = 3\n{extra_server}\n\
+            "[server]\nhostname = \"gw.test\"\nlocal_domains = [\"example.org\", \"x.example\"]\nmax_message_size = \"1KiB\"\nmax_recipients = 3\n{extra_server}\n\
              [spool]\ndir = \"spool\"\n[upstream]\nurl = \"file://out\"\n"
         ),
     )

@@ -53,6 +53,12 @@ pub struct Envelope {
     /// Why the message is in hold/.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_reason: Option<String>,
+    /// The `[[submitter]]` entry (or default) the client was granted as (audit trail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
+    /// Header fields removed before relaying (a submitter's tenant header: never leaves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_headers: Vec<String>,
 }
 
 impl Envelope {
@@ -84,6 +90,8 @@ impl Envelope {
             next_attempt: 0,
             is_bounce: false,
             hold_reason: None,
+            submitter: None,
+            remove_headers: Vec::new(),
         }
     }
 

@@ -71,6 +71,13 @@ impl GatewayConfig {
         };
         c.set("server", "hostname", &toml_str("cachet.test"));
         c.set("server", "relay_networks", r#"["127.0.0.0/8", "::1/128"]"#);
+        // The organisation's own domains: the test senders' domains (signing and the
+        // relay_networks default depend on it).
+        c.set(
+            "server",
+            "local_domains",
+            r#"["example.org", "x.test", "smime.example", "demo.test"]"#,
+        );
         c.set("server", "max_message_size", &toml_str("10MiB"));
         c.set("spool", "dir", &toml_str("spool"));
         c.set("spool", "retry", r#"["1s", "2s"]"#);

@@ -12,6 +12,7 @@ const SECTIONS: &[&str] = &[
     "certificates",
     "policy",
     "rule",
+    "submitter",
     "admin",
     "log",
 ];
@@ -19,8 +20,8 @@ const SECTIONS: &[&str] = &[
 /// Asks the real binary which keys `[section]` accepts.
 fn accepted_keys(section: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let header = if section == "rule" {
-        "[[rule]]".to_string()
+    let header = if section == "rule" || section == "submitter" {
+        format!("[[{section}]]")
     } else {
         format!("[{section}]")
     };
@@ -139,7 +140,8 @@ fn check_lists_every_problem_with_file_line_and_key() {
         format!(
             "{f}:10: rule \"r\": encrypt: \"always\" is not one of never, opportunistic, required"
         ),
-        "5 problem(s) found".to_string(),
+        format!("{f}: server.local_domains: list the organisation's own domains"),
+        "6 problem(s) found".to_string(),
     ] {
         assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
     }

@@ -130,5 +130,14 @@ fn peer_cert<S>(
 ) -> Option<crate::policy::submitter::ClientCert> {
     let chain = tls.get_ref().1.peer_certificates()?;
     let rt = ctx.runtime.load();
-    client_cert::describe(chain, &rt.tls_client_anchors)
+    let cert = client_cert::describe(chain, &rt.tls_client_anchors)?;
+    // What an operator copies into a [[submitter]] entry's tls_client.
+    tracing::info!(
+        fingerprint = %cert.fingerprint,
+        subject = %cert.subject.escape_debug(),
+        issuer = %cert.issuer.escape_debug(),
+        chain_verified = cert.chain_verified,
+        "TLS client certificate"
+    );
+    Some(cert)
 }

@@ -26,7 +26,7 @@ fn setup() -> tempfile::TempDir {
     std::fs::write(p.join("trust/ca.pem"), read("ca.rsa.crt")).unwrap();
     std::fs::write(
         p.join("cachet.toml"),
-        "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"file://out\"\n[keys]\ndir = \"keys\"\n[certificates]\ndir = \"recipients\"\ntrust = [\"trust/ca.pem\"]\n\
+        "[server]\nlocal_domains = [\"example.org\", \"smime.example\"]\n[upstream]\nurl = \"file://out\"\n[keys]\ndir = \"keys\"\n[certificates]\ndir = \"recipients\"\ntrust = [\"trust/ca.pem\"]\n\
          [policy]\nsubject_tag = \"[secure]\"\n\
          [[rule]]\nname = \"partners\"\nto = [\"*@partner.example\"]\nencrypt = \"required\"\nencryption = \"aes256-gcm\"\n\
          [[rule]]\nname = \"held\"\nto = [\"*@hold.example\"]\nencrypt = \"required\"\non_missing_key = \"hold\"\n",

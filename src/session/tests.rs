@@ -298,3 +298,55 @@ async fn size_is_counted_once_across_many_reads() {
     );
     assert!(f.queued.try_recv().is_ok());
 }
+
+/// One address, one form: what could be read two ways is refused.
+#[test]
+fn plain_addresses_only() {
+    for ok in [
+        "a@example.org",
+        "first.last+tag@sub.example.org",
+        "o'hara@example.org",
+        "j\u{f6}rg@b\u{fc}cher.example",
+        "a@[192.0.2.1]",
+        "a@[IPv6:2001:db8::1]",
+    ] {
+        assert!(plain_address(ok), "{ok}");
+    }
+    for bad in [
+        "bob@partner.example> ORCPT=rfc822;x@example.org",
+        "john smith@example.org",
+        "a@b@example.org",
+        "<a@example.org>",
+        "a\"b@example.org",
+        "a\\b@example.org",
+        "a\r@example.org",
+        "a\u{7f}@example.org",
+        ".a@example.org",
+        "a..b@example.org",
+        "a@",
+        "@example.org",
+        "a@exa mple.org",
+        "a@example..org",
+        "a@[1.2.3.4",
+        "a@ex<ample.org",
+    ] {
+        assert!(!plain_address(bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn declared_size_reads_any_number() {
+    assert_eq!(declared_size(b"MAIL FROM:<a@b.c> SIZE=1000"), Some(1000));
+    assert_eq!(declared_size(b"MAIL FROM:<a@b.c> BODY=8BITMIME size=7"), Some(7));
+    assert_eq!(
+        declared_size(b"MAIL FROM:<a@b.c> SIZE=99999999999999999999999"),
+        Some(99999999999999999999999)
+    );
+    assert_eq!(
+        declared_size(format!("MAIL FROM:<a@b.c> SIZE={}", "9".repeat(50)).as_bytes()),
+        Some(u128::MAX)
+    );
+    assert_eq!(declared_size(b"MAIL FROM:<a@b.c> SIZE=12x"), Some(u128::MAX));
+    assert_eq!(declared_size(b"MAIL FROM:<a@b.c>"), None);
+    assert_eq!(declared_size(b"MAIL FROM:<size=5@b.c>"), None);
+}

@@ -2,6 +2,10 @@
 //! connection limit (`421 4.7.0` beyond it), and runs one [`Session`] task per connection,
 //! upgrading to TLS when the session asks. Sockets are bound by the caller (tests bind
 //! `127.0.0.1:0`); shutdown comes in through the session context's watch channel.
+//!
+//! A TLS handshake (implicit, or after STARTTLS) must finish within `server.idle_timeout`, at
+//! most [`TLS_HANDSHAKE_MAX`]: a client that opens the socket and stays silent would otherwise
+//! hold a connection slot for ever, and enough of them lock everyone out.
 
 use crate::reply;
 use crate::session::{Ending, Session, SessionCtx};
@@ -10,10 +14,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+
+/// Upper bound on an inbound TLS handshake; a real client needs a few round trips.
+pub const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(30);
 
 /// Builds the inbound TLS acceptor from PEM files; errors name the file.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
@@ -75,6 +83,33 @@ pub async fn serve(
     }
 }
 
+/// The server side of a TLS handshake, bounded (see the module header).
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: &SessionCtx,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let limit = ctx
+        .runtime
+        .load()
+        .config
+        .server
+        .idle_timeout
+        .min(TLS_HANDSHAKE_MAX);
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!(client = %peer, seconds = limit.as_secs_f32(), "TLS handshake timed out; connection closed");
+            ctx.metrics.refused("tls_handshake_timeout");
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        }
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
@@ -86,7 +121,7 @@ async fn connection(
         let Some(acceptor) = acceptor else {
             return Ok(());
         };
-        let tls = acceptor.accept(stream).await?;
+        let tls = handshake(&acceptor, stream, peer, &ctx).await?;
         Session::new(ctx, peer, true).run(tls, true).await?;
         return Ok(());
     }
@@ -99,7 +134,7 @@ async fn connection(
             let Some(acceptor) = acceptor else {
                 return Ok(());
             };
-            let tls = acceptor.accept(stream).await?;
+            let tls = handshake(&acceptor, stream, peer, &ctx).await?;
             // RFC 3207 §4.2: forget everything learned before TLS; the client says EHLO again.
             Session::new(ctx, peer, true).run(tls, false).await?;
             Ok(())

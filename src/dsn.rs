@@ -1,6 +1,11 @@
 //! Delivery status notifications (RFC 3464 `multipart/report`, RFC 3463 status codes): built when
 //! recipients fail permanently or expire, and injected into the spool as a new message from `<>`
 //! (so a bounce is never bounced).
+//!
+//! Internationalised mail (RFC 6533): a DSN to a sender who used SMTPUTF8 is relayed with
+//! SMTPUTF8 (its address may need it) and uses `message/global-delivery-status` and
+//! `message/global-headers`, which may carry UTF-8; any other DSN whose bytes are 8-bit (the
+//! original's headers) asks for `BODY=8BITMIME`.
 
 use crate::spool::{Envelope, Spool};
 use std::fmt::Write;
@@ -32,8 +37,20 @@ fn status_of(reply: &str) -> String {
         })
 }
 
+/// Whether the DSN for `env` goes out as internationalised mail: its sender used SMTPUTF8, or
+/// has an address that needs it.
+fn utf8_dsn(env: &Envelope) -> bool {
+    env.smtputf8 || !env.sender.is_ascii()
+}
+
 /// Builds the DSN message for `env` (the original envelope) from `hostname`.
 pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failure]) -> Vec<u8> {
+    let global = utf8_dsn(env);
+    let (status_type, headers_type) = if global {
+        ("message/global-delivery-status", "message/global-headers")
+    } else {
+        ("message/delivery-status", "text/rfc822-headers")
+    };
     let boundary = format!("{}/{}", env.id, hostname);
     let date = crate::session::rfc5322_date(std::time::SystemTime::now());
     let arrival = crate::session::rfc5322_date(
@@ -75,7 +92,7 @@ pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failur
     let _ = write!(
         m,
         "\r\n--{boundary}\r\n\
-         Content-Type: message/delivery-status\r\n\
+         Content-Type: {status_type}\r\n\
          \r\n\
          Reporting-MTA: dns; {hostname}\r\n\
          X-Cachet-Queue-ID: {id}\r\n\
@@ -84,16 +101,22 @@ pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failur
     );
     for f in failures {
         let status = status_of(f.reply);
+        // RFC 6533 §3: a non-ASCII address is of type utf-8 (only in the global form).
+        let addr_type = if global && !f.recipient.is_ascii() {
+            "utf-8"
+        } else {
+            "rfc822"
+        };
         let _ = write!(
             m,
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {status}\r\nDiagnostic-Code: smtp; {}\r\n",
+            "\r\nFinal-Recipient: {addr_type}; {}\r\nAction: failed\r\nStatus: {status}\r\nDiagnostic-Code: smtp; {}\r\n",
             f.recipient,
             f.reply.replace(['\r', '\n'], " ")
         );
     }
     let _ = write!(
         m,
-        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "\r\n--{boundary}\r\nContent-Type: {headers_type}\r\n\r\n"
     );
     let mut out = m.into_bytes();
     // RFC 3462: the headers of the original, enough to identify it, without its content.
@@ -124,6 +147,8 @@ pub async fn send(
         hostname.into(),
     );
     dsn.is_bounce = true;
+    dsn.smtputf8 = utf8_dsn(env);
+    dsn.body_8bit = !bytes.is_ascii();
     match spool.inject(dsn, bytes).await {
         Ok(id) => {
             tracing::info!(queue_id = %env.id, dsn_id = %id, sender = %env.sender, "bounce queued");
@@ -169,6 +194,32 @@ mod tests {
         assert!(text.contains("Subject: hello\r\nMessage-ID: <m1@x>\r\n"));
         assert!(!text.contains("secret body"), "a DSN carries headers only");
         assert!(text.ends_with("--\r\n"));
+    }
+
+    #[test]
+    fn dsn_to_an_smtputf8_sender_uses_the_global_types() {
+        let mut env = Envelope::new(
+            "j\u{f6}rg@example.org".into(),
+            vec!["b\u{e9}a@x.example".into()],
+            "127.0.0.1".into(),
+            "h".into(),
+        );
+        env.id = "ABC124".into();
+        env.smtputf8 = true;
+        let dsn = build(
+            "gw.example",
+            &env,
+            "Subject: gr\u{fc}\u{df}e\r\n\r\nbody\r\n".as_bytes(),
+            &[Failure {
+                recipient: "b\u{e9}a@x.example",
+                reply: "550 5.1.1 no such user",
+            }],
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("Content-Type: message/global-delivery-status\r\n"));
+        assert!(text.contains("Content-Type: message/global-headers\r\n"));
+        assert!(text.contains("Final-Recipient: utf-8; b\u{e9}a@x.example\r\n"));
+        assert!(text.contains("To: <j\u{f6}rg@example.org>"));
     }
 
     #[test]

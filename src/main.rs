@@ -150,6 +150,9 @@ fn main() -> ExitCode {
                 for line in cachet::pipeline::check_summary(&rt) {
                     println!("{line}");
                 }
+                for warning in spool::modes::exposed(&rt.config) {
+                    println!("{warning}");
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -3,20 +3,26 @@
 //! new IDs from sessions, picks up messages an operator released (a periodic scan of incoming/),
 //! and runs up to `spool.workers` deliveries at once.
 //!
-//! One delivery attempt: load envelope + data, seal (policy + S/MIME, on the blocking pool),
-//! relay each copy, record each recipient's outcome in the envelope, then remove the message,
-//! defer it with the retry schedule, hold it, or bounce what failed (DSN).
+//! One delivery attempt: take the message lock (an operator's `cachet queue` action waits for
+//! it), load envelope + data, seal (policy + S/MIME, on the blocking pool), relay each copy,
+//! record each recipient's outcome in the envelope, then remove the message, defer it with the
+//! retry schedule, hold it, or bounce what failed (DSN).
+//!
+//! When the envelope cannot be rewritten (disk full), the outcomes live on in memory
+//! ([`Unsaved`]) and the next attempt starts from them, never from the stale file: recipients
+//! already served are not served again. An ID is never scheduled while it is in flight, and the
+//! periodic pickup of incoming/ leaves alone what the timetable already has from incoming/.
 
 use crate::dsn;
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::relay::{MailParams, Outcome};
 use crate::runtime::Runtime;
-use crate::spool::{Envelope, Queue, RcptStatus, Spool, now_secs};
+use crate::spool::{Envelope, Queue, RcptStatus, Spool, TryLock, now_secs};
 use arc_swap::ArcSwap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -35,6 +41,52 @@ fn memory_units(size: u64) -> u32 {
 
 /// How often incoming/ is scanned for messages released or retried by the queue CLI.
 const PICKUP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a message is locked by an operator action, try again this much later (the action is
+/// a rename or two).
+const LOCKED_RETRY_MS: u64 = 1000;
+
+/// Delivery state that exists only in memory: envelopes whose rewrite failed (disk full, I/O
+/// error), by queue ID. The file on disk is older than what happened; the next attempt merges
+/// these outcomes into it. Kept until a rewrite succeeds or the message is gone. Lost on
+/// restart: then recovery re-sends from the file (duplicates, never losses).
+#[derive(Default)]
+struct Unsaved(Mutex<HashMap<String, Envelope>>);
+
+impl Unsaved {
+    fn keep(&self, env: &Envelope) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(env.id.clone(), env.clone());
+    }
+
+    fn forget(&self, id: &str) {
+        self.0.lock().expect("not poisoned").remove(id);
+    }
+
+    /// Applies what only memory knows to `env` as read from disk: recipients delivered or failed
+    /// stay so (an operator's release or retry never undoes those), the last replies, the count
+    /// of attempts.
+    fn merge_into(&self, env: &mut Envelope) {
+        let map = self.0.lock().expect("not poisoned");
+        let Some(mem) = map.get(&env.id) else {
+            return;
+        };
+        for m in &mem.recipients {
+            let Some(r) = env.recipient_mut(&m.address) else {
+                continue;
+            };
+            if matches!(m.status, RcptStatus::Delivered | RcptStatus::Failed) {
+                r.status = m.status;
+            }
+            if m.reply.is_some() {
+                r.reply = m.reply.clone();
+            }
+        }
+        env.attempts = env.attempts.max(mem.attempts);
+    }
+}
 
 pub struct Scheduler {
     pub spool: Spool,
@@ -67,8 +119,10 @@ impl Scheduler {
         let slots = Arc::new(Semaphore::new(workers));
         let memory = Arc::new(Semaphore::new(MEMORY_BUDGET_MIB as usize));
         let mut heap: BinaryHeap<Reverse<(u64, String, Queue)>> = BinaryHeap::new();
-        // Latest due time per scheduled ID; heap entries that disagree are stale and skipped.
-        let mut scheduled: HashMap<String, u64> = HashMap::new();
+        // Latest due time (and the queue it is due from) per scheduled ID; heap entries that
+        // disagree are stale and skipped.
+        let mut scheduled: HashMap<String, (u64, Queue)> = HashMap::new();
+        let unsaved = Arc::new(Unsaved::default());
         let mut in_flight: HashSet<String> = HashSet::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<Due>)>();
 
@@ -81,7 +135,7 @@ impl Scheduler {
                     );
                 }
                 for (q, env) in found {
-                    scheduled.insert(env.id.clone(), env.next_attempt * 1000);
+                    scheduled.insert(env.id.clone(), (env.next_attempt * 1000, q));
                     heap.push(Reverse((env.next_attempt * 1000, env.id, q)));
                 }
             }
@@ -96,7 +150,7 @@ impl Scheduler {
                     break;
                 }
                 let Reverse((at, id, queue)) = heap.pop().expect("peeked");
-                if in_flight.contains(&id) || scheduled.get(&id) != Some(&at) {
+                if in_flight.contains(&id) || scheduled.get(&id).map(|s| s.0) != Some(at) {
                     continue; // stale entry: rescheduled meanwhile, or being delivered
                 }
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -110,8 +164,9 @@ impl Scheduler {
                 let metrics = self.metrics.clone();
                 let done = done_tx.clone();
                 let memory = memory.clone();
+                let unsaved = unsaved.clone();
                 tokio::spawn(async move {
-                    let next = attempt(&spool, &rt, &metrics, &memory, &id, queue).await;
+                    let next = attempt(&spool, &rt, &metrics, &memory, &unsaved, &id, queue).await;
                     drop(permit);
                     let _ = done.send((id, next));
                 });
@@ -123,13 +178,13 @@ impl Scheduler {
                 .min(PICKUP_INTERVAL);
             tokio::select! {
                 Some(id) = queued.recv() => {
-                    scheduled.insert(id.clone(), 0);
+                    scheduled.insert(id.clone(), (0, Queue::Incoming));
                     heap.push(Reverse((0, id, Queue::Incoming)));
                 }
                 Some((id, next)) = done_rx.recv() => {
                     in_flight.remove(&id);
                     if let Some(d) = next {
-                        scheduled.insert(d.id.clone(), d.at_ms);
+                        scheduled.insert(d.id.clone(), (d.at_ms, d.queue));
                         heap.push(Reverse((d.at_ms, d.id, d.queue)));
                     }
                 }
@@ -142,10 +197,14 @@ impl Scheduler {
                 let spool = self.spool.clone();
                 let listed = tokio::task::spawn_blocking(move || spool.ids(Queue::Incoming)).await;
                 if let Ok(Ok(ids)) = listed {
-                    // Released or retried by an operator (or injected by another process).
+                    // Released or retried by an operator (or injected by another process): new
+                    // to the timetable, or known from another queue. What the timetable has from
+                    // incoming/ keeps its time (a failed rewrite leaves an envelope there that
+                    // must wait for its retry), and what is in flight is never scheduled twice.
                     for id in ids {
-                        if !in_flight.contains(&id) && scheduled.get(&id) != Some(&0) {
-                            scheduled.insert(id.clone(), 0);
+                        let known = matches!(scheduled.get(&id), Some((_, Queue::Incoming)));
+                        if !in_flight.contains(&id) && !known {
+                            scheduled.insert(id.clone(), (0, Queue::Incoming));
                             heap.push(Reverse((0, id, Queue::Incoming)));
                         }
                     }
@@ -163,9 +222,36 @@ async fn attempt(
     rt: &Arc<Runtime>,
     metrics: &Metrics,
     memory: &Semaphore,
+    unsaved: &Unsaved,
     id: &str,
     queue: Queue,
 ) -> Option<Due> {
+    // Held until the envelope's new state is written: `cachet queue` waits for it.
+    let _lock = match spool.try_lock(id) {
+        Ok(TryLock::Locked(lock)) => Some(lock),
+        Ok(TryLock::Busy) => {
+            tracing::debug!(
+                queue_id = id,
+                "locked by an operator action; trying again shortly"
+            );
+            return Some(Due {
+                at_ms: now_ms() + LOCKED_RETRY_MS,
+                id: id.into(),
+                queue,
+            });
+        }
+        // No data file: the envelope is gone too, or the load below sends it to corrupt/.
+        Ok(TryLock::Gone) => None,
+        Err(e) => {
+            let delay = rt.config.spool.retry[0];
+            tracing::error!(queue_id = id, error = %e, "cannot lock the message; will retry");
+            return Some(Due {
+                at_ms: now_ms() + delay.as_millis() as u64,
+                id: id.into(),
+                queue,
+            });
+        }
+    };
     let mut env = match spool.load(queue, id) {
         Ok(Some(env)) => env,
         Ok(None) => {
@@ -176,6 +262,10 @@ async fn attempt(
                     id: id.into(),
                     queue: q,
                 }),
+                Ok(None) => {
+                    unsaved.forget(id);
+                    None
+                }
                 _ => None,
             };
         }
@@ -185,6 +275,7 @@ async fn attempt(
             return None;
         }
     };
+    unsaved.merge_into(&mut env);
     // Held until this attempt ends: bounds the memory of all deliveries together.
     let _memory = memory
         .acquire_many(memory_units(env.size))
@@ -209,7 +300,7 @@ async fn attempt(
         Ok(s) => s,
         Err(e) => {
             tracing::error!(queue_id = id, error = %e, "sealing failed");
-            return reschedule(spool, rt, metrics, env, queue, &data, Vec::new()).await;
+            return reschedule(spool, rt, metrics, unsaved, env, queue, &data, Vec::new()).await;
         }
     };
     let mut failures: Vec<(String, String)> = Vec::new();
@@ -234,11 +325,14 @@ async fn attempt(
         }
         metrics.deferred(1);
     }
-    let params = MailParams {
-        smtputf8: env.smtputf8,
-        body_8bit: env.body_8bit,
-    };
     for copy in &sealed.copies {
+        // A signed or encrypted copy is 7-bit (the entity was canonicalised, RFC 8551 §3.1.2):
+        // asking for BODY=8BITMIME would only make an upstream without 8BITMIME refuse it.
+        let sealed_copy = copy.signer.is_some() || copy.algorithm.is_some();
+        let params = MailParams {
+            smtputf8: env.smtputf8,
+            body_8bit: env.body_8bit && !sealed_copy,
+        };
         let started = Instant::now();
         let outcomes = rt
             .relay
@@ -302,14 +396,17 @@ async fn attempt(
         }
     }
     env.attempts += 1;
-    reschedule(spool, rt, metrics, env, queue, &data, failures).await
+    reschedule(spool, rt, metrics, unsaved, env, queue, &data, failures).await
 }
 
 /// Writes the envelope's new state: done (removed), deferred, held or expired; sends DSNs.
+/// A state that cannot be written is kept in `unsaved` for the next attempt.
+#[allow(clippy::too_many_arguments)]
 async fn reschedule(
     spool: &Spool,
     rt: &Runtime,
     metrics: &Metrics,
+    unsaved: &Unsaved,
     mut env: Envelope,
     queue: Queue,
     data: &[u8],
@@ -355,13 +452,18 @@ async fn reschedule(
         let delay = cfg.retry[step];
         env.next_attempt = now + delay.as_secs().max(1);
         match spool.save(&mut env, Queue::Deferred, Some(queue)).await {
-            Ok(()) => Some(Due {
-                at_ms: env.next_attempt * 1000,
-                id: id.clone(),
-                queue: Queue::Deferred,
-            }),
+            Ok(()) => {
+                unsaved.forget(&id);
+                Some(Due {
+                    at_ms: env.next_attempt * 1000,
+                    id: id.clone(),
+                    queue: Queue::Deferred,
+                })
+            }
             Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "could not update envelope; will retry");
+                tracing::error!(queue_id = %id, error = %e, "could not update envelope; delivery state kept in memory; will retry");
+                unsaved.keep(&env);
+                // Still where it was: the next attempt starts from that file plus memory.
                 Some(Due {
                     at_ms: now_ms() + delay.as_millis() as u64,
                     id: id.clone(),
@@ -376,13 +478,29 @@ async fn reschedule(
             .find(|r| r.status == RcptStatus::Held)
             .and_then(|r| r.reply.clone());
         metrics.held();
-        if let Err(e) = spool.save(&mut env, Queue::Hold, Some(queue)).await {
-            tracing::error!(queue_id = %id, error = %e, "could not move to hold");
+        match spool.save(&mut env, Queue::Hold, Some(queue)).await {
+            Ok(()) => unsaved.forget(&id),
+            Err(e) => {
+                // Left where it was: the next attempt holds it again, without re-sending.
+                tracing::error!(queue_id = %id, error = %e, "could not move to hold; will retry");
+                unsaved.keep(&env);
+                let delay = cfg.retry[0];
+                return Some(Due {
+                    at_ms: now_ms() + delay.as_millis() as u64,
+                    id,
+                    queue,
+                });
+            }
         }
         None
     } else {
-        if let Err(e) = spool.remove(queue, &id).await {
-            tracing::error!(queue_id = %id, error = %e, "could not remove delivered message");
+        match spool.remove(queue, &id).await {
+            Ok(()) => unsaved.forget(&id),
+            Err(e) => {
+                // If it is picked up again, memory knows every recipient is done.
+                tracing::error!(queue_id = %id, error = %e, "could not remove delivered message");
+                unsaved.keep(&env);
+            }
         }
         tracing::info!(queue_id = %id, "done");
         None

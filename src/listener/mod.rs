@@ -2,6 +2,10 @@
 //! connection limit (`421 4.7.0` beyond it), and runs one [`Session`] task per connection,
 //! upgrading to TLS when the session asks. Sockets are bound by the caller (tests bind
 //! `127.0.0.1:0`); shutdown comes in through the session context's watch channel.
+//!
+//! A TLS handshake (implicit, or after STARTTLS) must finish within `server.idle_timeout`, at
+//! most [`TLS_HANDSHAKE_MAX`]: a client that opens the socket and stays silent would otherwise
+//! hold a connection slot for ever, and enough of them lock everyone out.
 
 pub mod client_cert;
 
@@ -12,10 +16,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+
+/// Upper bound on an inbound TLS handshake; a real client needs a few round trips.
+pub const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(30);
 
 /// Builds the inbound TLS acceptor from PEM files; errors name the file. `ask_client_cert`:
 /// request (never require) a client certificate, for `[[submitter]]` entries with `tls_client`.
@@ -83,6 +91,33 @@ pub async fn serve(
     }
 }
 
+/// The server side of a TLS handshake, bounded (see the module header).
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: &SessionCtx,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let limit = ctx
+        .runtime
+        .load()
+        .config
+        .server
+        .idle_timeout
+        .min(TLS_HANDSHAKE_MAX);
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!(client = %peer, seconds = limit.as_secs_f32(), "TLS handshake timed out; connection closed");
+            ctx.metrics.refused("tls_handshake_timeout");
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        }
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
@@ -94,7 +129,7 @@ async fn connection(
         let Some(acceptor) = acceptor else {
             return Ok(());
         };
-        let tls = acceptor.accept(stream).await?;
+        let tls = handshake(&acceptor, stream, peer, &ctx).await?;
         let cert = peer_cert(&ctx, &tls);
         Session::new(ctx, peer, true)
             .with_client_cert(cert)
@@ -111,7 +146,7 @@ async fn connection(
             let Some(acceptor) = acceptor else {
                 return Ok(());
             };
-            let tls = acceptor.accept(stream).await?;
+            let tls = handshake(&acceptor, stream, peer, &ctx).await?;
             let cert = peer_cert(&ctx, &tls);
             // RFC 3207 §4.2: forget everything learned before TLS; the client says EHLO again.
             Session::new(ctx, peer, true)

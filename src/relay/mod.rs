@@ -5,6 +5,11 @@
 //! `smtp://` uses STARTTLS, `smtps://` implicit TLS, `file://` writes `.eml` files (demo, tests).
 //! Upstream connections are pooled and reused (several messages per connection) up to
 //! `upstream.max_connections`. Secrets touched: the upstream password (read at load).
+//!
+//! Every network wait has a deadline of `upstream.timeout`: the connect, the TLS handshake, the
+//! greeting, each command's reply (mail-send bounds those), each write of the message during
+//! DATA (progress, not the whole transfer: a large message on a slow link is fine, a peer that
+//! stopped reading is not) and the reply after the final dot. A timeout is temporary.
 
 pub mod tls;
 
@@ -363,7 +368,11 @@ impl SmtpUpstream {
 async fn greeting<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
 ) -> Result<(), ConnError> {
-    let r = c.read().await.map_err(|e| temp(describe(&e)))?;
+    // mail-send's read() has no deadline of its own (its cmd() and ehlo() do).
+    let r = tokio::time::timeout(c.timeout, c.read())
+        .await
+        .map_err(|_| temp("upstream sent no greeting (timed out)"))?
+        .map_err(|e| temp(describe(&e)))?;
     if r.code / 100 != 2 {
         // A refusal before any transaction says nothing final about these recipients.
         return Err(temp(format!("upstream greeting: {}", reply_text(&r))));
@@ -398,8 +407,7 @@ async fn transaction(
     }
     if r.code / 100 != 2 {
         let o = classify(&r);
-        let _ = c.cmd(b"RSET\r\n").await;
-        return Ok((vec![o; rcpts.len()], true));
+        return Ok((vec![o; rcpts.len()], reset(c).await));
     }
     // A 421 anywhere means the upstream closes the connection: do not pool it.
     let mut reusable = true;
@@ -417,7 +425,7 @@ async fn transaction(
         });
     }
     if outcomes.iter().all(Option::is_some) {
-        let _ = c.cmd(b"RSET\r\n").await;
+        let reusable = reusable && reset(c).await;
         return Ok((outcomes.into_iter().flatten().collect(), reusable));
     }
     let r = c
@@ -426,18 +434,24 @@ async fn transaction(
         .map_err(|e| later(temp(describe(&e))))?;
     if r.code != 354 {
         let o = classify(&r);
-        let _ = c.cmd(b"RSET\r\n").await;
+        let reusable = r.code != 421 && reset(c).await;
         return Ok((
             outcomes
                 .into_iter()
                 .map(|x| x.unwrap_or_else(|| o.clone()))
                 .collect(),
-            r.code != 421,
+            reusable,
         ));
     }
-    write_data(&mut c.stream, message)
+    write_data(&mut c.stream, message, c.timeout)
         .await
-        .map_err(|e| later(temp(format!("connection failure during DATA: {e}"))))?;
+        .map_err(|e| {
+            later(temp(if e.kind() == std::io::ErrorKind::TimedOut {
+                format!("upstream timed out during DATA: {e}")
+            } else {
+                format!("connection failure during DATA: {e}")
+            }))
+        })?;
     let r = tokio::time::timeout(c.timeout, c.read())
         .await
         .map_err(|_| later(temp("upstream timed out after DATA")))?
@@ -450,9 +464,39 @@ async fn transaction(
     Ok((outcomes, reusable && r.code != 421))
 }
 
+/// RSET after a refused transaction; true when the connection is still in step (a pooled
+/// connection whose RSET reply never came would hand that late reply to the next MAIL).
+async fn reset(c: &mut Client) -> bool {
+    matches!(c.cmd(b"RSET\r\n").await, Ok(r) if r.code / 100 == 2)
+}
+
+/// One write of message data, which must make progress within `timeout`.
+async fn write_within<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    })
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no progress within {}s", timeout.as_secs()),
+        )
+    })?
+}
+
 /// Writes the message dot-stuffed (RFC 5321 §4.5.2) in large chunks, with the final
 /// `.<CRLF>` in the same write as the last bytes (no Nagle/delayed-ACK stall on the last segment).
-async fn write_data<W: AsyncWrite + Unpin>(w: &mut W, message: &[u8]) -> std::io::Result<()> {
+/// Each chunk must be accepted within `timeout`.
+async fn write_data<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    message: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
     const CHUNK: usize = 64 * 1024;
     let mut out = Vec::with_capacity(CHUNK + 1024);
     let mut at_line_start = true;
@@ -468,7 +512,7 @@ async fn write_data<W: AsyncWrite + Unpin>(w: &mut W, message: &[u8]) -> std::io
         at_line_start = rest[line_end - 1] == b'\n';
         rest = &rest[line_end..];
         if out.len() >= CHUNK {
-            w.write_all(&out).await?;
+            write_within(w, &out, timeout).await?;
             out.clear();
         }
     }
@@ -476,6 +520,5 @@ async fn write_data<W: AsyncWrite + Unpin>(w: &mut W, message: &[u8]) -> std::io
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
-    w.write_all(&out).await?;
-    w.flush().await
+    write_within(w, &out, timeout).await
 }

@@ -1,10 +1,17 @@
 //! Operator actions on a spool, safe beside a live gateway (`cachet queue ...`, like
 //! postqueue/postsuper). Every change is an envelope rewrite by rename, so the gateway sees
-//! either the old or the new state. A message being delivered at that very moment may still
-//! go out once more; nothing is ever lost.
+//! either the old or the new state, and every change is made under the message lock (see the
+//! spool header): an action on a message being delivered waits for the attempt to end, then
+//! applies to the envelope that attempt wrote, so recipients already served stay served and a
+//! hold is never overwritten by the delivery.
 
-use super::{Queue, RcptStatus, Spool};
+use super::{MessageLock, Queue, RcptStatus, Spool};
 use std::fmt::Write;
+use std::time::Duration;
+
+/// How long an action waits for a delivery attempt in flight. An attempt is bounded by the
+/// upstream timeouts per command, so this only runs out with a very slow upstream.
+const LOCK_PATIENCE: Duration = Duration::from_secs(300);
 
 pub fn list(spool: &Spool) -> Result<String, String> {
     let mut out = String::new();
@@ -58,6 +65,20 @@ fn find(spool: &Spool, id: &str) -> Result<(Queue, super::Envelope), String> {
         .ok_or_else(|| format!("no message {id} in incoming, deferred or hold"))
 }
 
+/// The message lock, then the envelope as it is under the lock. `None` for the lock when the data
+/// file is gone (a corrupt message: nothing delivers it, so nothing races).
+fn locked(
+    spool: &Spool,
+    id: &str,
+) -> Result<(Option<MessageLock>, Queue, super::Envelope), String> {
+    find(spool, id)?;
+    let lock = spool
+        .lock_waiting(id, LOCK_PATIENCE)
+        .map_err(|e| e.to_string())?;
+    let (q, env) = find(spool, id)?;
+    Ok((lock, q, env))
+}
+
 pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
     let (q, env) = find(spool, id)?;
     let data = std::fs::read(spool.data_path(id)).map_err(|e| e.to_string())?;
@@ -73,7 +94,7 @@ pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
 }
 
 pub fn hold(spool: &Spool, id: &str) -> Result<String, String> {
-    let (q, mut env) = find(spool, id)?;
+    let (_lock, q, mut env) = locked(spool, id)?;
     if q == Queue::Hold {
         return Ok(format!("{id} is already on hold"));
     }
@@ -87,7 +108,7 @@ pub fn hold(spool: &Spool, id: &str) -> Result<String, String> {
 
 /// Back to incoming/: held recipients become pending again; the gateway picks it up within a second.
 pub fn release(spool: &Spool, id: &str) -> Result<String, String> {
-    let (q, mut env) = find(spool, id)?;
+    let (_lock, q, mut env) = locked(spool, id)?;
     if q != Queue::Hold {
         return Err(format!("{id} is not on hold (it is in {})", q.dir_name()));
     }
@@ -109,7 +130,7 @@ pub fn release(spool: &Spool, id: &str) -> Result<String, String> {
 
 /// Deferred -> incoming now, without waiting for the retry timer.
 pub fn retry(spool: &Spool, id: &str) -> Result<String, String> {
-    let (q, mut env) = find(spool, id)?;
+    let (_lock, q, mut env) = locked(spool, id)?;
     if q == Queue::Hold {
         return Err(format!("{id} is on hold: use release"));
     }
@@ -122,7 +143,7 @@ pub fn retry(spool: &Spool, id: &str) -> Result<String, String> {
 }
 
 pub fn delete(spool: &Spool, id: &str) -> Result<String, String> {
-    let (q, _) = find(spool, id)?;
+    let (_lock, q, _) = locked(spool, id)?;
     spool.remove_blocking(q, id).map_err(|e| e.to_string())?;
     Ok(format!("{id} deleted"))
 }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! tmp/          drafts being received and envelope rewrites in progress (cleared at start)
-//! data/ID       the message bytes, written once, never changed
+//! data/ID       the message bytes, written once, never changed; also the message's lock (below)
 //! incoming/ID   envelope of a message not yet attempted — renamed in last: the commit marker
 //! deferred/ID   envelope waiting for its next attempt (next_attempt inside)
 //! hold/ID       envelope held by policy or by an operator (`cachet queue hold`)
@@ -18,13 +18,27 @@
 //! (duplicates are possible, losses are not). Envelope rewrites go tmp/ -> target dir by rename;
 //! a crash between the rename and the unlink of the old copy leaves two copies, and the higher
 //! `seq` wins. The envelope is JSON so `cachet queue show` and a human can read it.
+//!
+//! Who may rewrite an envelope: whoever holds the message lock, an exclusive `flock(2)` on
+//! `data/ID` ([`Spool::try_lock`], [`MessageLock`]). The scheduler takes it (without waiting) for
+//! a whole delivery attempt, from reading the envelope to writing its new state; `cachet queue
+//! hold|release|retry|delete` takes it too, waiting for an attempt in flight to end. So an
+//! operator's rewrite and a delivery never interleave, and two copies with equal `seq` cannot
+//! arise (the alternative, comparing `seq` before every rename, still loses one side's changes).
+//! The lock dies with the process (no stale lock files after `kill -9`); a human moving files by
+//! hand bypasses it, as with Postfix.
+//!
+//! Modes: the spool holds plaintext, so directories are 0700 and files 0600 whatever the umask
+//! (created with explicit modes; existing ones are tightened by [`Spool::open`]).
 
 pub mod admin;
 mod envelope;
+pub mod modes;
 pub use envelope::{Envelope, RcptStatus, Recipient};
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::io::AsyncWriteExt;
@@ -81,6 +95,19 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// The spool's subdirectories.
+const SUBDIRS: [&str; 6] = ["tmp", "data", "incoming", "deferred", "hold", "corrupt"];
+
+/// Creates a file for writing, readable by the gateway's user only.
+fn create_private(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(modes::FILE_MODE)
+        .open(path)
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -95,15 +122,20 @@ pub fn now_secs() -> u64 {
 impl Spool {
     /// Opens (creating if needed) the spool at `root` and clears leftovers in tmp/.
     /// Drafts in tmp/ were never acknowledged with `250`, so removing them loses nothing.
+    /// Directories become 0700 and files 0600, however they were created before.
     pub fn open(root: &Path) -> io::Result<Spool> {
-        for sub in ["tmp", "data", "incoming", "deferred", "hold", "corrupt"] {
-            fs::create_dir_all(root.join(sub))?;
+        modes::private_dir(root)?;
+        for sub in SUBDIRS {
+            modes::private_dir(&root.join(sub))?;
         }
         let spool = Spool {
             root: root.to_path_buf(),
         };
         for entry in fs::read_dir(root.join("tmp"))? {
             let _ = fs::remove_file(entry?.path());
+        }
+        for sub in SUBDIRS {
+            modes::tighten_files(&root.join(sub));
         }
         Ok(spool)
     }
@@ -140,6 +172,7 @@ impl Spool {
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(modes::FILE_MODE)
             .open(&path)
             .await?;
         Ok(Draft {
@@ -161,16 +194,24 @@ impl Spool {
             .map_err(io::Error::other)?
     }
 
+    /// The caller holds the message lock (or the message is new and nobody else knows its ID).
+    /// On failure (a full disk) nothing changed on disk: the old envelope is still in place.
     pub fn save_blocking(&self, env: &Envelope, to: Queue, from: Option<Queue>) -> io::Result<()> {
         let tmp = self
             .root
             .join("tmp")
             .join(format!("{}.env{}", env.id, env.seq));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(env).map_err(io::Error::other)?)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, self.envelope_path(to, &env.id))?;
+        let written = (|| {
+            let mut f = create_private(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(env).map_err(io::Error::other)?)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, self.envelope_path(to, &env.id))
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fsync_dir(&self.root.join(to.dir_name()))?;
         if let Some(from) = from.filter(|&f| f != to) {
             match fs::remove_file(self.envelope_path(from, &env.id)) {
@@ -301,11 +342,78 @@ impl Spool {
             .root
             .join("tmp")
             .join(format!(".probe-{}", std::process::id()));
-        let ok = File::create(&probe)
+        let ok = create_private(&probe)
             .and_then(|mut f| f.write_all(b"ok").and_then(|_| f.sync_all()))
             .is_ok();
         let _ = fs::remove_file(&probe);
         ok
+    }
+}
+
+/// The right to rewrite one message's envelope: an exclusive `flock(2)` on `data/ID`, released
+/// when this is dropped (or the process dies). See the module header.
+#[derive(Debug)]
+pub struct MessageLock {
+    _file: File,
+}
+
+/// What [`Spool::try_lock`] found.
+#[derive(Debug)]
+pub enum TryLock {
+    Locked(MessageLock),
+    /// Another process or task holds it (an operator action, a delivery attempt).
+    Busy,
+    /// No data file: the message is gone (deleted, delivered) or corrupt.
+    Gone,
+}
+
+impl Spool {
+    /// Takes the message lock without waiting.
+    pub fn try_lock(&self, id: &str) -> io::Result<TryLock> {
+        if !valid_id(id) {
+            return Ok(TryLock::Gone);
+        }
+        let file = match File::open(self.data_path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TryLock::Gone),
+            Err(e) => return Err(e),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(TryLock::Busy),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        // Deleted while we waited for the lock: the lock is on an unlinked file, worth nothing.
+        if !self.data_path(id).is_file() {
+            return Ok(TryLock::Gone);
+        }
+        Ok(TryLock::Locked(MessageLock { _file: file }))
+    }
+
+    /// Takes the message lock, waiting up to `patience` for a delivery attempt in flight to end
+    /// (every network wait of an attempt has a deadline, so it does end). `Ok(None)`: no data file.
+    pub fn lock_waiting(
+        &self,
+        id: &str,
+        patience: std::time::Duration,
+    ) -> io::Result<Option<MessageLock>> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match self.try_lock(id)? {
+                TryLock::Locked(l) => return Ok(Some(l)),
+                TryLock::Gone => return Ok(None),
+                TryLock::Busy if std::time::Instant::now() >= deadline => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "message {id} is still being delivered after {}s; try again later",
+                            patience.as_secs()
+                        ),
+                    ));
+                }
+                TryLock::Busy => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! It records every accepted message byte for byte and every command line per connection, speaks STARTTLS,
 //! implicit TLS or plaintext, and replays scripted faults (greeting / MAIL / RCPT / end of DATA).
 //! End of DATA is strictly `<CRLF>.<CRLF>` and dot-unstuffing is done exactly once (RFC 5321 §4.5.2).
+//! Like a strict real server, it refuses `BODY=8BITMIME` when it does not offer 8BITMIME (555) and a
+//! non-ASCII address in a transaction without `SMTPUTF8` (553 5.6.7).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,7 +39,8 @@ pub enum Stage {
     Rcpt(String),
     /// The reply to any `RCPT TO` without a more specific `Rcpt(addr)` fault.
     AnyRcpt,
-    /// The reply to `DATA` itself (instead of 354).
+    /// The reply to `DATA` itself (instead of 354); a `Stall` here comes after the 354, while the
+    /// client sends the message (a peer that stopped reading).
     Data,
     /// The reply after the final `.` (the message is then not recorded).
     DataEnd,
@@ -52,6 +55,9 @@ pub enum Action {
     Disconnect,
     /// Wait this long, then behave normally (a slow upstream, for timeouts and crash-midway tests).
     Delay(Duration),
+    /// Stop reading and replying for this long, then close without a word (a hung peer). At `Data`:
+    /// after the 354, so the client's writes of the message stall once the socket buffers are full.
+    Stall(Duration),
 }
 
 /// A fault for the first `times` attempts at a stage (or always when `None`), then normal behaviour.
@@ -88,6 +94,13 @@ impl Fault {
     pub fn delay(times: Option<u32>, delay: Duration) -> Fault {
         Fault {
             action: Action::Delay(delay),
+            times,
+        }
+    }
+    /// Go silent for `duration` (neither read nor reply), then close; `times` times (`None` = always).
+    pub fn stall(times: Option<u32>, duration: Duration) -> Fault {
+        Fault {
+            action: Action::Stall(duration),
             times,
         }
     }
@@ -161,6 +174,8 @@ pub struct UpstreamOptions {
     pub hostname: String,
     /// Idle timeout per read; the connection is dropped after it.
     pub idle_timeout: Duration,
+    /// Advertise 8BITMIME (the default). Without it, `MAIL ... BODY=8BITMIME` gets `555 5.5.4`.
+    pub eight_bit_mime: bool,
 }
 
 impl Default for UpstreamOptions {
@@ -175,6 +190,7 @@ impl Default for UpstreamOptions {
             pki: None,
             hostname: "upstream.test".to_string(),
             idle_timeout: Duration::from_secs(30),
+            eight_bit_mime: true,
         }
     }
 }
@@ -203,6 +219,11 @@ impl UpstreamOptions {
     /// Present a certificate that does not chain to the trusted test CA.
     pub fn untrusted(mut self) -> Self {
         self.untrusted_cert = true;
+        self
+    }
+    /// Do not offer 8BITMIME (a 7-bit-only upstream).
+    pub fn without_8bitmime(mut self) -> Self {
+        self.eight_bit_mime = false;
         self
     }
 }
@@ -390,6 +411,16 @@ impl Upstream {
     pub fn commands(&self) -> Vec<Vec<Seen>> {
         self.shared.record.lock().unwrap().connections.clone()
     }
+    /// Every `MAIL FROM` line seen, in order, with its parameters (`BODY=8BITMIME`, `SMTPUTF8`).
+    pub fn mail_commands(&self) -> Vec<String> {
+        let rec = self.shared.record.lock().unwrap();
+        rec.connections
+            .iter()
+            .flatten()
+            .filter(|s| s.line.len() >= 5 && s.line[..5].eq_ignore_ascii_case("MAIL "))
+            .map(|s| s.line.clone())
+            .collect()
+    }
     /// Users that authenticated successfully (`UpstreamOptions::auth`), in order.
     pub fn authenticated(&self) -> Vec<String> {
         self.shared.record.lock().unwrap().authenticated.clone()
@@ -519,6 +550,11 @@ impl Conn {
                 tokio::time::sleep(d).await;
                 Ok(Outcome::Proceed)
             }
+            Some(Action::Stall(d)) => {
+                self.log("<fault: stall>");
+                tokio::time::sleep(d).await;
+                Ok(Outcome::Close)
+            }
         }
     }
 
@@ -582,7 +618,8 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
         conn.upgrade().await?;
     }
     if let Some(action) = shared.faults.take(&Stage::Greeting) {
-        // Any greeting fault ends the connection (after a delay: a normal session goes on).
+        // Any greeting fault ends the connection (after a delay: a normal session goes on; a stall
+        // is a peer that never greets).
         let delayed = matches!(action, Action::Delay(_));
         conn.fault(Some(action)).await?;
         if !delayed {
@@ -595,6 +632,8 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
     let mut ehlo = false;
     let mut authed = false;
     let mut mail_from: Option<String> = None;
+    // The current transaction's MAIL carried SMTPUTF8 (RFC 6531).
+    let mut utf8 = false;
     let mut rcpts: Vec<String> = Vec::new();
     loop {
         let Some(raw) = conn.read_line(MAX_LINE).await? else {
@@ -619,9 +658,11 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     format!("{host} greets {}", rest.trim()),
                     "PIPELINING".into(),
                     "ENHANCEDSTATUSCODES".into(),
-                    "8BITMIME".into(),
                     format!("SIZE {MAX_DATA}"),
                 ];
+                if shared.opts.eight_bit_mime {
+                    caps.push("8BITMIME".into());
+                }
                 if mode == UpstreamTls::Starttls && !conn.tls {
                     caps.push("STARTTLS".into());
                 }
@@ -661,11 +702,26 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 } else if let Some(from) =
                     strip_prefix_ci(rest.trim_start(), "FROM:").and_then(path_arg)
                 {
+                    let params = rest.to_ascii_uppercase();
+                    let params = params.rsplit('>').next().unwrap_or("");
+                    let wants_utf8 = params.split_whitespace().any(|p| p == "SMTPUTF8");
+                    let wants_8bit = params.split_whitespace().any(|p| p == "BODY=8BITMIME");
+                    if wants_8bit && !shared.opts.eight_bit_mime {
+                        conn.reply(555, "5.5.4 BODY=8BITMIME not supported here")
+                            .await?;
+                        continue;
+                    }
+                    if !from.is_ascii() && !wants_utf8 {
+                        conn.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8")
+                            .await?;
+                        continue;
+                    }
                     match conn.fault(shared.faults.take(&Stage::Mail)).await? {
                         Outcome::Close => return Ok(()),
                         Outcome::Replied => {}
                         Outcome::Proceed => {
                             mail_from = Some(from);
+                            utf8 = wants_utf8;
                             conn.reply(250, "2.1.0 sender ok").await?;
                         }
                     }
@@ -679,6 +735,11 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 } else if let Some(to) =
                     strip_prefix_ci(rest.trim_start(), "TO:").and_then(path_arg)
                 {
+                    if !to.is_ascii() && !utf8 {
+                        conn.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8")
+                            .await?;
+                        continue;
+                    }
                     let fault = shared
                         .faults
                         .take(&Stage::Rcpt(to.to_ascii_lowercase()))
@@ -704,7 +765,14 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     conn.reply(554, "5.5.1 no valid recipients").await?;
                     continue;
                 }
-                match conn.fault(shared.faults.take(&Stage::Data)).await? {
+                let fault = shared.faults.take(&Stage::Data);
+                if let Some(Action::Stall(d)) = fault {
+                    // The 354, then not a byte read: the client's writes fill the buffers and stop.
+                    conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
+                    conn.fault(Some(Action::Stall(d))).await?;
+                    return Ok(());
+                }
+                match conn.fault(fault).await? {
                     Outcome::Close => return Ok(()),
                     Outcome::Replied => continue,
                     Outcome::Proceed => {}

@@ -206,18 +206,25 @@ fn main() -> ExitCode {
             }
         },
         Command::Passwd { user } => {
-            let mut password = String::new();
+            // Wiped when dropped, like every other secret cachet reads.
+            let mut password = zeroize::Zeroizing::new(String::new());
             if std::io::stdin().read_line(&mut password).is_err()
                 || password.trim_end_matches(['\r', '\n']).is_empty()
             {
                 eprintln!("cachet passwd: give the password on standard input");
                 return ExitCode::from(2);
             }
-            println!(
-                "{}",
-                cachet::session::auth::hash_line(&user, password.trim_end_matches(['\r', '\n']))
-            );
-            ExitCode::SUCCESS
+            let password = password.trim_end_matches(['\r', '\n']);
+            match cachet::session::auth::hash_line(&user, password) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cachet passwd: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Demo { dir, listen, admin } => match demo::prepare(&dir, &listen, &admin) {
             Ok(config) => run_serve(config),

@@ -73,13 +73,13 @@ impl Runtime {
         let users = match &config.server.auth_users {
             Some(path) => crate::session::auth::Users::load(path)
                 .map(Some)
-                .unwrap_or_else(|message| {
-                    errors.push(ConfigError {
+                .unwrap_or_else(|problems| {
+                    errors.extend(problems.into_iter().map(|p| ConfigError {
                         file: path.to_path_buf(),
-                        line: None,
+                        line: p.line,
                         key: "server.auth_users".into(),
-                        message,
-                    });
+                        message: p.message,
+                    }));
                     None
                 }),
             None => None,

@@ -457,12 +457,13 @@ impl Session {
         })
         .await
         .unwrap_or(false);
+        // `user` as a str value, not `%user`: both log formats quote and escape it (CR, LF).
         if ok {
-            tracing::info!(client = %self.peer, user = %user, "authenticated");
+            tracing::info!(client = %self.peer, user = user.as_str(), "authenticated");
             self.authenticated = Some(user);
             self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
         } else {
-            tracing::warn!(client = %self.peer, user = %user, "authentication failed");
+            tracing::warn!(client = %self.peer, user = user.as_str(), "authentication failed");
             self.ctx.metrics.refused("auth_failed");
             self.reply(Reply::new(
                 535,

@@ -3,7 +3,8 @@
 //! Every `*.pem`, `*.crt`, `*.cer` and `*.der` file in the directory is read (any file name, any
 //! number of certificates per PEM file). CA certificates (basicConstraints cA) serve as
 //! intermediates for the others. End-entity certificates are indexed by each rfc822Name of their
-//! subjectAltName, falling back to the subject emailAddress (RFC 8550 §3), domain case-insensitive.
+//! subjectAltName, case-insensitively ([`normalize_address`]). The subject emailAddress is never
+//! used (see [`validate::inspect`]): a certificate without an rfc822Name is reported, not indexed.
 //!
 //! A certificate is used only when [`validate::check`] accepts it for encryption at lookup time;
 //! of several usable ones the newest (latest notBefore) wins. Lookups never touch the disk: the
@@ -22,7 +23,7 @@ use super::{KeyKind, Problem, TrustAnchors, normalize_address};
 /// A certificate we may encrypt to (or one that was considered and rejected).
 #[derive(Debug, Clone)]
 pub struct RecipientCert {
-    /// All addresses the certificate names (domain lower-cased).
+    /// All rfc822Names of the certificate's subjectAltName, lower-cased.
     pub emails: Vec<String>,
     /// SHA-256 over the DER certificate, lower-case hex: what logs and `check` show.
     pub fingerprint: String,
@@ -145,8 +146,9 @@ impl CertStore {
                 problems.push(Problem::new(
                     &path,
                     format!(
-                        "certificate {}: no email address in subjectAltName or subject",
-                        info.fingerprint
+                        "certificate {}: {}",
+                        info.fingerprint,
+                        validate::NO_RFC822_NAME
                     ),
                 ));
                 continue;

@@ -13,7 +13,11 @@
 //! (RFC 8551 §2.5.3) and usable for encrypt-to-self (RFC 8551 §3.3).
 //!
 //! Secrets: the private key is parsed into aws-lc-rs and kept only behind [`Signer`]; it is never
-//! logged, and the [`std::fmt::Debug`] output of an identity omits it.
+//! logged, and the [`std::fmt::Debug`] output of an identity omits it. Everything else that held
+//! key material is wiped when dropped ([`zeroize`]): the key file bytes, the PKCS#12 password and
+//! the decoded private-key DER. aws-lc-rs wipes its own key pairs. Not wiped: the copies the
+//! `p12-keystore` crate makes while decrypting a `.p12` (it offers no way to), which is one more
+//! reason to prefer the `.pem` form.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,6 +28,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use zeroize::Zeroizing;
 
 use super::certs::RecipientCert;
 use super::validate::{self, CertInfo, Purpose};
@@ -83,7 +88,8 @@ impl Signer for LocalKey {
 
 /// A sender that can sign: certificate chain plus a handle to the private key.
 pub struct SigningIdentity {
-    /// The address this identity signs for (domain lower-cased), from the file name.
+    /// The address this identity signs for, from the file name, lower-cased
+    /// ([`normalize_address`]): `Alice@Example.org.pem` signs for `alice@example.org`.
     pub email: String,
     /// Signer certificate first, then the intermediates from the key file; all go into the
     /// SignedData `certificates` so recipients can build the path (RFC 8551 §2.4.2).
@@ -133,10 +139,37 @@ impl SigningIdentity {
         trust: &TrustAnchors,
         now: SystemTime,
     ) -> Result<SigningIdentity, String> {
-        let key = PrivateKeyDer::from_pem_slice(pem)
-            .map_err(|e| format!("no usable private key: {e}"))?;
+        // Wiped on drop, on every path out of here: only aws-lc-rs keeps the key.
+        let key = Zeroizing::new(
+            PrivateKeyDer::from_pem_slice(pem)
+                .map_err(|e| format!("no usable private key: {e}"))?,
+        );
         let certs = super::parse_certificates(pem)?;
         Self::from_parts(address, key.secret_der(), &certs, trust, now)
+    }
+
+    /// Build an identity from PKCS#12 bytes and their password, validated like a key file.
+    ///
+    /// Only the key's own chain is read: p12-keystore drops certificates without a localKeyId,
+    /// so a separate encryption certificate needs the `.pem` form.
+    pub fn from_p12(
+        address: &str,
+        p12: &[u8],
+        password: &str,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> Result<SigningIdentity, String> {
+        let ks = p12_keystore::KeyStore::from_pkcs12(p12, password)
+            .map_err(|e| format!("cannot open PKCS#12 (wrong password?): {e}"))?;
+        let (_, chain) = ks
+            .private_key_chain()
+            .ok_or("PKCS#12 holds no private key")?;
+        let certs: Vec<CertificateDer<'static>> = chain
+            .chain()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_der().to_vec()))
+            .collect();
+        Self::from_parts(address, chain.key(), &certs, trust, now)
     }
 
     fn from_parts(
@@ -172,7 +205,7 @@ impl SigningIdentity {
                 "certificate {} is for {}, not for {address}",
                 info.fingerprint,
                 if info.emails.is_empty() {
-                    "no address".to_string()
+                    format!("no address ({})", validate::NO_RFC822_NAME)
                 } else {
                     info.emails.join(", ")
                 }
@@ -275,35 +308,8 @@ impl KeyStore {
             }
             let loaded = check_private(&path).and_then(|bytes| {
                 if is_p12 {
-                    let pass_path = path.with_file_name(format!("{name}.pass"));
-                    let pass_path = if pass_path.exists() {
-                        pass_path
-                    } else if let Some(p) = p12_password_file {
-                        p.to_path_buf()
-                    } else {
-                        return Err(format!(
-                            "no password: create {} or set p12_password_file",
-                            pass_path.display()
-                        ));
-                    };
-                    let pass = check_private(&pass_path)
-                        .map_err(|e| format!("password file {}: {e}", pass_path.display()))?;
-                    let pass = String::from_utf8(pass)
-                        .map_err(|_| "password file is not UTF-8".to_string())?;
-                    let pass = pass.trim_end_matches(['\r', '\n']);
-                    let ks = p12_keystore::KeyStore::from_pkcs12(&bytes, pass)
-                        .map_err(|e| format!("cannot open PKCS#12 (wrong password?): {e}"))?;
-                    let (_, chain) = ks
-                        .private_key_chain()
-                        .ok_or("PKCS#12 holds no private key")?;
-                    let certs: Vec<CertificateDer<'static>> = chain
-                        .chain()
-                        .iter()
-                        .map(|c| CertificateDer::from(c.as_der().to_vec()))
-                        .collect();
-                    // Only the key's own chain: p12-keystore drops certificates without a
-                    // localKeyId, so a separate encryption certificate needs the .pem form.
-                    SigningIdentity::from_parts(address, chain.key(), &certs, trust, now)
+                    let pass = p12_password(&path, p12_password_file)?;
+                    SigningIdentity::from_p12(address, &bytes, &pass, trust, now)
                 } else {
                     SigningIdentity::from_pem(address, &bytes, trust, now)
                 }
@@ -325,7 +331,7 @@ impl KeyStore {
         (store, problems)
     }
 
-    /// The identity for a sender address (domain case-insensitive).
+    /// The identity for a sender address (case-insensitive, see [`normalize_address`]).
     pub fn get(&self, address: &str) -> Option<Arc<SigningIdentity>> {
         self.by_address.get(&normalize_address(address)).cloned()
     }
@@ -341,8 +347,35 @@ impl KeyStore {
     }
 }
 
-/// Read a secret file, refusing it when group or others may read it (mode & 077).
-fn check_private(path: &Path) -> Result<Vec<u8>, String> {
+/// The password for the PKCS#12 file at `path`: `<file>.pass` beside it, else the shared
+/// `p12_password_file`; one line, trailing newline dropped. Wiped when dropped.
+fn p12_password(path: &Path, shared: Option<&Path>) -> Result<Zeroizing<String>, String> {
+    let own = path.with_file_name(format!(
+        "{}.pass",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let file = if own.exists() {
+        own
+    } else if let Some(p) = shared {
+        p.to_path_buf()
+    } else {
+        return Err(format!(
+            "no password: create {} or set p12_password_file",
+            own.display()
+        ));
+    };
+    let bytes =
+        check_private(&file).map_err(|e| format!("password file {}: {e}", file.display()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| format!("password file {} is not UTF-8", file.display()))?;
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\r', '\n']).to_string(),
+    ))
+}
+
+/// Read a secret file, refusing it when group or others may read it (mode & 077). The bytes are
+/// wiped when the caller drops them.
+fn check_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -354,5 +387,48 @@ fn check_private(path: &Path) -> Result<Vec<u8>, String> {
             ));
         }
     }
-    std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| format!("cannot read: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn secret(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    #[test]
+    fn key_file_bytes_and_p12_passwords_come_wrapped_for_wiping() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = secret(dir.path(), "a@x.example.p12", "not really pkcs12");
+        // The types are the point: both are wiped on drop.
+        let bytes: Zeroizing<Vec<u8>> = check_private(&key).unwrap();
+        assert_eq!(&bytes[..], b"not really pkcs12");
+        secret(dir.path(), "a@x.example.p12.pass", "s3cret\r\n");
+        let pass: Zeroizing<String> = p12_password(&key, None).unwrap();
+        assert_eq!(pass.as_str(), "s3cret");
+    }
+
+    #[test]
+    fn p12_password_falls_back_to_the_shared_file_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = secret(dir.path(), "b@x.example.p12", "");
+        let err = p12_password(&key, None).unwrap_err();
+        assert!(err.contains("b@x.example.p12.pass"), "{err}");
+        let shared = secret(dir.path(), "shared", "common\n");
+        assert_eq!(
+            p12_password(&key, Some(&shared)).unwrap().as_str(),
+            "common"
+        );
+        std::fs::write(&shared, [0xff, 0xfe]).unwrap();
+        let err = p12_password(&key, Some(&shared)).unwrap_err();
+        assert!(err.contains("shared is not UTF-8"), "{err}");
+    }
 }

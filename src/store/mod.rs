@@ -137,14 +137,23 @@ pub(crate) fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'sta
         .map_err(|e| format!("bad PEM: {e}"))
 }
 
-/// Lower-case the domain part of an address (RFC 5321 §2.4: the local part is the receiver's
-/// business, the domain is case-insensitive). Surrounding whitespace and `<>` are dropped.
+/// The key under which both stores file and look up an address: the whole address lower-cased.
+///
+/// The domain is case-insensitive (RFC 5321 §2.4). The local part formally is not, but every mail
+/// provider treats it so, and a certificate for `bob@x` must serve `RCPT TO:<Bob@X>` and a key
+/// filed as `Alice@x.pem` must sign for `From: alice@x` (issue 9). Non-ASCII (SMTPUTF8) local
+/// parts and U-label domains are lower-cased by Unicode rules. A-labels (`xn--…`) are not mapped
+/// to U-labels: no IDNA implementation is in the dependency tree, so a certificate and a message
+/// must spell an internationalised domain the same way.
+///
+/// Only lookups use this key: envelopes and headers are relayed exactly as received.
+/// Surrounding whitespace and `<>` are dropped.
 pub fn normalize_address(address: &str) -> String {
-    let a = address.trim().trim_start_matches('<').trim_end_matches('>');
-    match a.rsplit_once('@') {
-        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
-        None => a.to_string(),
-    }
+    address
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_lowercase()
 }
 
 /// Lower-case hex, for fingerprints.
@@ -163,12 +172,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn domain_is_lowercased_local_part_kept() {
-        assert_eq!(
-            normalize_address(" <Alice@SMIME.Example> "),
-            "Alice@smime.example"
-        );
-        assert_eq!(normalize_address("bob@x.org"), "bob@x.org");
+    fn addresses_are_keyed_case_insensitively_in_both_parts() {
+        for (given, key) in [
+            (" <Alice@SMIME.Example> ", "alice@smime.example"),
+            ("bob@x.org", "bob@x.org"),
+            ("Bob@Partner.Example", "bob@partner.example"),
+            // SMTPUTF8: Unicode lower-casing of local part and U-label domain.
+            (
+                "J\u{d6}RG@B\u{dc}CHER.example",
+                "j\u{f6}rg@b\u{fc}cher.example",
+            ),
+            ("no-at-sign", "no-at-sign"),
+        ] {
+            assert_eq!(normalize_address(given), key, "{given}");
+        }
     }
 
     #[test]

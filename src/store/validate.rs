@@ -45,8 +45,8 @@ pub enum Purpose {
 /// The facts about a certificate the stores need, parsed once.
 #[derive(Debug, Clone)]
 pub struct CertInfo {
-    /// rfc822Name entries of subjectAltName (domain lower-cased); the subject emailAddress
-    /// only when the certificate has no rfc822Name at all.
+    /// rfc822Name entries of subjectAltName, lower-cased ([`super::normalize_address`]). Never
+    /// the subject emailAddress: see [`inspect`].
     pub emails: Vec<String>,
     /// SHA-256 of the DER certificate, lower-case hex.
     pub fingerprint: String,
@@ -68,7 +68,6 @@ pub struct CertInfo {
     pub public_key: Vec<u8>,
 }
 
-/// Parse a DER certificate into [`CertInfo`].
 impl CertInfo {
     /// The key kind, or why the key is unusable.
     pub fn key_kind(&self) -> Result<KeyKind, String> {
@@ -80,6 +79,17 @@ impl CertInfo {
     }
 }
 
+/// The reason shown for a certificate that binds no address.
+pub const NO_RFC822_NAME: &str =
+    "no rfc822Name in subjectAltName (the subject emailAddress is not used)";
+
+/// Parse a DER certificate into [`CertInfo`].
+///
+/// Addresses come from subjectAltName rfc822Name only (RFC 8550 §3 prefers it). The subject DN
+/// `emailAddress` fallback is gone on purpose (issue 9 §5): name constraints on rfc822Name are
+/// enforced against subjectAltName, so a sub-CA constrained to `partner.example` could issue a
+/// SAN-less certificate with `E=ceo@example.org` that passes path validation; with the fallback
+/// we would have filed it under ceo@example.org.
 pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
     let cert = Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let tbs = cert.tbs_certificate();
@@ -94,12 +104,6 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
             if let GeneralName::Rfc822Name(email) = name {
                 emails.push(super::normalize_address(email.as_str()));
             }
-        }
-    }
-    if emails.is_empty() {
-        // RFC 8550 §3: legacy certificates carry the address in the subject DN.
-        if let Ok(Some(email)) = tbs.subject().email_address() {
-            emails.push(super::normalize_address(email.as_str()));
         }
     }
 
@@ -245,7 +249,7 @@ pub fn check_local(info: &CertInfo, now: SystemTime, purpose: Purpose) -> Result
         return Err("extendedKeyUsage lacks emailProtection".into());
     }
     if info.emails.is_empty() {
-        return Err("no email address in subjectAltName or subject".into());
+        return Err(NO_RFC822_NAME.into());
     }
     Ok(key)
 }

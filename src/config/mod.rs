@@ -511,7 +511,7 @@ fn local_domains(list: &[Spanned<String>], p: &mut Problems) -> Vec<String> {
     }
     let mut out = Vec::new();
     for v in list {
-        let d = v.get_ref().trim().trim_end_matches('.').to_lowercase();
+        let d = crate::store::normalize_domain(v.get_ref().trim());
         let ok = !d.is_empty()
             && !d.starts_with('.')
             && !d.contains("..")
@@ -636,7 +636,7 @@ fn submitters(
         }
         let mut senders = Vec::new();
         for v in &r.senders {
-            let g = v.get_ref().trim().to_lowercase();
+            let g = crate::policy::normalize_glob(v.get_ref());
             if g.is_empty() || g.contains(char::is_whitespace) || g.matches('@').count() != 1 {
                 p.at(
                     v.span(),

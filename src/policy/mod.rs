@@ -187,6 +187,16 @@ fn pick<T: Copy>(
     v.as_ref().and_then(|v| parse_enum(v, key, options, p))
 }
 
+/// An address glob in the form addresses are compared in ([`crate::store::normalize_address`]):
+/// lower-cased, and a domain without wildcards in U-labels.
+pub fn normalize_glob(glob: &str) -> String {
+    let g = glob.trim();
+    match g.rsplit_once('@') {
+        Some((_, domain)) if !domain.contains(['*', '?']) => crate::store::normalize_address(g),
+        _ => g.to_lowercase(),
+    }
+}
+
 fn globs(
     list: &Option<Vec<Spanned<String>>>,
     key: &str,
@@ -194,7 +204,7 @@ fn globs(
 ) -> Vec<(String, WildMatch)> {
     let mut out = Vec::new();
     for v in list.iter().flatten() {
-        let g = v.get_ref().trim().to_ascii_lowercase();
+        let g = normalize_glob(v.get_ref());
         if g.is_empty() || g.contains(char::is_whitespace) || g.matches('@').count() > 1 {
             p.at(
                 v.span(),
@@ -340,8 +350,8 @@ impl Policy {
 
     /// The treatment of one (envelope sender, recipient) pair and the name of the rule that set it.
     pub fn treatment(&self, sender: &str, recipient: &str) -> (Option<&str>, Treatment) {
-        let sender = sender.to_ascii_lowercase();
-        let recipient = recipient.to_ascii_lowercase();
+        let sender = crate::store::normalize_address(sender);
+        let recipient = crate::store::normalize_address(recipient);
         let Some(rule) = self.rules.iter().find(|r| r.matches(&sender, &recipient)) else {
             return (None, self.defaults);
         };

@@ -114,11 +114,12 @@ pub fn normalise_dn(dn: &str) -> String {
         .to_lowercase()
 }
 
-/// The domain of an address, lowercased (`None` without `@`).
+/// The domain of an address in one form (`None` without `@`): lower-cased U-labels, so
+/// `xn--bcher-kva.example` and `bücher.example` are one domain.
 pub fn domain_of(address: &str) -> Option<String> {
     address
         .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('.').to_lowercase())
+        .map(|(_, d)| crate::store::normalize_domain(d))
 }
 
 impl TlsClientMatch {
@@ -177,7 +178,7 @@ impl Submitters {
         if let Some(user) = c.user {
             return Some(Grant {
                 name: format!("auth:{user}"),
-                senders: Senders::Exactly(user.to_lowercase()),
+                senders: Senders::Exactly(crate::store::normalize_address(user)),
                 require_header: None,
             });
         }
@@ -194,7 +195,7 @@ impl Submitters {
     /// May a client with `grant` use `address` (MAIL FROM or a From: address)?
     /// The null sender `<>` is allowed in MAIL FROM by the caller, never here.
     pub fn allows(&self, grant: &Grant, address: &str) -> bool {
-        let lower = address.to_lowercase();
+        let lower = crate::store::normalize_address(address);
         if lower.is_empty() || !lower.contains('@') {
             return false;
         }
@@ -488,6 +489,25 @@ mod tests {
             g.require_header.unwrap().name,
             "X-MS-Exchange-CrossTenant-Id"
         );
+    }
+
+    #[test]
+    fn a_labels_and_u_labels_are_one_domain() {
+        let s = Submitters {
+            local_domains: vec![crate::store::normalize_domain("xn--bcher-kva.example")],
+            relay_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        let g = s
+            .resolve(&Client {
+                ip: "10.0.0.1".parse().unwrap(),
+                user: None,
+                cert: None,
+            })
+            .unwrap();
+        assert!(s.allows(&g, "ceo@Bücher.example"));
+        assert!(s.allows(&g, "ceo@XN--BCHER-KVA.example"));
+        assert!(!s.allows(&g, "ceo@buecher.example"));
     }
 
     #[test]

@@ -337,7 +337,10 @@ fn plain_addresses_only() {
 #[test]
 fn declared_size_reads_any_number() {
     assert_eq!(declared_size(b"MAIL FROM:<a@b.c> SIZE=1000"), Some(1000));
-    assert_eq!(declared_size(b"MAIL FROM:<a@b.c> BODY=8BITMIME size=7"), Some(7));
+    assert_eq!(
+        declared_size(b"MAIL FROM:<a@b.c> BODY=8BITMIME size=7"),
+        Some(7)
+    );
     assert_eq!(
         declared_size(b"MAIL FROM:<a@b.c> SIZE=99999999999999999999999"),
         Some(99999999999999999999999)
@@ -346,7 +349,10 @@ fn declared_size_reads_any_number() {
         declared_size(format!("MAIL FROM:<a@b.c> SIZE={}", "9".repeat(50)).as_bytes()),
         Some(u128::MAX)
     );
-    assert_eq!(declared_size(b"MAIL FROM:<a@b.c> SIZE=12x"), Some(u128::MAX));
+    assert_eq!(
+        declared_size(b"MAIL FROM:<a@b.c> SIZE=12x"),
+        Some(u128::MAX)
+    );
     assert_eq!(declared_size(b"MAIL FROM:<a@b.c>"), None);
     assert_eq!(declared_size(b"MAIL FROM:<size=5@b.c>"), None);
 }

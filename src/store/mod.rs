@@ -137,23 +137,37 @@ pub(crate) fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'sta
         .map_err(|e| format!("bad PEM: {e}"))
 }
 
-/// The key under which both stores file and look up an address: the whole address lower-cased.
+/// The key under which both stores file and look up an address, and under which the policy and
+/// the submitter checks compare them: local part lower-cased, domain by [`normalize_domain`].
 ///
 /// The domain is case-insensitive (RFC 5321 §2.4). The local part formally is not, but every mail
 /// provider treats it so, and a certificate for `bob@x` must serve `RCPT TO:<Bob@X>` and a key
 /// filed as `Alice@x.pem` must sign for `From: alice@x` (issue 9). Non-ASCII (SMTPUTF8) local
-/// parts and U-label domains are lower-cased by Unicode rules. A-labels (`xn--…`) are not mapped
-/// to U-labels: no IDNA implementation is in the dependency tree, so a certificate and a message
-/// must spell an internationalised domain the same way.
+/// parts are lower-cased by Unicode rules.
 ///
 /// Only lookups use this key: envelopes and headers are relayed exactly as received.
 /// Surrounding whitespace and `<>` are dropped.
 pub fn normalize_address(address: &str) -> String {
-    address
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .to_lowercase()
+    let a = address.trim().trim_start_matches('<').trim_end_matches('>');
+    match a.rsplit_once('@') {
+        Some((local, domain)) => format!("{}@{}", local.to_lowercase(), normalize_domain(domain)),
+        None => a.to_lowercase(),
+    }
+}
+
+/// A domain in one form: U-labels, lower-cased (UTS #46 mapping, the `idna` crate), so the
+/// A-label `xn--bcher-kva.example` a certificate's rfc822Name must use equals the U-label
+/// `bücher.example` an SMTPUTF8 envelope carries (RFC 6531 §3.2, RFC 8398 §3). Address literals
+/// and names IDNA refuses are only lower-cased.
+pub fn normalize_domain(domain: &str) -> String {
+    let d = domain.trim_end_matches('.');
+    if d.starts_with('[') || d.is_ascii() && !d.to_ascii_lowercase().contains("xn--") {
+        return d.to_lowercase();
+    }
+    match idna::domain_to_unicode(d) {
+        (u, Ok(())) => u,
+        _ => d.to_lowercase(),
+    }
 }
 
 /// Lower-case hex, for fingerprints.
@@ -169,6 +183,19 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_labels_equal_u_labels() {
+        use super::{normalize_address, normalize_domain};
+        assert_eq!(normalize_domain("XN--BCHER-KVA.Example"), "bücher.example");
+        assert_eq!(normalize_domain("Bücher.Example."), "bücher.example");
+        assert_eq!(
+            normalize_address("Bob@xn--bcher-kva.example"),
+            normalize_address("bob@BÜCHER.example")
+        );
+        assert_eq!(normalize_address("<A@[192.0.2.1]>"), "a@[192.0.2.1]");
+        assert_eq!(normalize_address("Alice@Example.ORG"), "alice@example.org");
+    }
+
     use super::*;
 
     #[test]

@@ -1,10 +1,11 @@
 //! CMS SignedData for S/MIME signatures (RFC 5652 §5, RFC 8551 §2.5, §3.5).
 //!
 //! Built directly on the `cms` crate's types; all key operations go through
-//! [`SigningIdentity::sign`] (aws-lc-rs). The signed attributes are, in DER SET OF order:
-//! content-type, signing-time, message-digest, smimeCapabilities, and
-//! SMIMEEncryptionKeyPreference when the signer has its own encryption certificate
-//! (RFC 8551 §2.5.3). The signer's chain (without the trust anchor) is included.
+//! [`SigningIdentity::sign`] (aws-lc-rs). The signed attributes are content-type,
+//! signing-time, message-digest, smimeCapabilities (what replies should use, from the policy),
+//! and SMIMEEncryptionKeyPreference when the signer has its own encryption certificate
+//! (RFC 8551 §2.5.3); `SetOfVec` keeps them in DER SET OF order. The signer's chain (without
+//! the trust anchor) is included.
 
 use aws_lc_rs::digest;
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
@@ -70,7 +71,10 @@ pub(crate) fn signed_data(
         cms::builder::create_content_type_attribute(algs::ID_DATA)?,
         cms::builder::create_signing_time_attribute()?,
         cms::builder::create_message_digest_attribute(message_digest.as_ref())?,
-        attribute(algs::ID_SMIME_CAPABILITIES, &algs::smime_capabilities()?)?,
+        attribute(
+            algs::ID_SMIME_CAPABILITIES,
+            &algs::smime_capabilities(&opts.replies, opts.rsa_pss)?,
+        )?,
     ];
     if let Some(enc) = &id.encryption_cert {
         // SMIMEEncryptionKeyPreference ::= CHOICE { issuerAndSerialNumber [0] IMPLICIT ... }:

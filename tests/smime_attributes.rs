@@ -6,6 +6,7 @@
 mod common;
 mod smime_common;
 
+use cachet::smime::{self, SignOptions};
 use common::*;
 use smime_common::{openssl_print, openssl_verify, read, split_signed};
 use std::time::Duration;
@@ -166,4 +167,72 @@ const PSS_SHA256_CAPABILITY: &str = "304106092a864886f70d01010a3034a00f300d06096
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn signature_carries_signing_certificate_v2_for_the_signer_certificate() {
+    let alice = smime_common::alice();
+    for opts in [
+        SignOptions::default(),
+        SignOptions {
+            form: smime::SignForm::Opaque,
+            ..Default::default()
+        },
+    ] {
+        let signed = smime::sign(&smime_common::sample_message(), &alice, &opts).unwrap();
+        // OpenSSL checks an ESS signing-certificate attribute against the signer certificate
+        // when it verifies (ossl_cms_check_signing_certs): a wrong hash or issuerSerial fails.
+        openssl_verify(&signed, None);
+        let printed = openssl_print(&signed);
+        assert!(
+            printed.contains("id-smime-aa-signingCertificateV2"),
+            "missing in:\n{printed}"
+        );
+    }
+
+    // The value: one ESSCertIDv2 whose certHash is the SHA-256 of Alice's signing
+    // certificate, with the default hash algorithm left out, and her issuer and serial.
+    let signed = smime::sign(
+        &smime_common::sample_message(),
+        &alice,
+        &SignOptions::default(),
+    )
+    .unwrap();
+    let (_, p7s) = split_signed(&signed);
+    use der::{Decode, Encode};
+    let cert = alice.certificate().to_vec();
+    let parsed = x509_cert::Certificate::from_der(&cert).unwrap();
+    let issuer = parsed.tbs_certificate().issuer().to_der().unwrap();
+    let serial = parsed.tbs_certificate().serial_number().to_der().unwrap();
+    let cert_hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert);
+    // SigningCertificateV2 ::= SEQUENCE { certs SEQUENCE OF ESSCertIDv2 }
+    // ESSCertIDv2 ::= SEQUENCE { [hashAlgorithm DEFAULT sha256: absent] certHash OCTET STRING,
+    //   issuerSerial SEQUENCE { issuer GeneralNames (SEQUENCE { [4] Name }), serialNumber } }
+    let mut issuer_serial = tlv(0x30, &tlv(0xa4, &issuer));
+    issuer_serial.extend(serial);
+    let mut cert_id = tlv(0x04, cert_hash.as_ref());
+    cert_id.extend(tlv(0x30, &issuer_serial));
+    let value = tlv(0x30, &tlv(0x30, &tlv(0x30, &cert_id)));
+    // Attribute ::= SEQUENCE { id-aa-signingCertificateV2, SET { value } }
+    let mut attr = b"\x06\x0b\x2a\x86\x48\x86\xf7\x0d\x01\x09\x10\x02\x2f".to_vec();
+    attr.extend(tlv(0x31, &value));
+    assert!(
+        hex(&p7s).contains(&hex(&tlv(0x30, &attr))),
+        "signingCertificateV2 for Alice's certificate not found"
+    );
+}
+
+/// DER tag-length-value (definite lengths up to 65535).
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let n = content.len();
+    let mut out = vec![tag];
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n < 0x100 {
+        out.extend([0x81, n as u8]);
+    } else {
+        out.extend([0x82, (n >> 8) as u8, n as u8]);
+    }
+    out.extend_from_slice(content);
+    out
 }

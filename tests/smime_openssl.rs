@@ -74,7 +74,7 @@ fn detached_rsa_signature_verifies_with_openssl_for_every_digest_and_padding() {
 }
 
 #[test]
-fn signed_attributes_include_time_capabilities_and_encryption_key_preference() {
+fn signed_attributes_include_time_capabilities_signing_certificate_and_key_preference() {
     let signed = smime::sign(&sample_message(), &alice(), &SignOptions::default()).unwrap();
     let printed = openssl_print(&signed);
     for needle in [
@@ -85,6 +85,7 @@ fn signed_attributes_include_time_capabilities_and_encryption_key_preference() {
         "id-smime-aa-encrypKeyPref",
         "Alice Lovelace",
         "aes-256-cbc",
+        "id-smime-aa-signingCertificateV2",
     ] {
         assert!(printed.contains(needle), "missing {needle} in:\n{printed}");
     }

@@ -446,3 +446,86 @@ async fn encrypt_header_raises_encryption_and_is_removed() {
         "not inside either: {inner}"
     );
 }
+
+#[tokio::test]
+async fn subject_tag_is_stripped_in_the_form_it_was_detected_encoded_or_folded() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(smime_config(&up, false).raw(
+        "[policy]\nencrypt = \"never\"\nsubject_tag = \"[secure]\"\non_missing_key = \"bounce\"\n",
+    ))
+    .await;
+    // (raw Subject field, what the recipient's client shows afterwards)
+    let cases: &[(&str, &str)] = &[
+        // "[secure] quarterly" as one base64 encoded-word
+        ("Subject: =?UTF-8?B?W3NlY3VyZV0gcXVhcnRlcmx5?=", "quarterly"),
+        // "[SECURE] Grüße aus Köln": the rest is not ASCII and is re-encoded
+        (
+            "Subject: =?UTF-8?B?W1NFQ1VSRV0gR3LDvMOfZSBhdXMgS8O2bG4=?=",
+            "Gr\u{fc}\u{df}e aus K\u{f6}ln",
+        ),
+        // folded, the tag in the second of two Q encoded-words
+        (
+            "Subject: =?UTF-8?Q?quarterly?=\r\n =?UTF-8?Q?_numbers_=5BSecure=5D?=",
+            "quarterly numbers",
+        ),
+        // folded plain text
+        (
+            "Subject: [secure]\r\n quarterly\r\n numbers",
+            "quarterly numbers",
+        ),
+    ];
+    for (i, (subject, _)) in cases.iter().enumerate() {
+        let msg = String::from_utf8(message("bob@smime.example", "x@y.example"))
+            .unwrap()
+            .replace("Subject: quarterly", subject)
+            .replace("<q1@smime.example>", &format!("<tag{i}@smime.example>"));
+        gw.send_ok(
+            "alice@smime.example",
+            &["bob@smime.example"],
+            msg.as_bytes(),
+        )
+        .await;
+    }
+    let got = gw.expect_upstream(&up, cases.len()).await;
+    for (i, (subject, shown)) in cases.iter().enumerate() {
+        let id = format!("tag{i}@smime.example");
+        let copy = got
+            .iter()
+            .find(|r| {
+                let h = mail_parser::MessageParser::default().parse_headers(&r.data);
+                h.and_then(|m| m.message_id().map(|x| x == id))
+                    .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("no copy of {id}"));
+        let text = String::from_utf8_lossy(&copy.data);
+        assert!(
+            !text.contains(CANARY),
+            "{subject:?} did not raise encryption"
+        );
+        let head = &text[..text.find("\r\n\r\n").unwrap()];
+        let relayed = mail_parser::MessageParser::default()
+            .parse_headers(head.as_bytes())
+            .and_then(|m| m.subject().map(str::to_string));
+        assert_eq!(
+            relayed.as_deref(),
+            Some(*shown),
+            "{subject:?} relayed as:\n{head}"
+        );
+        let field = &head[head.find("\nSubject:").expect("Subject kept") + 1..];
+        let field_lines = 1 + field
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with([' ', '\t']))
+            .count();
+        assert!(
+            field.lines().take(field_lines).all(|l| l.len() <= 78),
+            "Subject within the line limit:\n{head}"
+        );
+        let inner = String::from_utf8_lossy(&bob_decrypt(&copy.data)).to_string();
+        assert!(inner.contains(CANARY));
+        assert!(
+            !inner.to_ascii_lowercase().contains("[secure]"),
+            "no tag inside either: {inner}"
+        );
+    }
+}

@@ -53,6 +53,7 @@ fn detached_rsa_signature_verifies_with_openssl_for_every_digest_and_padding() {
             form: SignForm::Detached,
             digest,
             rsa_pss: pss,
+            ..Default::default()
         };
         let signed = smime::sign(&sample_message(), &alice, &opts).unwrap();
         let head = header_block(&signed);
@@ -73,7 +74,7 @@ fn detached_rsa_signature_verifies_with_openssl_for_every_digest_and_padding() {
 }
 
 #[test]
-fn signed_attributes_include_time_capabilities_and_encryption_key_preference() {
+fn signed_attributes_include_time_capabilities_signing_certificate_and_key_preference() {
     let signed = smime::sign(&sample_message(), &alice(), &SignOptions::default()).unwrap();
     let printed = openssl_print(&signed);
     for needle in [
@@ -83,7 +84,8 @@ fn signed_attributes_include_time_capabilities_and_encryption_key_preference() {
         "S/MIME Capabilities",
         "id-smime-aa-encrypKeyPref",
         "Alice Lovelace",
-        "aes-256-gcm",
+        "aes-256-cbc",
+        "id-smime-aa-signingCertificateV2",
     ] {
         assert!(printed.contains(needle), "missing {needle} in:\n{printed}");
     }
@@ -117,6 +119,7 @@ fn ecdsa_p256_signature_verifies_with_openssl() {
             form,
             digest: Digest::Sha512,
             rsa_pss: true,
+            ..Default::default()
         };
         let signed = smime::sign(&sample_message(), &erin, &opts).unwrap();
         if form == SignForm::Detached {

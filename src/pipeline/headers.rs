@@ -1,8 +1,8 @@
 //! What the pipeline needs from a message's header, read once per attempt with `mail-parser`:
 //! the From: address (it picks the signing key: recipients' clients compare it with the
 //! certificate), the To:/Cc: addresses (anyone else is a Bcc), Message-ID (audit log), and the
-//! per-message triggers. [`strip_triggers`] removes the trigger header and subject tag on the raw
-//! bytes, before anything is signed.
+//! per-message triggers. [`strip_triggers`] removes the trigger header and subject tag before
+//! anything is signed, judging the tag on the same decoded Subject text that raised it.
 
 use mail_parser::{HeaderValue, MessageParser};
 
@@ -159,16 +159,124 @@ pub fn remove_fields(message: &[u8], names: &[String]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// True when `subject` carries `tag` (case-insensitive).
+/// True when `subject` (the decoded text [`read`] returns) carries `tag`, case-insensitive
+/// (ASCII). [`strip_triggers`] removes it with the same test on the same decoded form.
 pub fn has_tag(subject: Option<&str>, tag: Option<&str>) -> bool {
     match (subject, tag) {
-        (Some(s), Some(t)) => s.to_ascii_lowercase().contains(&t.to_ascii_lowercase()),
+        (Some(s), Some(t)) => without_tag(s, t).is_some(),
         _ => false,
     }
 }
 
-/// Removes header fields named `header` and the first `tag` in Subject:, on the raw bytes.
-/// Returns `None` when there is nothing to change (no copy made).
+/// `subject` without the first `tag` (ASCII case-insensitive) and one space after it, or
+/// `None` when the tag is not there. Byte offsets survive `to_ascii_lowercase`, so the match
+/// in the lowered copy cuts the original at the same char boundaries.
+fn without_tag(subject: &str, tag: &str) -> Option<String> {
+    if tag.is_empty() {
+        return None;
+    }
+    let at = subject
+        .to_ascii_lowercase()
+        .find(&tag.to_ascii_lowercase())?;
+    let mut after = at + tag.len();
+    if subject[after..].starts_with(' ') {
+        after += 1;
+    }
+    Some(format!("{}{}", &subject[..at], &subject[after..]))
+}
+
+/// The decoded text of one raw `Subject:` field (RFC 2047 encoded-words decoded, folding
+/// removed), read by the same parser as [`read`].
+fn decoded_subject(field: &[u8]) -> Option<String> {
+    let mut block = field.to_vec();
+    block.extend_from_slice(b"\r\n");
+    MessageParser::default()
+        .parse_headers(&block)?
+        .subject()
+        .map(str::to_string)
+}
+
+/// One raw Subject field without `tag`, or `None` when its decoded text does not carry it:
+/// detection and removal look at the same decoded text, so an encoded tag
+/// (`=?UTF-8?B?W3NlY3VyZV0gaGk=?=`) cannot raise encryption and still be relayed. A field
+/// without encoded-words that holds the tag verbatim loses just those bytes (its folding is
+/// kept); any other is rewritten from the decoded text by [`subject_field`].
+fn strip_subject(field: &[u8], name_end: usize, tag: &str) -> Option<Vec<u8>> {
+    let decoded = decoded_subject(field)?;
+    let stripped = without_tag(&decoded, tag)?;
+    let value = &field[name_end + 1..];
+    if memchr::memmem::find(value, b"=?").is_none()
+        && let Some(pos) = memchr::memmem::find(
+            &value.to_ascii_lowercase(),
+            tag.to_ascii_lowercase().as_bytes(),
+        )
+    {
+        let at = name_end + 1 + pos;
+        let mut after = at + tag.len();
+        if field.get(after) == Some(&b' ') {
+            after += 1;
+        }
+        let mut out = field[..at].to_vec();
+        out.extend_from_slice(&field[after..]);
+        return Some(out);
+    }
+    Some(subject_field(&field[..name_end], stripped.trim()))
+}
+
+/// `name: text` CRLF, folded below 78 columns (RFC 5322 §2.2.3). Printable ASCII that cannot
+/// be mistaken for an encoded-word stays as it is; anything else becomes UTF-8 "B"
+/// encoded-words of at most 36 octets each (60 characters, RFC 2047 §2 allows 75), split on
+/// character boundaries, one per line (white space between encoded-words is not part of the
+/// text, RFC 2047 §6.2).
+fn subject_field(name: &[u8], text: &str) -> Vec<u8> {
+    use base64::Engine;
+    let mut out = name.to_vec();
+    out.push(b':');
+    let plain = !text.contains("=?")
+        && text
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        && text.split(' ').all(|w| w.len() <= 70);
+    if plain {
+        let mut column = out.len();
+        for (i, word) in text.split(' ').enumerate() {
+            if i > 0 && column + 1 + word.len() > 78 {
+                out.extend_from_slice(b"\r\n");
+                column = 0;
+            }
+            out.push(b' ');
+            out.extend_from_slice(word.as_bytes());
+            column += 1 + word.len();
+        }
+    } else {
+        let mut rest = text;
+        let mut first = true;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(36);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (chunk, tail) = rest.split_at(cut);
+            if !first {
+                out.extend_from_slice(b"\r\n");
+            }
+            first = false;
+            out.extend_from_slice(b" =?UTF-8?B?");
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(chunk)
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"?=");
+            rest = tail;
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Removes header fields named `header` and the first `tag` in each Subject: that carries it
+/// (see [`strip_subject`]). Returns `None` when there is nothing to change (no copy made).
 pub fn strip_triggers(message: &[u8], tag: Option<&str>, header: Option<&str>) -> Option<Vec<u8>> {
     let end = header_len(message);
     let head = &message[..end];
@@ -188,25 +296,18 @@ pub fn strip_triggers(message: &[u8], tag: Option<&str>, header: Option<&str>) -
             }
         }
         let field = &head[i..j];
-        let name_end = memchr::memchr(b':', field).unwrap_or(0);
-        let name = std::str::from_utf8(&field[..name_end]).unwrap_or("").trim();
+        let colon = memchr::memchr(b':', field);
+        let name = std::str::from_utf8(&field[..colon.unwrap_or(0)])
+            .unwrap_or("")
+            .trim();
         if header.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
             changed = true;
-        } else if let (true, Some(tag)) = (name.eq_ignore_ascii_case("subject"), tag) {
-            let lower = field.to_ascii_lowercase();
-            match memchr::memmem::find(&lower[name_end..], tag.to_ascii_lowercase().as_bytes()) {
-                Some(pos) => {
-                    let at = name_end + pos;
-                    let mut after = at + tag.len();
-                    if field.get(after) == Some(&b' ') {
-                        after += 1;
-                    }
-                    out.extend_from_slice(&field[..at]);
-                    out.extend_from_slice(&field[after..]);
-                    changed = true;
-                }
-                None => out.extend_from_slice(field),
-            }
+        } else if let (true, Some(tag), Some(colon)) =
+            (name.eq_ignore_ascii_case("subject"), tag, colon)
+            && let Some(new) = strip_subject(field, colon, tag)
+        {
+            out.extend_from_slice(&new);
+            changed = true;
         } else {
             out.extend_from_slice(field);
         }
@@ -284,5 +385,72 @@ mod tests {
             "the body is never touched"
         );
         assert!(strip_triggers(MSG, Some("[other]"), Some("X-None")).is_none());
+    }
+
+    fn subject_after_strip(subject_field: &str) -> String {
+        let msg =
+            format!("From: a@example.org\r\n{subject_field}To: b@example.org\r\n\r\nbody\r\n");
+        let tag = Some("[Secure]");
+        let h = read(msg.as_bytes(), None);
+        assert!(
+            has_tag(h.subject.as_deref(), tag),
+            "{subject_field:?} is detected"
+        );
+        let out = strip_triggers(msg.as_bytes(), tag, None).expect("changed");
+        let after = read(&out, None);
+        assert!(
+            !has_tag(after.subject.as_deref(), tag),
+            "{subject_field:?} is stripped"
+        );
+        assert!(out.ends_with(b"To: b@example.org\r\n\r\nbody\r\n"));
+        for line in out.split(|&b| b == b'\n') {
+            assert!(line.len() <= 78, "{:?}", String::from_utf8_lossy(line));
+        }
+        after.subject.unwrap_or_default()
+    }
+
+    #[test]
+    fn detects_and_strips_the_tag_in_the_same_decoded_form() {
+        let table: &[(&str, &str)] = &[
+            ("Subject: [secure] hello\r\n", "hello"),
+            ("Subject: =?UTF-8?B?W3NlY3VyZV0gaGVsbG8=?=\r\n", "hello"),
+            ("Subject: =?utf-8?q?=5BSECURE=5D_hello?=\r\n", "hello"),
+            (
+                "Subject: =?UTF-8?B?W3NlY3VyZV0gR3LDvMOfZQ==?=\r\n",
+                "Gr\u{fc}\u{df}e",
+            ),
+            (
+                "Subject: =?ISO-8859-1?Q?Gr=FC=DFe?= [secure]\r\n",
+                "Gr\u{fc}\u{df}e",
+            ),
+            (
+                "Subject: =?UTF-8?Q?quarterly?=\r\n =?UTF-8?Q?_numbers_=5Bsecure=5D?=\r\n",
+                "quarterly numbers",
+            ),
+            ("Subject: [Secure]\r\n\tfolded\r\n", "folded"),
+        ];
+        for (field, expected) in table {
+            assert_eq!(subject_after_strip(field), *expected, "{field:?}");
+        }
+        // A long non-ASCII subject is re-encoded in encoded-words that fit the line limit.
+        let long = "\u{fc}ber ".repeat(30);
+        let field = format!(
+            "Subject: =?UTF-8?B?{}?=\r\n",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("[secure] {long}")
+            )
+        );
+        assert_eq!(subject_after_strip(&field), long.trim());
+    }
+
+    #[test]
+    fn a_subject_without_the_tag_is_left_alone() {
+        let msg = b"Subject: =?UTF-8?B?aGVsbG8=?=\r\n\r\nbody [secure]\r\n";
+        assert!(!has_tag(
+            read(msg, None).subject.as_deref(),
+            Some("[secure]")
+        ));
+        assert!(strip_triggers(msg, Some("[secure]"), None).is_none());
     }
 }

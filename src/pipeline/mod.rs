@@ -256,7 +256,27 @@ pub fn cipher_name(c: Cipher) -> &'static str {
 
 fn sign_options(rt: &Runtime) -> smime::SignOptions {
     let p = &rt.config.policy;
+    let cipher = |c: Cipher| match c {
+        Cipher::Aes256Cbc => smime::ContentCipher::Aes256Cbc,
+        Cipher::Aes128Gcm => smime::ContentCipher::Aes128Gcm,
+        Cipher::Aes256Gcm => smime::ContentCipher::Aes256Gcm,
+    };
+    let transport = |k: KeyTransport| match k {
+        KeyTransport::RsaPkcs1 => smime::KeyTransport::RsaPkcs1,
+        KeyTransport::RsaOaep => smime::KeyTransport::RsaOaep,
+    };
+    // SMIMECapabilities (RFC 8551 §2.5.2, §2.7.1): the [policy] default first, then what the
+    // rules name; `smime::ReplyAlgorithms` says why and orders them.
+    let mut replies = smime::ReplyAlgorithms::preferring(
+        cipher(p.defaults.encryption),
+        transport(p.defaults.key_transport),
+    );
+    for rule in &p.rules {
+        let (c, k) = rule.algorithms();
+        replies.accept(c.map(cipher), k.map(transport));
+    }
     smime::SignOptions {
+        replies,
         form: match p.signature_form {
             SignatureForm::Detached => smime::SignForm::Detached,
             SignatureForm::Opaque => smime::SignForm::Opaque,

@@ -111,6 +111,12 @@ impl Rule {
         hit(&self.from, sender) && hit(&self.to, recipient)
     }
 
+    /// The cipher and key transport this rule sets, if any: signatures announce them
+    /// (SMIMECapabilities, see `pipeline::sign_options`).
+    pub fn algorithms(&self) -> (Option<Cipher>, Option<KeyTransport>) {
+        (self.set.encryption, self.set.key_transport)
+    }
+
     fn is_catch_all(&self) -> bool {
         let all =
             |globs: &[(String, WildMatch)]| globs.is_empty() || globs.iter().any(|(s, _)| s == "*");

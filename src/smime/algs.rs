@@ -10,6 +10,8 @@ use der::asn1::Null;
 use der::{Any, Decode, Encode};
 use spki::AlgorithmIdentifierOwned;
 
+use super::{ContentCipher, KeyTransport, ReplyAlgorithms};
+
 // Content types (RFC 5652 §4-6, RFC 5083 §1).
 pub const ID_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.1");
 pub const ID_SIGNED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.2");
@@ -19,6 +21,8 @@ pub const ID_AUTH_ENVELOPED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.1
 // Signed attributes (RFC 5652 §11, RFC 8551 §2.5).
 pub const ID_SMIME_CAPABILITIES: Oid = Oid::new_unwrap("1.2.840.113549.1.9.15");
 pub const ID_ENCRYPTION_KEY_PREFERENCE: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.2.11");
+/// id-aa-signingCertificateV2 (RFC 5035 §5.4).
+pub const ID_SIGNING_CERTIFICATE_V2: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.2.47");
 
 // Digests (RFC 5754 §2).
 pub const SHA256: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.1");
@@ -29,12 +33,11 @@ pub const RSA_ENCRYPTION: Oid = Oid::new_unwrap("1.2.840.113549.1.1.1");
 pub const ID_RSAES_OAEP: Oid = Oid::new_unwrap("1.2.840.113549.1.1.7");
 pub const ID_MGF1: Oid = Oid::new_unwrap("1.2.840.113549.1.1.8");
 pub const ID_RSASSA_PSS: Oid = Oid::new_unwrap("1.2.840.113549.1.1.10");
+pub const SHA256_WITH_RSA_ENCRYPTION: Oid = Oid::new_unwrap("1.2.840.113549.1.1.11");
 pub const ECDSA_WITH_SHA256: Oid = Oid::new_unwrap("1.2.840.10045.4.3.2");
 pub const ID_EC_PUBLIC_KEY: Oid = Oid::new_unwrap("1.2.840.10045.2.1");
 
 // Content encryption and key wrap (RFC 3565 §4, RFC 5084 §3).
-pub const AES128_CBC: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.2");
-pub const AES192_CBC: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.22");
 pub const AES256_CBC: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.42");
 pub const AES128_GCM: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.6");
 pub const AES256_GCM: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.46");
@@ -130,20 +133,42 @@ pub fn ecc_cms_shared_info(
     Ok(tlv(0x30, &content))
 }
 
-/// SMIMECapabilities value (RFC 8551 §2.5.2), in our order of preference: authenticated
-/// encryption first, then AES-CBC; the signature and key management algorithms we use.
-pub fn smime_capabilities() -> Result<Vec<u8>, der::Error> {
-    let caps: Vec<AlgorithmIdentifierOwned> = vec![
-        alg(AES256_GCM),
-        alg(AES128_GCM),
-        alg(AES256_CBC),
-        alg(AES192_CBC),
-        alg(AES128_CBC),
-        alg(ID_RSAES_OAEP),
-        alg(ID_RSASSA_PSS),
-        alg(ECDSA_WITH_SHA256),
-        alg(DH_SINGLE_PASS_STD_DH_SHA256KDF),
-    ];
+/// SMIMECapabilities value (RFC 8551 §2.5.2): what replies to the signer should use, most
+/// preferred first. Content ciphers, then key encipherment, then signatures, each in the order
+/// of `replies` (see [`ReplyAlgorithms`] for why the policy decides it):
+///
+/// - AES-CBC (RFC 3565 §4) and AES-GCM (RFC 5084 §3) with absent parameters;
+/// - RSAES-OAEP with explicit SHA-256 / MGF1-SHA-256 parameters (RFC 4055 §4.1): empty
+///   parameters would mean the SHA-1 defaults (RFC 3560 §5); rsaEncryption with NULL
+///   (RFC 3370 §4.2.1); ECDH with the SHA-256 KDF, which EC recipients always get (RFC 5753);
+/// - the RSA signature scheme the policy signs with: RSASSA-PSS with explicit SHA-256 /
+///   MGF1-SHA-256 / salt 32 parameters (RFC 4055 §3.1, the default would be SHA-1), or
+///   sha256WithRSAEncryption with NULL (RFC 5754 §3.2); then ECDSA with SHA-256.
+///
+/// Only SHA-256 variants are announced: the digest option is about what we send, and SHA-256
+/// is what every S/MIME 4.0 agent reads (RFC 8551 §2.1).
+pub fn smime_capabilities(replies: &ReplyAlgorithms, rsa_pss: bool) -> Result<Vec<u8>, der::Error> {
+    let mut caps: Vec<AlgorithmIdentifierOwned> = Vec::new();
+    for c in &replies.ciphers {
+        caps.push(alg(match c {
+            ContentCipher::Aes256Cbc => AES256_CBC,
+            ContentCipher::Aes128Gcm => AES128_GCM,
+            ContentCipher::Aes256Gcm => AES256_GCM,
+        }));
+    }
+    for k in &replies.key_transports {
+        caps.push(match k {
+            KeyTransport::RsaOaep => alg_with(ID_RSAES_OAEP, &oaep_sha256_params())?,
+            KeyTransport::RsaPkcs1 => alg_null(RSA_ENCRYPTION),
+        });
+    }
+    caps.push(alg(DH_SINGLE_PASS_STD_DH_SHA256KDF));
+    caps.push(if rsa_pss {
+        alg_with(ID_RSASSA_PSS, &pss_params(SHA256, 32))?
+    } else {
+        alg_null(SHA256_WITH_RSA_ENCRYPTION)
+    });
+    caps.push(alg(ECDSA_WITH_SHA256));
     caps.to_der()
 }
 
@@ -171,5 +196,45 @@ mod tests {
             crate::store::hex(&si),
             "3015300b060960864801650304012da20604040000".to_owned() + "0100"
         );
+    }
+
+    #[test]
+    fn capabilities_carry_the_rfc4055_sha256_parameters_openssl_writes() {
+        use crate::smime::{ContentCipher, KeyTransport, ReplyAlgorithms};
+        let mut replies =
+            ReplyAlgorithms::preferring(ContentCipher::Aes256Gcm, KeyTransport::RsaOaep);
+        replies.accept(Some(ContentCipher::Aes256Cbc), Some(KeyTransport::RsaPkcs1));
+        let der = smime_capabilities(&replies, true).unwrap();
+        let caps = Vec::<AlgorithmIdentifierOwned>::from_der(&der).unwrap();
+        let hex: Vec<String> = caps
+            .iter()
+            .map(|c| crate::store::hex(&c.to_der().unwrap()))
+            .collect();
+        assert_eq!(
+            hex,
+            [
+                "060960864801650304012e",
+                "060960864801650304012a",
+                // id-RSAES-OAEP { sha256 NULL, mgf1 { sha256 NULL } } (RFC 4055 §4.1; OpenSSL
+                // -keyopt rsa_oaep_md:sha256 writes the same parameters)
+                "06092a864886f70d010107302fa00f300d06096086480165030402010500a11c301a06092a864886f70d010108300d06096086480165030402010500",
+                // rsaEncryption NULL (RFC 3370 §4.2.1)
+                "06092a864886f70d0101010500",
+                "06062b8104010b01",
+                // id-RSASSA-PSS { sha256 NULL, mgf1 { sha256 NULL }, salt 32 } (RFC 4055 §3.1),
+                // as `openssl req -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32
+                // -sha256` writes it
+                "06092a864886f70d01010a3034a00f300d06096086480165030402010500a11c301a06092a864886f70d010108300d06096086480165030402010500a203020120",
+                "06082a8648ce3d040302",
+            ]
+            .map(|h| format!("30{:02x}{h}", h.len() / 2))
+        );
+        // PKCS#1 v1.5 signatures: sha256WithRSAEncryption NULL (RFC 5754 §3.2).
+        let der = smime_capabilities(&ReplyAlgorithms::default(), false).unwrap();
+        let caps = Vec::<AlgorithmIdentifierOwned>::from_der(&der).unwrap();
+        assert_eq!(caps[0], alg(AES256_CBC));
+        assert_eq!(caps[1], alg_null(RSA_ENCRYPTION));
+        assert_eq!(caps[3], alg_null(SHA256_WITH_RSA_ENCRYPTION));
+        assert_eq!(caps.len(), 5);
     }
 }

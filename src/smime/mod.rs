@@ -48,12 +48,76 @@ pub enum Digest {
     Sha512,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SignOptions {
     pub form: SignForm,
     pub digest: Digest,
     /// RSASSA-PSS instead of PKCS#1 v1.5 for RSA keys (RFC 4056); ignored for EC keys.
     pub rsa_pss: bool,
+    /// What replies to the signer should use, announced in SMIMECapabilities (RFC 8551
+    /// §2.5.2). The pipeline fills it from the policy; the default is the policy's default.
+    pub replies: ReplyAlgorithms,
+}
+
+/// The algorithms a signature announces for replies, most preferred first (RFC 8551 §2.5.2:
+/// the SMIMECapabilities list is ordered by preference, and a replying agent takes the first
+/// entry it supports, §2.7.1.1).
+///
+/// Who decrypts a reply is our user's own client, not cachet (there is no inbound
+/// decryption), and what the operator configured is the best statement of what those clients
+/// read: so the list holds exactly the ciphers and RSA key transports the policy names, the
+/// `[policy]` default first, then those a rule names. AES-256-CBC (EnvelopedData, read by
+/// every client) comes before the GCM ciphers (AuthEnvelopedData, RFC 8551 §2.7 SHOULD+ but
+/// not yet read everywhere) unless the default itself is GCM: after the default, ciphers of
+/// its own family (CBC or GCM) come before the other family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAlgorithms {
+    /// Content ciphers; never empty when built with [`ReplyAlgorithms::preferring`].
+    pub ciphers: Vec<ContentCipher>,
+    /// RSA key transports.
+    pub key_transports: Vec<KeyTransport>,
+}
+
+impl Default for ReplyAlgorithms {
+    fn default() -> Self {
+        ReplyAlgorithms::preferring(ContentCipher::default(), KeyTransport::default())
+    }
+}
+
+impl ReplyAlgorithms {
+    /// Starts the list with the preferred (default) cipher and key transport.
+    pub fn preferring(cipher: ContentCipher, key_transport: KeyTransport) -> Self {
+        ReplyAlgorithms {
+            ciphers: vec![cipher],
+            key_transports: vec![key_transport],
+        }
+    }
+
+    /// Adds what one rule names (`None`: the rule keeps the default). A cipher of the
+    /// preferred cipher's family goes after the last one of that family already listed, any
+    /// other at the end; duplicates are ignored.
+    pub fn accept(&mut self, cipher: Option<ContentCipher>, key_transport: Option<KeyTransport>) {
+        if let Some(c) = cipher
+            && !self.ciphers.contains(&c)
+        {
+            match self.ciphers.first().copied() {
+                Some(first) if first.is_gcm() == c.is_gcm() => {
+                    let at = self
+                        .ciphers
+                        .iter()
+                        .rposition(|x| x.is_gcm() == first.is_gcm())
+                        .map_or(0, |i| i + 1);
+                    self.ciphers.insert(at, c);
+                }
+                _ => self.ciphers.push(c),
+            }
+        }
+        if let Some(k) = key_transport
+            && !self.key_transports.contains(&k)
+        {
+            self.key_transports.push(k);
+        }
+    }
 }
 
 /// Content encryption (RFC 8551 §2.7).
@@ -66,6 +130,13 @@ pub enum ContentCipher {
     Aes128Gcm,
     /// AuthEnvelopedData, AES-256-GCM (RFC 5084).
     Aes256Gcm,
+}
+
+impl ContentCipher {
+    /// AuthEnvelopedData (AES-GCM) rather than EnvelopedData (AES-CBC).
+    pub fn is_gcm(self) -> bool {
+        !matches!(self, ContentCipher::Aes256Cbc)
+    }
 }
 
 /// Key transport for RSA recipients; EC P-256 recipients always use ECDH (RFC 5753).
@@ -241,4 +312,52 @@ pub fn encrypt(
     );
     out.extend_from_slice(&mime::base64_lines(&der));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContentCipher::{Aes128Gcm, Aes256Cbc, Aes256Gcm};
+    use super::KeyTransport::{RsaOaep, RsaPkcs1};
+    use super::*;
+
+    /// (default cipher, ciphers rules name in rule order, announced order)
+    #[test]
+    fn reply_ciphers_put_the_default_first_then_its_own_family() {
+        let table: &[(ContentCipher, &[ContentCipher], &[ContentCipher])] = &[
+            (Aes256Cbc, &[], &[Aes256Cbc]),
+            (
+                Aes256Cbc,
+                &[Aes256Gcm, Aes128Gcm],
+                &[Aes256Cbc, Aes256Gcm, Aes128Gcm],
+            ),
+            (
+                Aes256Gcm,
+                &[Aes256Cbc, Aes128Gcm],
+                &[Aes256Gcm, Aes128Gcm, Aes256Cbc],
+            ),
+            (
+                Aes128Gcm,
+                &[Aes256Cbc, Aes256Gcm],
+                &[Aes128Gcm, Aes256Gcm, Aes256Cbc],
+            ),
+            (Aes256Gcm, &[Aes256Gcm, Aes256Gcm], &[Aes256Gcm]),
+        ];
+        for (default, named, expected) in table {
+            let mut r = ReplyAlgorithms::preferring(*default, RsaPkcs1);
+            for c in *named {
+                r.accept(Some(*c), None);
+            }
+            assert_eq!(&r.ciphers, expected, "default {default:?}, rules {named:?}");
+        }
+    }
+
+    #[test]
+    fn reply_key_transports_put_the_default_first() {
+        let mut r = ReplyAlgorithms::preferring(Aes256Cbc, RsaOaep);
+        r.accept(None, Some(RsaPkcs1));
+        r.accept(Some(Aes256Cbc), Some(RsaOaep));
+        assert_eq!(r.key_transports, [RsaOaep, RsaPkcs1]);
+        assert_eq!(r.ciphers, [Aes256Cbc]);
+        assert_eq!(ReplyAlgorithms::default().key_transports, [RsaPkcs1]);
+    }
 }

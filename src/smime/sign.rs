@@ -1,10 +1,12 @@
 //! CMS SignedData for S/MIME signatures (RFC 5652 §5, RFC 8551 §2.5, §3.5).
 //!
 //! Built directly on the `cms` crate's types; all key operations go through
-//! [`SigningIdentity::sign`] (aws-lc-rs). The signed attributes are, in DER SET OF order:
-//! content-type, signing-time, message-digest, smimeCapabilities, and
+//! [`SigningIdentity::sign`] (aws-lc-rs). The signed attributes are content-type,
+//! signing-time, message-digest, smimeCapabilities (what replies should use, from the policy),
+//! ESS signingCertificateV2 (RFC 5035, binding the signature to the signer certificate), and
 //! SMIMEEncryptionKeyPreference when the signer has its own encryption certificate
-//! (RFC 8551 §2.5.3). The signer's chain (without the trust anchor) is included.
+//! (RFC 8551 §2.5.3); `SetOfVec` keeps them in DER SET OF order. The signer's chain (without
+//! the trust anchor) is included.
 
 use aws_lc_rs::digest;
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
@@ -32,6 +34,24 @@ pub(crate) fn issuer_and_serial(der: &[u8]) -> Result<IssuerAndSerialNumber, Smi
         issuer: cert.tbs_certificate().issuer().clone(),
         serial_number: cert.tbs_certificate().serial_number().clone(),
     })
+}
+
+/// SigningCertificateV2 (RFC 5035 §5.4) naming the signer certificate `cert_der`, so the
+/// signature cannot be re-attributed to another certificate with the same key (RFC 5035 §3,
+/// RFC 8551 §2.5 recommends it). One ESSCertIDv2: certHash is the SHA-256 of the certificate,
+/// hashAlgorithm is left out because SHA-256 is its DEFAULT (DER omits defaults, X.690
+/// §11.5), and issuerSerial names the issuer as a directoryName GeneralName.
+pub(crate) fn signing_certificate_v2(cert_der: &[u8]) -> Result<Vec<u8>, SmimeError> {
+    let ias = issuer_and_serial(cert_der)?;
+    let hash = digest::digest(&digest::SHA256, cert_der);
+    // GeneralNames ::= SEQUENCE OF GeneralName; directoryName [4] EXPLICIT Name.
+    let general_names = algs::tlv(0x30, &algs::tlv(0xa4, &ias.issuer.to_der()?));
+    let mut issuer_serial = general_names;
+    issuer_serial.extend(ias.serial_number.to_der()?);
+    let mut cert_id = algs::tlv(0x04, hash.as_ref());
+    cert_id.extend(algs::tlv(0x30, &issuer_serial));
+    let certs = algs::tlv(0x30, &algs::tlv(0x30, &cert_id));
+    Ok(algs::tlv(0x30, &certs))
 }
 
 fn attribute(oid: Oid, value_der: &[u8]) -> Result<Attribute, SmimeError> {
@@ -70,7 +90,14 @@ pub(crate) fn signed_data(
         cms::builder::create_content_type_attribute(algs::ID_DATA)?,
         cms::builder::create_signing_time_attribute()?,
         cms::builder::create_message_digest_attribute(message_digest.as_ref())?,
-        attribute(algs::ID_SMIME_CAPABILITIES, &algs::smime_capabilities()?)?,
+        attribute(
+            algs::ID_SMIME_CAPABILITIES,
+            &algs::smime_capabilities(&opts.replies, opts.rsa_pss)?,
+        )?,
+        attribute(
+            algs::ID_SIGNING_CERTIFICATE_V2,
+            &signing_certificate_v2(id.certificate())?,
+        )?,
     ];
     if let Some(enc) = &id.encryption_cert {
         // SMIMEEncryptionKeyPreference ::= CHOICE { issuerAndSerialNumber [0] IMPLICIT ... }:

@@ -48,11 +48,9 @@ fn compose_demo_stack() {
     // The sink (same image, busybox SMTP) takes mail and stores it verbatim.
     let session = "EHLO t\r\nMAIL FROM:<a@demo.test>\r\nRCPT TO:<b@demo.test>\r\nDATA\r\n\
                    Subject: sink probe\r\n\r\n..leading dot\r\nsink-probe-token\r\n.\r\nQUIT\r\n";
-    let out = stack.exec_stdin(
-        "sink",
-        "(cat; sleep 2) | nc -w 5 127.0.0.1 2525",
-        session.as_bytes(),
-    );
+    // nc keeps reading after its stdin ends, until the sink closes the connection after QUIT;
+    // -w bounds a silent sink generously.
+    let out = stack.exec_stdin("sink", "nc -w 30 127.0.0.1 2525", session.as_bytes());
     assert!(
         out.contains("250 2.0.0 Ok: queued"),
         "sink did not take the probe: {out}"
@@ -108,7 +106,7 @@ fn compose_demo_stack() {
 
     // 2. SIGHUP reload keeps it serving.
     docker.run_ok(&["kill", "-s", "HUP", &cachet]);
-    std::thread::sleep(Duration::from_secs(2));
+    stack.wait_log("cachet", "configuration reloaded", Duration::from_secs(60));
     stack.wait_health(&cachet, Duration::from_secs(30));
     let token = format!("compose-after-hup-{}", std::process::id());
     let reply = smtp_send(&addr, "alice@demo.test", "bob@demo.test", &message(&token))
@@ -119,6 +117,8 @@ fn compose_demo_stack() {
     // 3. Restart the gateway (SIGTERM, grace period) while a sender is busy; every message
     //    that got a 250 after DATA must arrive. Refused/broken sessions are retried.
     let sender_addr = addr.clone();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent = progress.clone();
     let sender = std::thread::spawn(move || {
         let mut accepted = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -140,11 +140,20 @@ fn compose_demo_stack() {
                 }
             }
             accepted.push(token);
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(100));
         }
         accepted
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // Restart once the sender is under way (it has 30 messages to go through).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the sender got no 3 messages through in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stack.compose_ok(&["restart", "-t", "30", "cachet"]);
     let accepted = sender.join().expect("sender thread");
     tokens.extend(accepted);

@@ -13,7 +13,8 @@ use common::{
     Fault, Gateway, GatewayConfig, SmtpClient, Stage, Upstream, UpstreamOptions, python_send,
 };
 
-const WAIT: Duration = Duration::from_secs(5);
+/// Every wait is bounded by this; it only runs out when something is broken (or the machine very busy).
+const WAIT: Duration = Duration::from_secs(20);
 
 fn lines(seen: &[Seen]) -> Vec<(&str, bool)> {
     seen.iter().map(|s| (s.line.as_str(), s.tls)).collect()
@@ -503,8 +504,14 @@ async fn stopped_upstream_refuses_and_can_come_back_on_the_same_port() {
     let addr = up.addr();
     drop(up);
     // The aborted accept task drops its listener the next time the runtime runs it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(SmtpClient::connect(addr).await.is_err());
+    let deadline = std::time::Instant::now() + WAIT;
+    while SmtpClient::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stopped upstream still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut opts = UpstreamOptions::plain();
     opts.bind = Some(addr);
     let up = Upstream::start(opts).await;
@@ -582,22 +589,84 @@ async fn gateway_that_exits_early_is_reported_with_its_logs() {
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
-/// A stand-in gateway: reads the config with tomllib, listens on `[server] listen`, greets, logs SIGHUP.
+/// Regression (issue 9): a port the harness picked can be taken by another process before the gateway
+/// binds it. The gateway then exits with `cannot listen on`; the harness picks new ports rather than fail
+/// the test.
+#[tokio::test]
+async fn a_picked_port_taken_before_the_start_is_replaced() {
+    let cfg = GatewayConfig::new();
+    let picked: std::net::SocketAddr = cfg
+        .get("admin", "listen")
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    let _squatter = std::net::TcpListener::bind(picked).expect("take the picked admin port");
+    let gw = Gateway::start(cfg).await;
+    assert_ne!(gw.admin_addr(), picked);
+    assert_eq!(gw.admin_get("/healthz").await, (200, "ok\n".to_string()));
+    let (_c, ehlo) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+    assert_eq!(ehlo.0, 250);
+    // A port the test chose itself is the test's business: that failure is reported.
+    let cfg = GatewayConfig::new().with("admin", "listen", &toml_str(&picked.to_string()));
+    let err = match Gateway::try_start(cfg).await {
+        Ok(_) => panic!("started on a port another process holds"),
+        Err(e) => e,
+    };
+    assert!(err.contains("cannot listen on"), "{err}");
+}
+
+/// A stand-in gateway: reads the config with tomllib, answers `GET /healthz` on `[admin] listen`, listens on
+/// `[server] listen`, greets with the number of the SMTP connection it accepted (from 1), logs SIGHUP.
 const FAKE_GATEWAY: &str = r#"
-import signal, socket, sys, tomllib
+import signal, socket, sys, threading, tomllib
 cfg = tomllib.load(open(sys.argv[sys.argv.index("--config") + 1], "rb"))
-host, port = cfg["server"]["listen"][0].rsplit(":", 1)
+def bind(addr):
+    host, port = addr.rsplit(":", 1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    s.listen()
+    return s, port
+def health(s):
+    while True:
+        c, _ = s.accept()
+        c.recv(2048)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+        c.close()
 signal.signal(signal.SIGHUP, lambda *a: print("reloaded config", file=sys.stderr, flush=True))
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((host, int(port)))
-s.listen()
+smtp, port = bind(cfg["server"]["listen"][0])
+admin, _ = bind(cfg["admin"]["listen"])
+threading.Thread(target=health, args=(admin,), daemon=True).start()
 print("fake gateway listening on", port, flush=True)
+n = 0
 while True:
-    c, _ = s.accept()
-    c.sendall(b"220 fake ESMTP\r\n")
+    c, _ = smtp.accept()
+    n += 1
+    c.sendall(b"220 fake ESMTP connection %d\r\n" % n)
     c.close()
 "#;
+
+/// Regression (issue 9): readiness was a connect to the SMTP port, and that probe held one of
+/// `max_connections` until the gateway noticed it had closed, so a test counting slots saw one too
+/// few. The first SMTP connection a test makes must be the gateway's first, after a restart too.
+#[tokio::test]
+async fn readiness_does_not_use_an_smtp_connection() {
+    let cfg = GatewayConfig::new().program(&["python3", "-c", FAKE_GATEWAY]);
+    let mut gw = Gateway::start(cfg).await;
+    for start in 1..=2 {
+        let mut c = SmtpClient::connect(gw.addr()).await.unwrap();
+        assert_eq!(
+            c.read_reply().await.unwrap(),
+            (220, "220 fake ESMTP connection 1".to_string()),
+            "start {start}: the harness used the SMTP port\n{}",
+            gw.logs()
+        );
+        if start == 1 {
+            gw.restart().await;
+        }
+    }
+}
 
 #[tokio::test]
 async fn gateway_handle_starts_kills_restarts_and_signals() {
@@ -607,7 +676,7 @@ async fn gateway_handle_starts_kills_restarts_and_signals() {
     let mut c = SmtpClient::connect(gw.addr()).await.unwrap();
     assert_eq!(
         c.read_reply().await.unwrap(),
-        (220, "220 fake ESMTP".to_string())
+        (220, "220 fake ESMTP connection 1".to_string())
     );
     assert!(
         gw.wait_log("fake gateway listening on", WAIT).await,

@@ -129,17 +129,18 @@ async fn metrics_count_exactly_and_health_follows_the_spool() {
     }
     assert_eq!(c.cmd("RCPT TO:<x@y.example>").await.unwrap().0, 503);
     up.wait_for(3, WAIT).await;
-    // Delivery is recorded just after the upstream's 250: poll briefly for the counters.
-    let mut after = String::new();
-    for _ in 0..50 {
-        after = gw.admin_get("/metrics").await.1;
+    // Delivery is recorded just after the upstream's 250: poll for the counters.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let after = loop {
+        let after = gw.admin_get("/metrics").await.1;
         if counter(&after, "cachet_recipients_relayed_total")
             >= counter(&before, "cachet_recipients_relayed_total") + 6
+            || tokio::time::Instant::now() >= deadline
         {
-            break;
+            break after;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     assert_eq!(
         counter(&after, "cachet_messages_accepted_total")
             - counter(&before, "cachet_messages_accepted_total"),

@@ -189,7 +189,12 @@ async fn untrusted_upstream_certificate_defers_and_sends_nothing() {
             .0,
         250
     );
-    up.wait_for_connections(2, WAIT).await;
+    // A second connection is the retry after the first attempt was deferred.
+    assert!(
+        up.wait_for_connections(2, WAIT).await >= 2,
+        "no retry\n{}",
+        gw.logs()
+    );
     assert!(up.received().is_empty());
     for conn in up.commands() {
         for seen in conn {
@@ -229,15 +234,21 @@ async fn upstream_without_starttls_is_never_used_in_plaintext() {
             .0,
         250
     );
-    up.wait_for_connections(1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(up.received().is_empty());
+    // The gateway says when it gives up on the connection; anything it sent in plaintext would
+    // have been sent by then.
     assert!(
-        gw.logs()
-            .contains("does not offer STARTTLS; not sending in plaintext"),
+        gw.wait_log("does not offer STARTTLS; not sending in plaintext", WAIT)
+            .await,
         "{}",
         gw.logs()
     );
+    assert!(up.received().is_empty());
+    for line in up.plaintext_commands().concat() {
+        assert!(
+            !line.starts_with("MAIL") && !line.starts_with("RCPT"),
+            "sent in plaintext: {line}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -272,8 +283,10 @@ async fn implicit_tls_upstream_and_smtps_listener() {
 
 #[tokio::test]
 async fn a_pooled_connection_closed_by_the_upstream_is_replaced_without_deferring() {
+    // The upstream drops a connection idle for 3 s: long enough that a slow gateway never
+    // trips it during a transaction, short enough to wait for.
     let mut opts = UpstreamOptions::starttls();
-    opts.idle_timeout = Duration::from_millis(300);
+    opts.idle_timeout = Duration::from_secs(3);
     let up = Upstream::start(opts).await;
     let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
     let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
@@ -286,7 +299,12 @@ async fn a_pooled_connection_closed_by_the_upstream_is_replaced_without_deferrin
     );
     assert_eq!(up.wait_for(1, WAIT).await.len(), 1);
     // The upstream drops the idle pooled connection; the next message must not be deferred.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        up.wait_for_closed(1, WAIT).await,
+        1,
+        "the upstream did not drop the idle connection\n{}",
+        gw.logs()
+    );
     assert_eq!(
         c.send_message("a@example.org", &["b@x.example"], &message("second"))
             .await

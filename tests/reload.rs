@@ -16,6 +16,18 @@ fn is_encrypted(data: &[u8]) -> bool {
     String::from_utf8_lossy(data).contains("smime-type=enveloped-data")
 }
 
+/// Polls `done` every 50 ms until it holds; panics with `what` after 30 s.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited 30 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn policy_reload_under_load_loses_nothing_and_applies_to_new_mail() {
     let up = Upstream::start(UpstreamOptions::starttls()).await;
@@ -50,7 +62,18 @@ async fn policy_reload_under_load_loses_nothing_and_applies_to_new_mail() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Mail flows, and the first message was delivered (sealed) under the old policy: sealing
+    // happens at delivery, so it must be out before the good reload below.
+    let delivered = |subject: &str| {
+        up.received()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.data).contains(&format!("Subject: {subject}\r\n")))
+    };
+    wait_until("load-0-0 delivered", || delivered("load-0-0")).await;
+    wait_until("mail before the reloads", || {
+        acked.lock().unwrap().len() >= 12
+    })
+    .await;
     // An invalid edit first: refused, the old (encrypting) policy keeps running.
     gw.rewrite_config(|c| {
         c.set("policy", "encrypt", "\"sometimes\"");
@@ -61,7 +84,11 @@ async fn policy_reload_under_load_loses_nothing_and_applies_to_new_mail() {
         "{}",
         gw.logs()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let so_far = acked.lock().unwrap().len();
+    wait_until("mail after the refused reload", || {
+        acked.lock().unwrap().len() >= so_far + 4
+    })
+    .await;
     // A valid edit: stop encrypting.
     gw.rewrite_config(|c| {
         c.set("policy", "encrypt", "\"never\"");
@@ -74,7 +101,10 @@ async fn policy_reload_under_load_loses_nothing_and_applies_to_new_mail() {
         gw.logs()
     );
     reloaded.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("mail after the good reload", || {
+        acked.lock().unwrap().iter().filter(|(_, a)| *a).count() >= 8
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         s.await.expect("sender saw an error");
@@ -112,8 +142,8 @@ async fn policy_reload_under_load_loses_nothing_and_applies_to_new_mail() {
         .filter(|s| !by_subject.contains_key(*s))
         .collect();
     assert!(lost.is_empty(), "lost across reloads: {lost:?}");
-    // Mail accepted after the reload took effect follows the new rule (not encrypted); mail
-    // from the first half second was encrypted under the old one.
+    // Mail accepted after the reload took effect follows the new rule (not encrypted); the
+    // first message, delivered before any reload, was encrypted under the old one.
     for s in &after {
         assert!(
             !by_subject[*s],

@@ -41,14 +41,24 @@ async fn bare_newline_end_of_data_variants_never_produce_a_message() {
         250
     );
     let got = up.wait_for(1, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!got.is_empty(), "the sentinel never arrived\n{}", gw.logs());
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: sentinel"));
+    // The spool empties once every queued message was delivered (or failed): then the upstream
+    // has everything the gateway ever accepted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let (ok, list) = gw.cli(&["queue", "list"]);
+        assert!(ok, "{list}");
+        if list.contains("-- 0 message(s)") || std::time::Instant::now() >= deadline {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(list.contains("-- 0 message(s)"), "{list}");
     let got_all = up.received();
     assert_eq!(
         got_all.len(),
         1,
         "only the sentinel may arrive: {got_all:?}"
     );
-    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: sentinel"));
-    let (ok, list) = gw.cli(&["queue", "list"]);
-    assert!(ok && list.contains("-- 0 message(s)"), "{list}");
 }

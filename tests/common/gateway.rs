@@ -1,7 +1,17 @@
 //! The real `cachet` binary as a child process: writes a TOML config (defaults + whatever the test gives) and
-//! any extra files into a temp dir, spawns `cachet serve --config <file>`, waits until the SMTP port accepts,
-//! and offers `kill_9`, `restart`, `sighup`. stdout/stderr go to files in the temp dir and are printed when a
-//! test panics (on Drop). Relative paths in the config resolve from the temp dir (the config's folder).
+//! any extra files into a temp dir, spawns `cachet serve --config <file>`, waits until it is ready, and offers
+//! `kill_9`, `restart`, `sighup`. stdout/stderr go to files in the temp dir and are printed when a test panics
+//! (on Drop). Relative paths in the config resolve from the temp dir (the config's folder).
+//!
+//! Ready means `GET /healthz` on the admin listener answers 200: cachet binds it after the SMTP listeners and
+//! answers 200 only while they run and the spool is writable. The SMTP port itself is never probed, because a
+//! probe connection holds one of `max_connections` until the gateway notices it closed, and a test counting
+//! slots would see one too few (issue 9). Only without an `[admin] listen` does the harness fall back to
+//! connecting to the SMTP port.
+//!
+//! Ports are picked free (bind `:0`, release) before the gateway binds them, so another process can take one
+//! in between; when the gateway then exits with `cannot listen on`, the harness picks new ports for the keys
+//! it chose itself and starts again (a test that set a port keeps it, and sees the failure).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -49,6 +59,9 @@ pub struct GatewayConfig {
     /// Run this program (and leading arguments) instead of the cachet binary: the harness self-test uses a
     /// stand-in gateway to prove the process handling.
     program: Option<Vec<String>>,
+    /// `(section, key)` of the listen addresses the harness picked itself (a free port), which it may pick
+    /// again when another process took the port before the gateway bound it. A test's own `set` removes it.
+    picked: Vec<(String, String)>,
 }
 
 impl Default for GatewayConfig {
@@ -68,6 +81,7 @@ impl GatewayConfig {
             smtps: false,
             env: vec![],
             program: None,
+            picked: Vec::new(),
         };
         c.set("server", "hostname", &toml_str("cachet.test"));
         c.set("server", "relay_networks", r#"["127.0.0.0/8", "::1/128"]"#);
@@ -89,6 +103,7 @@ impl GatewayConfig {
             "listen",
             &toml_str(&format!("127.0.0.1:{}", free_port())),
         );
+        c.picked.push(("admin".into(), "listen".into()));
         c
     }
 
@@ -139,6 +154,7 @@ impl GatewayConfig {
                 self.sections.len() - 1
             }
         };
+        self.picked.retain(|(s, k)| !(s == section && k == key));
         let keys = &mut self.sections[idx].1;
         match keys.iter_mut().find(|(k, _)| k == key) {
             Some(kv) => kv.1 = value.to_string(),
@@ -215,12 +231,10 @@ impl GatewayConfig {
     /// config into `dir`; returns the config path.
     pub fn write_to(&mut self, dir: &Path) -> PathBuf {
         if !self.has("server", "listen") {
-            let listen = format!("[{}]", toml_str(&format!("127.0.0.1:{}", free_port())));
-            self.set("server", "listen", &listen);
+            self.pick_port("server", "listen");
         }
         if self.smtps && !self.has("server", "listen_tls") {
-            let listen = format!("[{}]", toml_str(&format!("127.0.0.1:{}", free_port())));
-            self.set("server", "listen_tls", &listen);
+            self.pick_port("server", "listen_tls");
         }
         for (rel, contents) in &self.files {
             let path = dir.join(rel);
@@ -237,6 +251,41 @@ impl GatewayConfig {
         let path = dir.join("cachet.toml");
         std::fs::write(&path, self.render(dir)).expect("write cachet.toml");
         path
+    }
+
+    /// Set a listen key to a free 127.0.0.1 port (`[admin] listen` is one address, the SMTP keys are lists)
+    /// and remember that the harness chose it.
+    fn pick_port(&mut self, section: &str, key: &str) {
+        let addr = toml_str(&format!("127.0.0.1:{}", free_port()));
+        let value = if section == "server" {
+            format!("[{addr}]")
+        } else {
+            addr
+        };
+        self.set(section, key, &value);
+        self.picked.push((section.to_string(), key.to_string()));
+    }
+
+    /// Pick new free ports for every listen key the harness chose.
+    fn repick_ports(&mut self) {
+        for (section, key) in std::mem::take(&mut self.picked) {
+            self.pick_port(&section, &key);
+        }
+    }
+
+    /// Whether `logs` say the gateway could not bind an address the harness picked
+    /// (`cannot listen on 127.0.0.1:PORT: ...` or `... (admin): ...`).
+    fn picked_port_failed(&self, logs: &str) -> bool {
+        logs.lines()
+            .filter_map(|l| l.split_once("cannot listen on ").map(|x| x.1))
+            .filter_map(|rest| rest.split([' ', '(']).next())
+            .map(|addr| addr.trim_end_matches(':'))
+            .any(|addr| {
+                self.picked.iter().any(|(section, key)| {
+                    self.get(section, key)
+                        .is_some_and(|v| v.contains(&format!("\"{addr}\"")))
+                })
+            })
     }
 
     fn has(&self, section: &str, key: &str) -> bool {
@@ -300,8 +349,68 @@ pub struct Gateway {
     child: Option<Child>,
     /// How many times the process was started (log files are `stdout.N.log` / `stderr.N.log`).
     starts: u32,
-    /// How long `start`/`restart` wait for the port.
+    /// How long `start`/`restart` wait until the gateway is ready.
     pub ready_timeout: Duration,
+}
+
+/// How many times `try_start` picks new ports when the ones it chose were taken before the gateway bound them.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// One readiness probe: `/healthz` answers 200 on the admin listener, or (without one) the SMTP port accepts.
+async fn probe_ready(admin: Option<SocketAddr>, smtp: SocketAddr) -> bool {
+    let timeout = Duration::from_secs(5);
+    match admin {
+        Some(admin) => matches!(http_get(admin, "/healthz", timeout).await, Ok((200, _))),
+        None => matches!(
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(smtp)).await,
+            Ok(Ok(_))
+        ),
+    }
+}
+
+/// Returns once `child` has exited (std keeps its status for the next `try_wait`).
+async fn exited(child: &mut Child) {
+    while let Ok(None) = child.try_wait() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET path` on an HTTP/1.1 listener such as the admin one: (status code, body). Every step is bounded by
+/// `timeout`.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("GET {path} on {addr}"),
+            )
+        })??;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
 }
 
 impl Gateway {
@@ -335,13 +444,35 @@ impl Gateway {
             starts: 0,
             ready_timeout: Duration::from_secs(30),
         };
-        match gw.spawn_and_wait().await {
-            Ok(()) => Ok(gw),
-            Err(e) => {
-                let logs = gw.logs();
-                gw.kill_9();
-                Err(format!("{e}\n{logs}"))
+        let mut attempt = 1;
+        loop {
+            let result = gw.spawn_and_wait().await;
+            let lost_a_port = result.is_err()
+                && gw.child.is_none()
+                && gw.config.picked_port_failed(&gw.start_logs(gw.starts));
+            if lost_a_port && attempt < PORT_ATTEMPTS {
+                gw.config.repick_ports();
+                // Someone took a port between `free_port` and the bind: not the gateway's fault. This
+                // start's log files are written again by the next one.
+                eprintln!(
+                    "cachet harness: a picked port was taken, starting again on new ports:\n{}",
+                    gw.start_logs(gw.starts)
+                );
+                gw.config_path = gw.config.write_to(gw.dir.path());
+                gw.addr = gw.config.first_addr("listen").expect("picked listen");
+                gw.smtps_addr = gw.config.first_addr("listen_tls");
+                gw.starts -= 1;
+                attempt += 1;
+                continue;
             }
+            return match result {
+                Ok(()) => Ok(gw),
+                Err(e) => {
+                    let logs = gw.logs();
+                    gw.kill_9();
+                    Err(format!("{e}\n{logs}"))
+                }
+            };
         }
     }
 
@@ -379,6 +510,7 @@ impl Gateway {
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", env!("CARGO_BIN_EXE_cachet")))?;
         self.child = Some(child);
+        let admin = self.admin_addr_if_set();
         let deadline = Instant::now() + self.ready_timeout;
         loop {
             if let Some(status) = self
@@ -394,17 +526,23 @@ impl Gateway {
                     self.addr
                 ));
             }
-            let connect = tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(self.addr),
-            );
-            if let Ok(Ok(_stream)) = connect.await {
+            // One probe is bounded too, so a hung gateway ends in the error below, not a hung test; a
+            // gateway that exits meanwhile ends the probe at once (the top of the loop reports it).
+            let ready = tokio::select! {
+                ready = probe_ready(admin, self.addr) => ready,
+                () = exited(self.child.as_mut().unwrap()) => false,
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() >= deadline {
+                let how = match admin {
+                    Some(admin) => format!("/healthz on {admin} did not answer 200"),
+                    None => format!("nothing listened on {}", self.addr),
+                };
                 return Err(format!(
-                    "cachet did not listen on {} within {:?}",
-                    self.addr, self.ready_timeout
+                    "cachet was not ready within {:?}: {how}",
+                    self.ready_timeout
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -415,7 +553,6 @@ impl Gateway {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-    /// The implicit-TLS address when started `with_smtps`.
     /// One message over a fresh session; asserts `250` and returns the queue ID.
     pub async fn send_ok(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
         let (mut c, _) = super::client::SmtpClient::connect_ehlo(self.addr())
@@ -445,36 +582,24 @@ impl Gateway {
 
     /// The admin listener (`/metrics`, `/healthz`).
     pub fn admin_addr(&self) -> SocketAddr {
-        let v = self
-            .config
-            .get("admin", "listen")
-            .expect("admin.listen is set by GatewayConfig::new");
-        v.trim_matches('"')
-            .parse()
-            .expect("admin.listen is ip:port")
+        self.admin_addr_if_set()
+            .expect("admin.listen (ip:port) is set by GatewayConfig::new")
     }
 
-    /// `GET path` on the admin listener: (status code, body).
+    /// The admin listener when the config has one (`[admin] listen = "ip:port"`).
+    fn admin_addr_if_set(&self) -> Option<SocketAddr> {
+        self.config
+            .get("admin", "listen")?
+            .trim_matches('"')
+            .parse()
+            .ok()
+    }
+
+    /// `GET path` on the admin listener: (status code, body); panics when it does not answer within 20 s.
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin_addr())
+        http_get(self.admin_addr(), path, Duration::from_secs(20))
             .await
-            .expect("admin listener");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default();
-        (code, body)
+            .unwrap_or_else(|e| panic!("admin listener: {e}\n{}", self.logs()))
     }
 
     /// Runs `cachet <args...> --config <this gateway's config>` and returns (success, stdout+stderr).
@@ -493,6 +618,7 @@ impl Gateway {
         (out.status.success(), text)
     }
 
+    /// The implicit-TLS address when started `with_smtps`.
     pub fn smtps_addr(&self) -> Option<SocketAddr> {
         self.smtps_addr
     }
@@ -624,15 +750,18 @@ impl Gateway {
 
     /// Everything the process printed so far, every start, stdout and stderr.
     pub fn logs(&self) -> String {
+        (1..=self.starts).map(|n| self.start_logs(n)).collect()
+    }
+
+    /// What start `n` (from 1) printed, stdout and stderr.
+    fn start_logs(&self, n: u32) -> String {
         let mut out = String::new();
-        for n in 1..=self.starts {
-            for stream in ["stdout", "stderr"] {
-                let path = self.dir.path().join(format!("{stream}.{n}.log"));
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                out.push_str(&format!("----- cachet {stream} (start {n}) -----\n{text}"));
-                if !text.ends_with('\n') {
-                    out.push('\n');
-                }
+        for stream in ["stdout", "stderr"] {
+            let path = self.dir.path().join(format!("{stream}.{n}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            out.push_str(&format!("----- cachet {stream} (start {n}) -----\n{text}"));
+            if !text.ends_with('\n') {
+                out.push('\n');
             }
         }
         out

@@ -11,6 +11,11 @@
 //! ```
 //! Faults: `UpstreamOptions::starttls().fault(Stage::Greeting, Fault::times(2, 421, "4.3.2 busy"))`, or
 //! `up.faults().set(Stage::Rcpt("b@y.test".into()), Fault::always(550, "5.1.1 unknown"))` while running.
+//!
+//! The suite must pass on a loaded 2-core machine (issue 9): never sleep to synchronise; wait for the event
+//! the assertion needs (`Gateway::wait_log`, `Upstream::wait_for` / `wait_for_closed`, a polled `queue list`)
+//! with a deadline of several seconds, and give the gateway no timeout under a second. `Gateway::start` is
+//! ready when `/healthz` says so and never uses an SMTP connection slot.
 #![allow(dead_code, unused_imports)]
 
 pub mod client;

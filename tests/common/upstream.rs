@@ -288,6 +288,9 @@ struct Record {
     pipelined_after_starttls: usize,
     /// Users that authenticated successfully, in order.
     authenticated: Vec<String>,
+    /// Connections whose session has ended (either side closed, or the idle timeout): the moment a test can
+    /// know a pooled client connection has gone stale.
+    closed: usize,
 }
 
 struct Shared {
@@ -348,7 +351,8 @@ impl Upstream {
                     };
                     let shared = shared.clone();
                     let handle = tokio::spawn(async move {
-                        let _ = serve(shared, stream, index).await;
+                        let _ = serve(shared.clone(), stream, index).await;
+                        shared.record.lock().unwrap().closed += 1;
                     });
                     tasks.lock().unwrap().push(handle.abort_handle());
                 }
@@ -407,6 +411,10 @@ impl Upstream {
     pub fn connections(&self) -> usize {
         self.shared.record.lock().unwrap().connections.len()
     }
+    /// How many connections have ended so far (closed by either side or by the idle timeout).
+    pub fn closed_connections(&self) -> usize {
+        self.shared.record.lock().unwrap().closed
+    }
     /// Every command line seen, per connection, in order (DATA content is not included).
     pub fn commands(&self) -> Vec<Vec<Seen>> {
         self.shared.record.lock().unwrap().connections.clone()
@@ -459,6 +467,17 @@ impl Upstream {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.connections();
+            if got >= n || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    /// Wait until at least `n` connections have ended or `timeout` passed; returns the count.
+    pub async fn wait_for_closed(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.closed_connections();
             if got >= n || Instant::now() >= deadline {
                 return got;
             }

@@ -255,6 +255,22 @@ impl<'a> Stack<'a> {
         }
     }
 
+    /// Wait until a service's logs (`compose logs`) contain `needle`.
+    pub fn wait_log(&self, service: &str, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = text(&self.compose(&["logs", "--no-color", service]));
+            if logs.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service} did not log {needle:?} within {timeout:?}:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// `host:port` that a service's container port is published on.
     pub fn published_port(&self, service: &str, port: u16) -> String {
         let out = self.compose_ok(&["port", service, &port.to_string()]);

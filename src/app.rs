@@ -133,8 +133,10 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
                     "listen addresses and spool.dir changes take effect after a restart"
                 );
             }
-            tracing::info!(policy = %new.config.policy.version, "configuration reloaded");
+            let version = new.config.policy.version.clone();
             runtime.store(Arc::new(new));
+            // Logged after the swap: whoever reads this line may rely on the new runtime.
+            tracing::info!(policy = %version, "configuration reloaded");
         }
         Ok(Err(errors)) => {
             for e in &errors {

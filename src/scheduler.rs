@@ -12,13 +12,18 @@
 //! ([`Unsaved`]) and the next attempt starts from them, never from the stale file: recipients
 //! already served are not served again. An ID is never scheduled while it is in flight, and the
 //! periodic pickup of incoming/ leaves alone what the timetable already has from incoming/.
+//!
+//! A message that is damaged (envelope unparsable, data file missing or not what was committed)
+//! goes to corrupt/ with one log line ([`Spool::quarantine`]). A file that cannot be opened or
+//! read for any other reason (too many open files above all) is a temporary failure: the message
+//! stays where it is and is tried again after the first retry interval, never forgotten.
 
 use crate::dsn;
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::relay::{MailParams, Outcome};
 use crate::runtime::Runtime;
-use crate::spool::{Envelope, Queue, RcptStatus, Spool, TryLock, now_secs};
+use crate::spool::{DataError, Envelope, Queue, RcptStatus, Spool, TryLock, now_secs};
 use arc_swap::ArcSwap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -127,16 +132,22 @@ impl Scheduler {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<Due>)>();
 
         match self.spool.scan(&[Queue::Incoming, Queue::Deferred]) {
-            Ok(found) => {
-                if !found.is_empty() {
+            Ok(scanned) => {
+                if !scanned.found.is_empty() {
                     tracing::info!(
-                        messages = found.len(),
+                        messages = scanned.found.len(),
                         "recovered queued messages from the spool"
                     );
                 }
-                for (q, env) in found {
+                for (q, env) in scanned.found {
                     scheduled.insert(env.id.clone(), (env.next_attempt * 1000, q));
                     heap.push(Reverse((env.next_attempt * 1000, env.id, q)));
+                }
+                // Not readable just now: the attempt reads them again (and judges them).
+                let later = now_ms() + self.runtime.load().config.spool.retry[0].as_millis() as u64;
+                for (q, id) in scanned.unread {
+                    scheduled.insert(id.clone(), (later, q));
+                    heap.push(Reverse((later, id, q)));
                 }
             }
             Err(e) => tracing::error!(error = %e, "spool scan failed"),
@@ -216,6 +227,15 @@ impl Scheduler {
     }
 }
 
+/// Try message `id` in `queue` again after the first retry interval (a temporary local failure).
+fn later(rt: &Runtime, id: &str, queue: Queue) -> Due {
+    Due {
+        at_ms: now_ms() + rt.config.spool.retry[0].as_millis() as u64,
+        id: id.into(),
+        queue,
+    }
+}
+
 /// One delivery attempt of message `id` found in `queue`. Returns when to try again, if ever.
 async fn attempt(
     spool: &Spool,
@@ -226,6 +246,7 @@ async fn attempt(
     id: &str,
     queue: Queue,
 ) -> Option<Due> {
+    tracing::debug!(queue_id = id, queue = queue.dir_name(), "delivery attempt");
     // Held until the envelope's new state is written: `cachet queue` waits for it.
     let _lock = match spool.try_lock(id) {
         Ok(TryLock::Locked(lock)) => Some(lock),
@@ -243,13 +264,8 @@ async fn attempt(
         // No data file: the envelope is gone too, or the load below sends it to corrupt/.
         Ok(TryLock::Gone) => None,
         Err(e) => {
-            let delay = rt.config.spool.retry[0];
             tracing::error!(queue_id = id, error = %e, "cannot lock the message; will retry");
-            return Some(Due {
-                at_ms: now_ms() + delay.as_millis() as u64,
-                id: id.into(),
-                queue,
-            });
+            return Some(later(rt, id, queue));
         }
     };
     let mut env = match spool.load(queue, id) {
@@ -266,13 +282,20 @@ async fn attempt(
                     unsaved.forget(id);
                     None
                 }
-                _ => None,
+                Ok(Some(_)) => None, // held (or corrupt): not the scheduler's until released
+                Err(e) => {
+                    tracing::warn!(queue_id = id, error = %e, "cannot look for the message now; will retry");
+                    Some(later(rt, id, queue))
+                }
             };
         }
-        Err(e) => {
-            tracing::error!(queue_id = id, error = %e, "unreadable envelope; moving to corrupt/");
-            let _ = spool.scan(&[queue]);
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            spool.quarantine(queue, id, &format!("unreadable envelope: {e}"));
             return None;
+        }
+        Err(e) => {
+            tracing::warn!(queue_id = id, error = %e, "cannot read the envelope now; will retry");
+            return Some(later(rt, id, queue));
         }
     };
     unsaved.merge_into(&mut env);
@@ -282,12 +305,16 @@ async fn attempt(
         .await
         .expect("never closed");
     // Shared, not copied, between the sealing job and the DSN builder.
-    let data = match spool.read_data(id).await {
+    let data = match spool.read_checked(&env).await {
         Ok(d) => Arc::new(d),
-        Err(e) => {
-            tracing::error!(queue_id = id, error = %e, "message data unreadable; moving to corrupt/");
-            let _ = spool.scan(&[queue]);
+        Err(DataError::Damaged(reason)) => {
+            spool.quarantine(queue, id, &reason);
+            unsaved.forget(id);
             return None;
+        }
+        Err(DataError::Io(e)) => {
+            tracing::warn!(queue_id = id, error = %e, "cannot read the message data now; will retry");
+            return Some(later(rt, id, queue));
         }
     };
     let pending: Vec<String> = env.pending().map(|r| r.address.clone()).collect();

@@ -43,7 +43,13 @@ pub struct Envelope {
     /// MAIL FROM carried BODY=8BITMIME.
     #[serde(default)]
     pub body_8bit: bool,
+    /// Length of the data file in bytes; a data file of another length is damaged.
     pub size: u64,
+    /// SHA-256 of the data file (lowercase hex), taken while it was received: a data file that
+    /// no longer matches (zeroed or scrambled blocks after a crash) goes to corrupt/ instead of
+    /// being relayed. Absent in envelopes written before it existed (then only `size` is checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sha256: Option<String>,
     pub attempts: u32,
     /// Unix seconds; 0 = as soon as possible.
     pub next_attempt: u64,
@@ -86,6 +92,7 @@ impl Envelope {
             smtputf8: false,
             body_8bit: false,
             size: 0,
+            data_sha256: None,
             attempts: 0,
             next_attempt: 0,
             is_bounce: false,

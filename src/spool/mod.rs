@@ -19,6 +19,16 @@
 //! a crash between the rename and the unlink of the old copy leaves two copies, and the higher
 //! `seq` wins. The envelope is JSON so `cachet queue show` and a human can read it.
 //!
+//! Damage (issue 14): an envelope that does not parse, or whose data file is missing, or whose
+//! data file no longer matches the length and SHA-256 the envelope recorded at commit, moves to
+//! corrupt/ with one log line ([`Spool::quarantine`]); its data file stays for a human. A data
+//! file without an envelope in any queue was never acknowledged (a crash between the two renames
+//! of the commit) or was already delivered (a crash between the two unlinks of a removal): it is
+//! removed at start, with one log line. Errors that say nothing about the files (`EMFILE`,
+//! `ENFILE`, `ENOMEM`, `EIO` on a read) are temporary: the message stays where it is and is tried
+//! again later. If a commit fails (a full disk), whatever it already wrote is removed, so nothing
+//! half-written is left for the scheduler or a restart to find.
+//!
 //! Who may rewrite an envelope: whoever holds the message lock, an exclusive `flock(2)` on
 //! `data/ID` ([`Spool::try_lock`], [`MessageLock`]). The scheduler takes it (without waiting) for
 //! a whole delivery attempt, from reading the envelope to writing its new state; `cachet queue
@@ -42,6 +52,30 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::io::AsyncWriteExt;
+
+/// What [`Spool::scan`] found in the live queues.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// Readable envelopes with their data file, the newest copy of each.
+    pub found: Vec<(Queue, Envelope)>,
+    /// Envelopes that could not be read for a reason that says nothing about the file (too many
+    /// open files, ...): left in place, to be tried again later.
+    pub unread: Vec<(Queue, String)>,
+}
+
+/// Why a message's data cannot be used for a delivery attempt.
+#[derive(Debug)]
+pub enum DataError {
+    /// Missing, or not what was committed: the message belongs in corrupt/.
+    Damaged(String),
+    /// Could not be read now (too many open files, ...): try again later.
+    Io(io::Error),
+}
+
+/// Lowercase hex of a digest.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A queue: the directory an envelope is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -137,7 +171,30 @@ impl Spool {
         for sub in SUBDIRS {
             modes::tighten_files(&root.join(sub));
         }
+        spool.remove_orphan_data()?;
         Ok(spool)
+    }
+
+    /// Removes data files that no queue has an envelope for. Only at start, before any session
+    /// runs: a live commit has its data file in data/ a moment before its envelope.
+    fn remove_orphan_data(&self) -> io::Result<()> {
+        for id in self.ids_in("data")? {
+            let owned = Queue::ALL
+                .iter()
+                .any(|q| self.envelope_path(*q, &id).symlink_metadata().is_ok());
+            if !owned {
+                match fs::remove_file(self.data_path(&id)) {
+                    Ok(()) => tracing::warn!(
+                        queue_id = %id,
+                        "data file without an envelope removed (never acknowledged, or already delivered)"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(queue_id = %id, error = %e, "data file without an envelope could not be removed")
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Opens an existing spool without touching tmp/ (for the queue CLI beside a live gateway).
@@ -181,6 +238,7 @@ impl Spool {
             path,
             file: Some(file),
             size: 0,
+            digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
         })
     }
 
@@ -255,10 +313,6 @@ impl Spool {
         Ok(None)
     }
 
-    pub async fn read_data(&self, id: &str) -> io::Result<Vec<u8>> {
-        tokio::fs::read(self.data_path(id)).await
-    }
-
     /// Removes a finished message: envelope first (so a crash leaves an orphan data file, never
     /// an envelope without data), then the data.
     pub fn remove_blocking(&self, q: Queue, id: &str) -> io::Result<()> {
@@ -281,7 +335,12 @@ impl Spool {
 
     /// IDs in queue `q`, oldest first.
     pub fn ids(&self, q: Queue) -> io::Result<Vec<String>> {
-        let mut ids: Vec<String> = fs::read_dir(self.root.join(q.dir_name()))?
+        self.ids_in(q.dir_name())
+    }
+
+    /// Valid IDs among the file names in spool subdirectory `sub`, sorted.
+    fn ids_in(&self, sub: &str) -> io::Result<Vec<String>> {
+        let mut ids: Vec<String> = fs::read_dir(self.root.join(sub))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| valid_id(n))
             .collect();
@@ -289,29 +348,43 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Every readable envelope in the live queues. Unreadable ones (and envelopes whose data file
-    /// is gone) move to corrupt/ with a log line; nothing is deleted. Duplicates left by a crash
-    /// during a move are resolved by `seq`.
-    pub fn scan(&self, queues: &[Queue]) -> io::Result<Vec<(Queue, Envelope)>> {
+    /// Every readable envelope in the live queues. Damaged ones (unparsable, or without their
+    /// data file) move to corrupt/ with one log line each; envelopes that cannot be read for a
+    /// passing reason are reported in `unread` and left alone. Duplicates left by a crash during
+    /// a move are resolved by `seq`.
+    pub fn scan(&self, queues: &[Queue]) -> io::Result<Scanned> {
         let mut found: std::collections::HashMap<String, (Queue, Envelope)> = Default::default();
+        let mut unread = Vec::new();
         for &q in queues {
             for id in self.ids(q)? {
                 let env = match self.load(q, &id) {
-                    Ok(Some(env)) if self.data_path(&id).is_file() => env,
+                    Ok(Some(env)) => env,
                     Ok(None) => continue,
-                    Ok(Some(_)) | Err(_) => {
-                        tracing::error!(queue_id = %id, queue = q.dir_name(), "unreadable envelope or missing data; moved to corrupt/");
-                        let _ = fs::rename(
-                            self.envelope_path(q, &id),
-                            self.envelope_path(Queue::Corrupt, &id),
-                        );
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        self.quarantine(q, &id, &format!("unreadable envelope: {e}"));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue_id = %id, queue = q.dir_name(), error = %e, "cannot read the envelope now; will try again");
+                        unread.push((q, id));
                         continue;
                     }
                 };
+                match fs::symlink_metadata(self.data_path(&id)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.quarantine(q, &id, "data file missing");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue_id = %id, queue = q.dir_name(), error = %e, "cannot look at the data file now; will try again");
+                        unread.push((q, id));
+                        continue;
+                    }
+                }
                 match found.get(&id) {
-                    Some((old_q, old)) if old.seq >= env.seq => {
+                    Some((_, old)) if old.seq >= env.seq => {
                         let _ = fs::remove_file(self.envelope_path(q, &id));
-                        let _ = old_q;
                     }
                     Some((old_q, _)) => {
                         let _ = fs::remove_file(self.envelope_path(*old_q, &id));
@@ -323,9 +396,67 @@ impl Spool {
                 }
             }
         }
-        let mut out: Vec<_> = found.into_values().collect();
-        out.sort_by(|a, b| a.1.id.cmp(&b.1.id));
-        Ok(out)
+        let mut found: Vec<_> = found.into_values().collect();
+        found.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        Ok(Scanned { found, unread })
+    }
+
+    /// Moves a damaged message's envelope from `q` to corrupt/, with one log line saying why.
+    /// The data file (if any) stays in data/ for a human; nothing is deleted.
+    pub fn quarantine(&self, q: Queue, id: &str, reason: &str) {
+        match fs::rename(
+            self.envelope_path(q, id),
+            self.envelope_path(Queue::Corrupt, id),
+        ) {
+            Ok(()) => {
+                let _ = fsync_dir(&self.root.join(Queue::Corrupt.dir_name()));
+                tracing::error!(queue_id = %id, queue = q.dir_name(), reason, "damaged message moved to corrupt/");
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(queue_id = %id, queue = q.dir_name(), reason, error = %e, "damaged message could not be moved to corrupt/")
+            }
+        }
+    }
+
+    /// The message bytes, checked against what the envelope recorded at commit (length, and
+    /// SHA-256 when recorded). Reads and hashes on the blocking pool.
+    pub async fn read_checked(&self, env: &Envelope) -> Result<Vec<u8>, DataError> {
+        let this = self.clone();
+        let (id, size, sha) = (env.id.clone(), env.size, env.data_sha256.clone());
+        tokio::task::spawn_blocking(move || this.read_checked_blocking(&id, size, sha.as_deref()))
+            .await
+            .map_err(|e| DataError::Io(io::Error::other(e)))?
+    }
+
+    fn read_checked_blocking(
+        &self,
+        id: &str,
+        size: u64,
+        sha256: Option<&str>,
+    ) -> Result<Vec<u8>, DataError> {
+        let data = match fs::read(self.data_path(id)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DataError::Damaged("data file missing".into()));
+            }
+            Err(e) => return Err(DataError::Io(e)),
+        };
+        if data.len() as u64 != size {
+            return Err(DataError::Damaged(format!(
+                "data file is {} bytes, the envelope says {size}",
+                data.len()
+            )));
+        }
+        if let Some(want) = sha256 {
+            let got = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data).as_ref());
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(DataError::Damaged(
+                    "data file does not match the SHA-256 the envelope recorded".into(),
+                ));
+            }
+        }
+        Ok(data)
     }
 
     /// Counts per queue, for metrics.
@@ -424,11 +555,14 @@ pub struct Draft {
     path: PathBuf,
     file: Option<tokio::fs::File>,
     size: u64,
+    /// SHA-256 of everything written, recorded in the envelope (damage detection).
+    digest: aws_lc_rs::digest::Context,
 }
 
 impl Draft {
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.size += bytes.len() as u64;
+        self.digest.update(bytes);
         self.file
             .as_mut()
             .expect("draft file open until commit")
@@ -441,12 +575,15 @@ impl Draft {
     }
 
     /// Makes the message durable and queued; only after this returns may the session say `250`.
+    /// On failure (a full disk) nothing of the message is left: no data file without an
+    /// envelope, no envelope the scheduler could pick up after the client was told `4xx`.
     pub async fn commit(mut self, mut env: Envelope) -> io::Result<String> {
         let mut file = self.file.take().expect("draft file open until commit");
         file.flush().await?;
         let file = file.into_std().await;
         env.id = self.id.clone();
         env.size = self.size;
+        env.data_sha256 = Some(hex(self.digest.clone().finish().as_ref()));
         env.seq = 1;
         let spool = self.spool.clone();
         let path = self.path.clone();
@@ -455,8 +592,14 @@ impl Draft {
             file.sync_all()?;
             drop(file);
             fs::rename(&path, spool.data_path(&id))?;
-            fsync_dir(&spool.root.join("data"))?;
-            spool.save_blocking(&env, Queue::Incoming, None)
+            let committed = fsync_dir(&spool.root.join("data"))
+                .and_then(|()| spool.save_blocking(&env, Queue::Incoming, None));
+            if committed.is_err() {
+                // Envelope first, as in a removal: never an envelope without its data.
+                let _ = fs::remove_file(spool.envelope_path(Queue::Incoming, &id));
+                let _ = fs::remove_file(spool.data_path(&id));
+            }
+            committed
         })
         .await
         .map_err(io::Error::other)??;
@@ -522,7 +665,7 @@ mod tests {
                 .next()
                 .is_none()
         );
-        assert!(spool.scan(&Queue::ALL).unwrap().is_empty());
+        assert!(spool.scan(&Queue::ALL).unwrap().found.is_empty());
     }
 
     #[tokio::test]
@@ -542,12 +685,49 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("incoming").join("GARBAGE1"), b"{not json").unwrap();
-        let found = spool.scan(&[Queue::Incoming, Queue::Deferred]).unwrap();
+        let found = spool
+            .scan(&[Queue::Incoming, Queue::Deferred])
+            .unwrap()
+            .found;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, Queue::Deferred);
         assert_eq!(found[0].1.attempts, 1);
         assert!(!dir.path().join("incoming").join(&id).exists());
         assert!(dir.path().join("corrupt").join("GARBAGE1").exists());
+    }
+
+    #[tokio::test]
+    async fn data_is_checked_against_the_envelope_and_orphans_go_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut d = spool.draft().await.unwrap();
+        d.write(b"Subject: hi\r\n\r\nbody\r\n").await.unwrap();
+        let id = d.commit(env("a@x", &["b@y"])).await.unwrap();
+        let (_, e) = spool.find(&id).unwrap().unwrap();
+        assert_eq!(spool.read_checked(&e).await.unwrap().len(), 21);
+        // Same length, other bytes: only the digest can tell.
+        std::fs::write(spool.data_path(&id), b"Subject: ho\r\n\r\nbody\r\n").unwrap();
+        assert!(matches!(
+            spool.read_checked(&e).await,
+            Err(DataError::Damaged(r)) if r.contains("SHA-256")
+        ));
+        std::fs::write(spool.data_path(&id), b"short").unwrap();
+        assert!(matches!(
+            spool.read_checked(&e).await,
+            Err(DataError::Damaged(r)) if r.contains("5 bytes")
+        ));
+        std::fs::remove_file(spool.data_path(&id)).unwrap();
+        assert!(matches!(
+            spool.read_checked(&e).await,
+            Err(DataError::Damaged(r)) if r.contains("missing")
+        ));
+        // A data file no queue knows is removed when the spool is opened; one in corrupt/ stays.
+        std::fs::write(spool.data_path("ORPHAN1"), b"x").unwrap();
+        std::fs::write(spool.data_path("KEPT1"), b"x").unwrap();
+        std::fs::write(dir.path().join("corrupt").join("KEPT1"), b"{").unwrap();
+        Spool::open(dir.path()).unwrap();
+        assert!(!spool.data_path("ORPHAN1").exists());
+        assert!(spool.data_path("KEPT1").exists());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod faults;
 pub mod gateway;
 pub mod pki;
 pub mod upstream;

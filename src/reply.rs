@@ -128,11 +128,33 @@ pub const SPOOL_FAILURE: Reply = Reply::new(
     "4.3.0",
     "Local error in processing, message not accepted; try again later",
 );
+/// The spool's file system is full (or over quota): RFC 3463 X.3.1 "mail system full". 452, as
+/// RFC 5321 §4.2.2 lists it for "insufficient system storage"; the client keeps the message.
+pub const INSUFFICIENT_STORAGE: Reply = Reply::new(
+    452,
+    "4.3.1",
+    "Insufficient system storage, message not accepted; try again later",
+);
 pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0", "Too many errors, closing connection");
 pub const IDLE_TIMEOUT: Reply = Reply::new(421, "4.4.2", "Idle timeout, closing connection");
 pub const TOO_MANY_CONNECTIONS: Reply =
     Reply::new(421, "4.7.0", "Too many connections, try again later");
+/// The gateway has no file descriptor left to serve another client (`EMFILE` / `ENFILE`).
+pub const OUT_OF_RESOURCES: Reply = Reply::new(
+    421,
+    "4.3.2",
+    "Out of system resources, closing connection; try again later",
+);
 pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2", "Service shutting down, try again later");
+
+/// The reply for a spool write or commit that failed: `452 4.3.1` when the disk is full (or the
+/// quota used up), `451 4.3.0` otherwise. Never `250`.
+pub fn spool_failure(e: &std::io::Error) -> Reply {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => INSUFFICIENT_STORAGE,
+        _ => SPOOL_FAILURE,
+    }
+}
 
 /// `250 2.0.0 Ok: queued as ID`, the reply that promises durability.
 pub fn queued(id: &str) -> Reply {
@@ -142,4 +164,23 @@ pub fn queued(id: &str) -> Reply {
 /// A policy refusal at RCPT time (550 5.7.1 with a reason the sender understands).
 pub fn policy_refused(text: String) -> Reply {
     Reply::owned(550, "5.7.1", text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_full_disk_is_452_other_spool_failures_451() {
+        let full = Error::from_raw_os_error(28); // ENOSPC
+        assert_eq!(spool_failure(&full).to_string().get(..9), Some("452 4.3.1"));
+        let quota = Error::from_raw_os_error(122); // EDQUOT
+        assert_eq!(spool_failure(&quota).code, 452);
+        let other = Error::new(ErrorKind::PermissionDenied, "x");
+        assert_eq!(
+            spool_failure(&other).to_string().get(..9),
+            Some("451 4.3.0")
+        );
+    }
 }

@@ -6,6 +6,12 @@
 //! A TLS handshake (implicit, or after STARTTLS) must finish within `server.idle_timeout`, at
 //! most [`TLS_HANDSHAKE_MAX`]: a client that opens the socket and stays silent would otherwise
 //! hold a connection slot for ever, and enough of them lock everyone out.
+//!
+//! Out of file descriptors (`EMFILE`/`ENFILE`, issue 14), `accept(2)` fails and the client would
+//! wait in the kernel's accept queue until it gives up. The listener keeps one descriptor in
+//! reserve (`/dev/null`): when accepting fails for lack of descriptors, it closes the reserve,
+//! accepts the client with the descriptor that frees, answers `421 4.3.2`, closes, and takes the
+//! reserve again (the trick nginx and libev use). Sessions and deliveries already running go on.
 
 pub mod client_cert;
 
@@ -21,6 +27,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+
+/// How long the listener pauses after an `accept(2)` failure it cannot answer (no reserve
+/// descriptor to spend, or another error): enough not to spin, short for the clients waiting.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Whether an I/O error means the process (or the system) ran out of file descriptors.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
+}
 
 /// Upper bound on an inbound TLS handshake; a real client needs a few round trips.
 pub const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(30);
@@ -58,18 +75,37 @@ pub async fn serve(
     implicit_tls: bool,
 ) {
     let mut shutdown = ctx.shutdown.clone();
+    // The descriptor spent on telling a client `421` when there is none left (module header).
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let (mut stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
+                Err(e) if out_of_descriptors(&e) && reserve.is_some() => {
+                    drop(reserve.take());
+                    // The client whose accept failed is still queued: this returns at once.
+                    if let Ok(Ok((stream, peer))) =
+                        tokio::time::timeout(ACCEPT_PAUSE, listener.accept()).await
+                    {
+                        refuse_out_of_descriptors(stream, peer, &ctx);
+                    }
+                    reserve = std::fs::File::open("/dev/null").ok();
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    if reserve.is_none() {
+                        reserve = std::fs::File::open("/dev/null").ok();
+                    }
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
+        if reserve.is_none() {
+            reserve = std::fs::File::open("/dev/null").ok();
+        }
         let _ = stream.set_nodelay(true);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(client = %peer, "too many connections");
@@ -88,6 +124,20 @@ pub async fn serve(
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Answers `421 4.3.2` to a client accepted with the reserve descriptor and closes at once, so
+/// the descriptor is free again before the reserve is taken back. The reply is a few dozen bytes
+/// into a fresh socket's empty send buffer: one non-blocking write, no task.
+fn refuse_out_of_descriptors(stream: TcpStream, peer: std::net::SocketAddr, ctx: &SessionCtx) {
+    use std::io::Write;
+    tracing::warn!(client = %peer, "out of file descriptors; client refused with 421");
+    ctx.metrics.refused("out_of_descriptors");
+    let mut out = Vec::new();
+    reply::OUT_OF_RESOURCES.write_to(&mut out);
+    if let Ok(mut s) = stream.into_std() {
+        let _ = s.write(&out);
     }
 }
 

@@ -558,14 +558,11 @@ impl Session {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::error!(error = %e, "cannot create spool file");
-                None
+                // Read nothing: the client must not send data after a non-354 reply.
+                self.reply(reply::spool_failure(&e));
+                return Ok(Step::Continue);
             }
         };
-        if draft.is_none() {
-            // Read nothing: the client must not send data after a non-354 reply.
-            self.reply(reply::SPOOL_FAILURE);
-            return Ok(Step::Continue);
-        }
         self.reply(reply::START_DATA);
         stream.write_all(&self.out).await?;
         stream.flush().await?;
@@ -575,13 +572,15 @@ impl Session {
         let mut reader = DataReader::new();
         let mut body: Vec<u8> = Vec::with_capacity(DATA_FLUSH + READ_CHUNK);
         let mut too_big = false;
-        let mut write_failed = false;
+        // The first failed spool write (a full disk: 452, not 451): the rest of DATA is read and
+        // dropped, and the reply says why.
+        let mut write_error: Option<io::Error> = None;
         let mut total: u64 = 0;
         if let Some(d) = &mut draft {
             let received = self.received_header(d.id.as_str(), &tx);
             if let Err(e) = d.write(received.as_bytes()).await {
                 tracing::error!(error = %e, "spool write failed");
-                write_failed = true;
+                write_error = Some(e);
             }
         }
         // The first bytes of the message, for the end-of-DATA checks on From: (who may send as
@@ -602,14 +601,14 @@ impl Session {
             if total > max {
                 too_big = true;
             }
-            if too_big || write_failed {
+            if too_big || write_error.is_some() {
                 body.clear();
             } else if body.len() >= DATA_FLUSH || matches!(feed, Feed::End { .. }) {
                 if let Some(d) = &mut draft
                     && let Err(e) = d.write(&body).await
                 {
                     tracing::error!(error = %e, "spool write failed");
-                    write_failed = true;
+                    write_error = Some(e);
                 }
                 body.clear();
             }
@@ -643,8 +642,8 @@ impl Session {
             return Ok(Step::Continue);
         }
         let draft = draft.expect("checked above");
-        if write_failed {
-            self.reply(reply::SPOOL_FAILURE);
+        if let Some(e) = write_error {
+            self.reply(reply::spool_failure(&e));
             return Ok(Step::Continue);
         }
         if let Some(refusal) = self.submitter_check(&tx, &head) {
@@ -681,7 +680,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(error = %e, "spool commit failed");
-                self.reply(reply::SPOOL_FAILURE);
+                self.reply(reply::spool_failure(&e));
             }
         }
         Ok(Step::Continue)

@@ -235,7 +235,18 @@ async fn running_out_of_descriptors_never_sends_an_envelope_to_corrupt() {
         gw.logs()
     );
     assert!(queue_ids(&spool, "corrupt").is_empty());
+    // The squeeze did bite: attempts met EMFILE and were retried, not quarantined.
+    let emfile = gw
+        .logs()
+        .lines()
+        .filter(|l| l.contains("scheduler") && l.contains("os error 24"))
+        .count();
+    assert!(
+        emfile > 0,
+        "no attempt ran out of descriptors\n{}",
+        gw.logs()
+    );
     println!(
-        "descriptors squeezed: limit {NOFILE}, {base} at rest, 3 attempts each with {levels:?} left, 0 envelopes in corrupt/, 3 of 3 delivered after"
+        "descriptors squeezed: limit {NOFILE}, {base} at rest, 3 attempts each with {levels:?} left, {emfile} EMFILE failures retried, 0 envelopes in corrupt/, 3 of 3 delivered after"
     );
 }

@@ -84,7 +84,7 @@ async fn silent_implicit_tls_client_loses_its_slot() {
         panic!("{e}\n{}", gw.logs());
     }
     assert!(
-        gw.logs().contains("TLS handshake timed out"),
+        gw.wait_log("TLS handshake timed out", WAIT).await,
         "{}",
         gw.logs()
     );
@@ -115,7 +115,7 @@ async fn silent_client_after_starttls_loses_its_slot() {
         gw.logs()
     );
     assert!(
-        gw.logs().contains("TLS handshake timed out"),
+        gw.wait_log("TLS handshake timed out", WAIT).await,
         "{}",
         gw.logs()
     );

@@ -391,7 +391,14 @@ impl Gateway {
                 Duration::from_millis(500),
                 tokio::net::TcpStream::connect(self.addr),
             );
-            if let Ok(Ok(_stream)) = connect.await {
+            // The listeners are bound one after another: ready when the implicit-TLS one is too.
+            let smtps_ready = match self.smtps_addr {
+                None => true,
+                Some(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
+            };
+            if let Ok(Ok(_stream)) = connect.await
+                && smtps_ready
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {

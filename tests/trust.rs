@@ -15,19 +15,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn users_line(user: &str, password: &str) -> String {
-    let mut child = cachet_command()
-        .args(["passwd", user])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Alice (RFC 9216) can sign; the RFC 9216 CA is trusted.
 fn signing(c: GatewayConfig) -> GatewayConfig {
     c.raw("[keys]\ndir = \"keys\"\n[certificates]\ndir = \"recipients\"\ntrust = [\"trust/ca.pem\"]\n")

@@ -184,6 +184,23 @@ const MISSING: &[(&str, OnMissing)] = &[
     ("bounce", OnMissing::Bounce),
 ];
 
+const SIGNATURE_FORMS: &[(&str, SignatureForm)] = &[
+    ("detached", SignatureForm::Detached),
+    ("opaque", SignatureForm::Opaque),
+];
+const DIGESTS: &[(&str, Digest)] = &[("sha256", Digest::Sha256), ("sha512", Digest::Sha512)];
+const RSA_SIGNATURES: &[(&str, bool)] = &[("pkcs1", false), ("pss", true)];
+
+/// The parameter table's default for `key`, as one of `options`.
+fn default_of<T: Copy>(key: &str, options: &[(&str, T)]) -> T {
+    let name: String = crate::config::params::default(key);
+    options
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .unwrap_or_else(|| panic!("{key}: default {name:?} is not an option"))
+}
+
 fn pick<T: Copy>(
     v: &Option<Spanned<String>>,
     key: &str,
@@ -231,54 +248,32 @@ impl Policy {
     /// Validates `[policy]` and `[[rule]]`, reporting each problem with line and rule name.
     pub fn build(raw: &RawPolicy, rules: &[Spanned<RawRule>], p: &mut Problems) -> Policy {
         let defaults = Treatment {
-            sign: pick(&raw.sign, "policy.sign", MODES, p).unwrap_or(Mode::Opportunistic),
-            encrypt: pick(&raw.encrypt, "policy.encrypt", MODES, p).unwrap_or(Mode::Opportunistic),
+            sign: pick(&raw.sign, "policy.sign", MODES, p)
+                .unwrap_or_else(|| default_of("policy.sign", MODES)),
+            encrypt: pick(&raw.encrypt, "policy.encrypt", MODES, p)
+                .unwrap_or_else(|| default_of("policy.encrypt", MODES)),
             encryption: pick(&raw.encryption, "policy.encryption", CIPHERS, p)
-                .unwrap_or(Cipher::Aes256Cbc),
+                .unwrap_or_else(|| default_of("policy.encryption", CIPHERS)),
             key_transport: pick(&raw.key_transport, "policy.key_transport", TRANSPORTS, p)
-                .unwrap_or(KeyTransport::RsaPkcs1),
+                .unwrap_or_else(|| default_of("policy.key_transport", TRANSPORTS)),
             on_missing_key: pick(&raw.on_missing_key, "policy.on_missing_key", MISSING, p)
-                .unwrap_or(OnMissing::Reject),
+                .unwrap_or_else(|| default_of("policy.on_missing_key", MISSING)),
         };
         let signature_form = raw
             .signature
             .as_ref()
-            .and_then(|v| {
-                parse_enum(
-                    v,
-                    "policy.signature",
-                    &[
-                        ("detached", SignatureForm::Detached),
-                        ("opaque", SignatureForm::Opaque),
-                    ],
-                    p,
-                )
-            })
-            .unwrap_or(SignatureForm::Detached);
+            .and_then(|v| parse_enum(v, "policy.signature", SIGNATURE_FORMS, p))
+            .unwrap_or_else(|| default_of("policy.signature", SIGNATURE_FORMS));
         let digest = raw
             .digest
             .as_ref()
-            .and_then(|v| {
-                parse_enum(
-                    v,
-                    "policy.digest",
-                    &[("sha256", Digest::Sha256), ("sha512", Digest::Sha512)],
-                    p,
-                )
-            })
-            .unwrap_or(Digest::Sha256);
+            .and_then(|v| parse_enum(v, "policy.digest", DIGESTS, p))
+            .unwrap_or_else(|| default_of("policy.digest", DIGESTS));
         let rsa_pss = raw
             .rsa_signature
             .as_ref()
-            .and_then(|v| {
-                parse_enum(
-                    v,
-                    "policy.rsa_signature",
-                    &[("pkcs1", false), ("pss", true)],
-                    p,
-                )
-            })
-            .unwrap_or(false);
+            .and_then(|v| parse_enum(v, "policy.rsa_signature", RSA_SIGNATURES, p))
+            .unwrap_or_else(|| default_of("policy.rsa_signature", RSA_SIGNATURES));
 
         let mut out: Vec<Rule> = Vec::new();
         for spanned in rules {
@@ -337,7 +332,9 @@ impl Policy {
             signature_form,
             digest,
             rsa_pss,
-            encrypt_to_self: raw.encrypt_to_self.unwrap_or(false),
+            encrypt_to_self: raw
+                .encrypt_to_self
+                .unwrap_or_else(|| crate::config::params::default("policy.encrypt_to_self")),
             subject_tag: raw.subject_tag.clone().filter(|s| !s.is_empty()),
             encrypt_header: raw.encrypt_header.clone().filter(|s| !s.is_empty()),
             version,

@@ -52,10 +52,9 @@ pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failur
         ("message/delivery-status", "text/rfc822-headers")
     };
     let boundary = format!("{}/{}", env.id, hostname);
-    let date = crate::session::rfc5322_date(std::time::SystemTime::now());
-    let arrival = crate::session::rfc5322_date(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(env.received),
-    );
+    let date = crate::date::rfc5322(std::time::SystemTime::now());
+    let arrival =
+        crate::date::rfc5322(std::time::UNIX_EPOCH + std::time::Duration::from_secs(env.received));
     let mut m = String::new();
     let _ = write!(
         m,

@@ -6,6 +6,7 @@
 //! read other files (keys, certificates) happen in `app::load_stores`, which `cachet check` also runs.
 
 pub mod params;
+pub mod policy;
 pub mod raw;
 pub mod units;
 
@@ -462,7 +463,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             .map(|v| existing_file(base, v, "certificates.trust", p))
             .collect(),
     });
-    let policy = crate::policy::Policy::build(&raw.policy, &raw.rules, p);
+    let policy = policy::build(&raw.policy, &raw.rules, p);
 
     let admin_listen = raw.admin.listen.as_ref().and_then(|v| {
         if v.get_ref().is_empty() {
@@ -644,7 +645,7 @@ fn submitters(
         }
         let mut senders = Vec::new();
         for v in &r.senders {
-            let g = crate::policy::normalize_glob(v.get_ref());
+            let g = crate::store::normalize_glob(v.get_ref());
             if g.is_empty() || g.contains(char::is_whitespace) || g.matches('@').count() != 1 {
                 p.at(
                     v.span(),

@@ -737,18 +737,9 @@ impl Session {
             "Received: from {helo} ([{}])\r\n\tby {} (cachet) with {with} id {id}{for_clause};\r\n\t{}\r\n",
             self.peer.ip(),
             self.runtime.config.server.hostname,
-            rfc5322_date(std::time::SystemTime::now())
+            crate::date::rfc5322(std::time::SystemTime::now())
         )
     }
-}
-
-/// `Sun, 29 Nov 2026 08:53:22 +0000`
-pub fn rfc5322_date(t: std::time::SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day padding:none] [month repr:short] [year] [hour]:[minute]:[second] +0000"
-    );
-    dt.format(&fmt).unwrap_or_default()
 }
 
 /// The number in a `SIZE=` parameter of a MAIL command, read without overflow
@@ -779,11 +770,9 @@ pub fn plain_address(address: &str) -> bool {
     if address.len() > 254 || local.is_empty() || local.len() > 64 || domain.is_empty() {
         return false;
     }
-    let atext = |c: char| {
-        c.is_ascii_alphanumeric()
-            || "!#$%&'*+-/=?^_`{|}~".contains(c)
-            || !c.is_ascii() && !c.is_control()
-    };
+    // Non-ASCII (SMTPUTF8, RFC 6532 UTF8-non-ascii) but never a control or a space of any kind.
+    let utf8 = |c: char| !c.is_ascii() && !c.is_control() && !c.is_whitespace();
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || utf8(c);
     let dot_atom = |s: &str, ok: &dyn Fn(char) -> bool| {
         !s.starts_with('.')
             && !s.ends_with('.')
@@ -800,9 +789,13 @@ pub fn plain_address(address: &str) -> bool {
                     .all(|c| c.is_ascii_hexdigit() || ".:".contains(c) || c.is_ascii_alphanumeric())
         });
     }
+    // Labels of letters, digits and hyphens (or U-label characters), never starting or ending
+    // with a hyphen (RFC 5321 §4.1.2 sub-domain).
     dot_atom(domain, &|c: char| {
-        c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii() && !c.is_control()
-    })
+        c.is_ascii_alphanumeric() || c == '-' || utf8(c)
+    }) && domain
+        .split('.')
+        .all(|l| !l.starts_with('-') && !l.ends_with('-'))
 }
 
 enum LineEnd {

@@ -139,6 +139,30 @@ impl SigningIdentity {
         Self::from_parts(address, key.secret_der(), &certs, trust, now)
     }
 
+    /// Build an identity from an in-memory PKCS#12 file and its password, validated like a key
+    /// file. Used by `load`; public so tools and the fuzz targets reach the same parser.
+    pub fn from_p12(
+        address: &str,
+        bytes: &[u8],
+        password: &str,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> Result<SigningIdentity, String> {
+        let ks = p12_keystore::KeyStore::from_pkcs12(bytes, password)
+            .map_err(|e| format!("cannot open PKCS#12 (wrong password?): {e}"))?;
+        let (_, chain) = ks
+            .private_key_chain()
+            .ok_or("PKCS#12 holds no private key")?;
+        let certs: Vec<CertificateDer<'static>> = chain
+            .chain()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_der().to_vec()))
+            .collect();
+        // Only the key's own chain: p12-keystore drops certificates without a localKeyId, so a
+        // separate encryption certificate needs the .pem form.
+        Self::from_parts(address, chain.key(), &certs, trust, now)
+    }
+
     fn from_parts(
         address: &str,
         key_der: &[u8],
@@ -291,19 +315,7 @@ impl KeyStore {
                     let pass = String::from_utf8(pass)
                         .map_err(|_| "password file is not UTF-8".to_string())?;
                     let pass = pass.trim_end_matches(['\r', '\n']);
-                    let ks = p12_keystore::KeyStore::from_pkcs12(&bytes, pass)
-                        .map_err(|e| format!("cannot open PKCS#12 (wrong password?): {e}"))?;
-                    let (_, chain) = ks
-                        .private_key_chain()
-                        .ok_or("PKCS#12 holds no private key")?;
-                    let certs: Vec<CertificateDer<'static>> = chain
-                        .chain()
-                        .iter()
-                        .map(|c| CertificateDer::from(c.as_der().to_vec()))
-                        .collect();
-                    // Only the key's own chain: p12-keystore drops certificates without a
-                    // localKeyId, so a separate encryption certificate needs the .pem form.
-                    SigningIdentity::from_parts(address, chain.key(), &certs, trust, now)
+                    SigningIdentity::from_p12(address, &bytes, pass, trust, now)
                 } else {
                     SigningIdentity::from_pem(address, &bytes, trust, now)
                 }

@@ -81,8 +81,8 @@ impl Scheduler {
                     );
                 }
                 for (q, env) in found {
-                    scheduled.insert(env.id.clone(), env.next_attempt * 1000);
-                    heap.push(Reverse((env.next_attempt * 1000, env.id, q)));
+                    scheduled.insert(env.id.clone(), env.next_attempt.saturating_mul(1000));
+                    heap.push(Reverse((env.next_attempt.saturating_mul(1000), env.id, q)));
                 }
             }
             Err(e) => tracing::error!(error = %e, "spool scan failed"),
@@ -172,7 +172,7 @@ async fn attempt(
             // Moved by an operator (hold/delete) or already done; another queue may have it.
             return match spool.find(id) {
                 Ok(Some((q @ (Queue::Incoming | Queue::Deferred), env))) => Some(Due {
-                    at_ms: env.next_attempt * 1000,
+                    at_ms: env.next_attempt.saturating_mul(1000),
                     id: id.into(),
                     queue: q,
                 }),
@@ -301,7 +301,7 @@ async fn attempt(
             }
         }
     }
-    env.attempts += 1;
+    env.attempts = env.attempts.saturating_add(1);
     reschedule(spool, rt, metrics, env, queue, &data, failures).await
 }
 
@@ -356,7 +356,7 @@ async fn reschedule(
         env.next_attempt = now + delay.as_secs().max(1);
         match spool.save(&mut env, Queue::Deferred, Some(queue)).await {
             Ok(()) => Some(Due {
-                at_ms: env.next_attempt * 1000,
+                at_ms: env.next_attempt.saturating_mul(1000),
                 id: id.clone(),
                 queue: Queue::Deferred,
             }),

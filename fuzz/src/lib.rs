@@ -194,7 +194,8 @@ pub fn config_load(data: &[u8]) {
 }
 
 /// Spool recovery on a damaged envelope: the scan never panics and never deletes a file it
-/// cannot read (it goes to corrupt/), and what it returns is named by its file.
+/// cannot read (it goes to corrupt/), what it returns is named by its file, and the DSN for
+/// it can be built.
 /// Input: envelope bytes; after a 0xFF byte, a second copy for deferred/ (a crash mid-move).
 pub fn spool_recover(data: &[u8]) {
     use cachet::spool::{Queue, Spool};
@@ -217,6 +218,16 @@ pub fn spool_recover(data: &[u8]) {
     assert!(found.len() <= 1);
     for (_, env) in &found {
         assert_eq!(env.id, id, "recovered an envelope under another name");
+        // What the scheduler does with it next: bounce the failed recipients.
+        let failures: Vec<cachet::dsn::Failure> = env
+            .recipients
+            .iter()
+            .map(|r| cachet::dsn::Failure {
+                recipient: &r.address,
+                reply: r.reply.as_deref().unwrap_or("expired"),
+            })
+            .collect();
+        let _ = cachet::dsn::build("gw.test", env, b"Subject: x\r\n\r\n", &failures);
     }
     let kept = |q: &str| root.join(q).join(id).exists();
     if !two {

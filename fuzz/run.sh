@@ -5,19 +5,23 @@
 #
 # Environment:
 #   FUZZ_SECONDS    seconds per target (default 25)
+#   FUZZ_BUDGET     seconds for everything, build included (default 330): when the build was
+#                   slow (a cold cache), each target gets an equal share of what is left, at
+#                   least 5 s, so CI stays under six minutes
 #   FUZZ_SANITIZER  cargo-fuzz sanitizer (default "none": cachet has no unsafe code, and without
 #                   ASan the build is shorter and executions ~2x faster; "address" for a deep run)
 #
-# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`). Seeds come
-# from corpus/<target>/ (committed, never written); what libFuzzer learns goes to
-# corpus-work/<target>/ (ignored by git, kept between runs). A crash, leak, timeout or
-# out-of-memory stops that target; the others still run, then the script prints each failing
-# target with its crash input (artifacts/<target>/...) and exits 1. Reproduce one with
-#   cargo +nightly fuzz run -s none -a TARGET artifacts/TARGET/crash-...
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`). Targets run
+# one after another. Seeds come from corpus/<target>/ (committed, never written); what libFuzzer
+# learns goes to corpus-work/<target>/ (ignored by git, kept between runs). A crash, panic,
+# timeout or out-of-memory stops that target; the others still run, then the script prints each
+# failing target with its crash input (fuzz/artifacts/<target>/...) and exits 1. Reproduce with
+#   cargo +nightly fuzz run -s none -a TARGET fuzz/artifacts/TARGET/crash-...
 set -uo pipefail
 cd "$(dirname "$0")"
 
 seconds="${FUZZ_SECONDS:-25}"
+budget="${FUZZ_BUDGET:-330}"
 sanitizer="${FUZZ_SANITIZER:-none}"
 flags=(--sanitizer "$sanitizer" --debug-assertions --release)
 
@@ -44,22 +48,24 @@ if [ $# -gt 0 ]; then
 else
   mapfile -t targets < <(cargo +nightly fuzz list)
 fi
+share=$(((budget - (built - start)) / ${#targets[@]}))
+[ "$share" -lt "$seconds" ] && seconds=$((share < 5 ? 5 : share))
+bin="target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 
 mkdir -p target/fuzz-logs
 failed=()
 for t in "${targets[@]}"; do
   mkdir -p "corpus-work/$t" "artifacts/$t" "corpus/$t"
   log="target/fuzz-logs/$t.log"
-  echo "fuzz/run.sh: $t for ${seconds} s"
-  cargo +nightly fuzz run "${flags[@]}" "$t" "corpus-work/$t" "corpus/$t" -- \
+  "$bin/$t" "corpus-work/$t" "corpus/$t" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
   rc=$?
-  stats=$(grep -E '^#[0-9]+ +DONE' "$log" | tail -1)
-  echo "  ${stats:-no final stats}"
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  echo "fuzz/run.sh: $t: ${seconds} s, ${execs:-?} executions ($(( ${execs:-0} / seconds ))/s)"
   if [ $rc -ne 0 ]; then
-    input=$(grep -oE '(Test unit written to|artifact_prefix.*Test unit written to) [^ ]+' "$log" | tail -1 | awk '{print $NF}')
-    echo "fuzz/run.sh: $t FAILED (exit $rc); crash input: fuzz/${input:-unknown (see fuzz/$log)}" >&2
+    input=$(sed -n 's/.*Test unit written to \([^ ]*\).*/\1/p' "$log" | tail -1)
+    echo "fuzz/run.sh: $t FAILED (exit $rc); crash input: fuzz/${input:-? (see fuzz/$log)}" >&2
     grep -E 'panicked at|ERROR: libFuzzer|SUMMARY' "$log" | head -5 >&2
     failed+=("$t: fuzz/${input:-$log}")
   fi

@@ -53,8 +53,11 @@ pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failur
     };
     let boundary = format!("{}/{}", env.id, hostname);
     let date = crate::date::rfc5322(std::time::SystemTime::now());
-    let arrival =
-        crate::date::rfc5322(std::time::UNIX_EPOCH + std::time::Duration::from_secs(env.received));
+    // A damaged envelope may claim any arrival time: clamp it to the last second a date can
+    // name (9999-12-31T23:59:59Z) rather than overflow.
+    let arrival = crate::date::rfc5322(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(env.received.min(253_402_300_799)),
+    );
     let mut m = String::new();
     let _ = write!(
         m,

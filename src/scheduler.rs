@@ -135,8 +135,8 @@ impl Scheduler {
                     );
                 }
                 for (q, env) in found {
-                    scheduled.insert(env.id.clone(), (env.next_attempt * 1000, q));
-                    heap.push(Reverse((env.next_attempt * 1000, env.id, q)));
+                    scheduled.insert(env.id.clone(), (env.next_attempt.saturating_mul(1000), q));
+                    heap.push(Reverse((env.next_attempt.saturating_mul(1000), env.id, q)));
                 }
             }
             Err(e) => tracing::error!(error = %e, "spool scan failed"),
@@ -258,7 +258,7 @@ async fn attempt(
             // Moved by an operator (hold/delete) or already done; another queue may have it.
             return match spool.find(id) {
                 Ok(Some((q @ (Queue::Incoming | Queue::Deferred), env))) => Some(Due {
-                    at_ms: env.next_attempt * 1000,
+                    at_ms: env.next_attempt.saturating_mul(1000),
                     id: id.into(),
                     queue: q,
                 }),
@@ -395,7 +395,7 @@ async fn attempt(
             }
         }
     }
-    env.attempts += 1;
+    env.attempts = env.attempts.saturating_add(1);
     reschedule(spool, rt, metrics, unsaved, env, queue, &data, failures).await
 }
 
@@ -455,7 +455,7 @@ async fn reschedule(
             Ok(()) => {
                 unsaved.forget(&id);
                 Some(Due {
-                    at_ms: env.next_attempt * 1000,
+                    at_ms: env.next_attempt.saturating_mul(1000),
                     id: id.clone(),
                     queue: Queue::Deferred,
                 })

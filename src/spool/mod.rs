@@ -186,7 +186,7 @@ impl Spool {
 
     /// Writes `env` durably into queue `to`; if `from` differs, removes the old copy afterwards.
     pub async fn save(&self, env: &mut Envelope, to: Queue, from: Option<Queue>) -> io::Result<()> {
-        env.seq += 1;
+        env.seq = env.seq.saturating_add(1);
         let this = self.clone();
         let env = env.clone();
         tokio::task::spawn_blocking(move || this.save_blocking(&env, to, from))
@@ -297,7 +297,8 @@ impl Spool {
         for &q in queues {
             for id in self.ids(q)? {
                 let env = match self.load(q, &id) {
-                    Ok(Some(env)) if self.data_path(&id).is_file() => env,
+                    // An envelope naming another message is as unreadable as a torn one.
+                    Ok(Some(env)) if env.id == id && self.data_path(&id).is_file() => env,
                     Ok(None) => continue,
                     Ok(Some(_)) | Err(_) => {
                         tracing::error!(queue_id = %id, queue = q.dir_name(), "unreadable envelope or missing data; moved to corrupt/");

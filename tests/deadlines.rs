@@ -196,3 +196,40 @@ async fn upstream_that_stops_reading_during_data_is_deferred_then_delivered() {
     let got = gw.expect_upstream(&up, 1).await;
     assert!(got[0].data.ends_with(&msg));
 }
+
+/// A client that pipelines commands but never reads the replies fills its own receive window;
+/// the gateway's writes then block. They have a deadline too (`server.idle_timeout`): the slot
+/// comes free and the next client is greeted.
+#[tokio::test]
+async fn client_that_never_reads_replies_loses_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .with("server", "max_connections", "1")
+            .with("server", "idle_timeout", &toml_str("2s")),
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    // Write NOOPs (never reading) until our own writes stall: both socket buffers are full.
+    let chunk = b"NOOP\r\n".repeat(10_000);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            // Stalled (or closed by the gateway): the gateway is stuck writing or gave up.
+            Err(_) | Ok(Err(_)) => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{sent} bytes and the writes never stalled"
+        );
+    }
+    // The stalled client must not keep the only slot.
+    assert!(
+        wait_banner(gw.addr(), 220).await,
+        "the slot never came free after {sent} bytes of unread pipelining\n{}",
+        gw.logs()
+    );
+    drop(s);
+}

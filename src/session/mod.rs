@@ -155,7 +155,7 @@ impl Session {
                 if bare {
                     self.reply(reply::BARE_NEWLINE);
                     self.ctx.metrics.refused("bare_newline");
-                    stream.write_all(&self.out).await?;
+                    self.send(&mut stream).await?;
                     return Ok(Ending::Closed);
                 }
                 let line = buf[start..start + line_len].to_vec();
@@ -168,14 +168,13 @@ impl Session {
                     Step::Continue => {}
                     Step::Verify(user, pass) => self.verify(user, pass).await,
                     Step::Close => {
-                        stream.write_all(&self.out).await?;
+                        self.send(&mut stream).await?;
                         let _ = stream.shutdown().await;
                         return Ok(Ending::Closed);
                     }
                     Step::StartTls => {
                         // CVE-2011-0411: nothing sent before the handshake may be acted on.
-                        stream.write_all(&self.out).await?;
-                        stream.flush().await?;
+                        self.send(&mut stream).await?;
                         return Ok(Ending::StartTls(stream));
                     }
                     Step::Data => {
@@ -183,7 +182,7 @@ impl Session {
                         start = 0;
                         match self.receive_data(&mut stream, &mut buf).await? {
                             Step::Close => {
-                                stream.write_all(&self.out).await?;
+                                self.send(&mut stream).await?;
                                 return Ok(Ending::Closed);
                             }
                             _ => continue,
@@ -192,7 +191,7 @@ impl Session {
                 }
                 if self.errors > self.runtime.config.server.max_errors {
                     self.reply(reply::TOO_MANY_ERRORS);
-                    stream.write_all(&self.out).await?;
+                    self.send(&mut stream).await?;
                     return Ok(Ending::Closed);
                 }
             }
@@ -200,17 +199,16 @@ impl Session {
             start = 0;
             if buf.len() > MAX_LINE {
                 self.reply(reply::LINE_TOO_LONG);
-                stream.write_all(&self.out).await?;
+                self.send(&mut stream).await?;
                 return Ok(Ending::Closed);
             }
             if !self.out.is_empty() {
-                stream.write_all(&self.out).await?;
-                stream.flush().await?;
+                self.send(&mut stream).await?;
                 self.out.clear();
             }
             if *shutdown.borrow() {
                 self.reply(reply::SHUTTING_DOWN);
-                stream.write_all(&self.out).await?;
+                self.send(&mut stream).await?;
                 return Ok(Ending::Closed);
             }
             let n = tokio::select! {
@@ -223,10 +221,27 @@ impl Session {
                 None if *shutdown.borrow() => continue,
                 None => {
                     self.reply(reply::IDLE_TIMEOUT);
-                    stream.write_all(&self.out).await?;
+                    self.send(&mut stream).await?;
                     return Ok(Ending::Closed);
                 }
             }
+        }
+    }
+
+    /// Writes and flushes the batched replies within `server.idle_timeout`: a client that stops
+    /// reading (its window full) must not hold a connection slot for ever.
+    async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> io::Result<()> {
+        let limit = self.runtime.config.server.idle_timeout;
+        let write = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read our replies within server.idle_timeout",
+            )),
         }
     }
 
@@ -567,8 +582,7 @@ impl Session {
             return Ok(Step::Continue);
         }
         self.reply(reply::START_DATA);
-        stream.write_all(&self.out).await?;
-        stream.flush().await?;
+        self.send(stream).await?;
         self.out.clear();
 
         let max = self.runtime.config.server.max_message_size;

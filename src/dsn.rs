@@ -52,9 +52,11 @@ pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failur
         ("message/delivery-status", "text/rfc822-headers")
     };
     let boundary = format!("{}/{}", env.id, hostname);
-    let date = crate::session::rfc5322_date(std::time::SystemTime::now());
-    let arrival = crate::session::rfc5322_date(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(env.received),
+    let date = crate::date::rfc5322(std::time::SystemTime::now());
+    // A damaged envelope may claim any arrival time: clamp it to the last second a date can
+    // name (9999-12-31T23:59:59Z) rather than overflow.
+    let arrival = crate::date::rfc5322(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(env.received.min(253_402_300_799)),
     );
     let mut m = String::new();
     let _ = write!(

@@ -81,6 +81,18 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9925")]
         admin: String,
     },
+    /// Print configuration parameters: every default (`--defaults`, like `postconf -d`) or what
+    /// the file changes (`--changed`, like `postconf -n`).
+    Config {
+        #[arg(long, short, default_value = "config/cachet.toml")]
+        config: PathBuf,
+        /// Every key with its built-in default.
+        #[arg(long, conflicts_with = "changed")]
+        defaults: bool,
+        /// Only the keys the file sets to something other than the default.
+        #[arg(long)]
+        changed: bool,
+    },
     /// Print a `server.auth_users` line for USER; the password is read from standard input.
     Passwd { user: String },
     /// Inspect and manage the queue of a (running or stopped) gateway.
@@ -198,6 +210,33 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Config {
+            config,
+            defaults,
+            changed,
+        } => {
+            if defaults || !changed {
+                print!("{}", config::params::render_defaults());
+                return ExitCode::SUCCESS;
+            }
+            let source = match std::fs::read_to_string(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cachet config: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match config::params::render_changed(&source) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cachet config: {}: {e}", config.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Healthcheck { admin } => match cachet::admin::probe(&admin) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

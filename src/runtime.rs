@@ -1,15 +1,17 @@
-//! The loaded world every stage reads: validated config, policy, key and certificate stores and
-//! the inbound TLS acceptor. Built whole by [`Runtime::load`]; a reload builds a new one and
+//! The loaded world every stage reads: validated config, policy, key and certificate stores
+//! ([`Stores`]) and the inbound TLS acceptor. Built whole by [`Runtime::load`]; a reload builds a new one and
 //! swaps it in atomically, so sessions in flight finish on the one they started with.
 
 use crate::config::{Config, ConfigError};
+use crate::store::{CertStore, KeyStore, SigningIdentity, TrustAnchors};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio_rustls::TlsAcceptor;
 
 pub struct Runtime {
     pub config: Config,
-    pub stores: crate::pipeline::Stores,
+    pub stores: Stores,
     /// Present when `server.tls_cert`/`tls_key` are set: STARTTLS is offered, SMTPS possible.
     pub tls: Option<TlsAcceptor>,
     /// `server.tls_client_ca`: what TLS client certificates matched by issuer and subject must
@@ -30,7 +32,7 @@ impl Runtime {
         let config = Config::load(path)?;
         let mut errors = Vec::new();
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) => match crate::listener::tls_acceptor(
+            (Some(cert), Some(key)) => match crate::listener::tls::tls_acceptor(
                 cert,
                 key,
                 config
@@ -109,7 +111,7 @@ impl Runtime {
             }));
             tls_client_anchors = anchors.anchors;
         }
-        let (stores, problems) = crate::pipeline::Stores::load(&config);
+        let (stores, problems) = Stores::load(&config);
         errors.extend(problems);
         match relay {
             Ok(relay) if errors.is_empty() => Ok(Runtime {
@@ -127,5 +129,83 @@ impl Runtime {
 
     pub fn shared(self) -> Arc<Runtime> {
         Arc::new(self)
+    }
+}
+
+/// Signing keys and recipient certificates, loaded at start and on reload; never read from disk
+/// on the hot path.
+#[derive(Default)]
+pub struct Stores {
+    pub trust: TrustAnchors,
+    pub keys: KeyStore,
+    pub certs: CertStore,
+    /// Problems with individual keys or certificates: reported by `check` and at load, and
+    /// those files are never used, but they do not stop the gateway.
+    pub warnings: Vec<String>,
+}
+
+impl Stores {
+    /// Loads the configured stores. Unreadable trust anchors are errors (nothing could validate);
+    /// a bad key or certificate file is a warning.
+    pub fn load(config: &Config) -> (Stores, Vec<ConfigError>) {
+        let now = SystemTime::now();
+        let mut errors = Vec::new();
+        let mut stores = Stores::default();
+        let err = |key: &str, p: crate::store::Problem| ConfigError {
+            file: p.path,
+            line: None,
+            key: key.into(),
+            message: p.reason,
+        };
+        if let Some(c) = &config.certificates {
+            let (trust, problems) = TrustAnchors::load(&c.trust);
+            errors.extend(problems.into_iter().map(|p| err("certificates.trust", p)));
+            stores.trust = trust;
+            let (certs, problems) = CertStore::load(&c.dir, &stores.trust, now);
+            stores
+                .warnings
+                .extend(problems.iter().map(|p| p.to_string()));
+            stores.certs = certs;
+        }
+        if let Some(k) = &config.keys {
+            let (keys, problems) =
+                KeyStore::load(&k.dir, k.p12_password_file.as_deref(), &stores.trust, now);
+            // Only the organisation signs as the organisation: a key for another domain is a
+            // configuration error, never silently unused.
+            for id in keys.iter() {
+                if !config.submitters.is_local(&id.email) {
+                    errors.push(ConfigError {
+                        file: k.dir.clone(),
+                        line: None,
+                        key: "keys.dir".into(),
+                        message: format!(
+                            "signing key for {} ({}): its domain is not in server.local_domains; cachet signs only the organisation's own addresses",
+                            id.email, id.fingerprint
+                        ),
+                    });
+                }
+            }
+            for p in problems {
+                // A key file others can read is a configuration error, not a skipped file.
+                if p.reason.contains("readable") {
+                    errors.push(err("keys.dir", p));
+                } else {
+                    stores.warnings.push(p.to_string());
+                }
+            }
+            stores.keys = keys;
+        }
+        (stores, errors)
+    }
+
+    /// The signing identity for the From: address, if valid now.
+    pub fn signer(&self, from: &str) -> Option<Arc<SigningIdentity>> {
+        self.keys
+            .get(from)
+            .filter(|id| id.not_after > SystemTime::now())
+    }
+
+    pub fn can_encrypt_to(&self, address: &str) -> bool {
+        self.certs.lookup(address, SystemTime::now()).cert.is_some()
     }
 }

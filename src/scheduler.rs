@@ -140,8 +140,8 @@ impl Scheduler {
                     );
                 }
                 for (q, env) in scanned.found {
-                    scheduled.insert(env.id.clone(), (env.next_attempt * 1000, q));
-                    heap.push(Reverse((env.next_attempt * 1000, env.id, q)));
+                    scheduled.insert(env.id.clone(), (env.next_attempt.saturating_mul(1000), q));
+                    heap.push(Reverse((env.next_attempt.saturating_mul(1000), env.id, q)));
                 }
                 // Not readable just now: the attempt reads them again (and judges them).
                 let later = now_ms() + self.runtime.load().config.spool.retry[0].as_millis() as u64;
@@ -274,7 +274,7 @@ async fn attempt(
             // Moved by an operator (hold/delete) or already done; another queue may have it.
             return match spool.find(id) {
                 Ok(Some((q @ (Queue::Incoming | Queue::Deferred), env))) => Some(Due {
-                    at_ms: env.next_attempt * 1000,
+                    at_ms: env.next_attempt.saturating_mul(1000),
                     id: id.into(),
                     queue: q,
                 }),
@@ -422,7 +422,7 @@ async fn attempt(
             }
         }
     }
-    env.attempts += 1;
+    env.attempts = env.attempts.saturating_add(1);
     reschedule(spool, rt, metrics, unsaved, env, queue, &data, failures).await
 }
 
@@ -482,7 +482,7 @@ async fn reschedule(
             Ok(()) => {
                 unsaved.forget(&id);
                 Some(Due {
-                    at_ms: env.next_attempt * 1000,
+                    at_ms: env.next_attempt.saturating_mul(1000),
                     id: id.clone(),
                     queue: Queue::Deferred,
                 })

@@ -9,19 +9,6 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-fn users_line(user: &str, password: &str) -> String {
-    let mut child = cachet_command()
-        .args(["passwd", user])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn outsiders_relay_only_after_auth_over_tls() {
     let pki = TestPki::new("gateway");

@@ -146,3 +146,91 @@ fn check_lists_every_problem_with_file_line_and_key() {
         assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+/// `config/cachet.toml` shows the real defaults: for every key `cachet config --defaults` prints
+/// with a value, the reference file has a `key = value` line (commented or not) in that section
+/// with the same TOML value.
+#[test]
+fn the_reference_shows_the_real_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args(["config", "--defaults"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let defaults = String::from_utf8(out.stdout).unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/cachet.toml"))
+            .unwrap();
+    // section -> the `key = value` lines under it, comment marks removed.
+    let mut section = String::new();
+    let mut shown: Vec<(String, String, String)> = Vec::new();
+    for line in example.lines() {
+        let l = line.trim_start_matches('#').trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|x| x.strip_suffix("]]")) {
+            section = name.to_string();
+        } else if let Some(name) = l.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            section = name.to_string();
+        } else if let Some((k, v)) = l.split_once(" = ") {
+            shown.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let value = |lit: &str| -> toml::Value {
+        toml::from_str::<toml::Table>(&format!("v = {lit}"))
+            .unwrap_or_else(|e| panic!("{lit}: {e}"))["v"]
+            .clone()
+    };
+    let mut wrong = Vec::new();
+    for line in defaults.lines().filter(|l| !l.starts_with('#')) {
+        let (key, lit) = line.split_once(" = ").unwrap();
+        let (sec, k) = key.split_once('.').unwrap();
+        let want = value(lit);
+        let found: Vec<&(String, String, String)> = shown
+            .iter()
+            .filter(|(s, kk, _)| s == sec && kk == k)
+            .collect();
+        if !found.iter().any(|(_, _, v)| {
+            toml::from_str::<toml::Table>(&format!("v = {v}")).is_ok_and(|t| t["v"] == want)
+        }) {
+            wrong.push(format!(
+                "{key}: default {lit}, config/cachet.toml shows {:?}",
+                found.iter().map(|f| f.2.as_str()).collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Bounds come from the same table: a zero that used to become 1 silently is an error now.
+#[test]
+fn out_of_range_values_are_errors_naming_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlocal_domains = [\"example.org\"]\nmax_connections = 0\n[upstream]\nurl = \"file://out\"\nmax_connections = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for key in ["server.max_connections", "upstream.max_connections"] {
+        assert!(
+            err.contains(&format!(
+                "{key}: 0 connections is out of range: must be from 1 to"
+            )),
+            "{err}"
+        );
+    }
+    let changed = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args(["config", "--changed", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&changed.stdout);
+    assert!(text.contains("server.max_connections = 0\n"), "{text}");
+    assert!(!text.contains("server.hostname"), "{text}");
+}

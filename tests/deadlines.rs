@@ -49,16 +49,29 @@ async fn wait_banner(addr: SocketAddr, want: u16) -> bool {
     false
 }
 
-/// The silent socket is closed by the gateway (EOF or reset) within `WAIT`.
-async fn closed_by_gateway(mut s: TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
+/// Connects to the implicit-TLS port and says nothing. Returns once the gateway closed the
+/// connection without a byte (its handshake deadline), or `Err` with why not. A connection refused
+/// with `421` (the slot was still taken, e.g. by the harness's readiness probe) is tried again.
+async fn silent_tls_client_is_dropped(addr: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + WAIT;
     loop {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut buf = [0u8; 512];
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue, // e.g. the 220 after STARTTLS
+            Err(_) => return Err("still connected: the handshake has no deadline".into()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+            Ok(Ok(n)) if buf[..n].starts_with(b"421") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Ok(n)) => {
+                return Err(format!(
+                    "unexpected bytes: {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ));
+            }
         }
     }
 }
@@ -67,23 +80,16 @@ async fn closed_by_gateway(mut s: TcpStream) -> bool {
 async fn silent_implicit_tls_client_loses_its_slot() {
     let pki = TestPki::new("gateway");
     let gw = Gateway::start(one_slot(&pki)).await;
-    let silent = TcpStream::connect(gw.smtps_addr().unwrap()).await.unwrap();
+    if let Err(e) = silent_tls_client_is_dropped(gw.smtps_addr().unwrap()).await {
+        panic!("{e}\n{}", gw.logs());
+    }
     assert!(
-        wait_banner(gw.addr(), 421).await,
-        "the silent TLS client should hold the only slot first\n{}",
-        gw.logs()
-    );
-    assert!(
-        wait_banner(gw.addr(), 220).await,
-        "a client that never starts its TLS handshake kept the only slot\n{}",
-        gw.logs()
-    );
-    assert!(closed_by_gateway(silent).await, "{}", gw.logs());
-    assert!(
-        gw.logs().contains("TLS handshake timed out"),
+        gw.wait_log("TLS handshake timed out", WAIT).await,
         "{}",
         gw.logs()
     );
+    // The slot is free again.
+    assert!(wait_banner(gw.addr(), 220).await, "{}", gw.logs());
 }
 
 #[tokio::test]
@@ -109,7 +115,7 @@ async fn silent_client_after_starttls_loses_its_slot() {
         gw.logs()
     );
     assert!(
-        gw.logs().contains("TLS handshake timed out"),
+        gw.wait_log("TLS handshake timed out", WAIT).await,
         "{}",
         gw.logs()
     );
@@ -189,4 +195,41 @@ async fn upstream_that_stops_reading_during_data_is_deferred_then_delivered() {
     );
     let got = gw.expect_upstream(&up, 1).await;
     assert!(got[0].data.ends_with(&msg));
+}
+
+/// A client that pipelines commands but never reads the replies fills its own receive window;
+/// the gateway's writes then block. They have a deadline too (`server.idle_timeout`): the slot
+/// comes free and the next client is greeted.
+#[tokio::test]
+async fn client_that_never_reads_replies_loses_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .with("server", "max_connections", "1")
+            .with("server", "idle_timeout", &toml_str("2s")),
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    // Write NOOPs (never reading) until our own writes stall: both socket buffers are full.
+    let chunk = b"NOOP\r\n".repeat(10_000);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            // Stalled (or closed by the gateway): the gateway is stuck writing or gave up.
+            Err(_) | Ok(Err(_)) => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{sent} bytes and the writes never stalled"
+        );
+    }
+    // The stalled client must not keep the only slot.
+    assert!(
+        wait_banner(gw.addr(), 220).await,
+        "the slot never came free after {sent} bytes of unread pipelining\n{}",
+        gw.logs()
+    );
+    drop(s);
 }

@@ -193,3 +193,44 @@ async fn subject_email_address_never_binds_an_address_outside_a_name_constrained
         );
     }
 }
+
+/// A certificate names an internationalised domain by its A-label (rfc822Name is IA5String); an
+/// SMTPUTF8 envelope names it by its U-label. One domain: required encryption is met.
+#[tokio::test]
+async fn a_u_label_recipient_is_encrypted_to_the_a_label_certificate() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let (cert, key) = Leaf::new("bob@xn--bcher-kva.example", Alg::Rsa2048).issue();
+    let gw =
+        Gateway::start(config(&up).file("recipients/bob.pem", cert.clone()).raw(
+            "[[rule]]\nname = \"books\"\nto = [\"*@bücher.example\"]\nencrypt = \"required\"\n",
+        ))
+        .await;
+    let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+    assert_eq!(
+        c.cmd("MAIL FROM:<carol@example.org> SMTPUTF8")
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    // Was: 550 5.7.1 no valid S/MIME certificate for bob@bücher.example.
+    let r = c.cmd("RCPT TO:<bob@bücher.example>").await.unwrap();
+    assert_eq!(r.0, 250, "{r:?}\n{}", gw.logs());
+    assert_eq!(c.cmd("DATA").await.unwrap().0, 354);
+    let mut body = message("carol@example.org", "bob@bücher.example");
+    body.extend_from_slice(b".\r\n");
+    c.send_raw(&body).await.unwrap();
+    assert_eq!(c.read_reply().await.unwrap().0, 250);
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    assert_eq!(
+        got[0].rcpt_to,
+        ["bob@bücher.example"],
+        "relayed as received"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let c_path = smime_common::write(dir.path(), "bob.crt", &cert);
+    let k_path = smime_common::write(dir.path(), "bob.key", &key);
+    let plain = openssl_decrypt(&got[0].data, &c_path, &k_path);
+    assert!(String::from_utf8_lossy(&plain).contains(CANARY));
+}

@@ -15,19 +15,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn users_line(user: &str, password: &str) -> String {
-    let mut child = cachet_command()
-        .args(["passwd", user])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Alice (RFC 9216) can sign; the RFC 9216 CA is trusted.
 fn signing(c: GatewayConfig) -> GatewayConfig {
     c.raw("[keys]\ndir = \"keys\"\n[certificates]\ndir = \"recipients\"\ntrust = [\"trust/ca.pem\"]\n")
@@ -583,4 +570,82 @@ fn explain_shows_the_submitter_decision() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["submitter"]["action"], "refuse at RCPT");
+}
+
+/// A CA (cert PEM, issuer) named `cn`, and a client-auth leaf for `subject_cn` it issued
+/// (cert PEM, key PEM).
+fn client_ca_and_leaf(cn: &str, subject_cn: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, cn);
+    ca.distinguished_name
+        .push(DnType::OrganizationName, "Cloud");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(vec![subject_cn.to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, subject_cn);
+    leaf.distinguished_name
+        .push(DnType::OrganizationName, "Cloud");
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    leaf.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (issuer.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Issuer and subject as cachet prints and compares them (RFC 4514 via x509-cert).
+fn names_of(cert_pem: &str) -> (String, String) {
+    use der::DecodePem;
+    let c = x509_cert::Certificate::from_pem(cert_pem.as_bytes()).unwrap();
+    (
+        c.tbs_certificate().issuer().to_string(),
+        c.tbs_certificate().subject().to_string(),
+    )
+}
+
+/// Matching by issuer and subject trusts only a chain to `server.tls_client_ca`: a certificate
+/// with the same names from another CA (anyone can make one) grants nothing.
+#[tokio::test]
+async fn a_client_certificate_matched_by_names_must_chain_to_the_client_ca() {
+    let pki = TestPki::new("gateway");
+    let (ca_pem, cert_pem, key_pem) = client_ca_and_leaf("Cloud Client CA", "mail.cloud.test");
+    let (_, forged_pem, forged_key) = client_ca_and_leaf("Cloud Client CA", "mail.cloud.test");
+    let (issuer, subject) = names_of(&cert_pem);
+    assert_eq!(names_of(&forged_pem), (issuer.clone(), subject.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (cert, key) = (write("c.crt", &cert_pem), write("c.key", &key_pem));
+    let (fcert, fkey) = (write("f.crt", &forged_pem), write("f.key", &forged_key));
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .with_tls(&pki)
+            .upstream(&up)
+            .with("server", "relay_networks", "[\"192.0.2.0/24\"]")
+            .with("server", "tls_client_ca", "\"client-ca.pem\"")
+            .file("client-ca.pem", ca_pem)
+            .raw(&format!(
+                "[[submitter]]\nname = \"cloud\"\ntls_client = {{ issuer = {}, subject = {} }}\nsenders = [\"*@example.org\"]\n",
+                toml_str(&issuer.to_uppercase()),
+                toml_str(&subject)
+            )),
+    )
+    .await;
+    let msg = b"From: a@example.org\r\nSubject: names\r\n\r\nnames\r\n";
+    let r = py_send(&gw, &pki, Some((&fcert, &fkey)), "a@example.org", msg);
+    assert!(r.starts_with("550 5.7.1 Relay access denied"), "{r}");
+    let r = py_send(&gw, &pki, Some((&cert, &key)), "a@example.org", msg);
+    assert_eq!(r, "250", "{}", gw.logs());
+    gw.expect_upstream(&up, 1).await;
+    // Operators copy issuer and subject from this line.
+    assert!(gw.logs().contains("TLS client certificate"));
 }

@@ -5,6 +5,8 @@
 //! key ([`ConfigError`]). Relative paths resolve from the config file's folder. Checks that need to
 //! read other files (keys, certificates) happen in `app::load_stores`, which `cachet check` also runs.
 
+pub mod params;
+pub mod policy;
 pub mod raw;
 pub mod units;
 
@@ -261,6 +263,13 @@ fn existing_dir(base: &Path, v: &Spanned<PathBuf>, key: &str, p: &mut Problems) 
     path
 }
 
+/// Reports `value` out of the parameter table's bounds for `key`.
+fn bounded(p: &mut Problems, key: &str, value: u64) {
+    if let Err(message) = params::check(key, value) {
+        p.at(0..0, key, message);
+    }
+}
+
 fn socket_addrs(list: &[Spanned<String>], key: &str, p: &mut Problems) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for v in list {
@@ -329,12 +338,11 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             format!("{:?} is not a host name", s.hostname),
         );
     }
-    if s.max_recipients == 0 {
-        p.at(0..0, "server.max_recipients", "must be at least 1");
-    }
-    if s.max_connections == 0 {
-        p.at(0..0, "server.max_connections", "must be at least 1");
-    }
+    bounded(p, "server.max_message_size", s.max_message_size.0);
+    bounded(p, "server.max_recipients", s.max_recipients as u64);
+    bounded(p, "server.max_connections", s.max_connections as u64);
+    bounded(p, "server.idle_timeout", s.idle_timeout.0.as_secs());
+    bounded(p, "server.max_errors", s.max_errors as u64);
     let local_domains = local_domains(&s.local_domains, p);
     let tls_client_ca = s
         .tls_client_ca
@@ -373,9 +381,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
     if sp.retry.is_empty() {
         p.at(0..0, "spool.retry", "needs at least one interval");
     }
-    if sp.workers == 0 {
-        p.at(0..0, "spool.workers", "must be at least 1");
-    }
+    bounded(p, "spool.workers", sp.workers as u64);
+    bounded(p, "spool.max_age", sp.max_age.0.as_secs());
     let spool = SpoolConfig {
         dir: resolve(base, &sp.dir),
         retry: sp.retry.iter().map(|d| d.0).collect(),
@@ -421,6 +428,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             "username and password_file go together",
         );
     }
+    bounded(p, "upstream.timeout", u.timeout.0.as_secs());
+    bounded(p, "upstream.max_connections", u.max_connections as u64);
     let upstream = UpstreamConfig {
         url: u.url.get_ref().clone(),
         target,
@@ -435,7 +444,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             .as_ref()
             .map(|v| existing_file(base, v, "upstream.password_file", p)),
         timeout: u.timeout.0,
-        max_connections: u.max_connections.max(1),
+        max_connections: u.max_connections,
         helo_name: u.helo_name.unwrap_or_else(|| server.hostname.clone()),
     };
 
@@ -454,7 +463,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             .map(|v| existing_file(base, v, "certificates.trust", p))
             .collect(),
     });
-    let policy = crate::policy::Policy::build(&raw.policy, &raw.rules, p);
+    let policy = policy::build(&raw.policy, &raw.rules, p);
 
     let admin_listen = raw.admin.listen.as_ref().and_then(|v| {
         if v.get_ref().is_empty() {
@@ -636,7 +645,7 @@ fn submitters(
         }
         let mut senders = Vec::new();
         for v in &r.senders {
-            let g = crate::policy::normalize_glob(v.get_ref());
+            let g = crate::store::normalize_glob(v.get_ref());
             if g.is_empty() || g.contains(char::is_whitespace) || g.matches('@').count() != 1 {
                 p.at(
                     v.span(),
@@ -734,7 +743,7 @@ mod tests {
                 implicit_tls: false
             }
         );
-        assert_eq!(c.spool.dir, Path::new("/nonexistent/var/spool"));
+        assert_eq!(c.spool.dir, Path::new("/var/spool/cachet"));
         assert_eq!(c.spool.retry.len(), 5);
     }
 

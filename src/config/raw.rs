@@ -1,7 +1,9 @@
 //! The serde mirror of `cachet.toml`: field names are the public interface.
 //! `deny_unknown_fields` everywhere, so a typo is an error with file, line and key, not a silent default.
-//! Defaults live here, once; `config/cachet.toml` shows each of them.
+//! Defaults come from the parameter table ([`super::params`]), once; `config/cachet.toml` shows
+//! each of them (tests/config_reference.rs checks it).
 
+use super::params as P;
 use super::units::{Dur, Size};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -207,59 +209,63 @@ pub struct RawLog {
     pub audit_file: Option<PathBuf>,
 }
 
+fn spanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
 fn default_listen() -> Vec<Spanned<String>> {
-    vec![Spanned::new(0..0, "0.0.0.0:2525".into())]
+    P::default::<Vec<String>>("server.listen")
+        .into_iter()
+        .map(spanned)
+        .collect()
 }
 fn default_hostname() -> String {
-    "localhost".into()
+    P::default("server.hostname")
 }
 fn default_relay_networks() -> Vec<Spanned<String>> {
-    ["127.0.0.0/8", "::1/128"]
-        .iter()
-        .map(|s| Spanned::new(0..0, s.to_string()))
+    P::default::<Vec<String>>("server.relay_networks")
+        .into_iter()
+        .map(spanned)
         .collect()
 }
 fn default_max_message_size() -> Size {
-    Size(50 << 20)
+    P::default("server.max_message_size")
 }
 fn default_max_recipients() -> usize {
-    1000
+    P::default("server.max_recipients")
 }
 fn default_max_connections() -> usize {
-    500
+    P::default("server.max_connections")
 }
 fn default_idle_timeout() -> Dur {
-    Dur(std::time::Duration::from_secs(300))
+    P::default("server.idle_timeout")
 }
 fn default_max_errors() -> u32 {
-    20
+    P::default("server.max_errors")
 }
 fn default_spool_dir() -> PathBuf {
-    "var/spool".into()
+    P::default("spool.dir")
 }
 fn default_retry() -> Vec<Dur> {
-    ["1m", "5m", "15m", "1h", "4h"]
-        .iter()
-        .map(|s| Dur::parse(s).unwrap())
-        .collect()
+    P::default("spool.retry")
 }
 fn default_max_age() -> Dur {
-    Dur(std::time::Duration::from_secs(5 * 86400))
+    P::default("spool.max_age")
 }
+/// Not a literal: it depends on the machine (the table documents it).
 fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get() * 4)
         .unwrap_or(8)
 }
 fn default_upstream_tls() -> Spanned<String> {
-    Spanned::new(0..0, "verify".into())
+    spanned(P::default("upstream.tls"))
 }
 fn default_upstream_timeout() -> Dur {
-    Dur(std::time::Duration::from_secs(60))
+    P::default("upstream.timeout")
 }
 fn default_upstream_connections() -> usize {
-    8
+    P::default("upstream.max_connections")
 }
 fn default_admin_listen() -> Option<Spanned<String>> {
-    Some(Spanned::new(0..0, "127.0.0.1:9925".into()))
+    Some(spanned(P::default("admin.listen")))
 }

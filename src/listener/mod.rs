@@ -13,14 +13,12 @@
 //! accepts the client with the descriptor that frees, answers `421 4.3.2`, closes, and takes the
 //! reserve again (the trick nginx and libev use). Sessions and deliveries already running go on.
 
-pub mod client_cert;
+pub mod tls;
+
+pub use tls::tls_acceptor;
 
 use crate::reply;
 use crate::session::{Ending, Session, SessionCtx};
-use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -41,31 +39,6 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
 
 /// Upper bound on an inbound TLS handshake; a real client needs a few round trips.
 pub const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(30);
-
-/// Builds the inbound TLS acceptor from PEM files; errors name the file. `ask_client_cert`:
-/// request (never require) a client certificate, for `[[submitter]]` entries with `tls_client`.
-pub fn tls_acceptor(cert: &Path, key: &Path, ask_client_cert: bool) -> Result<TlsAcceptor, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate found", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = if ask_client_cert {
-        builder.with_client_cert_verifier(client_cert::AnyClientCert::new())
-    } else {
-        builder.with_no_client_auth()
-    };
-    let config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// Accepts connections until shutdown. `implicit_tls` listeners start TLS before the banner.
 pub async fn serve(
@@ -215,7 +188,7 @@ fn peer_cert<S>(
 ) -> Option<crate::policy::submitter::ClientCert> {
     let chain = tls.get_ref().1.peer_certificates()?;
     let rt = ctx.runtime.load();
-    let cert = client_cert::describe(chain, &rt.tls_client_anchors)?;
+    let cert = tls::describe(chain, &rt.tls_client_anchors)?;
     // What an operator copies into a [[submitter]] entry's tls_client.
     tracing::info!(
         fingerprint = %cert.fingerprint,

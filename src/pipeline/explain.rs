@@ -6,21 +6,6 @@ use super::{Fate, cipher_name, decide, headers};
 use crate::policy::{KeyTransport, Mode};
 use crate::runtime::Runtime;
 use serde_json::{Value, json};
-use std::time::SystemTime;
-
-fn date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    time::OffsetDateTime::from_unix_timestamp(secs as i64)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
 
 fn mode(m: Mode) -> &'static str {
     match m {
@@ -117,13 +102,13 @@ pub fn explain(
                 (_, Fate::Bounce(reply)) | (_, Fate::Refuse(reply)) => json!({"action": "bounce", "reply": reply.to_string()}),
             };
             let sign = match &d.signer {
-                Some(id) => json!({"mode": mode(t.sign), "sign": true, "key": id.fingerprint, "address": id.email, "expires": date(id.not_after)}),
+                Some(id) => json!({"mode": mode(t.sign), "sign": true, "key": id.fingerprint, "address": id.email, "expires": crate::date::rfc3339(id.not_after)}),
                 None => json!({"mode": mode(t.sign), "sign": false, "why": if t.sign == Mode::Never { "policy says never".to_string() } else if !local { format!("{from} is not in server.local_domains: cachet signs only the organisation's own addresses") } else { format!("no valid signing key for {from}") }}),
             };
             let rejected: Vec<Value> = d.rejected_certs.iter().map(|(fp, why)| json!({"fingerprint": fp, "reason": why})).collect();
             let encrypt = match &d.cert {
                 Some(c) => json!({
-                    "mode": mode(t.encrypt), "encrypt": true, "certificate": c.fingerprint, "expires": date(c.not_after),
+                    "mode": mode(t.encrypt), "encrypt": true, "certificate": c.fingerprint, "expires": crate::date::rfc3339(c.not_after),
                     "encryption": cipher_name(t.encryption),
                     "key_transport": match (c.key, t.key_transport) {
                         (crate::store::KeyKind::EcP256, _) => "ecdh-p256",

@@ -134,22 +134,35 @@ fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Removes every header field named in `names` (a submitter's tenant header). `None` when
-/// there is nothing to remove (no copy made).
-pub fn remove_fields(message: &[u8], names: &[String]) -> Option<Vec<u8>> {
-    if names.is_empty() {
-        return None;
-    }
+/// What [`rewrite_fields`] does with one header field.
+enum Edit {
+    Keep,
+    Drop,
+    Replace(Vec<u8>),
+}
+
+/// Rewrites the header fields of `message` one by one (each with its continuation lines; `name`
+/// trimmed, `colon` its offset in the field) and leaves the body untouched. `None` when nothing
+/// changed (no copy made).
+fn rewrite_fields(
+    message: &[u8],
+    mut edit: impl FnMut(&str, &[u8], Option<usize>) -> Edit,
+) -> Option<Vec<u8>> {
     let end = header_len(message);
     let mut out = Vec::with_capacity(message.len());
     let mut changed = false;
     for field in fields(&message[..end]) {
-        let colon = memchr::memchr(b':', field).unwrap_or(0);
-        let n = std::str::from_utf8(&field[..colon]).unwrap_or("").trim();
-        if colon > 0 && names.iter().any(|x| x.eq_ignore_ascii_case(n)) {
-            changed = true;
-        } else {
-            out.extend_from_slice(field);
+        let colon = memchr::memchr(b':', field);
+        let name = std::str::from_utf8(&field[..colon.unwrap_or(0)])
+            .unwrap_or("")
+            .trim();
+        match edit(name, field, colon) {
+            Edit::Keep => out.extend_from_slice(field),
+            Edit::Drop => changed = true,
+            Edit::Replace(new) => {
+                out.extend_from_slice(&new);
+                changed = true;
+            }
         }
     }
     if !changed {
@@ -157,6 +170,21 @@ pub fn remove_fields(message: &[u8], names: &[String]) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&message[end..]);
     Some(out)
+}
+
+/// Removes every header field named in `names` (a submitter's tenant header). `None` when
+/// there is nothing to remove (no copy made).
+pub fn remove_fields(message: &[u8], names: &[String]) -> Option<Vec<u8>> {
+    if names.is_empty() {
+        return None;
+    }
+    rewrite_fields(message, |name, _, colon| {
+        if colon.is_some() && names.iter().any(|x| x.eq_ignore_ascii_case(name)) {
+            Edit::Drop
+        } else {
+            Edit::Keep
+        }
+    })
 }
 
 /// True when `subject` (the decoded text [`read`] returns) carries `tag`, case-insensitive
@@ -278,46 +306,18 @@ fn subject_field(name: &[u8], text: &str) -> Vec<u8> {
 /// Removes header fields named `header` and the first `tag` in each Subject: that carries it
 /// (see [`strip_subject`]). Returns `None` when there is nothing to change (no copy made).
 pub fn strip_triggers(message: &[u8], tag: Option<&str>, header: Option<&str>) -> Option<Vec<u8>> {
-    let end = header_len(message);
-    let head = &message[..end];
-    let mut out = Vec::with_capacity(message.len());
-    let mut changed = false;
-    let mut i = 0;
-    while i < head.len() {
-        // One field: its first line plus continuation lines that start with SP or HTAB.
-        let mut j = i;
-        loop {
-            let nl = memchr::memchr(b'\n', &head[j..])
-                .map(|k| j + k + 1)
-                .unwrap_or(head.len());
-            j = nl;
-            if j >= head.len() || !(head[j] == b' ' || head[j] == b'\t') {
-                break;
-            }
-        }
-        let field = &head[i..j];
-        let colon = memchr::memchr(b':', field);
-        let name = std::str::from_utf8(&field[..colon.unwrap_or(0)])
-            .unwrap_or("")
-            .trim();
+    rewrite_fields(message, |name, field, colon| {
         if header.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
-            changed = true;
+            Edit::Drop
         } else if let (true, Some(tag), Some(colon)) =
             (name.eq_ignore_ascii_case("subject"), tag, colon)
             && let Some(new) = strip_subject(field, colon, tag)
         {
-            out.extend_from_slice(&new);
-            changed = true;
+            Edit::Replace(new)
         } else {
-            out.extend_from_slice(field);
+            Edit::Keep
         }
-        i = j;
-    }
-    if !changed {
-        return None;
-    }
-    out.extend_from_slice(&message[end..]);
-    Some(out)
+    })
 }
 
 #[cfg(test)]

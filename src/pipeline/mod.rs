@@ -12,93 +12,15 @@
 pub mod explain;
 pub mod headers;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::policy::{Cipher, Digest, KeyTransport, Mode, OnMissing, SignatureForm, Treatment};
 use crate::reply::{self, Reply};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Stores};
 use crate::smime;
 use crate::spool::Envelope;
-use crate::store::{CertStore, KeyStore, RecipientCert, SigningIdentity, TrustAnchors};
+use crate::store::{RecipientCert, SigningIdentity};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-/// Signing keys and recipient certificates, loaded at start and on reload; never read from disk
-/// on the hot path.
-#[derive(Default)]
-pub struct Stores {
-    pub trust: TrustAnchors,
-    pub keys: KeyStore,
-    pub certs: CertStore,
-    /// Problems with individual keys or certificates: reported by `check` and at load, and
-    /// those files are never used, but they do not stop the gateway.
-    pub warnings: Vec<String>,
-}
-
-impl Stores {
-    /// Loads the configured stores. Unreadable trust anchors are errors (nothing could validate);
-    /// a bad key or certificate file is a warning.
-    pub fn load(config: &Config) -> (Stores, Vec<ConfigError>) {
-        let now = SystemTime::now();
-        let mut errors = Vec::new();
-        let mut stores = Stores::default();
-        let err = |key: &str, p: crate::store::Problem| ConfigError {
-            file: p.path,
-            line: None,
-            key: key.into(),
-            message: p.reason,
-        };
-        if let Some(c) = &config.certificates {
-            let (trust, problems) = TrustAnchors::load(&c.trust);
-            errors.extend(problems.into_iter().map(|p| err("certificates.trust", p)));
-            stores.trust = trust;
-            let (certs, problems) = CertStore::load(&c.dir, &stores.trust, now);
-            stores
-                .warnings
-                .extend(problems.iter().map(|p| p.to_string()));
-            stores.certs = certs;
-        }
-        if let Some(k) = &config.keys {
-            let (keys, problems) =
-                KeyStore::load(&k.dir, k.p12_password_file.as_deref(), &stores.trust, now);
-            // Only the organisation signs as the organisation: a key for another domain is a
-            // configuration error, never silently unused.
-            for id in keys.iter() {
-                if !config.submitters.is_local(&id.email) {
-                    errors.push(ConfigError {
-                        file: k.dir.clone(),
-                        line: None,
-                        key: "keys.dir".into(),
-                        message: format!(
-                            "signing key for {} ({}): its domain is not in server.local_domains; cachet signs only the organisation's own addresses",
-                            id.email, id.fingerprint
-                        ),
-                    });
-                }
-            }
-            for p in problems {
-                // A key file others can read is a configuration error, not a skipped file.
-                if p.reason.contains("readable") {
-                    errors.push(err("keys.dir", p));
-                } else {
-                    stores.warnings.push(p.to_string());
-                }
-            }
-            stores.keys = keys;
-        }
-        (stores, errors)
-    }
-
-    /// The signing identity for the From: address, if valid now.
-    pub fn signer(&self, from: &str) -> Option<Arc<SigningIdentity>> {
-        self.keys
-            .get(from)
-            .filter(|id| id.not_after > SystemTime::now())
-    }
-
-    pub fn can_encrypt_to(&self, address: &str) -> bool {
-        self.certs.lookup(address, SystemTime::now()).cert.is_some()
-    }
-}
 
 /// What happens to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,7 +417,7 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
             "warning: signing key {} ({}) expires within 30 days ({})",
             id.email,
             id.fingerprint,
-            unix(id.not_after)
+            crate::date::rfc5322(id.not_after)
         ));
     }
     for addr in s.certs.addresses() {
@@ -505,7 +427,7 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
             out.push(format!(
                 "warning: certificate for {addr} ({}) expires within 30 days ({})",
                 c.fingerprint,
-                unix(c.not_after)
+                crate::date::rfc5322(c.not_after)
             ));
         }
     }
@@ -564,14 +486,6 @@ fn is_private(net: &ipnet::IpNet) -> bool {
         }
         _ => inside(net),
     }
-}
-
-fn unix(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    crate::session::rfc5322_date(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// Prometheus gauges for certificate expiry (one per signing key and recipient certificate).

@@ -3,13 +3,11 @@
 //!
 //! A pure function of the envelope and the loaded stores (STYLE habit 7): the session's RCPT check,
 //! the pipeline and `cachet explain` all call [`Policy::treatment`] and [`crate::pipeline::plan`].
-//! Rules come from `[policy]` (defaults) and `[[rule]]` (first match wins) in the config.
+//! Rules come from `[policy]` (defaults) and `[[rule]]` (first match wins) in the config; they are
+//! built and checked by `config::policy`, so this module imports nothing from `config`.
 
 pub mod submitter;
 
-use crate::config::Problems;
-use crate::config::raw::{RawPolicy, RawRule};
-use toml::Spanned;
 use wildmatch::WildMatch;
 
 /// How strongly a protection is wanted.
@@ -87,20 +85,21 @@ pub struct Treatment {
 
 /// Fields a rule may set; `None` falls back to `[policy]`.
 #[derive(Debug, Clone, Default)]
-struct Overrides {
-    sign: Option<Mode>,
-    encrypt: Option<Mode>,
-    encryption: Option<Cipher>,
-    key_transport: Option<KeyTransport>,
-    on_missing_key: Option<OnMissing>,
+pub(crate) struct Overrides {
+    pub(crate) sign: Option<Mode>,
+    pub(crate) encrypt: Option<Mode>,
+    pub(crate) encryption: Option<Cipher>,
+    pub(crate) key_transport: Option<KeyTransport>,
+    pub(crate) on_missing_key: Option<OnMissing>,
 }
 
+/// One `[[rule]]`, built and checked by `config::policy`.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
-    from: Vec<(String, WildMatch)>,
-    to: Vec<(String, WildMatch)>,
-    set: Overrides,
+    pub(crate) from: Vec<(String, WildMatch)>,
+    pub(crate) to: Vec<(String, WildMatch)>,
+    pub(crate) set: Overrides,
 }
 
 impl Rule {
@@ -117,7 +116,7 @@ impl Rule {
         (self.set.encryption, self.set.key_transport)
     }
 
-    fn is_catch_all(&self) -> bool {
+    pub(crate) fn is_catch_all(&self) -> bool {
         let all =
             |globs: &[(String, WildMatch)]| globs.is_empty() || globs.iter().any(|(s, _)| s == "*");
         all(&self.from) && all(&self.to)
@@ -143,207 +142,7 @@ pub struct Policy {
     pub version: String,
 }
 
-fn parse_enum<T: Copy>(
-    v: &Spanned<String>,
-    key: &str,
-    options: &[(&str, T)],
-    p: &mut Problems,
-) -> Option<T> {
-    let found = options
-        .iter()
-        .find(|(name, _)| *name == v.get_ref().as_str())
-        .map(|(_, t)| *t);
-    if found.is_none() {
-        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        p.at(
-            v.span(),
-            key,
-            format!("{:?} is not one of {}", v.get_ref(), names.join(", ")),
-        );
-    }
-    found
-}
-
-const MODES: &[(&str, Mode)] = &[
-    ("never", Mode::Never),
-    ("opportunistic", Mode::Opportunistic),
-    ("required", Mode::Required),
-];
-const CIPHERS: &[(&str, Cipher)] = &[
-    ("aes256-cbc", Cipher::Aes256Cbc),
-    ("aes128-gcm", Cipher::Aes128Gcm),
-    ("aes256-gcm", Cipher::Aes256Gcm),
-];
-const TRANSPORTS: &[(&str, KeyTransport)] = &[
-    ("rsa-pkcs1", KeyTransport::RsaPkcs1),
-    ("rsa-oaep", KeyTransport::RsaOaep),
-];
-const MISSING: &[(&str, OnMissing)] = &[
-    ("reject", OnMissing::Reject),
-    ("hold", OnMissing::Hold),
-    ("bounce", OnMissing::Bounce),
-];
-
-fn pick<T: Copy>(
-    v: &Option<Spanned<String>>,
-    key: &str,
-    options: &[(&str, T)],
-    p: &mut Problems,
-) -> Option<T> {
-    v.as_ref().and_then(|v| parse_enum(v, key, options, p))
-}
-
-/// An address glob in the form addresses are compared in ([`crate::store::normalize_address`]):
-/// lower-cased, and a domain without wildcards in U-labels.
-pub fn normalize_glob(glob: &str) -> String {
-    let g = glob.trim();
-    match g.rsplit_once('@') {
-        Some((_, domain)) if !domain.contains(['*', '?']) => crate::store::normalize_address(g),
-        _ => g.to_lowercase(),
-    }
-}
-
-fn globs(
-    list: &Option<Vec<Spanned<String>>>,
-    key: &str,
-    p: &mut Problems,
-) -> Vec<(String, WildMatch)> {
-    let mut out = Vec::new();
-    for v in list.iter().flatten() {
-        let g = normalize_glob(v.get_ref());
-        if g.is_empty() || g.contains(char::is_whitespace) || g.matches('@').count() > 1 {
-            p.at(
-                v.span(),
-                key,
-                format!(
-                    "{:?} is not an address glob such as \"*@example.org\"",
-                    v.get_ref()
-                ),
-            );
-            continue;
-        }
-        out.push((g.clone(), WildMatch::new(&g)));
-    }
-    out
-}
-
 impl Policy {
-    /// Validates `[policy]` and `[[rule]]`, reporting each problem with line and rule name.
-    pub fn build(raw: &RawPolicy, rules: &[Spanned<RawRule>], p: &mut Problems) -> Policy {
-        let defaults = Treatment {
-            sign: pick(&raw.sign, "policy.sign", MODES, p).unwrap_or(Mode::Opportunistic),
-            encrypt: pick(&raw.encrypt, "policy.encrypt", MODES, p).unwrap_or(Mode::Opportunistic),
-            encryption: pick(&raw.encryption, "policy.encryption", CIPHERS, p)
-                .unwrap_or(Cipher::Aes256Cbc),
-            key_transport: pick(&raw.key_transport, "policy.key_transport", TRANSPORTS, p)
-                .unwrap_or(KeyTransport::RsaPkcs1),
-            on_missing_key: pick(&raw.on_missing_key, "policy.on_missing_key", MISSING, p)
-                .unwrap_or(OnMissing::Reject),
-        };
-        let signature_form = raw
-            .signature
-            .as_ref()
-            .and_then(|v| {
-                parse_enum(
-                    v,
-                    "policy.signature",
-                    &[
-                        ("detached", SignatureForm::Detached),
-                        ("opaque", SignatureForm::Opaque),
-                    ],
-                    p,
-                )
-            })
-            .unwrap_or(SignatureForm::Detached);
-        let digest = raw
-            .digest
-            .as_ref()
-            .and_then(|v| {
-                parse_enum(
-                    v,
-                    "policy.digest",
-                    &[("sha256", Digest::Sha256), ("sha512", Digest::Sha512)],
-                    p,
-                )
-            })
-            .unwrap_or(Digest::Sha256);
-        let rsa_pss = raw
-            .rsa_signature
-            .as_ref()
-            .and_then(|v| {
-                parse_enum(
-                    v,
-                    "policy.rsa_signature",
-                    &[("pkcs1", false), ("pss", true)],
-                    p,
-                )
-            })
-            .unwrap_or(false);
-
-        let mut out: Vec<Rule> = Vec::new();
-        for spanned in rules {
-            let r = spanned.get_ref();
-            let key = |field: &str| format!("rule {:?}: {field}", r.name);
-            let rule = Rule {
-                name: r.name.clone(),
-                from: globs(&r.from, &key("from"), p),
-                to: globs(&r.to, &key("to"), p),
-                set: Overrides {
-                    sign: pick(&r.sign, &key("sign"), MODES, p),
-                    encrypt: pick(&r.encrypt, &key("encrypt"), MODES, p),
-                    encryption: pick(&r.encryption, &key("encryption"), CIPHERS, p),
-                    key_transport: pick(&r.key_transport, &key("key_transport"), TRANSPORTS, p),
-                    on_missing_key: pick(&r.on_missing_key, &key("on_missing_key"), MISSING, p),
-                },
-            };
-            if r.name.trim().is_empty() {
-                p.at(spanned.span(), "rule.name", "every rule needs a name");
-            }
-            if out.iter().any(|o| o.name == rule.name) {
-                p.at(spanned.span(), &key("name"), "two rules have this name");
-            }
-            if let Some(catch_all) = out.iter().find(|o| o.is_catch_all()) {
-                p.at(
-                    spanned.span(),
-                    &key("from"),
-                    format!(
-                        "can never match: the earlier rule {:?} matches every sender and recipient",
-                        catch_all.name
-                    ),
-                );
-            }
-            out.push(rule);
-        }
-
-        let version = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            format!("{defaults:?}{signature_form:?}{digest:?}{rsa_pss}").hash(&mut h);
-            for r in &out {
-                format!(
-                    "{}{:?}{:?}{:?}",
-                    r.name,
-                    r.from.iter().map(|g| &g.0).collect::<Vec<_>>(),
-                    r.to.iter().map(|g| &g.0).collect::<Vec<_>>(),
-                    r.set
-                )
-                .hash(&mut h);
-            }
-            format!("{:016x}", h.finish())
-        };
-        Policy {
-            defaults,
-            rules: out,
-            signature_form,
-            digest,
-            rsa_pss,
-            encrypt_to_self: raw.encrypt_to_self.unwrap_or(false),
-            subject_tag: raw.subject_tag.clone().filter(|s| !s.is_empty()),
-            encrypt_header: raw.encrypt_header.clone().filter(|s| !s.is_empty()),
-            version,
-        }
-    }
-
     /// True when some rule (or the default) may require a signature: the session then checks
     /// the From: key at the end of DATA.
     pub fn any_sign_required(&self) -> bool {
@@ -373,128 +172,5 @@ impl Policy {
                 on_missing_key: s.on_missing_key.unwrap_or(d.on_missing_key),
             },
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Config, ConfigError};
-    use std::path::Path;
-
-    fn load(policy: &str) -> Result<Config, Vec<ConfigError>> {
-        let src = format!(
-            "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://a\"\n{policy}"
-        );
-        Config::parse(Path::new("/x/cachet.toml"), &src)
-    }
-
-    const PARTNERS: &str = r#"
-[policy]
-encrypt = "opportunistic"
-[[rule]]
-name = "partners"
-from = ["*@example.org"]
-to = ["*@partner.example", "ceo@other.example"]
-encrypt = "required"
-encryption = "aes256-gcm"
-[[rule]]
-name = "tickets"
-from = ["tickets@example.org"]
-sign = "never"
-"#;
-
-    #[test]
-    fn first_matching_rule_wins_and_unset_fields_fall_back() {
-        let c = load(PARTNERS).unwrap();
-        type Row<'a> = (&'a str, &'a str, Option<&'a str>, Mode, Mode, Cipher);
-        let table: &[Row] = &[
-            (
-                "a@example.org",
-                "x@partner.example",
-                Some("partners"),
-                Mode::Opportunistic,
-                Mode::Required,
-                Cipher::Aes256Gcm,
-            ),
-            (
-                "A@Example.ORG",
-                "CEO@other.example",
-                Some("partners"),
-                Mode::Opportunistic,
-                Mode::Required,
-                Cipher::Aes256Gcm,
-            ),
-            (
-                "a@example.org",
-                "cfo@other.example",
-                None,
-                Mode::Opportunistic,
-                Mode::Opportunistic,
-                Cipher::Aes256Cbc,
-            ),
-            (
-                "tickets@example.org",
-                "x@partner.example",
-                Some("partners"),
-                Mode::Opportunistic,
-                Mode::Required,
-                Cipher::Aes256Gcm,
-            ),
-            (
-                "tickets@example.org",
-                "y@else.example",
-                Some("tickets"),
-                Mode::Never,
-                Mode::Opportunistic,
-                Cipher::Aes256Cbc,
-            ),
-            (
-                "a@elsewhere.example",
-                "x@partner.example",
-                None,
-                Mode::Opportunistic,
-                Mode::Opportunistic,
-                Cipher::Aes256Cbc,
-            ),
-        ];
-        for (from, to, rule, sign, encrypt, cipher) in table {
-            let (name, t) = c.policy.treatment(from, to);
-            assert_eq!(
-                (name, t.sign, t.encrypt, t.encryption),
-                (*rule, *sign, *encrypt, *cipher),
-                "{from} -> {to}"
-            );
-        }
-    }
-
-    #[test]
-    fn bad_values_name_line_and_rule() {
-        let errs =
-            load("[[rule]]\nname = \"r1\"\nencryption = \"3des\"\nfrom = [\"a b\"]\n").unwrap_err();
-        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(
-            all.iter()
-                .any(|e| e
-                    .contains(":7: rule \"r1\": encryption: \"3des\" is not one of aes256-cbc")),
-            "{all:?}"
-        );
-        assert!(
-            all.iter().any(|e| e.contains(":8: rule \"r1\": from")),
-            "{all:?}"
-        );
-    }
-
-    #[test]
-    fn rule_after_catch_all_is_reported() {
-        let errs = load("[[rule]]\nname = \"all\"\nsign = \"never\"\n[[rule]]\nname = \"late\"\nto = [\"*@x.example\"]\n").unwrap_err();
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(
-            errs[0]
-                .to_string()
-                .contains("rule \"late\": from: can never match: the earlier rule \"all\""),
-            "{}",
-            errs[0]
-        );
     }
 }

@@ -312,14 +312,16 @@ mod tests {
             false,
         );
         let pinned = cert("AB01", "CN=x", "CN=y", false);
-        let cases: Vec<(
-            &str,
-            Option<&str>,
-            Option<&ClientCert>,
-            Option<&str>,
-            &str,
+        /// (client ip, AUTH user, TLS certificate, expected grant, address, allowed)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a ClientCert>,
+            Option<&'a str>,
+            &'a str,
             bool,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             // A relay_networks client with no entry: any local address, nothing else.
             (
                 "10.2.3.4",

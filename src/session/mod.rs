@@ -155,7 +155,7 @@ impl Session {
                 if bare {
                     self.reply(reply::BARE_NEWLINE);
                     self.ctx.metrics.refused("bare_newline");
-                    stream.write_all(&self.out).await?;
+                    self.send(&mut stream).await?;
                     return Ok(Ending::Closed);
                 }
                 let line = buf[start..start + line_len].to_vec();
@@ -168,14 +168,13 @@ impl Session {
                     Step::Continue => {}
                     Step::Verify(user, pass) => self.verify(user, pass).await,
                     Step::Close => {
-                        stream.write_all(&self.out).await?;
+                        self.send(&mut stream).await?;
                         let _ = stream.shutdown().await;
                         return Ok(Ending::Closed);
                     }
                     Step::StartTls => {
                         // CVE-2011-0411: nothing sent before the handshake may be acted on.
-                        stream.write_all(&self.out).await?;
-                        stream.flush().await?;
+                        self.send(&mut stream).await?;
                         return Ok(Ending::StartTls(stream));
                     }
                     Step::Data => {
@@ -183,7 +182,7 @@ impl Session {
                         start = 0;
                         match self.receive_data(&mut stream, &mut buf).await? {
                             Step::Close => {
-                                stream.write_all(&self.out).await?;
+                                self.send(&mut stream).await?;
                                 return Ok(Ending::Closed);
                             }
                             _ => continue,
@@ -192,7 +191,7 @@ impl Session {
                 }
                 if self.errors > self.runtime.config.server.max_errors {
                     self.reply(reply::TOO_MANY_ERRORS);
-                    stream.write_all(&self.out).await?;
+                    self.send(&mut stream).await?;
                     return Ok(Ending::Closed);
                 }
             }
@@ -200,17 +199,16 @@ impl Session {
             start = 0;
             if buf.len() > MAX_LINE {
                 self.reply(reply::LINE_TOO_LONG);
-                stream.write_all(&self.out).await?;
+                self.send(&mut stream).await?;
                 return Ok(Ending::Closed);
             }
             if !self.out.is_empty() {
-                stream.write_all(&self.out).await?;
-                stream.flush().await?;
+                self.send(&mut stream).await?;
                 self.out.clear();
             }
             if *shutdown.borrow() {
                 self.reply(reply::SHUTTING_DOWN);
-                stream.write_all(&self.out).await?;
+                self.send(&mut stream).await?;
                 return Ok(Ending::Closed);
             }
             let n = tokio::select! {
@@ -223,10 +221,27 @@ impl Session {
                 None if *shutdown.borrow() => continue,
                 None => {
                     self.reply(reply::IDLE_TIMEOUT);
-                    stream.write_all(&self.out).await?;
+                    self.send(&mut stream).await?;
                     return Ok(Ending::Closed);
                 }
             }
+        }
+    }
+
+    /// Writes and flushes the batched replies within `server.idle_timeout`: a client that stops
+    /// reading (its window full) must not hold a connection slot for ever.
+    async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> io::Result<()> {
+        let limit = self.runtime.config.server.idle_timeout;
+        let write = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read our replies within server.idle_timeout",
+            )),
         }
     }
 
@@ -564,8 +579,7 @@ impl Session {
             }
         };
         self.reply(reply::START_DATA);
-        stream.write_all(&self.out).await?;
-        stream.flush().await?;
+        self.send(stream).await?;
         self.out.clear();
 
         let max = self.runtime.config.server.max_message_size;
@@ -736,18 +750,9 @@ impl Session {
             "Received: from {helo} ([{}])\r\n\tby {} (cachet) with {with} id {id}{for_clause};\r\n\t{}\r\n",
             self.peer.ip(),
             self.runtime.config.server.hostname,
-            rfc5322_date(std::time::SystemTime::now())
+            crate::date::rfc5322(std::time::SystemTime::now())
         )
     }
-}
-
-/// `Sun, 29 Nov 2026 08:53:22 +0000`
-pub fn rfc5322_date(t: std::time::SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day padding:none] [month repr:short] [year] [hour]:[minute]:[second] +0000"
-    );
-    dt.format(&fmt).unwrap_or_default()
 }
 
 /// The number in a `SIZE=` parameter of a MAIL command, read without overflow
@@ -778,11 +783,9 @@ pub fn plain_address(address: &str) -> bool {
     if address.len() > 254 || local.is_empty() || local.len() > 64 || domain.is_empty() {
         return false;
     }
-    let atext = |c: char| {
-        c.is_ascii_alphanumeric()
-            || "!#$%&'*+-/=?^_`{|}~".contains(c)
-            || !c.is_ascii() && !c.is_control()
-    };
+    // Non-ASCII (SMTPUTF8, RFC 6532 UTF8-non-ascii) but never a control or a space of any kind.
+    let utf8 = |c: char| !c.is_ascii() && !c.is_control() && !c.is_whitespace();
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || utf8(c);
     let dot_atom = |s: &str, ok: &dyn Fn(char) -> bool| {
         !s.starts_with('.')
             && !s.ends_with('.')
@@ -799,9 +802,13 @@ pub fn plain_address(address: &str) -> bool {
                     .all(|c| c.is_ascii_hexdigit() || ".:".contains(c) || c.is_ascii_alphanumeric())
         });
     }
+    // Labels of letters, digits and hyphens (or U-label characters), never starting or ending
+    // with a hyphen (RFC 5321 §4.1.2 sub-domain).
     dot_atom(domain, &|c: char| {
-        c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii() && !c.is_control()
-    })
+        c.is_ascii_alphanumeric() || c == '-' || utf8(c)
+    }) && domain
+        .split('.')
+        .all(|l| !l.starts_with('-') && !l.ends_with('-'))
 }
 
 enum LineEnd {

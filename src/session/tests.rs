@@ -329,6 +329,10 @@ fn plain_addresses_only() {
         "a@example..org",
         "a@[1.2.3.4",
         "a@ex<ample.org",
+        "a\u{a0}b@example.org",
+        "a@b\u{2003}c.example",
+        "a@-example.org",
+        "a@example-.org",
     ] {
         assert!(!plain_address(bad), "{bad:?}");
     }

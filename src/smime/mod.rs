@@ -226,6 +226,13 @@ fn outer_with(outer: &[u8], content_fields: &str) -> Vec<u8> {
     out
 }
 
+/// The canonical form [`sign`] protects: (outer header fields, MIME entity), as `mime.rs`
+/// makes it. Public for the fuzz targets and tools; the pipeline calls [`sign`]/[`encrypt`].
+pub fn canonical_entity(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let split = mime::split_message(message, true);
+    (split.outer, split.entity)
+}
+
 /// Sign `message` with `id` (RFC 8551 §3.5). The result verifies with `openssl cms -verify`.
 pub fn sign(
     message: &[u8],

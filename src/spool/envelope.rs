@@ -43,11 +43,11 @@ pub struct Envelope {
     /// MAIL FROM carried BODY=8BITMIME.
     #[serde(default)]
     pub body_8bit: bool,
-    /// Length of the data file in bytes; a data file of another length is damaged.
+    /// Length of the data file in bytes (checked with `data_sha256`).
     pub size: u64,
     /// SHA-256 of the data file (lowercase hex), taken while it was received: a data file that
     /// no longer matches (zeroed or scrambled blocks after a crash) goes to corrupt/ instead of
-    /// being relayed. Absent in envelopes written before it existed (then only `size` is checked).
+    /// being relayed. Absent in envelopes written before it existed: then nothing is checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_sha256: Option<String>,
     pub attempts: u32,

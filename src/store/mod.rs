@@ -170,6 +170,16 @@ pub fn normalize_domain(domain: &str) -> String {
     }
 }
 
+/// An address glob in the form addresses are compared in ([`crate::store::normalize_address`]):
+/// lower-cased, and a domain without wildcards in U-labels.
+pub fn normalize_glob(glob: &str) -> String {
+    let g = glob.trim();
+    match g.rsplit_once('@') {
+        Some((_, domain)) if !domain.contains(['*', '?']) => normalize_address(g),
+        _ => g.to_lowercase(),
+    }
+}
+
 /// Lower-case hex, for fingerprints.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -223,11 +223,14 @@ pub fn check_local(info: &CertInfo, now: SystemTime, purpose: Purpose) -> Result
     if now < info.not_before {
         return Err(format!(
             "not yet valid (notBefore {})",
-            fmt_time(info.not_before)
+            crate::date::rfc3339(info.not_before)
         ));
     }
     if now > info.not_after {
-        return Err(format!("expired (notAfter {})", fmt_time(info.not_after)));
+        return Err(format!(
+            "expired (notAfter {})",
+            crate::date::rfc3339(info.not_after)
+        ));
     }
     if let Some(ku) = &info.key_usage {
         match (purpose, key) {
@@ -301,19 +304,4 @@ pub fn check_path(
         }
         other => format!("chain validation failed: {other}"),
     })
-}
-
-/// RFC 3339 UTC, for reasons shown to operators.
-pub fn fmt_time(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("@{secs}"))
 }

@@ -339,6 +339,21 @@ pub fn cachet_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cachet"))
 }
 
+/// A `server.auth_users` line for `user`, made by `cachet passwd` (the password on stdin).
+pub fn users_line(user: &str, password: &str) -> String {
+    use std::io::Write;
+    let mut child = cachet_command()
+        .args(["passwd", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "cachet passwd {user}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A running gateway process; killed on drop, with its logs printed when the test is panicking.
 pub struct Gateway {
     dir: tempfile::TempDir,

@@ -25,6 +25,6 @@ pub mod pki;
 pub mod upstream;
 
 pub use client::{SmtpClient, python_send};
-pub use gateway::{Gateway, GatewayConfig, cachet_command, free_port, toml_str};
+pub use gateway::{Gateway, GatewayConfig, cachet_command, free_port, toml_str, users_line};
 pub use pki::TestPki;
 pub use upstream::{Action, Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls};

@@ -1,4 +1,5 @@
-//! TLS client certificates on the listener: how a shared cloud platform (Microsoft 365, Google)
+//! Inbound TLS: the acceptor built from `server.tls_cert` / `tls_key` (the runtime builds it at
+//! load and reload), and TLS client certificates: how a shared cloud platform (Microsoft 365, Google)
 //! proves which platform it is, so a `[[submitter]]` entry can trust it rather than its
 //! shared IP ranges.
 //!
@@ -11,11 +12,41 @@
 
 use crate::policy::submitter::ClientCert;
 use rustls::DistinguishedName;
+use rustls::ServerConfig;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use std::path::Path;
 use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+
+/// Builds the inbound TLS acceptor from PEM files; errors name the file. `ask_client_cert`:
+/// request (never require) a client certificate, for `[[submitter]]` entries with `tls_client`.
+pub fn tls_acceptor(cert: &Path, key: &Path, ask_client_cert: bool) -> Result<TlsAcceptor, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = if ask_client_cert {
+        builder.with_client_cert_verifier(AnyClientCert::new())
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
 
 /// Accepts any client certificate with a valid handshake signature; see the module header.
 #[derive(Debug)]

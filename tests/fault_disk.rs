@@ -71,20 +71,29 @@ async fn full_disk_refuses_with_452_leaves_nothing_half_written_and_recovers() {
             "{token}: {r:?}\n{}",
             gw.logs()
         );
-        refused.push(token);
+        refused.push(token.to_string());
     }
-    // Room for the data file, not for the envelope: the commit fails halfway.
-    fs.leave_pages(1);
-    let r = send(&gw, "halfway").await;
-    assert!(
-        r.0 == 452 && r.1.contains(" 4.3.1 "),
-        "{r:?}\n{}",
-        gw.logs()
-    );
-    refused.push("halfway");
+    // Room for the data file, not for the envelope: the commit fails halfway. (A retry of the
+    // queued messages can borrow that page for a moment and make the data write fail instead:
+    // then the step is repeated, refilled, at most three times.)
+    for attempt in 0..3 {
+        fs.fill();
+        fs.leave_pages(1);
+        let token = format!("halfway{attempt}");
+        let r = send(&gw, &token).await;
+        assert!(
+            r.0 == 452 && r.1.contains(" 4.3.1 "),
+            "{r:?}\n{}",
+            gw.logs()
+        );
+        refused.push(token);
+        if gw.logs().contains("spool commit failed") {
+            break;
+        }
+    }
     assert!(
         gw.logs().contains("spool commit failed"),
-        "the commit did not get as far as the envelope\n{}",
+        "the commit never got as far as the envelope\n{}",
         gw.logs()
     );
     // Nothing of the refused messages where the scheduler or a restart would find it.
@@ -127,8 +136,14 @@ async fn full_disk_refuses_with_452_leaves_nothing_half_written_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // None of the refused messages went out.
+    assert!(
+        refused.iter().all(|t| !counts.contains_key(t)),
+        "{counts:?}"
+    );
     println!(
-        "disk full: {} refused with 452 4.3.1 (2 with the disk full, 1 with room for the data only), 0 accepted while full, 0 half-written files left, 4 of 4 queued delivered after space came back",
-        refused.len()
+        "disk full: {} refused with 452 4.3.1 (2 with the disk full, {} with room for the data only), 0 accepted while full, 0 half-written files left, 4 of 4 queued delivered after space came back",
+        refused.len(),
+        refused.len() - 2
     );
 }

@@ -655,7 +655,7 @@ impl Session {
             self.reply(reply::MESSAGE_TOO_BIG);
             return Ok(Step::Continue);
         }
-        let draft = draft.expect("checked above");
+        let draft = draft.expect("created above");
         if let Some(e) = write_error {
             self.reply(reply::spool_failure(&e));
             return Ok(Step::Continue);

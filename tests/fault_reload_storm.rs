@@ -45,7 +45,7 @@ fn rfc9216(name: &str) -> Vec<u8> {
 fn encrypt_mode(i: usize) -> &'static str {
     if i % 3 == 2 || i == SIGHUPS - 1 {
         "sometimes"
-    } else if i % 2 == 0 {
+    } else if i.is_multiple_of(2) {
         "required"
     } else {
         "never"

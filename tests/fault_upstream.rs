@@ -81,6 +81,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 /// The scenario of every row: `fault` at `stage` (after one clean pass, `FAULTS` times), then
 /// healthy. `reason` is what the gateway must log for the deferral.
 async fn survives(name: &str, stage: Stage, fault: Fault, reason: &str) {
+    let stage_is_data = stage == Stage::Data;
     let mut opts = UpstreamOptions::starttls().fault(stage.clone(), fault.after(1));
     opts.close_after_message = true;
     let up = Upstream::start(opts).await;
@@ -166,6 +167,9 @@ async fn survives(name: &str, stage: Stage, fault: Fault, reason: &str) {
         }
     }
     let cut = attempts.iter().filter(|a| !a.complete).count();
+    if stage_is_data {
+        assert_eq!(cut as u32, FAULTS, "{name}: transfers cut off");
+    }
     println!(
         "FIGURE fault_upstream::{name}: all delivered {:.1} s after 250; {} upstream connections, \
          {} DATA transfers ({cut} cut off); each recipient once; never in plaintext",

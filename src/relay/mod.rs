@@ -94,8 +94,17 @@ fn describe(e: &mail_send::Error) -> String {
         mail_send::Error::Tls(e) => format!("TLS failure: {e}"),
         mail_send::Error::Io(e) => format!("connection failure: {e}"),
         mail_send::Error::Timeout => "upstream timed out".into(),
+        // mail-send's word for a read that ended (EOF) before a whole reply came.
+        mail_send::Error::UnparseableReply => {
+            "upstream closed the connection or sent no valid reply".into()
+        }
         other => format!("{other:?}"),
     }
+}
+
+/// `describe`, naming the command whose reply never came: what the queue and a DSN show.
+fn describe_after(e: &mail_send::Error, command: &str) -> String {
+    format!("{} (after {command})", describe(e))
 }
 
 fn reply_text(r: &smtp_proto::Response<String>) -> String {
@@ -400,7 +409,7 @@ async fn transaction(
     let r = c
         .cmd(mail.as_bytes())
         .await
-        .map_err(|e| Failure::AtMail(temp(describe(&e))))?;
+        .map_err(|e| Failure::AtMail(temp(describe_after(&e, "MAIL FROM"))))?;
     if r.code == 421 {
         // The upstream is closing this connection (an idle pooled one, or it is shutting down).
         return Err(Failure::AtMail(ConnError(classify(&r))));
@@ -416,7 +425,7 @@ async fn transaction(
         let r = c
             .cmd(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
             .await
-            .map_err(|e| later(temp(describe(&e))))?;
+            .map_err(|e| later(temp(describe_after(&e, "RCPT TO"))))?;
         reusable &= r.code != 421;
         outcomes.push(if r.code / 100 == 2 {
             None
@@ -431,7 +440,7 @@ async fn transaction(
     let r = c
         .cmd(b"DATA\r\n")
         .await
-        .map_err(|e| later(temp(describe(&e))))?;
+        .map_err(|e| later(temp(describe_after(&e, "DATA"))))?;
     if r.code != 354 {
         let o = classify(&r);
         let reusable = r.code != 421 && reset(c).await;
@@ -455,7 +464,7 @@ async fn transaction(
     let r = tokio::time::timeout(c.timeout, c.read())
         .await
         .map_err(|_| later(temp("upstream timed out after DATA")))?
-        .map_err(|e| later(temp(describe(&e))))?;
+        .map_err(|e| later(temp(describe_after(&e, "the end of DATA"))))?;
     let o = classify(&r);
     let outcomes = outcomes
         .into_iter()

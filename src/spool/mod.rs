@@ -52,7 +52,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use tokio::io::AsyncWriteExt;
 
 /// What [`Spool::scan`] found in the live queues.
 #[derive(Debug, Default)]
@@ -227,12 +226,18 @@ impl Spool {
     pub async fn draft(&self) -> io::Result<Draft> {
         let id = new_id();
         let path = self.root.join("tmp").join(format!("{id}.data"));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(modes::FILE_MODE)
-            .open(&path)
-            .await?;
+        let file = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(modes::FILE_MODE)
+                    .open(&path)
+            })
+            .await
+            .map_err(io::Error::other)??
+        };
         Ok(Draft {
             spool: self.clone(),
             id,
@@ -565,21 +570,31 @@ pub struct Draft {
     spool: Spool,
     pub id: String,
     path: PathBuf,
-    file: Option<tokio::fs::File>,
+    /// A plain file written on the blocking pool: `tokio::fs::File` would keep a buffer as large as
+    /// the largest write for as long as the draft is open, per session (500 slow clients x 256 KiB).
+    /// `None` after a write whose blocking task died: every later write or commit fails.
+    file: Option<File>,
     size: u64,
     /// SHA-256 of everything written, recorded in the envelope (damage detection).
     digest: aws_lc_rs::digest::Context,
 }
 
 impl Draft {
+    /// Appends `bytes`; returns once they are written (not yet synced). The copy handed to the
+    /// blocking pool is freed as soon as it is written.
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.size += bytes.len() as u64;
         self.digest.update(bytes);
-        self.file
-            .as_mut()
-            .expect("draft file open until commit")
-            .write_all(bytes)
-            .await
+        let mut file = self.file.take().ok_or_else(draft_broken)?;
+        let bytes = bytes.to_vec();
+        let (file, written) = tokio::task::spawn_blocking(move || {
+            let r = file.write_all(&bytes);
+            (file, r)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.file = Some(file);
+        written
     }
 
     pub fn size(&self) -> u64 {
@@ -590,9 +605,7 @@ impl Draft {
     /// On failure (a full disk) nothing of the message is left: no data file without an
     /// envelope, no envelope the scheduler could pick up after the client was told `4xx`.
     pub async fn commit(mut self, mut env: Envelope) -> io::Result<String> {
-        let mut file = self.file.take().expect("draft file open until commit");
-        file.flush().await?;
-        let file = file.into_std().await;
+        let file = self.file.take().ok_or_else(draft_broken)?;
         env.id = self.id.clone();
         env.size = self.size;
         env.data_sha256 = Some(hex(self.digest.clone().finish().as_ref()));
@@ -618,6 +631,10 @@ impl Draft {
         self.path = PathBuf::new();
         Ok(self.id.clone())
     }
+}
+
+fn draft_broken() -> io::Error {
+    io::Error::other("an earlier write to this spool file failed")
 }
 
 impl Drop for Draft {

@@ -241,15 +241,12 @@ impl GatewayConfig {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).expect("create dir for config file");
             }
-            std::fs::write(&path, contents)
-                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
             // Like a careful operator: keys and secrets readable by the gateway's user only.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            replace_file(&path, contents, 0o600);
         }
         std::fs::create_dir_all(dir.join("outbox")).expect("outbox dir");
         let path = dir.join("cachet.toml");
-        std::fs::write(&path, self.render(dir)).expect("write cachet.toml");
+        replace_file(&path, self.render(dir).as_bytes(), 0o644);
         path
     }
 
@@ -311,6 +308,17 @@ impl GatewayConfig {
             .remove("v")?;
         parsed.as_array()?.first()?.as_str()?.parse().ok()
     }
+}
+
+/// Write `path` by rename, never in place: a reload running meanwhile (`rewrite_config` then
+/// SIGHUP, in a storm) reads the old file or the new one, never half of one.
+fn replace_file(path: &Path, contents: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
 
 /// Every regular file under `dir`, recursively, sorted; empty when `dir` does not exist.

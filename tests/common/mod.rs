@@ -27,4 +27,6 @@ pub mod upstream;
 pub use client::{SmtpClient, python_send};
 pub use gateway::{Gateway, GatewayConfig, cachet_command, free_port, toml_str, users_line};
 pub use pki::TestPki;
-pub use upstream::{Action, Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls};
+pub use upstream::{
+    Action, DataAttempt, Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls,
+};

@@ -1,6 +1,10 @@
 //! A recording upstream SMTP server on 127.0.0.1 (pure tokio + tokio-rustls) for the gateway to relay to.
 //! It records every accepted message byte for byte and every command line per connection, speaks STARTTLS,
-//! implicit TLS or plaintext, and replays scripted faults (greeting / MAIL / RCPT / end of DATA).
+//! implicit TLS or plaintext, and replays scripted faults (greeting / MAIL / RCPT / end of DATA): replies,
+//! a silent or stalled peer, a TCP reset in the middle of DATA, a TLS handshake that fails or presents an
+//! untrusted certificate, replies sent one byte at a time. `Fault::after(n)` lets the first `n` attempts
+//! through (a fault in the middle of a run). Every DATA transfer is kept, complete or cut off
+//! (`data_attempts`), so a test can check what any attempt put on the wire.
 //! End of DATA is strictly `<CRLF>.<CRLF>` and dot-unstuffing is done exactly once (RFC 5321 §4.5.2).
 //! Like a strict real server, it refuses `BODY=8BITMIME` when it does not offer 8BITMIME (555) and a
 //! non-ASCII address in a transaction without `SMTPUTF8` (553 5.6.7).
@@ -44,6 +48,9 @@ pub enum Stage {
     Data,
     /// The reply after the final `.` (the message is then not recorded).
     DataEnd,
+    /// The TLS handshake (after STARTTLS's 220, or at once for implicit TLS):
+    /// [`Action::HandshakeFailure`], [`Action::UntrustedCertificate`] or `Disconnect`.
+    Handshake,
 }
 
 /// What a scripted fault does at its stage.
@@ -58,6 +65,17 @@ pub enum Action {
     /// Stop reading and replying for this long, then close without a word (a hung peer). At `Data`:
     /// after the 354, so the client's writes of the message stall once the socket buffers are full.
     Stall(Duration),
+    /// At `Data`: the 354, then read this many bytes of the message and reset the connection (TCP RST,
+    /// `SO_LINGER` 0): a peer that crashed in the middle of the transfer.
+    ResetAfter(usize),
+    /// At `Handshake`: answer the ClientHello with a fatal `handshake_failure` alert (RFC 8446 §6.2:
+    /// no protocol or cipher suite in common) and close.
+    HandshakeFailure,
+    /// At `Handshake`: present a certificate from a CA nobody trusts (a certificate swapped mid-run).
+    UntrustedCertificate,
+    /// Send this and every later reply of the connection one byte at a time, this long apart (at
+    /// `Greeting`: the whole session crawls). The session otherwise goes on normally.
+    Trickle(Duration),
 }
 
 /// A fault for the first `times` attempts at a stage (or always when `None`), then normal behaviour.
@@ -66,6 +84,8 @@ pub struct Fault {
     pub action: Action,
     /// Remaining attempts that get the fault; `None` = always.
     pub times: Option<u32>,
+    /// Attempts at this stage that still pass untouched before the fault starts.
+    pub skip: u32,
 }
 
 impl Fault {
@@ -74,6 +94,7 @@ impl Fault {
         Fault {
             action: Action::Reply(code, text.to_string()),
             times: Some(k),
+            skip: 0,
         }
     }
     /// Reply `code text` to every attempt.
@@ -81,6 +102,7 @@ impl Fault {
         Fault {
             action: Action::Reply(code, text.to_string()),
             times: None,
+            skip: 0,
         }
     }
     /// Drop the connection without a reply, `times` times (`None` = always).
@@ -88,6 +110,7 @@ impl Fault {
         Fault {
             action: Action::Disconnect,
             times,
+            skip: 0,
         }
     }
     /// Stall `delay` before the normal reply, `times` times (`None` = always).
@@ -95,6 +118,7 @@ impl Fault {
         Fault {
             action: Action::Delay(delay),
             times,
+            skip: 0,
         }
     }
     /// Go silent for `duration` (neither read nor reply), then close; `times` times (`None` = always).
@@ -102,7 +126,45 @@ impl Fault {
         Fault {
             action: Action::Stall(duration),
             times,
+            skip: 0,
         }
+    }
+    /// At `Data`: read `bytes` of the message, then reset the connection; `times` times.
+    pub fn reset_after(times: Option<u32>, bytes: usize) -> Fault {
+        Fault {
+            action: Action::ResetAfter(bytes),
+            times,
+            skip: 0,
+        }
+    }
+    /// At `Handshake`: a fatal `handshake_failure` alert instead of a ServerHello; `times` times.
+    pub fn handshake_failure(times: Option<u32>) -> Fault {
+        Fault {
+            action: Action::HandshakeFailure,
+            times,
+            skip: 0,
+        }
+    }
+    /// At `Handshake`: present an untrusted certificate; `times` times.
+    pub fn untrusted_certificate(times: Option<u32>) -> Fault {
+        Fault {
+            action: Action::UntrustedCertificate,
+            times,
+            skip: 0,
+        }
+    }
+    /// Send replies one byte per `per_byte` from this stage on; `times` times.
+    pub fn trickle(times: Option<u32>, per_byte: Duration) -> Fault {
+        Fault {
+            action: Action::Trickle(per_byte),
+            times,
+            skip: 0,
+        }
+    }
+    /// Let the first `n` attempts at the stage pass untouched, then apply the fault.
+    pub fn after(mut self, n: u32) -> Fault {
+        self.skip = n;
+        self
     }
 }
 
@@ -125,6 +187,20 @@ impl Received {
     pub fn data_without_first_received(&self) -> Vec<u8> {
         strip_first_received(&self.data)
     }
+}
+
+/// One DATA transfer as it went over the wire, whether or not it completed: what a test checks to
+/// know that no attempt, not even one cut off, carried a message in a form it must never have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataAttempt {
+    /// Recipients accepted in this transaction.
+    pub rcpt_to: Vec<String>,
+    /// The message bytes read (dot-unstuffed), all of them or as far as the transfer got.
+    pub data: Vec<u8>,
+    /// Whether the final `.` arrived.
+    pub complete: bool,
+    /// Whether the transfer was inside TLS.
+    pub tls: bool,
 }
 
 /// `data` without its first header field when that field is `Received:` (case-insensitive), folded
@@ -172,6 +248,9 @@ pub struct UpstreamOptions {
     pub pki: Option<Arc<TestPki>>,
     /// Hostname in the greeting and EHLO reply.
     pub hostname: String,
+    /// Close the connection after each accepted message (250 after DATA), as servers with a
+    /// one-message-per-connection limit do: the client's next message needs a new connection.
+    pub close_after_message: bool,
     /// Idle timeout per read; the connection is dropped after it.
     pub idle_timeout: Duration,
     /// Advertise 8BITMIME (the default). Without it, `MAIL ... BODY=8BITMIME` gets `555 5.5.4`.
@@ -189,6 +268,7 @@ impl Default for UpstreamOptions {
             bind: None,
             pki: None,
             hostname: "upstream.test".to_string(),
+            close_after_message: false,
             idle_timeout: Duration::from_secs(30),
             eight_bit_mime: true,
         }
@@ -250,6 +330,10 @@ impl Faults {
     fn take(&self, stage: &Stage) -> Option<Action> {
         let mut map = self.0.lock().unwrap();
         let fault = map.get_mut(stage)?;
+        if fault.skip > 0 {
+            fault.skip -= 1;
+            return None;
+        }
         match &mut fault.times {
             None => Some(fault.action.clone()),
             Some(0) => None,
@@ -283,6 +367,7 @@ fn normalise(stage: Stage) -> Stage {
 #[derive(Default)]
 struct Record {
     received: Vec<Received>,
+    data_attempts: Vec<DataAttempt>,
     connections: Vec<Vec<Seen>>,
     /// Bytes the client pipelined after STARTTLS before the handshake, per connection (a client bug).
     pipelined_after_starttls: usize,
@@ -298,6 +383,8 @@ struct Shared {
     faults: Faults,
     record: Mutex<Record>,
     acceptor: TlsAcceptor,
+    /// For `Action::UntrustedCertificate`: a certificate from a CA nobody trusts (made on first use).
+    untrusted_acceptor: std::sync::OnceLock<TlsAcceptor>,
 }
 
 /// A running recording upstream; stops (all its tasks aborted) when dropped.
@@ -334,6 +421,7 @@ impl Upstream {
             faults,
             record: Mutex::new(Record::default()),
             acceptor: TlsAcceptor::from(server_config),
+            untrusted_acceptor: std::sync::OnceLock::new(),
         });
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let accept = {
@@ -406,6 +494,10 @@ impl Upstream {
     /// Every accepted message so far, in order of acceptance.
     pub fn received(&self) -> Vec<Received> {
         self.shared.record.lock().unwrap().received.clone()
+    }
+    /// Every DATA transfer so far, complete or cut off (by a fault or the client), in order.
+    pub fn data_attempts(&self) -> Vec<DataAttempt> {
+        self.shared.record.lock().unwrap().data_attempts.clone()
     }
     /// How many TCP connections were accepted so far.
     pub fn connections(&self) -> usize {
@@ -521,6 +613,10 @@ struct Conn {
     tls: bool,
     index: usize,
     shared: Arc<Shared>,
+    /// A second handle on the TCP socket, to reset it (`Action::ResetAfter`) whatever `io` wraps.
+    socket: Option<std::net::TcpStream>,
+    /// `Action::Trickle`: send replies one byte per this long.
+    trickle: Option<Duration>,
 }
 
 impl Conn {
@@ -531,8 +627,33 @@ impl Conn {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
             out.push_str(&format!("{code}{sep}{line}\r\n"));
         }
-        self.io.get_mut().write_all(out.as_bytes()).await?;
-        self.io.get_mut().flush().await
+        match self.trickle {
+            None => {
+                self.io.get_mut().write_all(out.as_bytes()).await?;
+                self.io.get_mut().flush().await
+            }
+            Some(per_byte) => {
+                for (i, byte) in out.bytes().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(per_byte).await;
+                    }
+                    self.io.get_mut().write_all(&[byte]).await?;
+                    self.io.get_mut().flush().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reset the connection (RST instead of FIN): `SO_LINGER` 0 on the socket, then every handle
+    /// on it is dropped by the caller returning `Outcome::Close`.
+    fn reset(&mut self) {
+        self.log("<fault: connection reset>");
+        if let Some(socket) = self.socket.take()
+            && let Ok(s) = TcpStream::from_std(socket)
+        {
+            let _ = s.set_zero_linger();
+        }
     }
 
     /// Read one line including its terminator (LF or CRLF); `None` at EOF or idle timeout.
@@ -574,6 +695,20 @@ impl Conn {
                 tokio::time::sleep(d).await;
                 Ok(Outcome::Close)
             }
+            Some(Action::Trickle(d)) => {
+                self.log("<fault: trickle>");
+                self.trickle = Some(d);
+                Ok(Outcome::Proceed)
+            }
+            Some(Action::ResetAfter(_)) => {
+                self.reset();
+                Ok(Outcome::Close)
+            }
+            // Only meaningful at `Handshake` (see `upgrade`); elsewhere the peer just goes away.
+            Some(Action::HandshakeFailure | Action::UntrustedCertificate) => {
+                let _ = self.io.get_mut().shutdown().await;
+                Ok(Outcome::Close)
+            }
         }
     }
 
@@ -596,11 +731,51 @@ impl Conn {
             &mut self.io,
             BufReader::new(Box::new(tokio::io::duplex(1).0)),
         );
-        let stream = plain.into_inner();
-        let tls = self.shared.acceptor.accept(stream).await?;
+        let mut stream = plain.into_inner();
+        let mut acceptor = self.shared.acceptor.clone();
+        match self.shared.faults.take(&Stage::Handshake) {
+            None => {}
+            Some(Action::HandshakeFailure) => {
+                self.log("<fault: handshake failure>");
+                // Read (some of) the ClientHello first, as a real server would.
+                let mut hello = [0u8; 512];
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut hello)).await;
+                // A TLS 1.2 record: alert, fatal (2), handshake_failure (40).
+                stream
+                    .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
+                    .await?;
+                let _ = stream.shutdown().await;
+                return Err(std::io::Error::other("scripted handshake failure"));
+            }
+            Some(Action::UntrustedCertificate) => {
+                self.log("<fault: untrusted certificate>");
+                acceptor = self
+                    .shared
+                    .untrusted_acceptor
+                    .get_or_init(|| {
+                        TlsAcceptor::from(TestPki::new("cachet UNTRUSTED CA").server_config())
+                    })
+                    .clone();
+            }
+            Some(other) => {
+                self.stream_back(stream);
+                return match self.fault(Some(other)).await? {
+                    Outcome::Proceed => Err(std::io::Error::other(
+                        "this fault does nothing at the handshake",
+                    )),
+                    _ => Err(std::io::Error::other("scripted fault at the handshake")),
+                };
+            }
+        }
+        let tls = acceptor.accept(stream).await?;
         self.io = BufReader::new(Box::new(tls));
         self.tls = true;
         Ok(())
+    }
+
+    /// Put the plain stream back (a fault at the handshake acts on it like anywhere else).
+    fn stream_back(&mut self, stream: Box<dyn Io>) {
+        self.io = BufReader::new(stream);
     }
 }
 
@@ -627,19 +802,25 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io::Result<()> {
     let mode = shared.opts.tls;
     let host = shared.opts.hostname.clone();
+    // A second handle on the socket, for `Action::ResetAfter`.
+    let std_stream = stream.into_std()?;
+    let socket = std_stream.try_clone().ok();
+    let stream = TcpStream::from_std(std_stream)?;
     let mut conn = Conn {
         io: BufReader::new(Box::new(stream)),
         tls: false,
         index,
         shared: shared.clone(),
+        socket,
+        trickle: None,
     };
     if mode == UpstreamTls::Implicit {
         conn.upgrade().await?;
     }
     if let Some(action) = shared.faults.take(&Stage::Greeting) {
-        // Any greeting fault ends the connection (after a delay: a normal session goes on; a stall
-        // is a peer that never greets).
-        let delayed = matches!(action, Action::Delay(_));
+        // Any greeting fault ends the connection (after a delay or with a trickle: a normal
+        // session goes on; a stall is a peer that never greets).
+        let delayed = matches!(action, Action::Delay(_) | Action::Trickle(_));
         conn.fault(Some(action)).await?;
         if !delayed {
             return Ok(());
@@ -785,6 +966,28 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     continue;
                 }
                 let fault = shared.faults.take(&Stage::Data);
+                if let Some(Action::ResetAfter(n)) = fault {
+                    // The 354, part of the message, then a reset: a peer that died mid-transfer.
+                    conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
+                    let (data, complete) = read_data(&mut conn, Some(n)).await?;
+                    conn.log(&format!(
+                        "<{} bytes of message data, then reset>",
+                        data.len()
+                    ));
+                    shared
+                        .record
+                        .lock()
+                        .unwrap()
+                        .data_attempts
+                        .push(DataAttempt {
+                            rcpt_to: rcpts.clone(),
+                            data,
+                            complete,
+                            tls: conn.tls,
+                        });
+                    conn.reset();
+                    return Ok(());
+                }
                 if let Some(Action::Stall(d)) = fault {
                     // The 354, then not a byte read: the client's writes fill the buffers and stop.
                     conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
@@ -797,9 +1000,21 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     Outcome::Proceed => {}
                 }
                 conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
-                let Some(data) = read_data(&mut conn).await? else {
+                let (data, complete) = read_data(&mut conn, None).await?;
+                shared
+                    .record
+                    .lock()
+                    .unwrap()
+                    .data_attempts
+                    .push(DataAttempt {
+                        rcpt_to: rcpts.clone(),
+                        data: data.clone(),
+                        complete,
+                        tls: conn.tls,
+                    });
+                if !complete {
                     return Ok(());
-                };
+                }
                 conn.log(&format!("<{} bytes of message data>", data.len()));
                 let from = mail_from.take().unwrap_or_default();
                 let to = std::mem::take(&mut rcpts);
@@ -819,6 +1034,11 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     rec.received.len()
                 };
                 conn.reply(250, &format!("2.0.0 queued as U{n}")).await?;
+                if shared.opts.close_after_message {
+                    conn.log("<closing: one message per connection>");
+                    let _ = conn.io.get_mut().shutdown().await;
+                    return Ok(());
+                }
             }
             "AUTH" => {
                 let Some((user, pass)) = shared.opts.auth.clone() else {
@@ -910,17 +1130,22 @@ async fn auth_exchange(conn: &mut Conn, args: &str) -> std::io::Result<Option<(S
 }
 
 /// Read message data up to `<CRLF>.<CRLF>`, dot-unstuffing once. A line ending in a bare LF is kept as is and
-/// never ends the data, nor does a `.` line that follows it. `None` at EOF (the message is then dropped).
-async fn read_data(conn: &mut Conn) -> std::io::Result<Option<Vec<u8>>> {
+/// never ends the data, nor does a `.` line that follows it. Returns the data and whether the final `.` came:
+/// not at EOF, nor once `limit` bytes were read (then the data ends there, possibly mid-line).
+async fn read_data(conn: &mut Conn, limit: Option<usize>) -> std::io::Result<(Vec<u8>, bool)> {
     let mut data = Vec::new();
     // True at the start of DATA and after every CRLF: only there is a line start per RFC 5321 §4.5.2.
     let mut at_line_start = true;
     loop {
-        let Some(line) = conn.read_line(MAX_DATA + 8).await? else {
-            return Ok(None);
+        if limit.is_some_and(|n| data.len() >= n) {
+            return Ok((data, false));
+        }
+        let max = limit.map_or(MAX_DATA + 8, |n| n - data.len());
+        let Some(line) = conn.read_line(max).await? else {
+            return Ok((data, false));
         };
         if at_line_start && line == b".\r\n" {
-            return Ok(Some(data));
+            return Ok((data, true));
         }
         if at_line_start && line.first() == Some(&b'.') {
             data.extend_from_slice(&line[1..]);

@@ -246,7 +246,7 @@ async fn attempt(
     id: &str,
     queue: Queue,
 ) -> Option<Due> {
-    tracing::debug!(queue_id = id, queue = queue.dir_name(), "delivery attempt");
+    tracing::debug!(queue_id = id, "delivery attempt");
     // Held until the envelope's new state is written: `cachet queue` waits for it.
     let _lock = match spool.try_lock(id) {
         Ok(TryLock::Locked(lock)) => Some(lock),

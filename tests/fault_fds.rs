@@ -121,11 +121,19 @@ async fn without_descriptors_new_clients_get_421_and_deliveries_in_flight_finish
         up.received().is_empty(),
         "the delivery was no longer in flight when descriptors ran out"
     );
-    // More clients are refused the same way while it lasts.
-    for _ in 0..3 {
-        let (_, first) = connect(&gw).await;
+    // More clients are refused the same way while it lasts. (The first refusal may have come
+    // while a queue scan held a descriptor for a moment: a client that still gets in is held too.)
+    let mut refused = 1;
+    while refused < 4 {
+        assert!(held.len() < NOFILE, "{NOFILE} clients held\n{}", gw.logs());
+        let (conn, first) = connect(&gw).await;
         let first = first.unwrap_or_else(|| panic!("no reply\n{}", gw.logs()));
+        if first.starts_with("220") {
+            held.push(conn);
+            continue;
+        }
         assert!(first.starts_with("421 4.3.2"), "{first}\n{}", gw.logs());
+        refused += 1;
     }
     // The delivery in flight finishes, and the message leaves the spool.
     let got = gw.expect_upstream(&up, 1).await;
@@ -139,7 +147,6 @@ async fn without_descriptors_new_clients_get_421_and_deliveries_in_flight_finish
         assert!(Instant::now() < deadline, "{id} not done\n{}", gw.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let refused = 4;
     let clients = held.len();
     // Descriptors come back: mail flows again.
     drop(held);
@@ -203,10 +210,16 @@ async fn running_out_of_descriptors_never_sends_an_envelope_to_corrupt() {
     let mut held = Vec::new();
     let mut levels = Vec::new();
     for free in (0..=5).rev() {
-        // Each held client costs the gateway one descriptor.
+        // Each held client costs the gateway one descriptor. Near the end, a client can meet an
+        // attempt holding the last descriptors for a moment and be refused (421): it tries again.
+        let deadline = Instant::now() + WAIT;
         while held.len() < NOFILE - base - free {
             let (conn, first) = connect(&gw).await;
-            let first = first.unwrap_or_else(|| panic!("no banner\n{}", gw.logs()));
+            let first = first.unwrap_or_else(|| panic!("no reply\n{}", gw.logs()));
+            if first.starts_with("421 4.3.2") && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             assert!(first.starts_with("220"), "{first}\n{}", gw.logs());
             held.push(conn);
         }

@@ -88,7 +88,7 @@ pub const PARAMS: &[Param] = &[
     p(
         "server.max_message_size",
         Some(r#""50MiB""#),
-        Some(1024),
+        Some(1),
         Some(1 << 40),
         "bytes",
         "EHLO SIZE, enforced with 552 5.3.4",

@@ -197,7 +197,15 @@ async fn slow_first_attempt() -> (Upstream, Gateway, String) {
             ),
     )
     .await;
-    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    // The retry for b is far off: the operator's command, waiting for the lock, must win the
+    // race against nothing but the attempt in flight (with a 1 s retry the scheduler's second
+    // attempt could start, and finish the message, before the command's next lock poll).
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up).with(
+        "spool",
+        "retry",
+        r#"["30s"]"#,
+    ))
+    .await;
     let id = gw
         .send_ok(
             "a@example.org",

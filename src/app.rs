@@ -76,7 +76,7 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
             metrics: metrics.clone(),
             spool: spool.clone(),
             listening: listening.clone(),
-            extra: Arc::new(move || crate::pipeline::expiry_gauges(&rt_for_gauges.load().stores)),
+            extra: Arc::new(move || crate::check::expiry_gauges(&rt_for_gauges.load().stores)),
         });
         tokio::spawn(admin.serve(l, shutdown_rx.clone()));
     }

@@ -159,7 +159,7 @@ fn main() -> ExitCode {
         Command::Check { config } => match Runtime::load(&config) {
             Ok(rt) => {
                 println!("{}: ok", config.display());
-                for line in cachet::pipeline::check_summary(&rt) {
+                for line in cachet::check::check_summary(&rt) {
                     println!("{line}");
                 }
                 for warning in spool::modes::exposed(&rt.config) {

@@ -168,7 +168,7 @@ impl Stores {
             stores.certs = certs;
         }
         if let Some(k) = &config.keys {
-            let (keys, problems) =
+            let (mut keys, problems) =
                 KeyStore::load(&k.dir, k.p12_password_file.as_deref(), &stores.trust, now);
             // Only the organisation signs as the organisation: a key for another domain is a
             // configuration error, never silently unused.
@@ -193,6 +193,9 @@ impl Stores {
                     stores.warnings.push(p.to_string());
                 }
             }
+            // ... and never in the store, so no decision can pick it (`pipeline::decide`
+            // relies on this).
+            keys.retain(|id| config.submitters.is_local(&id.email));
             stores.keys = keys;
         }
         (stores, errors)
@@ -200,9 +203,14 @@ impl Stores {
 
     /// The signing identity for the From: address, if valid now.
     pub fn signer(&self, from: &str) -> Option<Arc<SigningIdentity>> {
+        self.signer_at(from, SystemTime::now())
+    }
+
+    /// The signing identity for the From: address, if its certificate is valid at `now`.
+    pub fn signer_at(&self, from: &str, now: SystemTime) -> Option<Arc<SigningIdentity>> {
         self.keys
             .get(from)
-            .filter(|id| id.not_after > SystemTime::now())
+            .filter(|id| id.not_before <= now && now < id.not_after)
     }
 
     pub fn can_encrypt_to(&self, address: &str) -> bool {

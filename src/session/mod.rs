@@ -456,7 +456,12 @@ impl Session {
         if tx.recipients.len() >= cfg.max_recipients {
             return reply::TOO_MANY_RECIPIENTS;
         }
-        if let Some(refusal) = crate::pipeline::rcpt_check(&self.runtime, &tx.sender, address) {
+        if let Some(refusal) = crate::pipeline::rcpt_check(
+            &self.runtime.config.policy,
+            &self.runtime.stores,
+            &tx.sender,
+            address,
+        ) {
             tracing::info!(client = %self.peer, sender = %tx.sender, rcpt = address, reply = %refusal, "recipient refused by policy");
             self.ctx.metrics.refused("policy");
             return refusal;
@@ -668,8 +673,13 @@ impl Session {
             return Ok(Step::Continue);
         }
         if self.runtime.config.policy.any_sign_required()
-            && let Some(refusal) =
-                crate::pipeline::data_check(&self.runtime, &tx.sender, &tx.recipients, &head)
+            && let Some(refusal) = crate::pipeline::data_check(
+                &self.runtime.config.policy,
+                &self.runtime.stores,
+                &tx.sender,
+                &tx.recipients,
+                &head,
+            )
         {
             tracing::info!(client = %self.peer, sender = %tx.sender, reply = %refusal, "message refused by policy");
             self.ctx.metrics.refused("policy");

@@ -129,6 +129,33 @@ impl CertStore {
                 Err(reason) => problems.push(Problem::new(&path, reason)),
             }
         }
+        let (store, more) = Self::index(loaded, trust, now);
+        problems.extend(more);
+        (store, problems)
+    }
+
+    /// A store from certificates already in memory (tools and tests); problems name `<memory>`.
+    pub fn from_certs(
+        certs: Vec<CertificateDer<'static>>,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> (CertStore, Vec<Problem>) {
+        let here = std::path::PathBuf::from("<memory>");
+        Self::index(
+            certs.into_iter().map(|c| (here.clone(), c)).collect(),
+            trust,
+            now,
+        )
+    }
+
+    /// Index end-entity certificates by address and keep CA certificates as intermediates;
+    /// every certificate that does not validate for encryption at `now` is reported.
+    fn index(
+        loaded: Vec<(std::path::PathBuf, CertificateDer<'static>)>,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> (CertStore, Vec<Problem>) {
+        let mut problems = Vec::new();
         let mut store = CertStore {
             trust: clone_trust(trust),
             ..Default::default()

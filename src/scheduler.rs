@@ -318,6 +318,10 @@ async fn attempt(
         }
     };
     let pending: Vec<String> = env.pending().map(|r| r.address.clone()).collect();
+    // Directory lookups are I/O: done here, on the async side and bounded by each directory's
+    // timeout, so the sealing job only reads their cached answers.
+    let wanted = pipeline::lookups_needed(rt, &env, &data[..], &pending);
+    rt.stores.prefetch(&wanted, metrics).await;
     // Crypto is CPU work: run it on the blocking pool, never on the async threads.
     let job = {
         let (rt, env, data, pending) = (rt.clone(), env.clone(), data.clone(), pending.clone());

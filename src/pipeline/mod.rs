@@ -82,7 +82,8 @@ pub fn decide(
     if triggered {
         t.encrypt = t.encrypt.max(Mode::Required);
     }
-    let lookup = rt.stores.certs.lookup(recipient, SystemTime::now());
+    // Files, then the directories' cached answers (prefetched by the caller): never I/O here.
+    let lookup = rt.stores.lookup(recipient, SystemTime::now());
     // Only addresses in the organisation's own domains are ever signed for.
     let signer = from
         .filter(|f| rt.config.submitters.is_local(f))
@@ -115,6 +116,35 @@ pub fn rcpt_check(rt: &Runtime, sender: &str, recipient: &str) -> Option<Reply> 
         Fate::Refuse(r) => Some(r),
         _ => None,
     }
+}
+
+/// Whether the RCPT-time check needs the directories' answer for `recipient`: its rule requires
+/// encryption (only then can a missing certificate refuse it now). The session then awaits
+/// [`Stores::prefetch`] before [`rcpt_check`]; everyone else is looked up before sealing.
+pub fn rcpt_needs_lookup(rt: &Runtime, sender: &str, recipient: &str) -> bool {
+    !rt.stores.directory.is_empty()
+        && rt.config.policy.treatment(sender, recipient).1.encrypt == Mode::Required
+}
+
+/// The recipients of a message [`seal`] will look a certificate up for (every one whose
+/// treatment may encrypt, per-message triggers included): what the scheduler prefetches from
+/// the directories before it starts the sealing job.
+pub fn lookups_needed(
+    rt: &Runtime,
+    env: &Envelope,
+    message: &[u8],
+    recipients: &[String],
+) -> Vec<String> {
+    if rt.stores.directory.is_empty() {
+        return Vec::new();
+    }
+    let h = headers::read(message, rt.config.policy.encrypt_header.as_deref());
+    let trig = triggered(rt, env, &h);
+    recipients
+        .iter()
+        .filter(|r| trig || rt.config.policy.treatment(&env.sender, r).1.encrypt != Mode::Never)
+        .cloned()
+        .collect()
 }
 
 /// End-of-DATA check, once the From: header is known: a required signature that is impossible

@@ -410,9 +410,9 @@ async fn filter_syntax_in_an_address_never_matches_another_entry() {
     let bob_dn = format!("cn=bob,{}", slapd::BASE);
     assert_eq!(
         ldap.search_dns("(mail=*@partner.example)"),
-        [bob_dn.clone()]
+        std::slice::from_ref(&bob_dn)
     );
-    assert_eq!(ldap.search_dns("(mail=b*)"), [bob_dn.clone()]);
+    assert_eq!(ldap.search_dns("(mail=b*)"), std::slice::from_ref(&bob_dn));
     let proofs = ldap.log().len();
     let gw = Gateway::start(starttls_config(&ldap, &pki, "")).await;
 

@@ -1014,6 +1014,79 @@ mod tests {
     }
 
     #[test]
+    fn directory_entries_are_checked_with_line_and_key() {
+        let head = "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://a\"\n";
+        let with_trust = "[certificates]\ndir = \"/\"\ntrust = [\"/etc/hostname\"]\n";
+        let ok = parse(&format!(
+            "{head}{with_trust}[[directory]]\nurl = \"ldaps://ldap.example.org\"\nbase = \"dc=example,dc=org\"\n"
+        ));
+        let c = ok.unwrap_or_else(|e| panic!("{e:?}"));
+        let d = &c.directories[0];
+        assert_eq!(d.filter, "(mail={address})");
+        assert_eq!(
+            d.attributes,
+            ["userSMIMECertificate;binary", "userCertificate;binary"]
+        );
+        assert_eq!(
+            (d.cache_ttl, d.negative_ttl, d.timeout),
+            (
+                Duration::from_secs(3600),
+                Duration::from_secs(600),
+                Duration::from_secs(3)
+            )
+        );
+        assert!(d.tls() && d.bind_dn.is_none());
+
+        for (entry, expected) in [
+            (
+                "url = \"http://x\"\nbase = \"o=x\"",
+                "directory #1: url: \"http://x\": the scheme must be ldap:// or ldaps://",
+            ),
+            (
+                "url = \"ldap://x\"\nbase = \"o=x\"\nbind_dn = \"cn=a\"\npassword_file = \"/etc/hostname\"",
+                "directory #1: starttls: a bind password would cross the network in clear",
+            ),
+            (
+                "url = \"ldaps://x\"\nstarttls = true\nbase = \"o=x\"",
+                "directory #1: starttls: ldaps:// is TLS from the start",
+            ),
+            (
+                "url = \"ldaps://x\"\nbase = \"o=x\"\nbind_dn = \"cn=a\"",
+                "directory #1: password_file: bind_dn needs password_file",
+            ),
+            (
+                "url = \"ldaps://x\"\nbase = \"o=x\"\nfilter = \"(mail=bob)\"",
+                "does not contain {address}",
+            ),
+            (
+                "url = \"ldaps://x\"\nbase = \"o=x\"\nfilter = \"(mail={address}\"",
+                "is not an LDAP filter",
+            ),
+            (
+                "url = \"ldaps://x\"\nbase = \"o=x\"\ntimeout = \"2m\"",
+                "directory #1: timeout: 120 seconds is out of range: must be from 1 to 60",
+            ),
+            (
+                "url = \"ldaps://x\"\nbase = \"o=x\"\nattributes = []",
+                "directory #1: attributes: name at least one attribute",
+            ),
+        ] {
+            let errs = parse(&format!("{head}{with_trust}[[directory]]\n{entry}\n")).unwrap_err();
+            let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(
+                all.iter().any(|e| e.contains(expected)),
+                "{expected:?} not in {all:?}"
+            );
+        }
+        // Without trust anchors nothing from a directory could validate.
+        let errs = parse(&format!(
+            "{head}[[directory]]\nurl = \"ldaps://x\"\nbase = \"o=x\"\n"
+        ))
+        .unwrap_err();
+        assert!(errs[0].to_string().contains("cachet.toml:5: directory #1: url: certificates from a directory are validated against certificates.trust"), "{errs:?}");
+    }
+
+    #[test]
     fn upstream_urls() {
         let b = Path::new("/etc/cachet");
         assert_eq!(

@@ -15,7 +15,9 @@
 //!   answer (a `OnceCell` per slot);
 //! - an expired answer is still what [`Directory::lookup`] reads until the refresh lands, so a
 //!   TTL ending between prefetch and seal never turns into "no certificate".
-//! The cache lives as long as the runtime: a reload (SIGHUP) starts with an empty one.
+//!
+//! The cache lives with the runtime; a reload (SIGHUP) hands the answers of directories
+//! configured the same way to the new one ([`Directory::adopt_cache`]).
 //!
 //! What counts: every certificate found is validated exactly like a file in
 //! `[certificates] dir`, through [`CertStore::validate_found`] (usage, expiry, key, path to

@@ -288,6 +288,15 @@ async fn a_directory_that_is_down_costs_one_timeout_per_address_per_negative_ttl
         b = slapd::BASE
     );
     let gw = Gateway::start(config(&directory)).await;
+    // Anonymous plain LDAP is allowed, with a warning.
+    let (ok, text) = gw.cli(&["check"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "warning: [[directory]] ldap://127.0.0.1:{closed}: plain LDAP without StartTLS"
+        )),
+        "{text}"
+    );
 
     // The required recipient is refused: soft behaviour is "no certificate".
     let r = rcpt(&gw, "bob@partner.example").await;
@@ -507,6 +516,25 @@ async fn answers_are_cached_for_cache_ttl_and_asked_again_after_it() {
         assert!(decrypt(m, &one_cert, &one_key).contains(CANARY));
     }
     assert_eq!(lookups(&long, "found").await, 1, "{}", long.logs());
+    // A reload with the same [[directory]] keeps the answers: still no new question.
+    long.sighup();
+    assert!(
+        long.wait_log("configuration reloaded", WAIT).await,
+        "{}",
+        long.logs()
+    );
+    assert_eq!(rcpt(&long, "bob@partner.example").await.0, 250);
+    assert_eq!(lookups(&long, "found").await, 1, "{}", long.logs());
+    // `cachet explain` runs the gateway's decision after asking the directory itself.
+    let (ok, text) = long.cli(&[
+        "explain",
+        "--from",
+        "carol@example.org",
+        "--to",
+        "bob@partner.example",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("encrypt:  yes"), "{text}");
 
     // After cache_ttl = 2s: asked again, and the new certificate is used.
     let wait =

@@ -283,8 +283,8 @@ async fn a_directory_that_is_down_costs_one_timeout_per_address_per_negative_ttl
     let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hole = blackhole.local_addr().unwrap().port();
     let directory = format!(
-        "url = \"ldap://127.0.0.1:{closed}\"\nbase = \"{b}\"\nnegative_ttl = \"4s\"\ntimeout = \"1s\"\n\
-         [[directory]]\nurl = \"ldap://127.0.0.1:{hole}\"\nbase = \"{b}\"\nnegative_ttl = \"4s\"\ntimeout = \"1s\"\n",
+        "url = \"ldap://127.0.0.1:{closed}\"\nbase = \"{b}\"\nnegative_ttl = \"8s\"\ntimeout = \"1s\"\n\
+         [[directory]]\nurl = \"ldap://127.0.0.1:{hole}\"\nbase = \"{b}\"\nnegative_ttl = \"8s\"\ntimeout = \"1s\"\n",
         b = slapd::BASE
     );
     let gw = Gateway::start(config(&directory)).await;
@@ -327,7 +327,7 @@ async fn a_directory_that_is_down_costs_one_timeout_per_address_per_negative_ttl
 
     // Once negative_ttl has passed, the next RCPT asks again (once).
     let wait =
-        Duration::from_secs(4).saturating_sub(answered.elapsed()) + Duration::from_millis(500);
+        Duration::from_secs(8).saturating_sub(answered.elapsed()) + Duration::from_millis(500);
     tokio::time::sleep(wait).await;
     assert_eq!(rcpt(&gw, "bob@partner.example").await.0, 550);
     assert_eq!(lookups(&gw, "error").await, 3, "{}", gw.logs());
@@ -540,6 +540,7 @@ async fn answers_are_cached_for_cache_ttl_and_asked_again_after_it() {
     let wait =
         Duration::from_secs(2).saturating_sub(first_short.elapsed()) + Duration::from_millis(500);
     tokio::time::sleep(wait).await;
+    let before = lookups(&short, "found").await;
     short
         .send_ok(
             "carol@example.org",
@@ -549,7 +550,8 @@ async fn answers_are_cached_for_cache_ttl_and_asked_again_after_it() {
         .await;
     let out = emls(&short, 2).await;
     assert_eq!(out.len(), 2, "{}", short.logs());
-    assert_eq!(lookups(&short, "found").await, 2, "{}", short.logs());
+    // Asked again (at least once: on a slow machine sealing may also come cache_ttl after RCPT).
+    assert!(lookups(&short, "found").await > before, "{}", short.logs());
     // The first went to the old certificate, the one after cache_ttl to the new one.
     assert!(decrypts(&out[0], &one_cert, &one_key));
     assert!(!decrypts(&out[0], &two_cert, &two_key));

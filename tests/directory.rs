@@ -325,13 +325,22 @@ async fn a_directory_that_is_down_costs_one_timeout_per_address_per_negative_ttl
     assert_eq!(lookups(&gw, "error").await, 2, "{}", gw.logs());
     assert_eq!(lookups(&gw, "timeout").await, 2, "{}", gw.logs());
 
+    // Two sessions asking about the same new address at once share one question.
+    let (a, b) = tokio::join!(
+        rcpt(&gw, "erin@partner.example"),
+        rcpt(&gw, "erin@partner.example")
+    );
+    assert_eq!((a.0, b.0), (550, 550), "{a:?} {b:?}");
+    assert_eq!(lookups(&gw, "error").await, 3, "{}", gw.logs());
+    assert_eq!(lookups(&gw, "timeout").await, 3, "{}", gw.logs());
+
     // Once negative_ttl has passed, the next RCPT asks again (once).
     let wait =
         Duration::from_secs(8).saturating_sub(answered.elapsed()) + Duration::from_millis(500);
     tokio::time::sleep(wait).await;
     assert_eq!(rcpt(&gw, "bob@partner.example").await.0, 550);
-    assert_eq!(lookups(&gw, "error").await, 3, "{}", gw.logs());
-    assert_eq!(lookups(&gw, "timeout").await, 3, "{}", gw.logs());
+    assert_eq!(lookups(&gw, "error").await, 4, "{}", gw.logs());
+    assert_eq!(lookups(&gw, "timeout").await, 4, "{}", gw.logs());
     assert!(
         gw.logs().contains("directory lookup failed"),
         "{}",

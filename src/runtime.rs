@@ -214,10 +214,21 @@ impl Stores {
     /// The certificate to encrypt to `address` at `now`: the certificate files first, then
     /// what the directories answered (their cache only: call [`Stores::prefetch`] first).
     pub fn lookup(&self, address: &str, now: SystemTime) -> crate::store::CertLookup {
+        self.lookup_with(address, now, &|_, _| Ok(()))
+    }
+
+    /// [`Stores::lookup`] with one more test (revocation) for each directory certificate that
+    /// is otherwise valid; see [`crate::store::directory::Accept`].
+    pub fn lookup_with(
+        &self,
+        address: &str,
+        now: SystemTime,
+        accept: &crate::store::directory::Accept<'_>,
+    ) -> crate::store::CertLookup {
         let mut out = self.certs.lookup(address, now);
         if out.cert.is_none() {
             self.directory
-                .lookup_into(address, &self.certs, now, &mut out);
+                .lookup_into(address, &self.certs, now, accept, &mut out);
         }
         out
     }

@@ -248,6 +248,11 @@ impl CertStore {
         out
     }
 
+    /// The CA certificates of the directory, offered to path building.
+    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
+        &self.intermediates
+    }
+
     /// Addresses with at least one indexed certificate (valid or not), sorted.
     pub fn addresses(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.by_address.keys().map(String::as_str).collect();

@@ -99,7 +99,14 @@ pub struct Candidate {
     pub is_ca: bool,
     /// The certificate to encrypt to, or why not.
     pub verdict: Result<Arc<RecipientCert>, String>,
+    /// The CA certificates of the same entry, which chain it.
+    pub chain: Vec<CertificateDer<'static>>,
 }
+
+/// An extra test for a certificate about to be used (the certificate, the intermediates that
+/// chain it): `Err(reason)` passes it over. The same shape as the file store's, for revocation.
+pub type Accept<'a> =
+    dyn Fn(&CertificateDer<'static>, &[CertificateDer<'static>]) -> Result<(), String> + 'a;
 
 /// All `[[directory]]` entries, in order. Empty (no directory) by default.
 #[derive(Default)]
@@ -173,11 +180,15 @@ impl Directory {
 
     /// Adds the directories' view of `address` to a file-store lookup that found nothing
     /// usable: the first directory with a usable certificate answers. Reads the cache only.
+    /// `accept` is one more test for each otherwise valid certificate, given it and the
+    /// intermediates that chain it (the files' CA certificates, then the entry's): the seam for
+    /// revocation, shaped like the file store's.
     pub fn lookup_into(
         &self,
         address: &str,
         files: &CertStore,
         now: SystemTime,
+        accept: &Accept<'_>,
         out: &mut CertLookup,
     ) {
         let key = normalize_address(address);
@@ -185,7 +196,16 @@ impl Directory {
             let Some(answer) = source.cached(&key) else {
                 continue;
             };
-            let cands = candidates(&answer.outcome, &key, files, now);
+            let mut cands = candidates(&answer.outcome, &key, files, now);
+            for c in cands.iter_mut().filter(|c| c.verdict.is_ok()) {
+                let mut chain = files.intermediates().to_vec();
+                chain.extend(c.chain.iter().cloned());
+                if let Ok(cert) = &c.verdict
+                    && let Err(reason) = accept(&cert.der, &chain)
+                {
+                    c.verdict = Err(reason);
+                }
+            }
             for c in cands.iter().filter(|c| !c.is_ca) {
                 if let Err(reason) = &c.verdict {
                     out.rejected.push((
@@ -340,6 +360,7 @@ pub fn candidates(
                     fingerprint: "-".into(),
                     is_ca: false,
                     verdict: Err(reason),
+                    chain: Vec::new(),
                 }),
             }
         }
@@ -383,6 +404,7 @@ pub fn candidates(
                 fingerprint,
                 is_ca,
                 verdict,
+                chain: chain.clone(),
             });
         }
     }
@@ -397,4 +419,155 @@ pub fn best(cands: &[Candidate]) -> Option<Arc<RecipientCert>> {
         .filter_map(|c| c.verdict.as_ref().ok())
         .max_by_key(|c| (c.not_before, c.not_after))
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TrustAnchors;
+    use ldap::{RawEntry, RawValue};
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
+    use std::time::Duration;
+
+    /// An EC P-256 S/MIME encryption certificate for `email` from `ca`.
+    fn leaf(ca: &crate::demo::DemoCa, email: &str) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![SanType::Rfc822Name(email.try_into().unwrap())];
+        p.key_usages = vec![KeyUsagePurpose::KeyAgreement];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection];
+        let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
+        p.signed_by(&key, &issuer).unwrap().der().to_vec()
+    }
+
+    /// A directory whose cache already holds `outcome` for bob@x.test.
+    fn directory_with(outcome: Outcome) -> Directory {
+        let config = DirectoryConfig {
+            url: "ldap://127.0.0.1:1".into(),
+            starttls: false,
+            ca_file: None,
+            bind_dn: None,
+            password_file: None,
+            base: "o=x".into(),
+            filter: "(mail={address})".into(),
+            attributes: vec!["userCertificate;binary".into()],
+            cache_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(600),
+            timeout: Duration::from_secs(1),
+        };
+        let d = Directory::new(&[config]).unwrap();
+        let slot = Slot {
+            cell: tokio::sync::OnceCell::new_with(Some(Answer {
+                at: Instant::now(),
+                outcome,
+            })),
+            previous: None,
+        };
+        d.sources[0]
+            .cache
+            .lock()
+            .unwrap()
+            .insert("bob@x.test".into(), Arc::new(slot));
+        d
+    }
+
+    #[test]
+    fn cached_certificates_are_validated_for_the_address_and_offered_to_accept() {
+        let ca = crate::demo::new_ca("directory unit CA").unwrap();
+        let (trust, bad) = TrustAnchors::from_certs(vec![ca.cert.der().clone()]);
+        assert!(bad.is_empty());
+        let empty = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let (files, _) = CertStore::load(empty.path(), &trust, now);
+        let value = |bytes: Vec<u8>| RawValue {
+            attribute: "userCertificate;binary".into(),
+            bytes,
+        };
+        let d = directory_with(Outcome::Found(vec![RawEntry {
+            dn: "cn=bob".into(),
+            values: vec![
+                value(leaf(&ca, "bob@x.test")),
+                value(leaf(&ca, "mallory@x.test")),
+            ],
+        }]));
+
+        let mut out = CertLookup::default();
+        d.lookup_into("Bob@X.test", &files, now, &|_, _| Ok(()), &mut out);
+        assert!(out.cert.is_some(), "{:?}", out.rejected);
+        assert_eq!(out.rejected.len(), 1);
+        assert!(
+            out.rejected[0]
+                .1
+                .contains("issued to mallory@x.test, not to bob@x.test"),
+            "{:?}",
+            out.rejected
+        );
+
+        // The revocation seam: a refusal there means no certificate, with its reason.
+        let mut out = CertLookup::default();
+        let asked = std::cell::Cell::new(0);
+        d.lookup_into(
+            "bob@x.test",
+            &files,
+            now,
+            &|_, _| {
+                asked.set(asked.get() + 1);
+                Err("revoked (test)".into())
+            },
+            &mut out,
+        );
+        assert!(out.cert.is_none());
+        assert_eq!(
+            asked.get(),
+            1,
+            "only the otherwise valid certificate is asked about"
+        );
+        assert!(
+            out.rejected
+                .iter()
+                .any(|(_, r)| r.contains("revoked (test)"))
+        );
+
+        // An address nobody prefetched: nothing, and no I/O.
+        let mut out = CertLookup::default();
+        d.lookup_into("carol@x.test", &files, now, &|_, _| Ok(()), &mut out);
+        assert!(out.cert.is_none() && out.rejected.is_empty());
+    }
+
+    #[test]
+    fn answers_expire_by_their_own_ttl_and_stale_ones_are_still_read() {
+        let d = directory_with(Outcome::NotFound);
+        let s = &d.sources[0];
+        let fresh = Answer {
+            at: Instant::now(),
+            outcome: Outcome::NotFound,
+        };
+        assert!(s.fresh(&fresh));
+        let old = Instant::now().checked_sub(Duration::from_secs(601));
+        if let Some(at) = old {
+            assert!(!s.fresh(&Answer {
+                at,
+                outcome: Outcome::NotFound
+            }));
+            // The same age is still fresh for an answer with entries (cache_ttl 1h).
+            assert!(s.fresh(&Answer {
+                at,
+                outcome: Outcome::Found(Vec::new())
+            }));
+            // Expired: a new slot is made, and the old answer stays readable meanwhile.
+            s.cache.lock().unwrap().insert(
+                "bob@x.test".into(),
+                Arc::new(Slot {
+                    cell: tokio::sync::OnceCell::new_with(Some(Answer {
+                        at,
+                        outcome: Outcome::NotFound,
+                    })),
+                    previous: None,
+                }),
+            );
+            let slot = s.slot("bob@x.test").unwrap();
+            assert!(slot.cell.get().is_none());
+            assert!(s.cached("bob@x.test").is_some());
+        }
+    }
 }

@@ -21,6 +21,12 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
     )];
     out.extend(s.warnings.iter().map(|w| format!("warning: {w}")));
     out.extend(submitter_warnings(&rt.config));
+    for d in rt.config.directories.iter().filter(|d| !d.tls()) {
+        out.push(format!(
+            "warning: [[directory]] {}: plain LDAP without StartTLS: anyone on the path can hide a recipient's certificate (forged ones still fail validation); set starttls = true or use ldaps://",
+            d.url
+        ));
+    }
     // Policy settings a key cannot honour.
     if rt.config.policy.digest == Digest::Sha512 {
         for id in s

@@ -320,6 +320,21 @@ async fn attempt(
         }
     };
     let pending: Vec<String> = env.pending().map(|r| r.address.clone()).collect();
+    // Directory lookups are I/O: done here, on the async side and bounded by each directory's
+    // timeout, so the sealing job only reads their cached answers.
+    let wanted = if rt.stores.directory.is_empty() {
+        Vec::new()
+    } else {
+        let policy = &rt.config.policy;
+        let h = pipeline::headers::read(&data[..], policy.encrypt_header.as_deref());
+        let msg = pipeline::group::Message {
+            sender: &env.sender,
+            is_bounce: env.is_bounce,
+            now: std::time::SystemTime::now(),
+        };
+        pipeline::group::lookups_needed(policy, &rt.stores, msg, &h, &pending)
+    };
+    rt.stores.prefetch(&wanted, metrics).await;
     // Crypto is CPU work: run it on the blocking pool, never on the async threads.
     let job = {
         let (rt, env, data, pending) = (rt.clone(), env.clone(), data.clone(), pending.clone());

@@ -97,7 +97,8 @@ pub fn decide(policy: &Policy, stores: &Stores, ask: Ask<'_>) -> Decision {
     if ask.triggered {
         t.encrypt = t.encrypt.max(Mode::Required);
     }
-    let lookup = stores.certs.lookup(ask.recipient, ask.now);
+    // Files, then the directories' cached answers (prefetched by the caller): never I/O here.
+    let lookup = stores.lookup(ask.recipient, ask.now);
     let signer = ask.from.and_then(|f| stores.signer_at(f, ask.now));
     let mut fate = Fate::Send;
     if t.encrypt == Mode::Required && lookup.cert.is_none() {
@@ -136,6 +137,13 @@ pub fn rcpt_check(
         Fate::Refuse(r) => Some(r),
         _ => None,
     }
+}
+
+/// Whether the RCPT-time check needs the directories' answer for `recipient`: its rule requires
+/// encryption (only then can a missing certificate refuse it now). The session then awaits
+/// [`Stores::prefetch`] before [`rcpt_check`]; everyone else is looked up before sealing.
+pub fn rcpt_needs_lookup(policy: &Policy, stores: &Stores, sender: &str, recipient: &str) -> bool {
+    !stores.directory.is_empty() && policy.treatment(sender, recipient).1.encrypt == Mode::Required
 }
 
 /// End-of-DATA check, once the From: header is known: a required signature that is impossible

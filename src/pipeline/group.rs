@@ -65,6 +65,27 @@ pub fn triggered(policy: &Policy, is_bounce: bool, h: &Headers) -> bool {
             || headers::has_tag(h.subject.as_deref(), policy.subject_tag.as_deref()))
 }
 
+/// The recipients of a message [`plan`] will look a certificate up for (every one whose
+/// treatment may encrypt, per-message triggers included): what the scheduler prefetches from
+/// the directories before it starts the sealing job.
+pub fn lookups_needed(
+    policy: &Policy,
+    stores: &Stores,
+    msg: Message<'_>,
+    h: &Headers,
+    recipients: &[String],
+) -> Vec<String> {
+    if stores.directory.is_empty() {
+        return Vec::new();
+    }
+    let trig = triggered(policy, msg.is_bounce, h);
+    recipients
+        .iter()
+        .filter(|r| trig || policy.treatment(msg.sender, r).1.encrypt != crate::policy::Mode::Never)
+        .cloned()
+        .collect()
+}
+
 /// Decide every recipient and group those that are sent.
 pub fn plan(
     policy: &Policy,

@@ -16,7 +16,7 @@ pub mod group;
 pub mod headers;
 pub mod seal;
 
-pub use decide::{Ask, Decision, Fate, data_check, decide, rcpt_check};
+pub use decide::{Ask, Decision, Fate, data_check, decide, rcpt_check, rcpt_needs_lookup};
 pub use seal::{Copy, Sealed, cipher_name, seal};
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ fn stores() -> &'static Stores {
             trust,
             keys,
             certs,
-            warnings: Vec::new(),
+            ..Default::default()
         }
     })
 }

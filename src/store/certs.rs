@@ -213,10 +213,35 @@ impl CertStore {
         info: &CertInfo,
         now: SystemTime,
     ) -> Result<KeyKind, String> {
+        self.validate_found(der, info, &[], now)
+    }
+
+    /// The one check for every recipient certificate, wherever it was found: this store's
+    /// files, or a directory (`store::directory`), whose bag may bring CA certificates of its
+    /// own (`extra_intermediates`, tried after this store's).
+    pub fn validate_found(
+        &self,
+        der: &CertificateDer<'_>,
+        info: &CertInfo,
+        extra_intermediates: &[CertificateDer<'static>],
+        now: SystemTime,
+    ) -> Result<KeyKind, String> {
+        let intermediates: std::borrow::Cow<'_, [CertificateDer<'static>]> =
+            if extra_intermediates.is_empty() {
+                std::borrow::Cow::Borrowed(&self.intermediates)
+            } else {
+                std::borrow::Cow::Owned(
+                    self.intermediates
+                        .iter()
+                        .chain(extra_intermediates)
+                        .cloned()
+                        .collect(),
+                )
+            };
         validate::check(
             der,
             info,
-            &self.intermediates,
+            &intermediates,
             &self.trust,
             now,
             Purpose::Encrypt,
@@ -248,6 +273,11 @@ impl CertStore {
             }
         }
         out
+    }
+
+    /// The CA certificates of the directory, offered to path building.
+    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
+        &self.intermediates
     }
 
     /// Addresses with at least one indexed certificate (valid or not), sorted.

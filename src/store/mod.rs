@@ -19,7 +19,10 @@ use rustls_pki_types::TrustAnchor;
 use rustls_pki_types::pem::PemObject;
 
 pub mod certs;
+pub mod import;
+pub mod keyfile;
 pub mod keys;
+pub mod pkcs11;
 pub mod validate;
 
 pub use certs::{CertLookup, CertStore, RecipientCert};

@@ -96,7 +96,7 @@ async fn pbkdf2_scrypt_and_p12_keys_open_with_the_passphrase_file_and_sign() {
     for (who, alg, place) in [
         ("alice", "RSA-2048", "encrypted file"),
         ("erin", "EC-P256", "encrypted file"),
-        ("dave", "RSA-2048", "file"),
+        ("dave", "RSA-2048", "encrypted file"),
         ("frank", "EC-P256", "file"),
     ] {
         assert!(

@@ -184,11 +184,11 @@ fn a_wrong_pin_is_a_check_error_naming_the_token_and_the_key() {
     let (ok, out, err) = cachet(&hsm, &["check"], &config);
     assert!(!ok, "{out}");
     assert!(
-        err.contains("keys.pkcs11: token \"cachet\":") && err.contains("PinIncorrect"),
+        err.contains("keys.pkcs11: token \"cachet\": token \"cachet\" refused the PIN in keys.pkcs11.pin_file (PinIncorrect)"),
         "{err}"
     );
     assert!(
-        err.contains("erin@smime.example.pem: the private key for erin@smime.example is on the token, which cannot be used"),
+        err.contains("erin@smime.example.pem: keys.dir: the private key for erin@smime.example is on the token, which cannot be used"),
         "{err}"
     );
     // A token label that does not exist is named too.

@@ -519,7 +519,7 @@ pub fn render_changed(source: &str) -> Result<String, String> {
         // `section.key` or `section.sub.key` ([keys.pkcs11]).
         let mut parts = p.key.split('.');
         let first = table.get(parts.next().expect("section.key"));
-        let Some(v) = parts.try_fold(first, |t, k| t.and_then(|t| t.get(k))).flatten() else {
+        let Some(v) = parts.fold(first, |t, k| t.and_then(|t| t.get(k))) else {
             continue;
         };
         let default: Option<toml::Value> = p

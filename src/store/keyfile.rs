@@ -60,12 +60,21 @@ pub fn decrypt_pkcs8(der: &[u8], passphrase: &[u8]) -> Result<Zeroizing<Vec<u8>>
     let plain = Zeroizing::new(
         scheme
             .decrypt(passphrase, data.as_bytes())
-            .map_err(|_| "cannot decrypt the private key: wrong passphrase in keys.passphrase_file?".to_string())?,
+            .map_err(|e| match e {
+                // pkcs5 0.7 reports a bad padding (a wrong passphrase) as EncryptFailed.
+                pkcs5::Error::DecryptFailed | pkcs5::Error::EncryptFailed => {
+                    "cannot decrypt the private key: wrong passphrase in keys.passphrase_file?"
+                        .to_string()
+                }
+                other => format!("cannot decrypt the private key: {other}"),
+            })?,
     );
     // The padding check passes by chance about once in 256 wrong passphrases: the result must
-    // also be a DER SEQUENCE that fills the buffer.
-    let looks_like_key = plain.first() == Some(&0x30)
-        && pkcs5::der::Header::from_der(&plain[..plain.len().min(4)]).is_ok();
+    // also be a PKCS#8 PrivateKeyInfo.
+    let looks_like_key = {
+        use der::Decode as _;
+        pkcs8::PrivateKeyInfoRef::from_der(&plain).is_ok()
+    };
     if !looks_like_key {
         return Err("cannot decrypt the private key: wrong passphrase in keys.passphrase_file?".into());
     }

@@ -578,8 +578,16 @@ impl KeyStore {
                         sources.p12_password_file.as_deref(),
                         sources.passphrase.as_deref().map(|v| &v[..]),
                     )?;
+                    let (pass, beside) = pass;
                     let id = SigningIdentity::from_p12(address, &bytes, &pass, trust, now)?;
-                    return Ok(Some((id, KeySource::File(path.clone()))));
+                    // A password from a file beside the key protects nothing; one from a
+                    // secret elsewhere makes this an encrypted file.
+                    let source = if beside {
+                        KeySource::File(path.clone())
+                    } else {
+                        KeySource::EncryptedFile(path.clone())
+                    };
+                    return Ok(Some((id, source)));
                 }
                 if keyfile::encrypted_pem(&bytes)?.is_some() {
                     let id = SigningIdentity::from_pem_with(
@@ -829,24 +837,25 @@ pub(crate) fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
 
 /// The password for the PKCS#12 file at `path`: `<file>.pass` beside it, else the shared
 /// `p12_password_file`, else `keys.passphrase_file`; one line, trailing newline dropped. Wiped
-/// when dropped.
+/// when dropped. The flag says it came from beside the file.
 fn p12_password(
     path: &Path,
     shared: Option<&Path>,
     passphrase: Option<&[u8]>,
-) -> Result<Zeroizing<String>, String> {
+) -> Result<(Zeroizing<String>, bool), String> {
     let own = path.with_file_name(format!(
         "{}.pass",
         path.file_name().unwrap_or_default().to_string_lossy()
     ));
-    let file = if own.exists() {
+    let beside = own.exists();
+    let file = if beside {
         own
     } else if let Some(p) = shared {
         p.to_path_buf()
     } else if let Some(pass) = passphrase {
         let text = std::str::from_utf8(pass)
             .map_err(|_| "keys.passphrase_file is not UTF-8".to_string())?;
-        return Ok(Zeroizing::new(text.to_string()));
+        return Ok((Zeroizing::new(text.to_string()), false));
     } else {
         return Err(format!(
             "no password: create {}, or set p12_password_file or passphrase_file",
@@ -857,8 +866,9 @@ fn p12_password(
         check_private(&file).map_err(|e| format!("password file {}: {e}", file.display()))?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| format!("password file {} is not UTF-8", file.display()))?;
-    Ok(Zeroizing::new(
-        text.trim_end_matches(['\r', '\n']).to_string(),
+    Ok((
+        Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string()),
+        beside,
     ))
 }
 
@@ -901,7 +911,8 @@ mod tests {
         let bytes: Zeroizing<Vec<u8>> = check_private(&key).unwrap();
         assert_eq!(&bytes[..], b"not really pkcs12");
         secret(dir.path(), "a@x.example.p12.pass", "s3cret\r\n");
-        let pass: Zeroizing<String> = p12_password(&key, None, None).unwrap();
+        let (pass, beside): (Zeroizing<String>, bool) = p12_password(&key, None, None).unwrap();
+        assert!(beside);
         assert_eq!(pass.as_str(), "s3cret");
     }
 
@@ -913,7 +924,7 @@ mod tests {
         assert!(err.contains("b@x.example.p12.pass"), "{err}");
         let shared = secret(dir.path(), "shared", "common\n");
         assert_eq!(
-            p12_password(&key, Some(&shared), None).unwrap().as_str(),
+            p12_password(&key, Some(&shared), None).unwrap().0.as_str(),
             "common"
         );
         std::fs::write(&shared, [0xff, 0xfe]).unwrap();

@@ -221,7 +221,9 @@ impl Token {
             pin_refused: AtomicBool::new(false),
             handles: Mutex::new(HashMap::new()),
         });
-        token.run(|_| Ok(())).map_err(|e| e.to_string())?;
+        token.run(|_, _| Ok(())).map_err(|e| match e {
+            KeyError::Unavailable(m) | KeyError::Failed(m) => m,
+        })?;
         Ok(token)
     }
 
@@ -380,6 +382,10 @@ impl Token {
                         _ => false,
                     };
                     last = match e {
+                        OpError::Ck(CkError::Pkcs11(rv, _)) if pin_refused(&CkError::Pkcs11(rv, cryptoki::context::Function::Login)) => format!(
+                            "token {:?} refused the PIN in keys.pkcs11.pin_file ({rv:?})",
+                            self.label
+                        ),
                         OpError::Ck(e) => format!("token {:?}: {e}", self.label),
                         OpError::Other(m) => m,
                     };

@@ -178,6 +178,26 @@ fn is_gone(e: &CkError) -> bool {
     )
 }
 
+/// Errors that say the request does not suit this key or token (a mechanism it lacks, data
+/// that is not for this key): retrying cannot help, so they are [`KeyError::Failed`].
+fn is_unsuitable(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::ArgumentsBad
+                | RvError::DataInvalid
+                | RvError::DataLenRange
+                | RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::KeyTypeInconsistent
+                | RvError::KeyFunctionNotPermitted
+                | RvError::MechanismInvalid
+                | RvError::MechanismParamInvalid,
+            _
+        )
+    )
+}
+
 fn pin_refused(e: &CkError) -> bool {
     matches!(
         e,
@@ -357,12 +377,16 @@ impl Token {
     }
 
     /// Run `op` on a logged-in session; after a "gone" error, re-login or re-initialise the
-    /// module and try once more. Every failure is [`KeyError::Unavailable`].
+    /// module and try once more. A request the token cannot serve with this key is
+    /// [`KeyError::Failed`]; every other failure is [`KeyError::Unavailable`].
     fn run<T>(&self, op: impl Fn(&Session, u64) -> Result<T, OpError>) -> Result<T, KeyError> {
         let mut last = String::new();
         for round in 0..2 {
             match self.attempt(&op) {
                 Ok(v) => return Ok(v),
+                Err((_, OpError::Ck(e))) if is_unsuitable(&e) => {
+                    return Err(KeyError::Failed(format!("token {:?}: {e}", self.label)));
+                }
                 Err((generation, e)) => {
                     let retry = match &e {
                         OpError::Ck(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => {

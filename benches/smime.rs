@@ -105,7 +105,9 @@ fn token_rows(alice: &SigningIdentity, trust: &TrustAnchors, budget: Duration) {
     });
     println!("| in-process (aws-lc-rs)               | {local:>10.0} |");
     let Some(module) = softhsm_module() else {
-        println!("| SoftHSM2 token                       | skipped: SoftHSM2 is not installed (apt-get install softhsm2) |");
+        println!(
+            "| SoftHSM2 token                       | skipped: SoftHSM2 is not installed (apt-get install softhsm2) |"
+        );
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -148,7 +150,11 @@ fn token_rows(alice: &SigningIdentity, trust: &TrustAnchors, budget: Duration) {
     assert!(problems.is_empty(), "{problems:?}");
     let on_token = store.get("alice@smime.example").unwrap();
     let hsm = rate(budget, || {
-        std::hint::black_box(on_token.sign(SignatureScheme::RsaPkcs1Sha256, &data).unwrap());
+        std::hint::black_box(
+            on_token
+                .sign(SignatureScheme::RsaPkcs1Sha256, &data)
+                .unwrap(),
+        );
     });
     println!("| SoftHSM2 token (PKCS#11)             | {hsm:>10.0} |");
 }

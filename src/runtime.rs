@@ -174,10 +174,7 @@ pub fn key_sources(
                 file: config.path.clone(),
                 line: None,
                 key: "keys.pkcs11".into(),
-                message: format!(
-                    "token {:?}: {message}; keys on it cannot be used",
-                    t.token
-                ),
+                message: format!("token {:?}: {message}; keys on it cannot be used", t.token),
             }),
         }
     }
@@ -221,8 +218,8 @@ impl Stores {
         }
         if let Some(k) = &config.keys {
             let (sources, mut source_errors) = key_sources(config, k);
-            let token_down = config.keys.as_ref().is_some_and(|k| k.pkcs11.is_some())
-                && sources.token.is_none();
+            let token_down =
+                config.keys.as_ref().is_some_and(|k| k.pkcs11.is_some()) && sources.token.is_none();
             errors.append(&mut source_errors);
             let (keys, problems) = KeyStore::load_with(&sources, &stores.trust, now);
             // Only the organisation signs as the organisation: a key for another domain is a

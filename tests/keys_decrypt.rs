@@ -78,7 +78,11 @@ fn rsa_and_ecdh_unwrap_match_openssl_for_file_and_token_keys() {
             .arg(&config)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // SAFETY: this binary runs this one test, before any other thread exists.
     unsafe { std::env::set_var("SOFTHSM2_CONF", &hsm.conf) };
@@ -108,13 +112,25 @@ fn rsa_and_ecdh_unwrap_match_openssl_for_file_and_token_keys() {
     let (cek_s, cert_s) = (cek_file.to_str().unwrap(), cert_file.to_str().unwrap());
     let pkcs1 = openssl(
         dir,
-        &["pkeyutl", "-encrypt", "-certin", "-inkey", cert_s, "-in", cek_s],
+        &[
+            "pkeyutl", "-encrypt", "-certin", "-inkey", cert_s, "-in", cek_s,
+        ],
     );
     let oaep256 = openssl(
         dir,
         &[
-            "pkeyutl", "-encrypt", "-certin", "-inkey", cert_s, "-in", cek_s, "-pkeyopt",
-            "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt",
+            "pkeyutl",
+            "-encrypt",
+            "-certin",
+            "-inkey",
+            cert_s,
+            "-in",
+            cek_s,
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-pkeyopt",
             "rsa_mgf1_md:sha256",
         ],
     );
@@ -122,10 +138,9 @@ fn rsa_and_ecdh_unwrap_match_openssl_for_file_and_token_keys() {
     let oaep1 = {
         use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
         let info = cachet::store::validate::inspect(token_rsa.certificate()).unwrap();
-        let key = OaepPublicEncryptingKey::new(
-            PublicEncryptingKey::from_der(&info.spki_der).unwrap(),
-        )
-        .unwrap();
+        let key =
+            OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&info.spki_der).unwrap())
+                .unwrap();
         let mut out = vec![0u8; key.ciphertext_size()];
         key.encrypt(&OAEP_SHA1_MGF1SHA1, &cek, &mut out, None)
             .unwrap()
@@ -142,7 +157,11 @@ fn rsa_and_ecdh_unwrap_match_openssl_for_file_and_token_keys() {
     assert!(!err.is_temporary(), "{err}");
     for id in [&file_rsa, &*token_rsa] {
         let what = id.source.to_string();
-        assert_eq!(&id.decrypt(Decrypt::RsaPkcs1(&pkcs1)).unwrap()[..], &cek, "{what}");
+        assert_eq!(
+            &id.decrypt(Decrypt::RsaPkcs1(&pkcs1)).unwrap()[..],
+            &cek,
+            "{what}"
+        );
         let hashes: &[(&Vec<u8>, OaepHash)] = if what.starts_with("token") {
             &[(&oaep1, OaepHash::Sha1)]
         } else {
@@ -174,26 +193,50 @@ fn rsa_and_ecdh_unwrap_match_openssl_for_file_and_token_keys() {
     let eph = dir.join("eph.pem");
     run_ok(
         Command::new("openssl")
-            .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
             .arg(&eph),
     );
     let ec_cert_file = write(dir, "erin.crt", &ec_cert);
     let erin_pub = openssl(
         dir,
-        &["x509", "-pubkey", "-noout", "-in", ec_cert_file.to_str().unwrap()],
+        &[
+            "x509",
+            "-pubkey",
+            "-noout",
+            "-in",
+            ec_cert_file.to_str().unwrap(),
+        ],
     );
     let erin_pub = write(dir, "erin.pub", erin_pub);
     let z = openssl(
         dir,
         &[
-            "pkeyutl", "-derive", "-inkey", eph.to_str().unwrap(), "-peerkey",
+            "pkeyutl",
+            "-derive",
+            "-inkey",
+            eph.to_str().unwrap(),
+            "-peerkey",
             erin_pub.to_str().unwrap(),
         ],
     );
     assert_eq!(z.len(), 32);
     let eph_spki = openssl(
         dir,
-        &["pkey", "-pubout", "-outform", "DER", "-in", eph.to_str().unwrap()],
+        &[
+            "pkey",
+            "-pubout",
+            "-outform",
+            "DER",
+            "-in",
+            eph.to_str().unwrap(),
+        ],
     );
     let point = &eph_spki[eph_spki.len() - 65..];
     assert_eq!(point[0], 4, "uncompressed point");

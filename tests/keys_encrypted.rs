@@ -59,14 +59,26 @@ fn key_dir(dir: &Path) {
     let (c, k) = Leaf::new("alice@smime.example", Alg::Rsa2048).issue();
     let enc = encrypt_pkcs8(dir, &k, false);
     assert!(enc.contains("BEGIN ENCRYPTED PRIVATE KEY"));
-    chmod(&write(&keys, "alice@smime.example.pem", format!("{enc}{c}")), 0o600);
+    chmod(
+        &write(&keys, "alice@smime.example.pem", format!("{enc}{c}")),
+        0o600,
+    );
     let (c, k) = Leaf::new("erin@smime.example", Alg::EcP256).issue();
     let enc = encrypt_pkcs8(dir, &k, true);
-    chmod(&write(&keys, "erin@smime.example.pem", format!("{enc}{c}")), 0o600);
+    chmod(
+        &write(&keys, "erin@smime.example.pem", format!("{enc}{c}")),
+        0o600,
+    );
     let (c, k) = Leaf::new("dave@smime.example", Alg::Rsa2048).issue();
-    chmod(&write(&keys, "dave@smime.example.p12", p12(dir, &k, &c)), 0o600);
+    chmod(
+        &write(&keys, "dave@smime.example.p12", p12(dir, &k, &c)),
+        0o600,
+    );
     let (c, k) = Leaf::new("frank@smime.example", Alg::EcP256).issue();
-    chmod(&write(&keys, "frank@smime.example.pem", format!("{k}{c}")), 0o600);
+    chmod(
+        &write(&keys, "frank@smime.example.pem", format!("{k}{c}")),
+        0o600,
+    );
     chmod(&write(dir, "passphrase", format!("{PASSPHRASE}\n")), 0o600);
 }
 
@@ -112,7 +124,10 @@ async fn pbkdf2_scrypt_and_p12_keys_open_with_the_passphrase_file_and_sign() {
     assert!(!out.contains("plain private key for alice"), "{out}");
     let (ok, list) = gw.cli(&["keys", "list"]);
     assert!(ok, "{list}");
-    assert!(list.contains("erin@smime.example  EC-P256  expires "), "{list}");
+    assert!(
+        list.contains("erin@smime.example  EC-P256  expires "),
+        "{list}"
+    );
 
     for who in ["alice", "erin", "dave"] {
         let from = format!("{who}@smime.example");
@@ -143,7 +158,9 @@ async fn a_wrong_passphrase_names_the_file_and_the_key() {
     for f in ["alice@smime.example.pem", "erin@smime.example.pem"] {
         assert!(
             out.lines().any(|l| l.contains(f)
-                && l.contains("cannot decrypt the private key: wrong passphrase in keys.passphrase_file?")),
+                && l.contains(
+                    "cannot decrypt the private key: wrong passphrase in keys.passphrase_file?"
+                )),
             "{f}: {out}"
         );
     }
@@ -198,7 +215,10 @@ async fn keys_import_writes_into_the_key_directory_with_mode_0600() {
     let file = write(work.path(), "grace-export.pem", format!("{enc}{c}"));
     let (ok, out) = gw.cli(&["keys", "import", file.to_str().unwrap()]);
     assert!(ok, "{out}");
-    assert!(out.contains("imported grace@smime.example (RSA-2048"), "{out}");
+    assert!(
+        out.contains("imported grace@smime.example (RSA-2048"),
+        "{out}"
+    );
     let target = work.path().join("keys/grace@smime.example.pem");
     let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -212,11 +232,24 @@ async fn keys_import_writes_into_the_key_directory_with_mode_0600() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.iter().any(|n| n.starts_with("grace@smime.example+")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("grace@smime.example+")),
+        "{names:?}"
+    );
     let (ok, list) = gw.cli(&["keys", "list"]);
     assert!(ok, "{list}");
-    assert_eq!(list.lines().filter(|l| l.starts_with("grace@smime.example  ")).count(), 2, "{list}");
-    assert_eq!(list.matches("(standby: a newer certificate signs)").count(), 1, "{list}");
+    assert_eq!(
+        list.lines()
+            .filter(|l| l.starts_with("grace@smime.example  "))
+            .count(),
+        2,
+        "{list}"
+    );
+    assert_eq!(
+        list.matches("(standby: a newer certificate signs)").count(),
+        1,
+        "{list}"
+    );
     // A file that does not validate (untrusted CA) is refused and nothing is written.
     let mut l = Leaf::new("heidi@smime.example", Alg::EcP256);
     l.untrusted = true;

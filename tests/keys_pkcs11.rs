@@ -68,7 +68,8 @@ fn provision(hsm: &SoftHsm, work: &Path) -> PathBuf {
     let (ok, out, err) = cachet(hsm, &["keys", "import", file.to_str().unwrap()], &config);
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("imported alice@smime.example (RSA-2048") && out.contains("into token \"cachet\""),
+        out.contains("imported alice@smime.example (RSA-2048")
+            && out.contains("into token \"cachet\""),
         "{out}"
     );
     // Importing it again is refused (same CKA_ID), nothing is overwritten.
@@ -116,8 +117,14 @@ async fn rsa_and_ecdsa_signatures_made_on_the_token_verify_with_openssl_and_gpgs
     let (ok, list, err) = cachet(&hsm, &["keys", "list"], &config);
     assert!(ok, "{err}");
     assert_eq!(list.lines().count(), 2, "{list}");
-    assert!(list.contains("alice@smime.example  RSA-2048  expires "), "{list}");
-    assert!(list.contains("erin@smime.example  EC-P256  expires "), "{list}");
+    assert!(
+        list.contains("alice@smime.example  RSA-2048  expires "),
+        "{list}"
+    );
+    assert!(
+        list.contains("erin@smime.example  EC-P256  expires "),
+        "{list}"
+    );
 
     let up = Upstream::start(UpstreamOptions::plain()).await;
     let gw = Gateway::start(gateway_config(
@@ -127,16 +134,28 @@ async fn rsa_and_ecdsa_signatures_made_on_the_token_verify_with_openssl_and_gpgs
         "[policy]\nsign = \"required\"\n",
     ))
     .await;
-    gw.send_ok("alice@smime.example", &["bob@x.test"], &message("alice@smime.example", "rsa"))
-        .await;
-    gw.send_ok("erin@smime.example", &["bob@x.test"], &message("erin@smime.example", "ecdsa"))
-        .await;
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@x.test"],
+        &message("alice@smime.example", "rsa"),
+    )
+    .await;
+    gw.send_ok(
+        "erin@smime.example",
+        &["bob@x.test"],
+        &message("erin@smime.example", "ecdsa"),
+    )
+    .await;
     let got = gw.expect_upstream(&up, 2).await;
     let g = Gpgsm::new();
     let scratch = tempfile::tempdir().unwrap();
     for r in &got {
         let text = String::from_utf8_lossy(&r.data);
-        let subject = if text.contains("Subject: rsa") { "rsa" } else { "ecdsa" };
+        let subject = if text.contains("Subject: rsa") {
+            "rsa"
+        } else {
+            "ecdsa"
+        };
         let content = openssl_verify(&r.data, None);
         assert!(
             String::from_utf8_lossy(&content).contains(&format!("signed on the token: {subject}")),
@@ -165,8 +184,12 @@ async fn rsa_pss_signatures_made_on_the_token_verify_with_openssl() {
         "[policy]\nsign = \"required\"\nrsa_signature = \"pss\"\ndigest = \"sha512\"\n",
     ))
     .await;
-    gw.send_ok("alice@smime.example", &["bob@x.test"], &message("alice@smime.example", "pss"))
-        .await;
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@x.test"],
+        &message("alice@smime.example", "pss"),
+    )
+    .await;
     let got = gw.expect_upstream(&up, 1).await;
     let printed = openssl_print(&got[0].data);
     assert!(printed.contains("rsassaPss"), "{printed}");
@@ -217,16 +240,28 @@ async fn an_unplugged_token_defers_mail_which_leaves_signed_once_it_is_back() {
     ))
     .await;
     // Works while the token is there.
-    gw.send_ok("alice@smime.example", &["bob@x.test"], &message("alice@smime.example", "before"))
-        .await;
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@x.test"],
+        &message("alice@smime.example", "before"),
+    )
+    .await;
     gw.expect_upstream(&up, 1).await;
 
     hsm.unplug();
     // Accepted (the key is known), but not relayed: neither unsigned nor at all.
-    gw.send_ok("alice@smime.example", &["bob@x.test"], &message("alice@smime.example", "during"))
-        .await;
-    gw.send_ok("erin@smime.example", &["bob@x.test"], &message("erin@smime.example", "during-ec"))
-        .await;
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@x.test"],
+        &message("alice@smime.example", "during"),
+    )
+    .await;
+    gw.send_ok(
+        "erin@smime.example",
+        &["bob@x.test"],
+        &message("erin@smime.example", "during-ec"),
+    )
+    .await;
     assert!(
         gw.wait_log("signing deferred", WAIT).await,
         "no deferral logged\n{}",

@@ -477,7 +477,11 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             let t = t.get_ref();
             bounded(p, "keys.pkcs11.sessions", t.sessions as u64);
             if t.token.get_ref().trim().is_empty() {
-                p.at(t.token.span(), "keys.pkcs11.token", "give the token's label");
+                p.at(
+                    t.token.span(),
+                    "keys.pkcs11.token",
+                    "give the token's label",
+                );
             }
             Pkcs11Config {
                 module: existing_file(base, &t.module, "keys.pkcs11.module", p),

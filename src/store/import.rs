@@ -40,7 +40,11 @@ pub fn list(config: &Config) -> (String, Vec<String>) {
             crate::date::rfc3339(id.not_after),
             id.source,
             &id.fingerprint[..16],
-            if active { "" } else { "  (standby: a newer certificate signs)" }
+            if active {
+                ""
+            } else {
+                "  (standby: a newer certificate signs)"
+            }
         ));
     }
     let mut problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -83,14 +87,17 @@ struct Material {
 }
 
 fn read_material(file: &Path, password: Option<&[u8]>) -> Result<Material, String> {
-    let bytes = Zeroizing::new(std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?);
+    let bytes =
+        Zeroizing::new(std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?);
     let name = file.to_string_lossy().to_ascii_lowercase();
     if name.ends_with(".p12") || name.ends_with(".pfx") {
         let pass = std::str::from_utf8(password.unwrap_or_default())
             .map_err(|_| "the password is not UTF-8".to_string())?;
         let ks = p12_keystore::KeyStore::from_pkcs12(&bytes, pass)
             .map_err(|e| format!("cannot open PKCS#12 (wrong password?): {e}"))?;
-        let (_, chain) = ks.private_key_chain().ok_or("PKCS#12 holds no private key")?;
+        let (_, chain) = ks
+            .private_key_chain()
+            .ok_or("PKCS#12 holds no private key")?;
         return Ok(Material {
             key: Zeroizing::new(chain.key().to_vec()),
             certs: chain
@@ -106,7 +113,8 @@ fn read_material(file: &Path, password: Option<&[u8]>) -> Result<Material, Strin
     let key = match keyfile::encrypted_pem(&bytes)? {
         Some(der) => keyfile::decrypt_pkcs8(
             &der,
-            password.ok_or("the key is encrypted: give --password-file or set keys.passphrase_file")?,
+            password
+                .ok_or("the key is encrypted: give --password-file or set keys.passphrase_file")?,
         )?,
         None => Zeroizing::new(
             PrivateKeyDer::from_pem_slice(&bytes)
@@ -221,7 +229,11 @@ fn import_key(der: &[u8]) -> Result<ImportKey, String> {
 
 /// `cachet keys import FILE`: into the token when configured, else into keys.dir. Returns what
 /// was done, in one line.
-pub fn import(config: &Config, file: &Path, password_file: Option<&Path>) -> Result<String, String> {
+pub fn import(
+    config: &Config,
+    file: &Path,
+    password_file: Option<&Path>,
+) -> Result<String, String> {
     let keys = config
         .keys
         .as_ref()
@@ -256,7 +268,9 @@ pub fn import(config: &Config, file: &Path, password_file: Option<&Path>) -> Res
         })?;
         let leaf = id.certificate();
         let cka_id = super::keys::subject_key_id(leaf).unwrap_or_else(|| {
-            let info = validate::inspect(leaf).map(|i| i.public_key).unwrap_or_default();
+            let info = validate::inspect(leaf)
+                .map(|i| i.public_key)
+                .unwrap_or_default();
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &info)
                 .as_ref()
                 .to_vec()

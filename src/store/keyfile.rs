@@ -57,18 +57,16 @@ pub fn decrypt_pkcs8(der: &[u8], passphrase: &[u8]) -> Result<Zeroizing<Vec<u8>>
                 .into(),
         );
     }
-    let plain = Zeroizing::new(
-        scheme
-            .decrypt(passphrase, data.as_bytes())
-            .map_err(|e| match e {
-                // pkcs5 0.7 reports a bad padding (a wrong passphrase) as EncryptFailed.
-                pkcs5::Error::DecryptFailed | pkcs5::Error::EncryptFailed => {
-                    "cannot decrypt the private key: wrong passphrase in keys.passphrase_file?"
-                        .to_string()
-                }
-                other => format!("cannot decrypt the private key: {other}"),
-            })?,
-    );
+    let plain = Zeroizing::new(scheme.decrypt(passphrase, data.as_bytes()).map_err(|e| {
+        match e {
+            // pkcs5 0.7 reports a bad padding (a wrong passphrase) as EncryptFailed.
+            pkcs5::Error::DecryptFailed | pkcs5::Error::EncryptFailed => {
+                "cannot decrypt the private key: wrong passphrase in keys.passphrase_file?"
+                    .to_string()
+            }
+            other => format!("cannot decrypt the private key: {other}"),
+        }
+    })?);
     // The padding check passes by chance about once in 256 wrong passphrases: the result must
     // also be a PKCS#8 PrivateKeyInfo.
     let looks_like_key = {
@@ -76,7 +74,9 @@ pub fn decrypt_pkcs8(der: &[u8], passphrase: &[u8]) -> Result<Zeroizing<Vec<u8>>
         pkcs8::PrivateKeyInfoRef::from_der(&plain).is_ok()
     };
     if !looks_like_key {
-        return Err("cannot decrypt the private key: wrong passphrase in keys.passphrase_file?".into());
+        return Err(
+            "cannot decrypt the private key: wrong passphrase in keys.passphrase_file?".into(),
+        );
     }
     Ok(plain)
 }
@@ -100,7 +100,10 @@ mod tests {
 
     #[test]
     fn plain_pem_has_no_encrypted_block_and_a_broken_one_is_named() {
-        assert_eq!(encrypted_pem(b"-----BEGIN PRIVATE KEY-----\n").unwrap(), None);
+        assert_eq!(
+            encrypted_pem(b"-----BEGIN PRIVATE KEY-----\n").unwrap(),
+            None
+        );
         let err = encrypted_pem(format!("{BEGIN}\nAAAA\n").as_bytes()).unwrap_err();
         assert!(err.contains("no END line"), "{err}");
         let der = encrypted_pem(format!("{BEGIN}\nMAA=\n{END}\n").as_bytes()).unwrap();

@@ -189,11 +189,9 @@ impl PrivateKey for LocalKey {
                     .private_key()
                     .as_be_bytes()
                     .map_err(|_| failed("cannot use the EC key"))?;
-                let mine = agreement::PrivateKey::from_private_key(
-                    &agreement::ECDH_P256,
-                    scalar.as_ref(),
-                )
-                .map_err(|_| failed("cannot use the EC key for ECDH"))?;
+                let mine =
+                    agreement::PrivateKey::from_private_key(&agreement::ECDH_P256, scalar.as_ref())
+                        .map_err(|_| failed("cannot use the EC key for ECDH"))?;
                 agreement::agree(
                     &mine,
                     agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer_point),
@@ -670,6 +668,15 @@ impl KeyStore {
     }
 }
 
+/// A certificate to find the token key for: its file (None: on the token), the addresses it
+/// signs for, its CKA_ID on the token (empty for files), the certificates.
+type MatchJob = (
+    Option<PathBuf>,
+    Vec<String>,
+    Vec<u8>,
+    Vec<CertificateDer<'static>>,
+);
+
 /// Match token keys to certificates (from `for_token` files and from the token itself) and add
 /// an identity for each match. A key matches a certificate when a test signature made on the
 /// token verifies with the certificate's public key; candidates are the keys with the
@@ -702,8 +709,7 @@ fn token_identities(
     // Certificates the token holds: leaves become candidates, CA certificates are intermediates
     // for all of them.
     let mut token_cas = Vec::new();
-    let mut jobs: Vec<(Option<PathBuf>, Vec<String>, Vec<u8>, Vec<CertificateDer<'static>>)> =
-        Vec::new();
+    let mut jobs: Vec<MatchJob> = Vec::new();
     for o in &token_certs {
         let der = CertificateDer::from(o.value.clone());
         match validate::inspect(&der) {
@@ -711,12 +717,21 @@ fn token_identities(
             Ok(i) => jobs.push((None, i.emails.clone(), o.id.clone(), vec![der])),
             Err(e) => problems.push(Problem::new(
                 &where_,
-                format!("certificate CKA_ID {} ({}): {e}", super::hex(&o.id), o.label),
+                format!(
+                    "certificate CKA_ID {} ({}): {e}",
+                    super::hex(&o.id),
+                    o.label
+                ),
             )),
         }
     }
     for (path, address, certs) in for_token {
-        jobs.push((Some(path), vec![normalize_address(&address)], Vec::new(), certs));
+        jobs.push((
+            Some(path),
+            vec![normalize_address(&address)],
+            Vec::new(),
+            certs,
+        ));
     }
     let mut used = std::collections::HashSet::new();
     for (path, addresses, cert_id, mut certs) in jobs {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::digest;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::elliptic_curve::{Ecdh1DeriveParams, EcKdf};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{
@@ -332,7 +332,9 @@ impl Token {
         &self,
         op: &impl Fn(&Session, u64) -> Result<T, OpError>,
     ) -> Result<T, (u64, OpError)> {
-        let reserved = self.reserve().map_err(|e| (0, OpError::Other(e.to_string())))?;
+        let reserved = self
+            .reserve()
+            .map_err(|e| (0, OpError::Other(e.to_string())))?;
         let ctx_guard = self.module.ctx.read().unwrap_or_else(|p| p.into_inner());
         let generation = self.module.generation.load(Ordering::SeqCst);
         let Some(ctx) = ctx_guard.as_ref() else {
@@ -406,10 +408,17 @@ impl Token {
                         _ => false,
                     };
                     last = match e {
-                        OpError::Ck(CkError::Pkcs11(rv, _)) if pin_refused(&CkError::Pkcs11(rv, cryptoki::context::Function::Login)) => format!(
-                            "token {:?} refused the PIN in keys.pkcs11.pin_file ({rv:?})",
-                            self.label
-                        ),
+                        OpError::Ck(CkError::Pkcs11(rv, _))
+                            if pin_refused(&CkError::Pkcs11(
+                                rv,
+                                cryptoki::context::Function::Login,
+                            )) =>
+                        {
+                            format!(
+                                "token {:?} refused the PIN in keys.pkcs11.pin_file ({rv:?})",
+                                self.label
+                            )
+                        }
                         OpError::Ck(e) => format!("token {:?}: {e}", self.label),
                         OpError::Other(m) => m,
                     };
@@ -527,7 +536,7 @@ const SHA512_DIGEST_INFO: &[u8] = &[
 
 /// `r || s` (PKCS#11 CKM_ECDSA output) -> DER `ECDSA-Sig-Value` (RFC 5753 §7.2, RFC 3279 §2.2.3).
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, String> {
-    if raw.is_empty() || raw.len() % 2 != 0 || raw.len() > 132 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) || raw.len() > 132 {
         return Err(format!("ECDSA signature of {} bytes", raw.len()));
     }
     let int = |b: &[u8]| {
@@ -594,7 +603,9 @@ impl PrivateKey for TokenKey {
                     };
                     s.sign(&Mechanism::RsaPkcsPss(params), key, hash.as_ref())?
                 }
-                SignatureScheme::EcdsaP256Sha256 => s.sign(&Mechanism::Ecdsa, key, hash.as_ref())?,
+                SignatureScheme::EcdsaP256Sha256 => {
+                    s.sign(&Mechanism::Ecdsa, key, hash.as_ref())?
+                }
             };
             Ok(sig)
         })?;
@@ -608,17 +619,23 @@ impl PrivateKey for TokenKey {
     fn decrypt(&self, op: Decrypt<'_>) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         match (&op, self.rsa) {
             (Decrypt::EcdhP256 { .. }, true) | (Decrypt::RsaPkcs1(_), false) => {
-                return Err(KeyError::Failed("operation does not fit the key's type".into()));
+                return Err(KeyError::Failed(
+                    "operation does not fit the key's type".into(),
+                ));
             }
             (Decrypt::RsaOaep { .. }, false) => {
-                return Err(KeyError::Failed("operation does not fit the key's type".into()));
+                return Err(KeyError::Failed(
+                    "operation does not fit the key's type".into(),
+                ));
             }
             _ => {}
         }
         self.token.run(|s, generation| {
             let key = self.token.key(s, generation, &self.id)?;
             match op {
-                Decrypt::RsaPkcs1(ct) => Ok(Zeroizing::new(s.decrypt(&Mechanism::RsaPkcs, key, ct)?)),
+                Decrypt::RsaPkcs1(ct) => {
+                    Ok(Zeroizing::new(s.decrypt(&Mechanism::RsaPkcs, key, ct)?))
+                }
                 Decrypt::RsaOaep { ciphertext, hash } => {
                     let (h, mgf) = match hash {
                         OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
@@ -767,11 +784,17 @@ mod tests {
     #[test]
     fn a_wrong_pin_is_never_retried_and_gone_errors_are_recognised() {
         use cryptoki::context::Function;
-        assert!(pin_refused(&CkError::Pkcs11(RvError::PinIncorrect, Function::Login)));
+        assert!(pin_refused(&CkError::Pkcs11(
+            RvError::PinIncorrect,
+            Function::Login
+        )));
         assert!(is_gone(&CkError::Pkcs11(
             RvError::SessionHandleInvalid,
             Function::Sign
         )));
-        assert!(!is_gone(&CkError::Pkcs11(RvError::PinIncorrect, Function::Login)));
+        assert!(!is_gone(&CkError::Pkcs11(
+            RvError::PinIncorrect,
+            Function::Login
+        )));
     }
 }

@@ -44,7 +44,10 @@ fn run(cmd: &mut Command) -> String {
 impl SoftHsm {
     /// A fresh token labelled `label` with [`USER_PIN`].
     pub fn new(label: &str) -> SoftHsm {
-        let dir = tempfile::Builder::new().prefix("softhsm-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("softhsm-")
+            .tempdir()
+            .unwrap();
         let tokens = dir.path().join("tokens");
         std::fs::create_dir(&tokens).unwrap();
         let conf = dir.path().join("softhsm2.conf");
@@ -102,11 +105,15 @@ impl SoftHsm {
             .arg(&pem)
             .arg("-out")
             .arg(&der));
-        run(self
-            .tool()
-            .arg("--write-object")
-            .arg(&der)
-            .args(["--type", "privkey", "--usage-sign", "--id", id_hex, "--label", label]));
+        run(self.tool().arg("--write-object").arg(&der).args([
+            "--type",
+            "privkey",
+            "--usage-sign",
+            "--id",
+            id_hex,
+            "--label",
+            label,
+        ]));
         std::fs::remove_file(pem).unwrap();
         std::fs::remove_file(der).unwrap();
     }

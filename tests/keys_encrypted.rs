@@ -259,3 +259,48 @@ async fn keys_import_writes_into_the_key_directory_with_mode_0600() {
     assert!(!ok, "{out}");
     assert!(!work.path().join("keys/heidi@smime.example.pem").exists());
 }
+
+#[test]
+fn the_newest_valid_certificate_signs_during_rotation() {
+    use cachet::store::KeyStore;
+    use smime_common::{now, trust};
+    let dir = tempfile::tempdir().unwrap();
+    let now_t = time::OffsetDateTime::now_utc();
+    // The old certificate (issued 300 days ago, still valid for 20 days) and its successor.
+    let mut old = Leaf::new("ivy@smime.example", Alg::Rsa2048);
+    old.not_before = now_t - time::Duration::days(300);
+    old.not_after = now_t + time::Duration::days(20);
+    let mut new = Leaf::new("ivy@smime.example", Alg::EcP256);
+    new.not_before = now_t - time::Duration::hours(2);
+    let (oc, ok) = old.issue();
+    let (nc, nk) = new.issue();
+    chmod(
+        &write(dir.path(), "ivy@smime.example.pem", format!("{ok}{oc}")),
+        0o600,
+    );
+    chmod(
+        &write(
+            dir.path(),
+            "ivy@smime.example+2027.pem",
+            format!("{nk}{nc}"),
+        ),
+        0o600,
+    );
+    let (keys, problems) = KeyStore::load(dir.path(), None, &trust(), now());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(keys.all().len(), 2);
+    let signing = keys.get("ivy@smime.example").unwrap();
+    assert_eq!(
+        signing.key,
+        cachet::store::KeyKind::EcP256,
+        "the newer one signs"
+    );
+    assert_eq!(keys.iter().count(), 1, "one active identity per address");
+    // Without the successor the old one signs again.
+    std::fs::remove_file(dir.path().join("ivy@smime.example+2027.pem")).unwrap();
+    let (keys, _) = KeyStore::load(dir.path(), None, &trust(), now());
+    assert!(matches!(
+        keys.get("ivy@smime.example").unwrap().key,
+        cachet::store::KeyKind::Rsa { .. }
+    ));
+}

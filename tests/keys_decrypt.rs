@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::SystemTime;
 
-use cachet::store::keys::{Decrypt, KeySources, KeyStore, OaepHash, SigningIdentity};
+use cachet::store::keys::{
+    Decrypt, KeySources, KeyStore, OaepHash, SignatureScheme, SigningIdentity,
+};
 use cachet::store::pkcs11::{Token, TokenConfig};
 use common::{SoftHsm, USER_PIN, cachet_command, toml_str};
 use smime_common::{Alg, Leaf, chmod, read, run_ok, trust, write};
@@ -95,7 +97,7 @@ fn rsa_and_ecdh_unwrap_match_openssl_for_file_and_token_keys() {
     .unwrap();
     let sources = KeySources {
         dir: keys,
-        token: Some(token),
+        token: Some(token.clone()),
         token_expected: true,
         ..Default::default()
     };
@@ -245,4 +247,29 @@ fn rsa_and_ecdh_unwrap_match_openssl_for_file_and_token_keys() {
         assert_eq!(&got[..], &z[..], "{}", id.source);
         assert!(id.decrypt(Decrypt::RsaPkcs1(&pkcs1)).is_err());
     }
+
+    // The session pool is bounded: 8 threads signing at once share 2 sessions.
+    let signers: Vec<_> = (0..8)
+        .map(|i| {
+            let id = if i % 2 == 0 {
+                token_rsa.clone()
+            } else {
+                token_ec.clone()
+            };
+            std::thread::spawn(move || {
+                let scheme = if i % 2 == 0 {
+                    SignatureScheme::RsaPssSha256
+                } else {
+                    SignatureScheme::EcdsaP256Sha256
+                };
+                for _ in 0..5 {
+                    id.sign(scheme, b"parallel").unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in signers {
+        s.join().unwrap();
+    }
+    assert!(token.sessions_open() <= 2, "{}", token.sessions_open());
 }

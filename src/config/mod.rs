@@ -830,6 +830,40 @@ mod tests {
     }
 
     #[test]
+    fn pkcs11_keys_are_checked_with_line_and_key() {
+        let src = "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://a\"\n\
+                   [keys]\ndir = \"/\"\n[keys.pkcs11]\nmodule = \"/nonexistent/p11.so\"\ntoken = \" \"\n\
+                   pin_file = \"/nonexistent/pin\"\nsessions = 0\n";
+        let errs = parse(src).unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = all.join("\n");
+        assert!(
+            all.contains(
+                "cachet.toml:8: keys.pkcs11.module: file /nonexistent/p11.so does not exist"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:9: keys.pkcs11.token: give the token's label"),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:10: keys.pkcs11.pin_file"),
+            "{all}"
+        );
+        assert!(
+            all.contains("keys.pkcs11.sessions: 0 sessions is out of range"),
+            "{all}"
+        );
+        let errs = parse("[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://a\"\n[keys]\ndir = \"/\"\n[keys.pkcs11]\nmodule = \"x\"\n").unwrap_err();
+        assert!(
+            errs[0].message.contains("missing field `token`"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
     fn upstream_urls() {
         let b = Path::new("/etc/cachet");
         assert_eq!(

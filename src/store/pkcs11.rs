@@ -503,6 +503,11 @@ impl Token {
         })
     }
 
+    /// Sessions open now (checked out or idle); never more than `keys.pkcs11.sessions`.
+    pub fn sessions_open(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).open
+    }
+
     /// Whether a private key with this CKA_ID exists.
     pub fn has_key(&self, id: &[u8]) -> Result<bool, KeyError> {
         self.run(|s, _| {

@@ -196,6 +196,22 @@ async fn rsa_pss_signatures_made_on_the_token_verify_with_openssl() {
     assert!(printed.contains("sha512"), "{printed}");
     let content = openssl_verify(&got[0].data, None);
     assert!(String::from_utf8_lossy(&content).contains("signed on the token: pss"));
+    // A reload opens the token again in the same process (one PKCS#11 library, shared).
+    gw.sighup();
+    assert!(
+        gw.wait_log("configuration reloaded", WAIT).await,
+        "{}",
+        gw.logs()
+    );
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@x.test"],
+        &message("alice@smime.example", "after-reload"),
+    )
+    .await;
+    let got = gw.expect_upstream(&up, 2).await;
+    let content = openssl_verify(&got[1].data, None);
+    assert!(String::from_utf8_lossy(&content).contains("signed on the token: after-reload"));
 }
 
 #[test]

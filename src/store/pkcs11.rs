@@ -144,6 +144,22 @@ pub struct Token {
     handles: Mutex<HashMap<Vec<u8>, (u64, ObjectHandle)>>,
 }
 
+impl Drop for Token {
+    /// Close the idle sessions (a reload drops the old runtime's token): they were opened "no
+    /// close on drop", so without this each reload would leave `sessions` sessions open in the
+    /// token, and HSMs have few. Sessions of an older generation were closed by C_Finalize.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.pool.get_mut().unwrap_or_else(|p| p.into_inner()).idle);
+        let _ctx = self.module.ctx.read().unwrap_or_else(|p| p.into_inner());
+        let generation = self.module.generation.load(Ordering::SeqCst);
+        for (g, session) in idle {
+            if g == generation {
+                let _ = session.close();
+            }
+        }
+    }
+}
+
 /// A private key, certificate or public key object on the token.
 #[derive(Debug, Clone)]
 pub struct TokenObject {

@@ -250,6 +250,30 @@ async fn keys_import_writes_into_the_key_directory_with_mode_0600() {
         1,
         "{list}"
     );
+    // A PKCS#12 export with its password in a file of its own lands as <address>.p12.
+    let (c4, k4) = Leaf::new("judy@smime.example", Alg::Rsa2048).issue();
+    let p12_file = write(work.path(), "judy.p12", p12(work.path(), &k4, &c4));
+    let pass = write(work.path(), "judy.pass", PASSPHRASE);
+    chmod(&pass, 0o600);
+    let (ok, out) = gw.cli(&[
+        "keys",
+        "import",
+        p12_file.to_str().unwrap(),
+        "--password-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        work.path().join("keys/judy@smime.example.p12").exists(),
+        "{out}"
+    );
+    // It opens with keys.passphrase_file (the same passphrase here).
+    let (ok, list) = gw.cli(&["keys", "list"]);
+    assert!(ok, "{list}");
+    assert!(
+        list.contains("judy@smime.example  RSA-2048  expires "),
+        "{list}"
+    );
     // A file that does not validate (untrusted CA) is refused and nothing is written.
     let mut l = Leaf::new("heidi@smime.example", Alg::EcP256);
     l.untrusted = true;

@@ -1,10 +1,13 @@
-//! Signing identities: the `[keys] dir`, one identity per sender address.
+//! Signing identities: the `[keys] dir` and the `[keys.pkcs11]` token, by sender address.
 //!
-//! Files: `<address>.pem` holds the private key (PKCS#8, PKCS#1 RSA or SEC1 EC) and the
-//! certificate chain; `<address>.p12` is a PKCS#12 file whose password is in `<address>.p12.pass`
-//! or the configured `p12_password_file`. Key files and password files readable by group or
-//! others are refused (like ssh does), so a mis-set `chmod` is found by `cachet check`, not by an
-//! attacker.
+//! Files: `<address>.pem` holds the private key (PKCS#8, PKCS#1 RSA or SEC1 EC, or an encrypted
+//! PKCS#8 opened with `keys.passphrase_file`, see [`keyfile`]) and the certificate chain;
+//! `<address>.p12` is a PKCS#12 file whose password is in `<address>.p12.pass`, the configured
+//! `p12_password_file` or `passphrase_file`. With a token, a `.pem` holding only certificates
+//! names a key on the token; certificates on the token work too ([`token_identities`]).
+//! `<address>+<tag>.pem` is a second certificate for the address (rotation: the newest valid one
+//! signs, [`KeyStore::get`]). Key files and password files readable by group or others are
+//! refused (like ssh does), so a mis-set `chmod` is found by `cachet check`, not by an attacker.
 //!
 //! The signing certificate must name the address of the file, chain to a trust anchor and be fit
 //! for signing ([`validate::check`] with [`Purpose::Sign`]). Further end-entity certificates for
@@ -12,12 +15,13 @@
 //! become the identity's own encryption certificate, announced in SMIMEEncryptionKeyPreference
 //! (RFC 8551 §2.5.3) and usable for encrypt-to-self (RFC 8551 §3.3).
 //!
-//! Secrets: the private key is parsed into aws-lc-rs and kept only behind [`Signer`]; it is never
-//! logged, and the [`std::fmt::Debug`] output of an identity omits it. Everything else that held
-//! key material is wiped when dropped ([`zeroize`]): the key file bytes, the PKCS#12 password and
-//! the decoded private-key DER. aws-lc-rs wipes its own key pairs. Not wiped: the copies the
-//! `p12-keystore` crate makes while decrypting a `.p12` (it offers no way to), which is one more
-//! reason to prefer the `.pem` form.
+//! Secrets: a private key is reached only through [`PrivateKey`] (sign; decrypt for the inbound
+//! path): in this process (aws-lc-rs) or on the token ([`super::pkcs11`]); it is never logged,
+//! and the [`std::fmt::Debug`] output of an identity omits it. Everything else that held key
+//! material is wiped when dropped ([`zeroize`]): the key file bytes, passwords and passphrases,
+//! the decrypted and decoded private-key DER. aws-lc-rs wipes its own key pairs. Not wiped: the
+//! copies the `p12-keystore` crate makes while decrypting a `.p12` (it offers no way to), which
+//! is one more reason to prefer the `.pem` form.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

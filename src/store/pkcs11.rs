@@ -541,7 +541,7 @@ impl Token {
 pub struct TokenKey {
     pub token: Arc<Token>,
     pub id: Vec<u8>,
-    /// RSA modulus length in bytes (for the DigestInfo padding check); 0 for EC.
+    /// RSA (else EC P-256): decides which operations fit the key.
     pub rsa: bool,
 }
 

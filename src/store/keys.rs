@@ -4,7 +4,7 @@
 //! PKCS#8 opened with `keys.passphrase_file`, see [`keyfile`]) and the certificate chain;
 //! `<address>.p12` is a PKCS#12 file whose password is in `<address>.p12.pass`, the configured
 //! `p12_password_file` or `passphrase_file`. With a token, a `.pem` holding only certificates
-//! names a key on the token; certificates on the token work too ([`token_identities`]).
+//! names a key on the token; certificates on the token work too (`token_identities`).
 //! `<address>+<tag>.pem` is a second certificate for the address (rotation: the newest valid one
 //! signs, [`KeyStore::get`]). Key files and password files readable by group or others are
 //! refused (like ssh does), so a mis-set `chmod` is found by `cachet check`, not by an attacker.

@@ -6,16 +6,18 @@
 //! mechanisms every token implements.
 //!
 //! Shape:
-//! - one [`Module`] per library path per process (`C_Initialize` may run only once; a reload
+//! - one `Module` per library path per process (`C_Initialize` may run only once; a reload
 //!   reuses it). When the token goes away or restarts, the module is finalized and initialized
 //!   again (a new *generation*), so a re-created token is found again; sessions of an old
 //!   generation are never touched again (they were opened "no close on drop": `C_Finalize`
 //!   closed them).
 //! - one [`Token`] per `[keys.pkcs11]` (label + PIN), with a bounded pool of sessions
 //!   (`keys.pkcs11.sessions`); a caller waits at most [`SESSION_WAIT`] for one.
-//! - every failure is a [`KeyError::Unavailable`]: the message waits (4xx, deferred) and is
-//!   tried again; it never leaves unsigned. A PIN the token refused is never tried again until
-//!   a reload (a wrong PIN retried per message would lock the token).
+//! - a token that is gone, restarting, busy or refusing is [`KeyError::Unavailable`]: the
+//!   message waits (4xx, deferred) and is tried again; it never leaves unsigned. Only a request
+//!   the token cannot serve with this key (mechanism, key type, bad ciphertext) is
+//!   [`KeyError::Failed`]. A PIN the token refused is never tried again until a reload (a wrong
+//!   PIN retried per message would lock the token).
 //!
 //! PKCS#11 calls block: callers run on the blocking pool (the scheduler seals there).
 //!

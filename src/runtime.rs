@@ -174,7 +174,8 @@ pub fn key_sources(
                 file: config.path.clone(),
                 line: None,
                 key: "keys.pkcs11".into(),
-                message: format!("token {:?}: {message}; keys on it cannot be used", t.token),
+                // Every message names the token, the module or the PIN file already.
+                message: format!("{message}; keys on it cannot be used"),
             }),
         }
     }

@@ -223,7 +223,7 @@ fn a_wrong_pin_is_a_check_error_naming_the_token_and_the_key() {
     let (ok, out, err) = cachet(&hsm, &["check"], &config);
     assert!(!ok, "{out}");
     assert!(
-        err.contains("keys.pkcs11: token \"cachet\": token \"cachet\" refused the PIN in keys.pkcs11.pin_file (PinIncorrect)"),
+        err.contains("keys.pkcs11: token \"cachet\" refused the PIN in keys.pkcs11.pin_file (PinIncorrect); keys on it cannot be used"),
         "{err}"
     );
     assert!(

@@ -240,8 +240,14 @@ impl Stores {
             }
             for p in problems {
                 // A key file others can read is a configuration error, not a skipped file; so is
-                // a key that should be on a token we could not open.
-                if p.reason.contains("readable") || (token_down && p.reason.contains("token")) {
+                // a key that should be on a token we could not open, and an encrypted key the
+                // configured passphrase does not open.
+                let encrypted = p.reason.contains("cannot decrypt the private key")
+                    || p.reason.contains("the private key is encrypted");
+                if p.reason.contains("readable")
+                    || encrypted
+                    || (token_down && p.reason.contains("token"))
+                {
                     errors.push(err("keys.dir", p));
                 } else {
                     stores.warnings.push(p.to_string());

@@ -147,60 +147,60 @@ async fn pbkdf2_scrypt_and_p12_keys_open_with_the_passphrase_file_and_sign() {
     }
 }
 
-#[tokio::test]
-async fn a_wrong_passphrase_names_the_file_and_the_key() {
-    let work = tempfile::tempdir().unwrap();
-    key_dir(work.path());
-    chmod(&write(work.path(), "wrong", "not the passphrase\n"), 0o600);
-    let gw = Gateway::start(config(work.path(), "wrong")).await;
-    let (ok, out) = gw.cli(&["check"]);
-    assert!(ok, "{out}");
-    for f in ["alice@smime.example.pem", "erin@smime.example.pem"] {
-        assert!(
-            out.lines().any(|l| l.contains(f)
-                && l.contains(
-                    "cannot decrypt the private key: wrong passphrase in keys.passphrase_file?"
-                )),
-            "{f}: {out}"
-        );
-    }
-    assert!(
-        out.lines()
-            .any(|l| l.contains("dave@smime.example.p12") && l.contains("cannot open PKCS#12")),
-        "{out}"
-    );
-    assert!(!out.contains("key alice@smime.example:"), "{out}");
-    // Without any passphrase the encrypted file says what is missing.
-    let gw2 = Gateway::start(
-        GatewayConfig::new()
-            .file("trust/ca.pem", read("ca.rsa.crt"))
-            .raw(&format!(
-                "[certificates]\ndir = \"trust\"\ntrust = [\"trust/ca.pem\"]\n[keys]\ndir = {}\n",
-                toml_str(&work.path().join("keys").display().to_string()),
-            )),
-    )
-    .await;
-    let (_, out) = gw2.cli(&["check"]);
-    assert!(
-        out.contains("the private key is encrypted: set keys.passphrase_file"),
-        "{out}"
-    );
-    // A passphrase file others can read is refused.
-    chmod(&work.path().join("passphrase"), 0o644);
-    let c = config(work.path(), "passphrase");
-    let mut c2 = c.clone();
-    let path = c2.write_to(work.path());
+/// `cachet check` on `config` written into `dir`: (success, stdout, stderr).
+fn check(dir: &Path, mut config: GatewayConfig) -> (bool, String, String) {
+    let path = config.write_to(dir);
     let out = cachet_command()
         .args(["check", "--config"])
         .arg(&path)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_wrong_passphrase_is_an_error_naming_the_file() {
+    let work = tempfile::tempdir().unwrap();
+    key_dir(work.path());
+    chmod(&write(work.path(), "wrong", "not the passphrase\n"), 0o600);
+    let (ok, out, err) = check(work.path(), config(work.path(), "wrong"));
+    assert!(!ok, "{out}");
+    for f in ["alice@smime.example.pem", "erin@smime.example.pem"] {
+        assert!(
+            err.lines().any(|l| l.contains(f)
+                && l.contains("keys.dir: cannot decrypt the private key: wrong passphrase in keys.passphrase_file?")),
+            "{f}: {err}"
+        );
+    }
+    // Without any passphrase the encrypted file says what is missing.
+    let no_pass = GatewayConfig::new()
+        .file("trust/ca.pem", read("ca.rsa.crt"))
+        .raw(&format!(
+            "[certificates]\ndir = \"trust\"\ntrust = [\"trust/ca.pem\"]\n[keys]\ndir = {}\n",
+            toml_str(&work.path().join("keys").display().to_string()),
+        ));
+    let (ok, _, err) = check(work.path(), no_pass);
+    assert!(!ok);
+    assert!(
+        err.contains("the private key is encrypted: set keys.passphrase_file"),
+        "{err}"
+    );
+    // A passphrase file others can read is refused.
+    chmod(&work.path().join("passphrase"), 0o644);
+    let (ok, _, err) = check(work.path(), config(work.path(), "passphrase"));
+    assert!(!ok);
     assert!(
         err.contains("keys.passphrase_file: readable or writable by group/others"),
         "{err}"
     );
+    // With the right passphrase the same directory checks clean.
+    chmod(&work.path().join("passphrase"), 0o600);
+    let (ok, out, err) = check(work.path(), config(work.path(), "passphrase"));
+    assert!(ok, "{out}{err}");
 }
 
 #[tokio::test]

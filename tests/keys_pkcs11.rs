@@ -301,3 +301,69 @@ async fn an_unplugged_token_defers_mail_which_leaves_signed_once_it_is_back() {
     }
     assert!(gw.is_running());
 }
+
+#[tokio::test]
+async fn a_re_initialised_token_is_found_again_and_a_swapped_key_never_signs() {
+    let hsm = SoftHsm::new("cachet");
+    let work = tempfile::tempdir().unwrap();
+    let keys = provision(&hsm, work.path());
+    let up = Upstream::start(UpstreamOptions::plain()).await;
+    let gw = Gateway::start(gateway_config(
+        &up,
+        &hsm,
+        &keys,
+        "[policy]\nsign = \"required\"\n",
+    ))
+    .await;
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@x.test"],
+        &message("alice@smime.example", "first"),
+    )
+    .await;
+    gw.expect_upstream(&up, 1).await;
+    let config = cli_config(work.path(), &keys, &hsm.keys_toml(&hsm.pin_file(USER_PIN)));
+    let (_, list, _) = cachet(&hsm, &["keys", "list"], &config);
+    let alice_id = list
+        .lines()
+        .find(|l| l.starts_with("alice@"))
+        .and_then(|l| l.split(" id ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{list}"))
+        .to_string();
+
+    // The token is wiped and set up again from the same export: found again by its label, the
+    // key again by its CKA_ID, logged in again.
+    hsm.reinit();
+    let export = work.path().join("alice-export.pem");
+    let (ok, out, err) = cachet(&hsm, &["keys", "import", export.to_str().unwrap()], &config);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("as CKA_ID {alice_id}")), "{out}");
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@x.test"],
+        &message("alice@smime.example", "after-reinit"),
+    )
+    .await;
+    let got = gw.expect_upstream(&up, 2).await;
+    let content = openssl_verify(&got[1].data, None);
+    assert!(String::from_utf8_lossy(&content).contains("signed on the token: after-reinit"));
+
+    // Set up again with another key under alice's CKA_ID: signatures would not verify with her
+    // certificate, so the mail waits instead.
+    hsm.reinit();
+    let (_, other_key) = Leaf::new("alice@smime.example", Alg::Rsa2048).issue();
+    hsm.write_key(&other_key, &alice_id, "alice@smime.example");
+    gw.send_ok(
+        "alice@smime.example",
+        &["bob@x.test"],
+        &message("alice@smime.example", "swapped"),
+    )
+    .await;
+    assert!(
+        gw.wait_log("no longer matches its certificate", WAIT).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(up.wait_for(3, Duration::from_secs(3)).await.len(), 2);
+}

@@ -545,6 +545,10 @@ pub struct TokenKey {
     pub id: Vec<u8>,
     /// RSA (else EC P-256): decides which operations fit the key.
     pub rsa: bool,
+    /// The certificate's subjectPublicKey contents: every signature is verified against it
+    /// before it is used, so a token re-initialised with another key under the same CKA_ID
+    /// defers mail instead of sending signatures nobody can verify.
+    pub public: Vec<u8>,
 }
 
 /// DigestInfo prefixes for RSASSA-PKCS1-v1_5 (RFC 8017 §9.2, note 1).
@@ -632,11 +636,28 @@ impl PrivateKey for TokenKey {
             };
             Ok(sig)
         })?;
-        if ec {
-            ecdsa_raw_to_der(&raw).map_err(KeyError::Failed)
+        let sig = if ec {
+            ecdsa_raw_to_der(&raw).map_err(KeyError::Failed)?
         } else {
-            Ok(raw)
-        }
+            raw
+        };
+        let verify: &dyn aws_lc_rs::signature::VerificationAlgorithm = match scheme {
+            SignatureScheme::RsaPkcs1Sha256 => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            SignatureScheme::RsaPkcs1Sha512 => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA512,
+            SignatureScheme::RsaPssSha256 => &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+            SignatureScheme::RsaPssSha512 => &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA512,
+            SignatureScheme::EcdsaP256Sha256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        };
+        aws_lc_rs::signature::UnparsedPublicKey::new(verify, &self.public)
+            .verify(message, &sig)
+            .map_err(|_| {
+                KeyError::Unavailable(format!(
+                    "the key with CKA_ID {} on token {:?} no longer matches its certificate (token re-initialised?); reload after fixing the token",
+                    super::hex(&self.id),
+                    self.token.label
+                ))
+            })?;
+        Ok(sig)
     }
 
     fn decrypt(&self, op: Decrypt<'_>) -> Result<Zeroizing<Vec<u8>>, KeyError> {

@@ -79,6 +79,24 @@ impl SoftHsm {
         hsm
     }
 
+    /// Delete the token and create a new, empty one with the same label and PINs (a token
+    /// restored from scratch, or replaced).
+    pub fn reinit(&self) {
+        for e in std::fs::read_dir(&self.tokens).unwrap() {
+            std::fs::remove_dir_all(e.unwrap().path()).unwrap();
+        }
+        run(self.util().args([
+            "--init-token",
+            "--free",
+            "--label",
+            &self.label,
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            USER_PIN,
+        ]));
+    }
+
     pub fn util(&self) -> Command {
         let mut c = Command::new("softhsm2-util");
         c.env("SOFTHSM2_CONF", &self.conf);

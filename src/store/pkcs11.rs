@@ -385,6 +385,9 @@ impl Token {
             .and_then(|()| op(&session, generation));
         match &result {
             Err(OpError::Ck(e)) if is_gone(e) => {
+                // Close it while no re-initialisation can run (we hold the read lock), so a
+                // session that still exists in the token is not left open.
+                let _ = session.close();
                 drop(ctx_guard);
                 self.release(None);
             }

@@ -100,6 +100,12 @@ async fn rsa_and_ecdsa_signatures_made_on_the_token_verify_with_openssl_and_gpgs
     let work = tempfile::tempdir().unwrap();
     let keys = provision(&hsm, work.path());
 
+    // A plain key file beside the token still works, but is worth a warning.
+    let (fc, fk) = Leaf::new("frank@smime.example", Alg::EcP256).issue();
+    chmod(
+        &write(&keys, "frank@smime.example.pem", format!("{fk}{fc}")),
+        0o600,
+    );
     // `cachet check` lists each address with a usable key and where it lives.
     let config = cli_config(work.path(), &keys, &hsm.keys_toml(&hsm.pin_file(USER_PIN)));
     let (ok, out, err) = cachet(&hsm, &["check"], &config);
@@ -114,6 +120,15 @@ async fn rsa_and_ecdsa_signatures_made_on_the_token_verify_with_openssl_and_gpgs
             && out.contains("erin@smime.example.pem)"),
         "{out}"
     );
+    assert!(
+        out.contains("frank@smime.example.pem: plain private key for frank@smime.example although [keys.pkcs11] is configured"),
+        "{out}"
+    );
+    assert!(
+        out.contains("key frank@smime.example: EC-P256 in file "),
+        "{out}"
+    );
+    std::fs::remove_file(keys.join("frank@smime.example.pem")).unwrap();
     let (ok, list, err) = cachet(&hsm, &["keys", "list"], &config);
     assert!(ok, "{err}");
     assert_eq!(list.lines().count(), 2, "{list}");

@@ -194,8 +194,9 @@ impl std::fmt::Display for SmimeError {
 impl std::error::Error for SmimeError {}
 
 impl SmimeError {
-    /// True when retrying later may succeed (the crypto library failed); everything else is a
-    /// property of the message, key or certificates and will fail again.
+    /// True when retrying later may succeed (the crypto library failed, or the key's token is
+    /// unavailable); everything else is a property of the message, key or certificates and
+    /// will fail again.
     pub fn is_temporary(&self) -> bool {
         matches!(self, SmimeError::Crypto(_) | SmimeError::KeyUnavailable(_))
     }

@@ -2,12 +2,15 @@
 //!
 //! ```text
 //! Authentication-Results: mx.example.org;
-//!	smime=pass body.smime-identifier=alice@example.com
-//!	  body.smime-serial=1A2B body.smime-issuer="CN=Example CA" (sha256:9f86...)
+//!         smime=pass
+//!           body.smime-identifier=alice@example.com
+//!           body.smime-serial=1A2B
+//!           body.smime-issuer="CN=Example CA" (sha256:9f86...)
 //! ```
 //!
-//! One `smime=` resinfo per signature (outermost layer first), or `smime=none` for a message
-//! without any. Properties are those RFC 7281 §3 registers for ptype `body`: `smime-identifier`
+//! One `smime=` resinfo per signature (outermost layer first), `permerror` for a layer that
+//! could not be read at all, or `smime=none` for a message without any. Properties are those
+//! RFC 7281 §3 registers for ptype `body`: `smime-identifier`
 //! (the signer's address), `smime-serial` and `smime-issuer` (the signer certificate);
 //! the certificate's SHA-256 fingerprint and the reason for anything but a clean `pass` go in
 //! comments, which RFC 8601 §2.2 lets readers ignore. Text from the message (addresses, DN)
@@ -17,7 +20,7 @@
 //! [`strip`] removes every incoming `Authentication-Results` field that claims our authserv-id
 //! (RFC 8601 §5): only we may speak for it, and downstream filters trust it.
 
-use super::open::Opened;
+use super::open::{Layer, Opened};
 use super::verify::Signer;
 
 /// RFC 7281 §3 results, plus `none` (RFC 8601 §2.7.1 meaning: not signed).
@@ -61,40 +64,67 @@ impl std::fmt::Display for AuthResult {
 }
 
 /// The whole header field (name, folded value, CRLF) for `opened`, as `authserv_id` says it.
+/// A layer that could not even be classified (broken MIME or CMS, too deep) counts as a
+/// signature that cannot be processed: `permerror` with the reason.
 pub fn header(authserv_id: &str, opened: &Opened) -> String {
-    let signers: Vec<&Signer> = opened.signers().collect();
     let mut out = format!("Authentication-Results: {}", printable(authserv_id));
-    if signers.is_empty() {
-        out.push_str("; smime=none\r\n");
-        return out;
+    let mut any = false;
+    for layer in &opened.layers {
+        match layer {
+            Layer::Signed { signers, .. } => {
+                for s in signers {
+                    any = true;
+                    signer(&mut out, s);
+                }
+            }
+            Layer::Broken(e) => {
+                any = true;
+                out.push_str(&format!(
+                    ";\r\n\tsmime={} ({})",
+                    e.auth_result().as_str(),
+                    comment(&e.to_string())
+                ));
+            }
+            Layer::Encrypted { .. } => {}
+        }
     }
-    for s in signers {
-        out.push_str(";\r\n\tsmime=");
-        out.push_str(s.result.as_str());
-        if !s.reason.is_empty() {
-            out.push_str(&format!(" ({})", comment(&s.reason)));
-        }
-        if let Some(a) = &s.address {
-            out.push_str(&format!("\r\n\t  body.smime-identifier={}", value(a)));
-        }
-        if let Some(serial) = &s.serial {
-            out.push_str(&format!("\r\n\t  body.smime-serial={}", value(serial)));
-        }
-        if let Some(issuer) = &s.issuer {
-            out.push_str(&format!("\r\n\t  body.smime-issuer={}", value(issuer)));
-        }
-        if let Some(fp) = &s.fingerprint {
-            out.push_str(&format!(" (sha256:{fp})"));
-        }
+    if !any {
+        out.push_str("; smime=none");
     }
     out.push_str("\r\n");
     out
 }
 
+fn signer(out: &mut String, s: &Signer) {
+    out.push_str(";\r\n\tsmime=");
+    out.push_str(s.result.as_str());
+    if !s.reason.is_empty() {
+        out.push_str(&format!(" ({})", comment(&s.reason)));
+    }
+    if let Some(a) = &s.address {
+        out.push_str(&format!("\r\n\t  body.smime-identifier={}", value(a)));
+    }
+    if let Some(serial) = &s.serial {
+        out.push_str(&format!("\r\n\t  body.smime-serial={}", value(serial)));
+    }
+    if let Some(issuer) = &s.issuer {
+        out.push_str(&format!("\r\n\t  body.smime-issuer={}", value(issuer)));
+    }
+    if let Some(fp) = &s.fingerprint {
+        out.push_str(&format!(" (sha256:{fp})"));
+    }
+}
+
 /// Printable ASCII only (no controls, no 8-bit), so nothing can break the field.
 fn printable(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 

@@ -286,7 +286,10 @@ fn write_length(out: &mut Vec<u8>, len: usize) {
         return;
     }
     let bytes = len.to_be_bytes();
-    let skip = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len() - 1);
+    let skip = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len() - 1);
     out.push(0x80 | (bytes.len() - skip) as u8);
     out.extend_from_slice(&bytes[skip..]);
 }
@@ -318,9 +321,7 @@ mod tests {
 
     #[test]
     fn implicit_chunked_string_is_flattened_on_request() {
-        let ber = [
-            0xa0, 0x80, 0x04, 0x01, b'x', 0x04, 0x01, b'y', 0x00, 0x00,
-        ];
+        let ber = [0xa0, 0x80, 0x04, 0x01, b'x', 0x04, 0x01, b'y', 0x00, 0x00];
         let mut n = parse(&ber, 10).unwrap();
         n.flatten_octets(0x80).unwrap();
         assert_eq!(n.to_der(), [0x80, 0x02, b'x', b'y']);
@@ -329,7 +330,10 @@ mod tests {
     #[test]
     fn hostile_input_is_refused_not_followed() {
         assert_eq!(to_der(&[0x30, 0x05, 0x02], 10), Err(BerError::Truncated));
-        assert_eq!(to_der(&[0x30, 0x80, 0x02, 0x01], 10), Err(BerError::Truncated));
+        assert_eq!(
+            to_der(&[0x30, 0x80, 0x02, 0x01], 10),
+            Err(BerError::Truncated)
+        );
         assert_eq!(
             to_der(&[0x04, 0x80, 0x00, 0x00], 10),
             Err(BerError::Malformed("indefinite primitive"))

@@ -109,7 +109,9 @@ impl Decrypter for LocalDecrypter {
         let n = match padding {
             RsaPadding::Pkcs1v15 => {
                 let k = Pkcs1PrivateDecryptingKey::new(key).map_err(|_| KeyOpFailed)?;
-                k.decrypt(ciphertext, &mut out).map_err(|_| KeyOpFailed)?.len()
+                k.decrypt(ciphertext, &mut out)
+                    .map_err(|_| KeyOpFailed)?
+                    .len()
             }
             oaep => {
                 let alg = match oaep {
@@ -224,7 +226,8 @@ impl OrgKey {
                     let k =
                         agreement::PrivateKey::from_private_key_der(&agreement::ECDH_P256, &secret)
                             .map_err(|_| {
-                                "private key is neither RSA (2048..8192) nor EC P-256".to_string()
+                                "private key is neither RSA of 2048 to 8192 bits nor EC P-256"
+                                    .to_string()
                             })?;
                     let point = k
                         .compute_public_key()
@@ -358,7 +361,8 @@ fn content_alg(eci: &EncryptedContentInfo) -> Result<ContentAlg, OpenError> {
             .ok_or_else(|| malformed("GCM parameters without a nonce"))?;
         let icv_len = match kids.get(1) {
             Some(n) if n.tag == [0x02] => n.primitive().map_or(0, |v| {
-                v.iter().fold(0usize, |a, &b| a.saturating_mul(256) + b as usize)
+                v.iter()
+                    .fold(0usize, |a, &b| a.saturating_mul(256) + b as usize)
             }),
             None => 12,
             Some(_) => return Err(malformed("GCM parameters: bad ICV length")),
@@ -745,8 +749,8 @@ fn decrypt_content(
 ) -> Option<Vec<u8>> {
     match alg {
         ContentAlg::Cbc { alg, iv, .. } => {
-            let key = PaddedBlockDecryptingKey::cbc_pkcs7(UnboundCipherKey::new(alg, cek).ok()?)
-                .ok()?;
+            let key =
+                PaddedBlockDecryptingKey::cbc_pkcs7(UnboundCipherKey::new(alg, cek).ok()?).ok()?;
             let ctx = if iv.len() == 16 {
                 DecryptionContext::Iv128(FixedLength::from(<[u8; 16]>::try_from(&iv[..]).ok()?))
             } else {
@@ -763,7 +767,11 @@ fn decrypt_content(
             buf.extend_from_slice(ciphertext);
             buf.extend_from_slice(mac?);
             let n = key
-                .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf)
+                .open_in_place(
+                    Nonce::assume_unique_for_key(*nonce),
+                    Aad::from(aad),
+                    &mut buf,
+                )
                 .ok()?
                 .len();
             buf.truncate(n);
@@ -818,6 +826,9 @@ mod tests {
         let pkcs1 = algs::alg_null(algs::RSA_ENCRYPTION);
         assert_eq!(key_transport(&pkcs1).unwrap(), RsaPadding::Pkcs1v15);
         let other = algs::alg(Oid::new_unwrap("1.2.3.4"));
-        assert!(matches!(key_transport(&other), Err(OpenError::Unsupported(_))));
+        assert!(matches!(
+            key_transport(&other),
+            Err(OpenError::Unsupported(_))
+        ));
     }
 }

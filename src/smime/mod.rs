@@ -78,8 +78,8 @@ pub struct SignOptions {
 /// the SMIMECapabilities list is ordered by preference, and a replying agent takes the first
 /// entry it supports, §2.7.1.1).
 ///
-/// Who decrypts a reply is our user's own client, not cachet (there is no inbound
-/// decryption), and what the operator configured is the best statement of what those clients
+/// Who decrypts a reply is our user's own client (cachet's inbound decryption, [`open()`], is
+/// not wired into delivery yet), and what the operator configured is the best statement of what those clients
 /// read: so the list holds exactly the ciphers and RSA key transports the policy names, the
 /// `[policy]` default first, then those a rule names. AES-256-CBC (EnvelopedData, read by
 /// every client) comes before the GCM ciphers (AuthEnvelopedData, RFC 8551 §2.7 SHOULD+ but

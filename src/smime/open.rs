@@ -191,10 +191,18 @@ pub fn open(
     now: SystemTime,
     limits: &Limits,
 ) -> Opened {
-    let from = from_addresses(message);
-    let split = mime::split_message(message, false);
+    // Mail from SMTP is CRLF; a file with LF line ends only (an .eml from disk) is read as
+    // its CRLF form. Mixed input is taken as it is: binary bodies must not be rewritten.
+    let crlf;
+    let wire = if memchr::memmem::find(message, b"\r\n").is_none() && message.contains(&b'\n') {
+        crlf = mime::to_crlf(message);
+        &crlf[..]
+    } else {
+        message
+    };
+    let from = from_addresses(wire);
+    let (outer, mut entity) = split_outer(wire);
     let mut layers = Vec::new();
-    let mut entity = split.entity;
     // Peeling stops at the first layer that is not a decrypted encryption layer.
     let mut peeled: Option<Vec<u8>> = None;
     let mut peeling = true;
@@ -254,7 +262,7 @@ pub fn open(
     }
     let (out, decrypted) = match peeled {
         Some(inner) => {
-            let mut m = split.outer;
+            let mut m = outer;
             m.extend_from_slice(b"MIME-Version: 1.0\r\n");
             m.extend_from_slice(&inner);
             (m, true)
@@ -351,22 +359,74 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Split an entity at its blank line (CRLF form).
+/// Split an entity at its blank line. CRLF is the rule; a decrypted or encapsulated entity
+/// with LF line ends only is split at its first empty line too. The body is never rewritten.
 fn head_body(entity: &[u8]) -> (&[u8], &[u8]) {
     if entity.starts_with(b"\r\n") {
         return (&[], &entity[2..]);
     }
-    match memchr::memmem::find(entity, b"\r\n\r\n") {
-        Some(p) => (&entity[..p + 2], &entity[p + 4..]),
-        None => (entity, &[]),
+    if entity.starts_with(b"\n") {
+        return (&[], &entity[1..]);
     }
+    let crlf = memchr::memmem::find(entity, b"\r\n\r\n");
+    let lf = memchr::memmem::find(entity, b"\n\n");
+    match (crlf, lf) {
+        (Some(c), Some(l)) if l < c + 1 => (&entity[..l + 1], &entity[l + 2..]),
+        (Some(c), _) => (&entity[..c + 2], &entity[c + 4..]),
+        (None, Some(l)) => (&entity[..l + 1], &entity[l + 2..]),
+        (None, None) => (entity, &[]),
+    }
+}
+
+/// The header fields of a block, each with its continuation lines and line end.
+fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= head.len() {
+            return None;
+        }
+        let mut j = i;
+        loop {
+            j = memchr::memchr(b'\n', &head[j..]).map_or(head.len(), |k| j + k + 1);
+            if j >= head.len() || !matches!(head[j], b' ' | b'\t') {
+                break;
+            }
+        }
+        let f = &head[i..j];
+        i = j;
+        Some(f)
+    })
+}
+
+/// (outer header fields, entity): the entity is the `Content-*` fields, an empty line and the
+/// body as it is; every other field except MIME-Version stays outside.
+fn split_outer(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (head, body) = head_body(message);
+    let mut outer = Vec::with_capacity(head.len());
+    let mut entity = Vec::with_capacity(message.len());
+    for f in fields(head) {
+        let name = memchr::memchr(b':', f).map_or(&b""[..], |c| &f[..c]);
+        let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+        if name.starts_with("content-") {
+            entity.extend_from_slice(f);
+        } else if name != "mime-version" {
+            outer.extend_from_slice(f);
+        }
+    }
+    if entity.is_empty() {
+        // RFC 2045 §5.2 default.
+        entity.extend_from_slice(b"Content-Type: text/plain; charset=us-ascii\r\n");
+    }
+    entity.extend_from_slice(b"\r\n");
+    entity.extend_from_slice(body);
+    (outer, entity)
 }
 
 /// Unfolded value of the first field `name` (lower-case) in a header block.
 fn field_value(head: &[u8], name: &str) -> Option<String> {
     let text = String::from_utf8_lossy(head);
     let mut value: Option<String> = None;
-    for line in text.split("\r\n") {
+    for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
         if let Some(v) = value.as_mut() {
             if line.starts_with([' ', '\t']) {
                 v.push(' ');
@@ -388,7 +448,9 @@ fn kind(entity: &[u8]) -> Option<Kind> {
     let (mime, params) = content_type(entity);
     match mime.as_str() {
         "multipart/signed" => {
-            let protocol = param(&params, "protocol").unwrap_or("").to_ascii_lowercase();
+            let protocol = param(&params, "protocol")
+                .unwrap_or("")
+                .to_ascii_lowercase();
             matches!(
                 protocol.as_str(),
                 "application/pkcs7-signature" | "application/x-pkcs7-signature"
@@ -397,7 +459,9 @@ fn kind(entity: &[u8]) -> Option<Kind> {
         }
         "application/pkcs7-mime" | "application/x-pkcs7-mime" => {
             // certs-only carries no message (RFC 8551 §3.8).
-            let t = param(&params, "smime-type").unwrap_or("").to_ascii_lowercase();
+            let t = param(&params, "smime-type")
+                .unwrap_or("")
+                .to_ascii_lowercase();
             (t != "certs-only").then_some(Kind::Pkcs7Mime)
         }
         "application/octet-stream" => {
@@ -449,8 +513,12 @@ fn content_info<'a>(
     der: &'a [u8],
     limits: &Limits,
 ) -> Result<(const_oid::ObjectIdentifier, Node<'a>), OpenError> {
-    let root = ber::parse(der, limits.max_asn1_nodes)
-        .map_err(|e| OpenError::Malformed(format!("CMS: {e}")))?;
+    let root = ber::parse(der, limits.max_asn1_nodes).map_err(|e| match e {
+        ber::BerError::TooDeep | ber::BerError::TooManyNodes => {
+            OpenError::Limit(format!("CMS: {e}"))
+        }
+        _ => OpenError::Malformed(format!("CMS: {e}")),
+    })?;
     let bad = || OpenError::Malformed("CMS: not a ContentInfo".into());
     if root.tag != [0x30] {
         return Err(bad());
@@ -488,7 +556,13 @@ fn step(
         Kind::MultipartSigned => {
             let (content, sig_entity) = match split_signed(entity) {
                 Ok(x) => x,
-                Err(e) => return Step::Broken(e),
+                Err(e) => {
+                    let layer = Layer::Signed {
+                        form: SignedForm::Detached,
+                        signers: vec![Signer::broken(&e)],
+                    };
+                    return Step::Signed(layer, None);
+                }
             };
             let signers = match decoded_body(sig_entity)
                 .and_then(|der| signed(&der, Some(content), from, trust, now, limits))
@@ -523,12 +597,12 @@ fn step(
                         form: SignedForm::Opaque,
                         signers,
                     },
-                    inner.map(|i| mime::to_crlf(&i)),
+                    inner,
                 )
             } else if oid == algs::ID_ENVELOPED_DATA || oid == algs::ID_AUTH_ENVELOPED_DATA {
                 let auth = oid == algs::ID_AUTH_ENVELOPED_DATA;
                 let result = envelope(node, auth, keys, limits);
-                let inner = result.as_ref().ok().map(|(_, c)| mime::to_crlf(c));
+                let inner = result.as_ref().ok().map(|(_, c)| c.clone());
                 Step::Encrypted(
                     Layer::Encrypted {
                         authenticated: auth,
@@ -638,12 +712,15 @@ fn split_signed(entity: &[u8]) -> Result<(&[u8], &[u8]), OpenError> {
         }
     }
     match lines.as_slice() {
-        [(_, first_start, false), (first_end, second_start, false), (second_end, _, true), ..] => {
-            Ok((
-                &body[*first_start..*first_end],
-                &body[*second_start..*second_end],
-            ))
-        }
+        [
+            (_, first_start, false),
+            (first_end, second_start, false),
+            (second_end, _, true),
+            ..,
+        ] => Ok((
+            &body[*first_start..*first_end],
+            &body[*second_start..*second_end],
+        )),
         _ => Err(OpenError::Malformed(
             "multipart/signed is not exactly two parts".into(),
         )),
@@ -662,9 +739,15 @@ mod tests {
             first,
             b"Content-Type: text/plain\r\n\r\nhi\r\n--bb not a delimiter\r\n"
         );
-        assert_eq!(second, b"Content-Type: application/pkcs7-signature\r\n\r\nSIG");
+        assert_eq!(
+            second,
+            b"Content-Type: application/pkcs7-signature\r\n\r\nSIG"
+        );
         let one_part = b"Content-Type: multipart/signed; boundary=b\r\n\r\n--b\r\nx\r\n--b--\r\n";
-        assert!(matches!(split_signed(one_part), Err(OpenError::Malformed(_))));
+        assert!(matches!(
+            split_signed(one_part),
+            Err(OpenError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -726,10 +809,16 @@ mod tests {
     #[test]
     fn truncated_base64_and_malformed_cms_are_permerrors() {
         let e = broken(b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\nA\r\n");
-        assert!(matches!(e, OpenError::Malformed(ref r) if r.contains("base64")), "{e}");
+        assert!(
+            matches!(e, OpenError::Malformed(ref r) if r.contains("base64")),
+            "{e}"
+        );
         // Valid base64 of a truncated ContentInfo.
         let e = broken(b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n");
-        assert!(matches!(e, OpenError::Malformed(ref r) if r.contains("truncated")), "{e}");
+        assert!(
+            matches!(e, OpenError::Malformed(ref r) if r.contains("truncated")),
+            "{e}"
+        );
         let e = broken(b"Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b--\r\n");
         assert!(matches!(e, OpenError::Malformed(_)), "{e}");
         let e = broken(b"Content-Type: application/x-pkcs7-mime\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nx\r\n");

@@ -40,8 +40,8 @@ use super::algs;
 use super::authres::AuthResult;
 use super::ber::Node;
 use super::open::{Limits, OpenError, Trust};
-use crate::store::validate::{self, CertInfo};
 use crate::store::KeyKind;
+use crate::store::validate::{self, CertInfo};
 
 /// One SMIMECapability (RFC 8551 §2.5.2), in the signer's order of preference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +241,9 @@ pub(crate) fn verify(
         }
     };
     if sd.signer_infos.0.is_empty() {
-        return Err(OpenError::Malformed("SignedData without a SignerInfo".into()));
+        return Err(OpenError::Malformed(
+            "SignedData without a SignerInfo".into(),
+        ));
     }
     let parsed: Vec<(CertificateDer<'static>, Certificate)> = certs
         .iter()
@@ -310,7 +312,13 @@ fn check_signer(
     s.issuer = Some(tbs.issuer().to_string());
     let info = match validate::inspect(cert_der) {
         Ok(i) => i,
-        Err(e) => return Signer { result: AuthResult::PermError, reason: e, ..s },
+        Err(e) => {
+            return Signer {
+                result: AuthResult::PermError,
+                reason: e,
+                ..s
+            };
+        }
     };
     s.fingerprint = Some(info.fingerprint.clone());
     s.addresses = info.emails.clone();
@@ -398,7 +406,13 @@ fn check_signer(
     // Step 4: the signature.
     let (alg, alg_name, weak_key) = match verification_alg(si, hash, cert, &info) {
         Ok(a) => a,
-        Err(reason) => return Signer { result: AuthResult::PermError, reason, ..s },
+        Err(reason) => {
+            return Signer {
+                result: AuthResult::PermError,
+                reason,
+                ..s
+            };
+        }
     };
     s.signature_algorithm = alg_name;
     if let Some(w) = weak_key {
@@ -518,7 +532,10 @@ fn path(
             e @ (webpki::Error::MaximumPathBuildCallsExceeded
             | webpki::Error::MaximumSignatureChecksExceeded
             | webpki::Error::MaximumPathDepthExceeded),
-        ) => Err((AuthResult::PermError, format!("chain building gave up: {e}"))),
+        ) => Err((
+            AuthResult::PermError,
+            format!("chain building gave up: {e}"),
+        )),
         Err(webpki::Error::UnknownIssuer) => Err((
             AuthResult::Policy,
             "certificate does not chain to a trust anchor".into(),
@@ -531,7 +548,30 @@ fn path(
             AuthResult::Policy,
             "certificate was not yet valid at signing time".into(),
         )),
-        Err(e) => Err((AuthResult::Policy, format!("certificate not acceptable: {e}"))),
+        Err(e) => Err((
+            AuthResult::Policy,
+            format!("certificate not acceptable: {}", webpki_reason(&e)),
+        )),
+    }
+}
+
+/// A short reason for a webpki error: the variant name, without the (long) context some
+/// variants carry, and a plain word for the common ones.
+fn webpki_reason(e: &webpki::Error) -> String {
+    use webpki::Error as E;
+    match e {
+        E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "the chain is signed with an algorithm we do not accept (e.g. SHA-1)".into()
+        }
+        E::CaUsedAsEndEntity => "signer certificate is a CA certificate".into(),
+        E::InvalidSignatureForPublicKey => "a certificate signature in the chain is bad".into(),
+        E::RequiredEkuNotFoundContext(_) => "extendedKeyUsage lacks emailProtection".into(),
+        other => {
+            let text = format!("{other:?}");
+            let end = text.find(['(', '{', ' ']).unwrap_or(text.len());
+            text[..end].to_string()
+        }
     }
 }
 

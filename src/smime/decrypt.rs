@@ -89,8 +89,44 @@ pub trait Decrypter: Send + Sync {
 
 /// A private key held in this process by aws-lc-rs, loaded from PEM.
 pub enum LocalDecrypter {
-    Rsa(PrivateDecryptingKey),
+    /// aws-lc-rs has one wrapper per padding, each owning its key: both are made at load time
+    /// (from the same PKCS#8), so no decryption copies the secret again.
+    Rsa {
+        pkcs1: Pkcs1PrivateDecryptingKey,
+        oaep: OaepPrivateDecryptingKey,
+        /// The public half (SubjectPublicKeyInfo DER), to find the matching certificate.
+        spki: Vec<u8>,
+    },
     Ec(agreement::PrivateKey),
+}
+
+impl LocalDecrypter {
+    /// From unencrypted PKCS#8 (RSA 2048..8192 bits or EC P-256) or SEC1 (EC P-256).
+    pub fn from_der(secret: &[u8]) -> Result<LocalDecrypter, String> {
+        if let Ok(k) = PrivateDecryptingKey::from_pkcs8(secret) {
+            use aws_lc_rs::encoding::AsDer;
+            let spki = k.public_key().as_der().map_err(|_| "RSA public key")?;
+            let spki = spki.as_ref().to_vec();
+            let pkcs1 = Pkcs1PrivateDecryptingKey::new(k).map_err(|_| "RSA key")?;
+            let k = PrivateDecryptingKey::from_pkcs8(secret).map_err(|_| "RSA key")?;
+            let oaep = OaepPrivateDecryptingKey::new(k).map_err(|_| "RSA key")?;
+            return Ok(LocalDecrypter::Rsa { pkcs1, oaep, spki });
+        }
+        agreement::PrivateKey::from_private_key_der(&agreement::ECDH_P256, secret)
+            .map(LocalDecrypter::Ec)
+            .map_err(|_| "private key is neither RSA of 2048 to 8192 bits nor EC P-256".into())
+    }
+
+    /// What the certificate must carry: the RSA SubjectPublicKeyInfo or the EC point.
+    fn public(&self) -> Result<Public, String> {
+        match self {
+            LocalDecrypter::Rsa { spki, .. } => Ok(Public::Spki(spki.clone())),
+            LocalDecrypter::Ec(k) => {
+                let p = k.compute_public_key().map_err(|_| "EC public key")?;
+                Ok(Public::Point(p.as_ref().to_vec()))
+            }
+        }
+    }
 }
 
 impl Decrypter for LocalDecrypter {
@@ -99,29 +135,23 @@ impl Decrypter for LocalDecrypter {
         padding: RsaPadding,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyOpFailed> {
-        let LocalDecrypter::Rsa(key) = self else {
+        let LocalDecrypter::Rsa { pkcs1, oaep, .. } = self else {
             return Err(KeyOpFailed);
         };
-        // Each wrapper takes the key by value: re-parse through its PKCS#8 form would copy the
-        // secret, so clone the handle aws-lc-rs gives (a reference count on the EVP_PKEY).
-        let key = clone_rsa(key)?;
-        let mut out = Zeroizing::new(vec![0u8; key.key_size_bytes()]);
+        let mut out = Zeroizing::new(vec![0u8; pkcs1.key_size_bytes()]);
         let n = match padding {
-            RsaPadding::Pkcs1v15 => {
-                let k = Pkcs1PrivateDecryptingKey::new(key).map_err(|_| KeyOpFailed)?;
-                k.decrypt(ciphertext, &mut out)
-                    .map_err(|_| KeyOpFailed)?
-                    .len()
-            }
-            oaep => {
-                let alg = match oaep {
+            RsaPadding::Pkcs1v15 => pkcs1
+                .decrypt(ciphertext, &mut out)
+                .map_err(|_| KeyOpFailed)?
+                .len(),
+            other => {
+                let alg = match other {
                     RsaPadding::OaepSha1 => &OAEP_SHA1_MGF1SHA1,
                     RsaPadding::OaepSha256 => &OAEP_SHA256_MGF1SHA256,
                     RsaPadding::OaepSha384 => &OAEP_SHA384_MGF1SHA384,
                     _ => &OAEP_SHA512_MGF1SHA512,
                 };
-                let k = OaepPrivateDecryptingKey::new(key).map_err(|_| KeyOpFailed)?;
-                k.decrypt(alg, ciphertext, &mut out, None)
+                oaep.decrypt(alg, ciphertext, &mut out, None)
                     .map_err(|_| KeyOpFailed)?
                     .len()
             }
@@ -137,14 +167,6 @@ impl Decrypter for LocalDecrypter {
         let peer = UnparsedPublicKey::new(&agreement::ECDH_P256, peer_point);
         agreement::agree(key, peer, KeyOpFailed, |z| Ok(Zeroizing::new(z.to_vec())))
     }
-}
-
-/// The aws-lc-rs wrappers consume the key; rebuild one from its PKCS#8 form (wiped after).
-fn clone_rsa(key: &PrivateDecryptingKey) -> Result<PrivateDecryptingKey, KeyOpFailed> {
-    use aws_lc_rs::encoding::AsDer;
-    let der = key.as_der().map_err(|_| KeyOpFailed)?;
-    let der = Zeroizing::new(der.as_ref().to_vec());
-    PrivateDecryptingKey::from_pkcs8(&der).map_err(|_| KeyOpFailed)
 }
 
 /// One organisation decryption key: its certificate (to match RecipientInfos and name the key
@@ -211,34 +233,11 @@ impl OrgKey {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("bad certificate PEM: {e}"))?;
         let secret = Zeroizing::new(key.secret_der().to_vec());
-        let (decrypter, public) = match &key {
-            PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Sec1(_) => {
-                if let Ok(k) = PrivateDecryptingKey::from_pkcs8(&secret) {
-                    use aws_lc_rs::encoding::AsDer;
-                    let spki = k
-                        .public_key()
-                        .as_der()
-                        .map_err(|_| "RSA public key".to_string())?
-                        .as_ref()
-                        .to_vec();
-                    (LocalDecrypter::Rsa(k), Public::Spki(spki))
-                } else {
-                    let k =
-                        agreement::PrivateKey::from_private_key_der(&agreement::ECDH_P256, &secret)
-                            .map_err(|_| {
-                                "private key is neither RSA of 2048 to 8192 bits nor EC P-256"
-                                    .to_string()
-                            })?;
-                    let point = k
-                        .compute_public_key()
-                        .map_err(|_| "EC public key".to_string())?
-                        .as_ref()
-                        .to_vec();
-                    (LocalDecrypter::Ec(k), Public::Point(point))
-                }
-            }
+        let decrypter = match &key {
+            PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Sec1(_) => LocalDecrypter::from_der(&secret)?,
             _ => return Err("only PKCS#8 or SEC1 private keys are read here".into()),
         };
+        let public = decrypter.public()?;
         let cert = certs
             .into_iter()
             .find(|c| {

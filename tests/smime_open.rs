@@ -1044,3 +1044,51 @@ fn certificate_loop_ends_without_pass() {
         "{r:?}"
     );
 }
+
+#[test]
+fn validity_is_judged_at_signing_time_unless_that_is_in_the_future() {
+    let trust = anchors(&[ca_cert_path()]);
+    let dir = tempfile::tempdir().unwrap();
+    // Valid from yesterday for a year.
+    let (cert, key) = Leaf::new("erin@smime.example", Alg::Rsa2048).issue();
+    let cert_path = write(dir.path(), "erin.crt", &cert);
+    let key_path = write(dir.path(), "erin.key", &key);
+    let m = openssl_cms(
+        &[
+            "-sign",
+            "-binary",
+            "-crlfeol",
+            "-signer",
+            p(&cert_path),
+            "-inkey",
+            p(&key_path),
+            "-from",
+            "erin@smime.example",
+        ],
+        ENTITY,
+    );
+    let open_at = |now: SystemTime| {
+        smime::open(
+            &m,
+            &[],
+            &Trust {
+                anchors: &trust,
+                known: &[],
+            },
+            now,
+            &Limits::default(),
+        )
+    };
+    // Read 400 days later: the certificate has expired, but it was valid when signed.
+    let o = open_at(SystemTime::now() + days(400));
+    let s = o.signers().next().unwrap();
+    assert_eq!(s.result, AuthResult::Pass, "{}", s.reason);
+    assert!(s.expired_since_signing);
+    assert!(s.reason.contains("expired since"), "{}", s.reason);
+    // Read "two days before" it was signed: a signingTime more than a day ahead of now is not
+    // believed, so the certificate is judged now, when it is not yet valid.
+    let o = open_at(SystemTime::now() - days(2));
+    let s = o.signers().next().unwrap();
+    assert_eq!(s.result, AuthResult::Policy, "{}", s.reason);
+    assert!(s.reason.contains("not yet valid"), "{}", s.reason);
+}

@@ -55,7 +55,8 @@ pub struct Capability {
 #[derive(Debug, Clone)]
 pub struct Signer {
     pub result: AuthResult,
-    /// Why, in a few words (empty for a clean `pass`); safe to show in a header comment.
+    /// Why, in a few words; for a `pass`, notes (expired since signing, weak algorithms) or
+    /// empty. Shown in the header comment.
     pub reason: String,
     /// The certificate address that matched From:, else its first rfc822Name.
     pub address: Option<String>,
@@ -497,6 +498,15 @@ fn check_signer(
             ..s
         };
     }
+    // A pass still says what a reader may want to know.
+    let mut notes = Vec::new();
+    if s.expired_since_signing {
+        notes.push("certificate valid when signed, expired since".to_string());
+    }
+    if !s.weak.is_empty() {
+        notes.push(format!("weak algorithm: {}", s.weak.join(", ")));
+    }
+    s.reason = notes.join("; ");
     s
 }
 

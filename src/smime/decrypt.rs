@@ -814,6 +814,31 @@ mod tests {
     }
 
     #[test]
+    fn chunked_encrypted_content_is_flattened_and_recipients_counted() {
+        // EnvelopedData { version 0, SET { 3 x NULL }, EncryptedContentInfo { OID, AlgId,
+        // [0] constructed { "ab", "cd" } } } as BER with indefinite lengths.
+        let ber = [
+            0x30, 0x80, 0x02, 0x01, 0x00, 0x31, 0x06, 0x05, 0x00, 0x05, 0x00, 0x05, 0x00, 0x30,
+            0x80, 0x06, 0x01, 0x2a, 0x30, 0x03, 0x06, 0x01, 0x2a, 0xa0, 0x80, 0x04, 0x02, b'a',
+            b'b', 0x04, 0x02, b'c', b'd', 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let mut node = ber::parse(&ber, 100).unwrap();
+        assert_eq!(recipient_count(&node), 3);
+        fix_encrypted_content(&mut node).unwrap();
+        let der = node.to_der();
+        assert!(
+            der.ends_with(&[0x80, 0x04, b'a', b'b', b'c', b'd']),
+            "{der:02x?}"
+        );
+        // Without an EncryptedContentInfo: malformed, not a panic.
+        let mut short = ber::parse(&[0x30, 0x03, 0x02, 0x01, 0x00], 10).unwrap();
+        assert!(matches!(
+            fix_encrypted_content(&mut short),
+            Err(OpenError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn oaep_parameters_select_the_padding() {
         let default = spki::AlgorithmIdentifierOwned {
             oid: algs::ID_RSAES_OAEP,

@@ -249,6 +249,8 @@ fn openssl_encryption_every_cipher_and_key_transport_decrypts() {
         (&["-aes192"], "aes-192-cbc", "rsa-pkcs1", false),
         (&["-aes256"], "aes-256-cbc", "rsa-pkcs1", false),
         (&["-des3"], "des-ede3-cbc", "rsa-pkcs1", false),
+        // RecipientIdentifier by subjectKeyIdentifier instead of issuer and serial.
+        (&["-aes256", "-keyid"], "aes-256-cbc", "rsa-pkcs1", false),
         (&["-aes-128-gcm"], "aes-128-gcm", "rsa-pkcs1", true),
         (&["-aes-256-gcm"], "aes-256-gcm", "rsa-pkcs1", true),
         (
@@ -1091,4 +1093,77 @@ fn validity_is_judged_at_signing_time_unless_that_is_in_the_future() {
     let s = o.signers().next().unwrap();
     assert_eq!(s.result, AuthResult::Policy, "{}", s.reason);
     assert!(s.reason.contains("not yet valid"), "{}", s.reason);
+}
+
+#[test]
+fn ecdsa_p256_and_p384_and_key_id_signatures_pass() {
+    let trust = anchors(&[ca_cert_path()]);
+    let dir = tempfile::tempdir().unwrap();
+    // P-256 from the shared test CA helper.
+    let (cert, key) = Leaf::new("erin@smime.example", Alg::EcP256).issue();
+    let p256 = (
+        write(dir.path(), "p256.crt", &cert),
+        write(dir.path(), "p256.key", &key),
+    );
+    // P-384 with the openssl CLI (rcgen's helper makes P-256 only).
+    let p384_key = dir.path().join("p384.key");
+    let csr = dir.path().join("p384.csr");
+    let p384_crt = dir.path().join("p384.crt");
+    let ext = write(
+        dir.path(),
+        "p384.ext",
+        "subjectAltName=email:erin@smime.example\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=emailProtection\n",
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out"])
+            .arg(&p384_key),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-subj", "/CN=erin", "-key"])
+            .arg(&p384_key)
+            .arg("-out")
+            .arg(&csr),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "30", "-set_serial", "4711", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(ca_cert_path())
+            .arg("-CAkey")
+            .arg(rfc9216().join("ca.rsa.key"))
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&p384_crt),
+    );
+    for ((cert, key), md, keyid) in [
+        (&p256, "sha256", false),
+        (&p256, "sha512", true),
+        (&(p384_crt.clone(), p384_key.clone()), "sha384", false),
+    ] {
+        let mut args = vec![
+            "-sign",
+            "-binary",
+            "-crlfeol",
+            "-md",
+            md,
+            "-signer",
+            p(cert),
+            "-inkey",
+            p(key),
+            "-from",
+            "erin@smime.example",
+        ];
+        if keyid {
+            args.push("-keyid");
+        }
+        let m = openssl_cms(&args, ENTITY);
+        let o = open_with(&m, &[], &trust, &[]);
+        assert_pass(&o, &format!("{} {md} keyid={keyid}", cert.display()));
+        let s = o.signers().next().unwrap();
+        assert_eq!((s.signature_algorithm, s.digest), ("ecdsa", md));
+    }
 }

@@ -76,7 +76,7 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
             metrics: metrics.clone(),
             spool: spool.clone(),
             listening: listening.clone(),
-            extra: Arc::new(move || crate::pipeline::expiry_gauges(&rt_for_gauges.load().stores)),
+            extra: Arc::new(move || crate::check::expiry_gauges(&rt_for_gauges.load().stores)),
         });
         tokio::spawn(admin.serve(l, shutdown_rx.clone()));
     }
@@ -134,6 +134,8 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
                 );
             }
             let version = new.config.policy.version.clone();
+            // Directory answers survive a reload for directories configured the same way.
+            new.stores.directory.adopt_cache(&old.stores.directory);
             runtime.store(Arc::new(new));
             // Logged after the swap: whoever reads this line may rely on the new runtime.
             tracing::info!(policy = %version, "configuration reloaded");

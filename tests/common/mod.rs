@@ -22,6 +22,7 @@ pub mod client;
 pub mod faults;
 pub mod gateway;
 pub mod pki;
+pub mod slapd;
 pub mod upstream;
 
 pub use client::{SmtpClient, python_send};

@@ -717,10 +717,18 @@ fn split_signed(entity: &[u8]) -> Result<(&[u8], &[u8]), OpenError> {
             (first_end, second_start, false),
             (second_end, _, true),
             ..,
-        ] => Ok((
-            &body[*first_start..*first_end],
-            &body[*second_start..*second_end],
-        )),
+        ] => {
+            // Adjacent delimiter lines ("--b CRLF --b") share the CRLF: no part between them.
+            match (
+                body.get(*first_start..*first_end),
+                body.get(*second_start..*second_end),
+            ) {
+                (Some(first), Some(second)) => Ok((first, second)),
+                _ => Err(OpenError::Malformed(
+                    "multipart/signed with an empty part".into(),
+                )),
+            }
+        }
         _ => Err(OpenError::Malformed(
             "multipart/signed is not exactly two parts".into(),
         )),
@@ -748,6 +756,19 @@ mod tests {
             split_signed(one_part),
             Err(OpenError::Malformed(_))
         ));
+        // Delimiters on adjacent lines: no part between them, and no slice out of order.
+        for body in [
+            &b"--b\r\n--b\r\nsig\r\n--b--\r\n"[..],
+            b"--b\r\nx\r\n--b\r\n--b--\r\n",
+            b"--b\r\n--b\r\n--b--",
+        ] {
+            let mut e = b"Content-Type: multipart/signed; boundary=b\r\n\r\n".to_vec();
+            e.extend_from_slice(body);
+            assert!(
+                matches!(split_signed(&e), Err(OpenError::Malformed(_))),
+                "{body:?}"
+            );
+        }
     }
 
     #[test]

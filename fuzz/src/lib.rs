@@ -390,3 +390,95 @@ pub fn corpus_dir(target: &str) -> PathBuf {
         .join("corpus")
         .join(target)
 }
+
+/// What the S/MIME opening targets open with: Bob's RFC 9216 decryption key (so inputs made
+/// for him reach content decryption) and the RFC 9216 CA as the only trust anchor.
+pub struct OpenWorld {
+    pub keys: Vec<cachet::smime::OrgKey>,
+    pub trust: cachet::store::TrustAnchors,
+    pub now: SystemTime,
+}
+
+pub fn open_world() -> &'static OpenWorld {
+    static WORLD: OnceLock<OpenWorld> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let mut pem = BOB_CERT_PEM.as_bytes().to_vec();
+        pem.extend_from_slice(BOB_KEY_PEM.as_bytes());
+        let bob = cachet::smime::OrgKey::from_pem(&pem).expect("Bob's fixture key");
+        use rustls_pki_types::pem::PemObject;
+        let w = key_world();
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(CA_PEM.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("CA PEM");
+        let (trust, problems) = cachet::store::TrustAnchors::from_certs(certs);
+        assert!(problems.is_empty(), "{problems:?}");
+        OpenWorld {
+            keys: vec![bob],
+            trust,
+            now: w.now,
+        }
+    })
+}
+
+/// RFC 9216 Bob's encryption certificate and key (../shared/interop/rfc9216), public test keys.
+const BOB_CERT_PEM: &str = include_str!("../fixtures/bob.encrypt.crt");
+const BOB_KEY_PEM: &str = include_str!("../fixtures/bob.decrypt.key");
+
+/// Opens `message` and checks the promises of `smime::open`: no panic; the delivered message
+/// is the input unless it was decrypted; the Authentication-Results field is one field
+/// (CRLF only as folding, printable ASCII) whatever the certificates say.
+fn open_and_check(message: &[u8]) {
+    let w = open_world();
+    let trust = cachet::smime::Trust {
+        anchors: &w.trust,
+        known: &[],
+    };
+    let opened = cachet::smime::open(
+        message,
+        &w.keys,
+        &trust,
+        w.now,
+        &cachet::smime::Limits::default(),
+    );
+    if !opened.decrypted {
+        assert_eq!(opened.message, message, "undecrypted message must be untouched");
+    }
+    let h = cachet::smime::authres::header("gw.example.org", &opened);
+    assert!(h.ends_with("\r\n"));
+    let body = &h[..h.len() - 2];
+    for (i, line) in body.split("\r\n").enumerate() {
+        assert!(i == 0 || line.starts_with('\t'), "unfolded line in {h:?}");
+        assert!(line.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)), "{h:?}");
+    }
+    let _ = cachet::smime::authres::strip(message, "gw.example.org");
+}
+
+/// Whole messages (any MIME, base64 or not) through `smime::open`.
+pub fn smime_open(data: &[u8]) {
+    open_and_check(data);
+}
+
+/// Raw CMS (BER or DER): the BER normaliser must be idempotent, and the same bytes are
+/// opened as an opaque `application/pkcs7-mime` body and as a detached signature.
+/// The first byte picks the wrapper; the rest is the CMS.
+pub fn smime_cms(data: &[u8]) {
+    let Some((&pick, cms)) = data.split_first() else {
+        return;
+    };
+    if let Ok(der) = cachet::smime::ber::to_der(cms, 200_000) {
+        let again = cachet::smime::ber::to_der(&der, 200_000).expect("DER re-parses");
+        assert_eq!(again, der, "BER normalisation is idempotent");
+    }
+    let mut m = b"From: alice@smime.example\r\nTo: bob@smime.example\r\nMIME-Version: 1.0\r\n".to_vec();
+    if pick & 1 == 0 {
+        m.extend_from_slice(
+            b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: binary\r\n\r\n",
+        );
+        m.extend_from_slice(cms);
+    } else {
+        m.extend_from_slice(b"Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsigned text\r\n--b\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: binary\r\n\r\n");
+        m.extend_from_slice(cms);
+        m.extend_from_slice(b"\r\n--b--\r\n");
+    }
+    open_and_check(&m);
+}

@@ -13,6 +13,12 @@
 //! - sign then encrypt is `encrypt(&sign(..)?, ..)`: the whole signed entity is encrypted
 //!   (RFC 8551 §3.7).
 //!
+//! The other direction, for mail that arrives: [`open()`] walks every S/MIME layer of a
+//! message, verifies signatures (`verify.rs`) and decrypts what is addressed to the
+//! organisation's keys (`decrypt.rs`, through the [`Decrypter`] seam); `authres.rs` writes the
+//! RFC 8601 / RFC 7281 `Authentication-Results` field; `ber.rs` turns the BER clients send into
+//! DER for the `cms` crate.
+//!
 //! Choosing the signing key (the From: address), Bcc-safe recipient groups and encrypt-to-self
 //! (the sender's `SigningIdentity::encryption_cert` added to a copy, RFC 8551 §3.3) are the
 //! pipeline's job: see `crate::pipeline::seal`.
@@ -26,9 +32,18 @@ use crate::store::certs::RecipientCert;
 use crate::store::keys::SigningIdentity;
 
 pub mod algs;
+pub mod authres;
+pub mod ber;
+pub mod decrypt;
 mod envelope;
 mod mime;
+pub mod open;
 mod sign;
+pub mod verify;
+
+pub use authres::AuthResult;
+pub use decrypt::{Decrypter, OrgKey};
+pub use open::{Layer, Limits, OpenError, Opened, Trust, open};
 
 /// How the signature travels (RFC 8551 §3.5).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,8 +78,8 @@ pub struct SignOptions {
 /// the SMIMECapabilities list is ordered by preference, and a replying agent takes the first
 /// entry it supports, §2.7.1.1).
 ///
-/// Who decrypts a reply is our user's own client, not cachet (there is no inbound
-/// decryption), and what the operator configured is the best statement of what those clients
+/// Who decrypts a reply is our user's own client (cachet's inbound decryption, [`open()`], is
+/// not wired into delivery yet), and what the operator configured is the best statement of what those clients
 /// read: so the list holds exactly the ciphers and RSA key transports the policy names, the
 /// `[policy]` default first, then those a rule names. AES-256-CBC (EnvelopedData, read by
 /// every client) comes before the GCM ciphers (AuthEnvelopedData, RFC 8551 §2.7 SHOULD+ but

@@ -18,6 +18,7 @@ pub mod config;
 pub mod date;
 pub mod demo;
 pub mod dsn;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;

@@ -3,7 +3,9 @@
 //! swaps it in atomically, so sessions in flight finish on the one they started with.
 
 use crate::config::{Config, ConfigError};
+use crate::store::revocation::{Revocation, Status, refresh::Target};
 use crate::store::{CertStore, KeyStore, SigningIdentity, TrustAnchors};
+use rustls_pki_types::CertificateDer;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -142,6 +144,9 @@ pub struct Stores {
     /// Problems with individual keys or certificates: reported by `check` and at load, and
     /// those files are never used, but they do not stop the gateway.
     pub warnings: Vec<String>,
+    /// CRLs and OCSP answers in memory; `app` hands the same one to every reloaded runtime and
+    /// to the background refresher.
+    pub revocation: Arc<Revocation>,
 }
 
 impl Stores {
@@ -166,6 +171,12 @@ impl Stores {
                 .warnings
                 .extend(problems.iter().map(|p| p.to_string()));
             stores.certs = certs;
+            if let Some(dir) = &c.crl_dir {
+                let problems = stores.revocation.load_dir(dir);
+                stores
+                    .warnings
+                    .extend(problems.iter().map(|p| p.to_string()));
+            }
         }
         if let Some(k) = &config.keys {
             let (keys, problems) =
@@ -203,6 +214,50 @@ impl Stores {
         self.keys
             .get(from)
             .filter(|id| id.not_after > SystemTime::now())
+    }
+
+    /// The revocation status of signing identity `id`'s certificate, from memory.
+    pub fn signer_status(&self, id: &SigningIdentity) -> Status {
+        let mut chain: Vec<CertificateDer<'_>> = id.chain.iter().skip(1).cloned().collect();
+        chain.extend(self.certs.intermediates().iter().cloned());
+        self.revocation
+            .status(id.certificate(), &chain, &self.trust, SystemTime::now())
+    }
+
+    /// Every certificate whose revocation status may be asked (recipients, their intermediates,
+    /// signing certificates and their chains), each with its issuer when one is loaded.
+    pub fn revocation_targets(&self) -> Vec<Target> {
+        let mut cas: Vec<&CertificateDer<'static>> = self.certs.intermediates().iter().collect();
+        for id in self.keys.iter() {
+            cas.extend(id.chain.iter().skip(1));
+        }
+        cas.extend(self.trust.certs.iter());
+        let issuer_of = |der: &CertificateDer<'static>| -> Option<CertificateDer<'static>> {
+            use der::{Decode, Encode};
+            let cert = x509_cert::Certificate::from_der(der).ok()?;
+            let want = cert.tbs_certificate().issuer().to_der().ok()?;
+            cas.iter()
+                .find(|ca| {
+                    x509_cert::Certificate::from_der(ca).is_ok_and(|c| {
+                        c.tbs_certificate()
+                            .subject()
+                            .to_der()
+                            .is_ok_and(|s| s == want)
+                    })
+                })
+                .map(|ca| (*ca).clone())
+        };
+        let mut ders: Vec<&CertificateDer<'static>> = self.certs.certificates();
+        ders.extend(self.certs.intermediates().iter());
+        for id in self.keys.iter() {
+            ders.extend(id.chain.iter());
+        }
+        ders.into_iter()
+            .map(|d| Target {
+                der: d.clone(),
+                issuer: issuer_of(d),
+            })
+            .collect()
     }
 
     pub fn can_encrypt_to(&self, address: &str) -> bool {

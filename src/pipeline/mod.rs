@@ -13,11 +13,14 @@ pub mod explain;
 pub mod headers;
 
 use crate::config::Config;
-use crate::policy::{Cipher, Digest, KeyTransport, Mode, OnMissing, SignatureForm, Treatment};
+use crate::policy::{
+    Cipher, Digest, KeyTransport, Mode, OnMissing, Revocation, SignatureForm, Treatment,
+};
 use crate::reply::{self, Reply};
 use crate::runtime::{Runtime, Stores};
 use crate::smime;
 use crate::spool::Envelope;
+use crate::store::revocation::Status;
 use crate::store::{RecipientCert, SigningIdentity};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,6 +33,10 @@ pub enum Fate {
     Refuse(Reply),
     Hold(String),
     Bounce(Reply),
+    /// Try again later (hard revocation checking while a certificate's first status answer is
+    /// still being fetched). Only at delivery: during SMTP the recipient is accepted and waits
+    /// in the queue.
+    Defer(String),
 }
 
 /// The policy decision for one recipient, with everything `explain` shows.
@@ -82,16 +89,78 @@ pub fn decide(
     if triggered {
         t.encrypt = t.encrypt.max(Mode::Required);
     }
-    let lookup = rt.stores.certs.lookup(recipient, SystemTime::now());
+    let now = SystemTime::now();
+    // Set when a certificate was passed over only because its first revocation answer is
+    // still to come (hard mode): the recipient then waits instead of meeting on_missing_key.
+    let pending = std::cell::Cell::new(None::<String>);
+    let lookup = if t.encrypt == Mode::Never || t.revocation == Revocation::Off {
+        rt.stores.certs.lookup(recipient, now)
+    } else {
+        rt.stores.certs.lookup_with(recipient, now, &|der, chain| {
+            let status = rt
+                .stores
+                .revocation
+                .status(der, chain, &rt.stores.trust, now);
+            revocation_verdict(
+                rt,
+                t.revocation,
+                &status,
+                "recipient certificate",
+                recipient,
+            )
+            .map_err(|(reason, p)| {
+                if p {
+                    pending.set(Some(reason.clone()));
+                }
+                reason
+            })
+        })
+    };
     // Only addresses in the organisation's own domains are ever signed for.
-    let signer = from
+    let mut signer = from
         .filter(|f| rt.config.submitters.is_local(f))
         .and_then(|f| rt.stores.signer(f));
+    if let Some(id) = &signer
+        && t.sign != Mode::Never
+        && t.revocation != Revocation::Off
+    {
+        let status = rt.stores.signer_status(id);
+        if let Status::Revoked(source) = &status {
+            // An alert: the organisation's own certificate must be replaced.
+            tracing::error!(address = %id.email, fingerprint = %id.fingerprint, source = source.name(), "ALERT: our signing certificate is revoked; not signing with it");
+        }
+        if let Err((reason, p)) =
+            revocation_verdict(rt, t.revocation, &status, "signing certificate", &id.email)
+        {
+            if p {
+                pending.set(Some(reason));
+            }
+            signer = None;
+        }
+    }
     let mut fate = Fate::Send;
+    let waiting = |fate: Fate| match pending.take() {
+        // During SMTP the recipient is accepted: by delivery the answer is usually there.
+        Some(_) if during_smtp => Fate::Send,
+        Some(reason) => Fate::Defer(reason),
+        None => fate,
+    };
     if t.encrypt == Mode::Required && lookup.cert.is_none() {
-        fate = missing(t.on_missing_key, no_certificate(recipient), during_smtp);
+        fate = waiting(missing(
+            t.on_missing_key,
+            no_certificate(recipient),
+            during_smtp,
+        ));
     } else if from.is_some() && t.sign == Mode::Required && signer.is_none() {
-        fate = missing(t.on_missing_key, no_signing_key(from), during_smtp);
+        fate = waiting(missing(t.on_missing_key, no_signing_key(from), during_smtp));
+    } else if !during_smtp
+        && let Some(reason) = pending.take()
+        && (t.encrypt != Mode::Never && lookup.cert.is_none()
+            || from.is_some() && t.sign != Mode::Never && signer.is_none())
+    {
+        // Opportunistic protection in hard mode: wait for the answer rather than send a
+        // copy with less protection than the answer may allow.
+        fate = Fate::Defer(reason);
     }
     Decision {
         recipient: recipient.to_string(),
@@ -105,6 +174,39 @@ pub fn decide(
         },
         rejected_certs: lookup.rejected,
         fate,
+    }
+}
+
+/// What the revocation mode makes of a certificate's status: `Ok` = use it; `Err((reason,
+/// pending))` = treat it as absent. Revoked is never used; unknown is used under `soft` (logged
+/// and counted) and refused under `hard`. Every check is counted by result and source.
+fn revocation_verdict(
+    rt: &Runtime,
+    mode: Revocation,
+    status: &Status,
+    what: &str,
+    address: &str,
+) -> Result<(), (String, bool)> {
+    rt.stores.revocation.count(status);
+    match status {
+        Status::Good(_) => Ok(()),
+        Status::Revoked(source) => {
+            tracing::warn!(
+                address,
+                source = source.name(),
+                "{what} is revoked; not used"
+            );
+            Err((format!("revoked ({})", source.name()), false))
+        }
+        Status::Unknown { reason, pending } => {
+            if mode == Revocation::Hard {
+                tracing::warn!(address, pending, reason = %reason, "{what}: revocation status unknown; not used (revocation = hard)");
+                Err((format!("revocation status unknown: {reason}"), *pending))
+            } else {
+                tracing::info!(address, pending, reason = %reason, "{what}: revocation status unknown; used (revocation = soft)");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -259,6 +361,13 @@ pub fn seal(rt: &Runtime, env: &Envelope, message: &[u8], recipients: &[String])
                 sealed.held.push((r.clone(), reason.clone()));
                 continue;
             }
+            Fate::Defer(reason) => {
+                sealed.deferred.push((
+                    r.clone(),
+                    format!("4.7.0 waiting for revocation status: {reason}"),
+                ));
+                continue;
+            }
             Fate::Refuse(reply) | Fate::Bounce(reply) => {
                 sealed.failed.push((r.clone(), reply.clone()));
                 continue;
@@ -411,6 +520,7 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
             out.push(format!("warning: policy.rsa_signature = \"pss\" does not apply to the EC P-256 key for {} (ECDSA)", id.email));
         }
     }
+    out.extend(revocation_advice(&rt.config.policy));
     let soon = SystemTime::now() + Duration::from_secs(30 * 86400);
     for id in s.keys.iter().filter(|id| id.not_after < soon) {
         out.push(format!(
@@ -429,6 +539,24 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
                 c.fingerprint,
                 crate::date::rfc5322(c.not_after)
             ));
+        }
+    }
+    out
+}
+
+/// `cachet check` advice: where encryption is required, an unknown revocation status should
+/// not let a possibly revoked certificate through (`revocation = "hard"`).
+pub fn revocation_advice(policy: &crate::policy::Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let d = policy.defaults;
+    if d.encrypt == Mode::Required && d.revocation != Revocation::Hard {
+        out.push("suggestion: [policy] encrypt = \"required\": consider revocation = \"hard\" so a certificate whose revocation status is unknown is not used".to_string());
+    }
+    for r in &policy.rules {
+        let encrypt = r.set.encrypt.unwrap_or(d.encrypt);
+        let revocation = r.set.revocation.unwrap_or(d.revocation);
+        if encrypt == Mode::Required && revocation != Revocation::Hard {
+            out.push(format!("suggestion: rule {:?} has encrypt = \"required\": consider revocation = \"hard\" so a certificate whose revocation status is unknown is not used", r.name));
         }
     }
     out

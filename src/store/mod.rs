@@ -20,6 +20,7 @@ use rustls_pki_types::pem::PemObject;
 
 pub mod certs;
 pub mod keys;
+pub mod revocation;
 pub mod validate;
 
 pub use certs::{CertLookup, CertStore, RecipientCert};

@@ -362,6 +362,86 @@ async fn crl_dir_file_revokes_without_any_fetch() {
     assert_eq!(code, 550, "{text}\n{}", gw.logs());
 }
 
+#[tokio::test]
+async fn hard_mode_defers_while_the_first_answer_is_coming_then_delivers() {
+    let http = HttpServer::start().await;
+    let url = http.url("/ca.crl");
+    let bob_s = serial();
+    let (bob, bob_key) = issue("bob@partner.example", bob_s, Some(&url), None);
+    http.set("/ca.crl", fresh_crl(&[serial()]));
+    // A slow CRL server: the message is sealed long before the answer is in.
+    http.delay("/ca.crl", Duration::from_secs(6));
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(
+        config(&up, "hard")
+            .with("certificates", "fetch_timeout", &toml_str("20s"))
+            .file("recipients/bob.pem", bob.clone()),
+    )
+    .await;
+    // Accepted at RCPT although nothing is known yet (rule: required, on_missing_key: reject)...
+    gw.send_ok(
+        "carol@example.org",
+        &["bob@partner.example"],
+        &message("bob@partner.example"),
+    )
+    .await;
+    // ...waits in the queue instead of being bounced...
+    wait_log(&gw, "deferred: waiting for revocation status").await;
+    assert!(!gw.logs().contains("CRL loaded"), "{}", gw.logs());
+    // ...and goes out encrypted once the CRL says good.
+    wait_log(&gw, "CRL loaded").await;
+    let got = gw.expect_upstream(&up, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = openssl_decrypt(
+        &got[0].data,
+        &write(dir.path(), "r.crt", &bob),
+        &write(dir.path(), "r.key", &bob_key),
+    );
+    assert!(String::from_utf8_lossy(&plain).contains(CANARY));
+}
+
+#[tokio::test]
+async fn oversized_crl_is_refused_and_check_suggests_hard_and_reports_bad_crl_files() {
+    let http = HttpServer::start().await;
+    let url = http.url("/big.crl");
+    let bob_s = serial();
+    let (bob, _) = issue("bob@partner.example", bob_s, Some(&url), None);
+    // Two thousand entries: far beyond a 1 KiB cap.
+    let many: Vec<u64> = (0..2000).map(|_| serial()).collect();
+    http.set("/big.crl", fresh_crl(&many));
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(
+        config(&up, "soft")
+            .with("certificates", "crl_max_size", &toml_str("1KiB"))
+            .with("certificates", "crl_dir", &toml_str("crls"))
+            .file("crls/notes.txt", "not a CRL")
+            .file("recipients/bob.pem", bob),
+    )
+    .await;
+    wait_log(&gw, "CRL fetch failed").await;
+    assert!(
+        gw.logs().contains("larger than 1024 bytes"),
+        "{}",
+        gw.logs()
+    );
+    assert!(!gw.logs().contains("CRL loaded"));
+    // No half-written CRL is left behind.
+    let cache = gw.spool_dir().join("revocation");
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+
+    let (_, out) = gw.cli(&["check"]);
+    assert!(
+        out.contains(
+            "rule \"partners\" has encrypt = \"required\": consider revocation = \"hard\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("notes.txt"), "{out}");
+}
+
 // ---------------------------------------------------------------- gateway: OCSP
 
 #[tokio::test]

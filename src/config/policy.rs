@@ -319,6 +319,37 @@ sign = "never"
     }
 
     #[test]
+    fn revocation_defaults_to_soft_and_rules_override_it() {
+        let c = load("[policy]\nrevocation = \"hard\"\n[[rule]]\nname = \"r\"\nto = [\"*@x.example\"]\nrevocation = \"off\"\n").unwrap();
+        assert_eq!(
+            c.policy
+                .treatment("a@example.org", "b@x.example")
+                .1
+                .revocation,
+            crate::policy::Revocation::Off
+        );
+        assert_eq!(
+            c.policy
+                .treatment("a@example.org", "b@y.example")
+                .1
+                .revocation,
+            crate::policy::Revocation::Hard
+        );
+        let c = load("").unwrap();
+        assert_eq!(
+            c.policy.defaults.revocation,
+            crate::policy::Revocation::Soft
+        );
+        let errs = load("[[rule]]\nname = \"r1\"\nrevocation = \"maybe\"\n").unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            all.iter().any(|e| e
+                .contains(":7: rule \"r1\": revocation: \"maybe\" is not one of off, soft, hard")),
+            "{all:?}"
+        );
+    }
+
+    #[test]
     fn rule_after_catch_all_is_reported() {
         let errs = load("[[rule]]\nname = \"all\"\nsign = \"never\"\n[[rule]]\nname = \"late\"\nto = [\"*@x.example\"]\n").unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");

@@ -362,6 +362,7 @@ pub fn seal(rt: &Runtime, env: &Envelope, message: &[u8], recipients: &[String])
                 continue;
             }
             Fate::Defer(reason) => {
+                tracing::info!(queue_id = %env.id, rcpt = %r, reason = %reason, "deferred: waiting for revocation status");
                 sealed.deferred.push((
                     r.clone(),
                     format!("4.7.0 waiting for revocation status: {reason}"),

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 #[derive(Default)]
 struct State {
     bodies: HashMap<String, Vec<u8>>,
+    /// Answer these paths only after a pause (a slow CRL server).
+    delays: HashMap<String, Duration>,
     hits: HashMap<String, usize>,
 }
 
@@ -51,6 +53,15 @@ impl HttpServer {
             .unwrap()
             .bodies
             .insert(path.to_string(), body.into());
+    }
+
+    /// Answer `path` only `delay` after the request arrived.
+    pub fn delay(&self, path: &str, delay: Duration) {
+        self.state
+            .lock()
+            .unwrap()
+            .delays
+            .insert(path.to_string(), delay);
     }
 
     /// Requests seen for `path` (any method).
@@ -101,11 +112,14 @@ async fn serve(conn: &mut tokio::net::TcpStream, state: &Mutex<State>) -> std::i
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let body = {
+    let (body, delay) = {
         let mut st = state.lock().unwrap();
         *st.hits.entry(path.clone()).or_default() += 1;
-        st.bodies.get(&path).cloned()
+        (st.bodies.get(&path).cloned(), st.delays.get(&path).copied())
     };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let reply = match body {
         Some(b) => {
             let mut r = format!(

@@ -442,6 +442,85 @@ async fn oversized_crl_is_refused_and_check_suggests_hard_and_reports_bad_crl_fi
     assert!(out.contains("notes.txt"), "{out}");
 }
 
+#[tokio::test]
+async fn revoked_intermediate_revokes_the_certificates_under_it() {
+    // An intermediate CA under the RFC 9216 root, with a serial we know.
+    let int_s = serial();
+    let int_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "Revoked Intermediate CA");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    p.serial_number = Some(rcgen::SerialNumber::from(int_s));
+    let root = Issuer::from_ca_cert_pem(
+        &read("ca.rsa.crt"),
+        KeyPair::from_pem(&read("ca.rsa.key")).unwrap(),
+    )
+    .unwrap();
+    let int_pem = p.signed_by(&int_key, &root).unwrap().pem();
+    let mut leaf = Leaf::new("bob@partner.example", Alg::Rsa2048);
+    leaf.intermediate = Some((int_pem.clone(), int_key.serialize_pem()));
+    let (bob, bob_key) = leaf.issue();
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+
+    // The root's CRL does not list the intermediate: bob is usable (soft: the leaf has no CRL).
+    let fine = Gateway::start(
+        config(&up, "soft")
+            .with("certificates", "crl_dir", &toml_str("crls"))
+            .file("crls/root.crl", fresh_crl(&[serial()]))
+            .file("recipients/int.pem", int_pem.clone())
+            .file("recipients/bob.pem", bob.clone()),
+    )
+    .await;
+    delivered_encrypted(&fine, &up, "bob@partner.example", &bob, &bob_key).await;
+
+    // The root's CRL lists the intermediate: bob's certificate is never used, even in soft mode.
+    let gw = Gateway::start(
+        config(&up, "soft")
+            .with("certificates", "crl_dir", &toml_str("crls"))
+            .file("crls/root.crl", fresh_crl(&[int_s]))
+            .file("recipients/int.pem", int_pem)
+            .file("recipients/bob.pem", bob),
+    )
+    .await;
+    let (code, text) = rcpt(&gw, "bob@partner.example").await;
+    assert_eq!(code, 550, "{text}\n{}", gw.logs());
+    assert!(
+        gw.logs().contains("recipient certificate is revoked"),
+        "{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_looks_at_new_certificates_at_once() {
+    let http = HttpServer::start().await;
+    let url = http.url("/ca.crl");
+    let bob_s = serial();
+    let (bob, _) = issue("bob@partner.example", bob_s, Some(&url), None);
+    http.set("/ca.crl", fresh_crl(&[bob_s]));
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    // An hour between rounds: only the reload can make the refresher look now.
+    let gw = Gateway::start(config(&up, "soft").with(
+        "certificates",
+        "revocation_interval",
+        &toml_str("1h"),
+    ))
+    .await;
+    std::fs::write(gw.dir().join("recipients/bob.pem"), bob).unwrap();
+    gw.sighup();
+    wait_log(&gw, "configuration reloaded").await;
+    wait_log(&gw, "CRL loaded").await;
+    let (code, text) = rcpt(&gw, "bob@partner.example").await;
+    assert_eq!(code, 550, "{text}\n{}", gw.logs());
+    assert_eq!(http.hits("/ca.crl"), 1);
+}
+
 // ---------------------------------------------------------------- gateway: OCSP
 
 #[tokio::test]

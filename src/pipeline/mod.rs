@@ -89,79 +89,35 @@ pub fn decide(
     if triggered {
         t.encrypt = t.encrypt.max(Mode::Required);
     }
-    let now = SystemTime::now();
-    // Set when a certificate was passed over only because its first revocation answer is
-    // still to come (hard mode): the recipient then waits instead of meeting on_missing_key.
-    let pending = std::cell::Cell::new(None::<String>);
-    let lookup = if t.encrypt == Mode::Never || t.revocation == Revocation::Off {
-        rt.stores.certs.lookup(recipient, now)
-    } else {
-        rt.stores.certs.lookup_with(recipient, now, &|der, chain| {
-            let status = rt
-                .stores
-                .revocation
-                .status(der, chain, &rt.stores.trust, now);
-            revocation_verdict(
-                rt,
-                t.revocation,
-                &status,
-                "recipient certificate",
-                recipient,
-            )
-            .map_err(|(reason, p)| {
-                if p {
-                    pending.set(Some(reason.clone()));
-                }
-                reason
-            })
-        })
-    };
+    let (lookup, cert_pending) = recipient_certificate(rt, &t, recipient);
     // Only addresses in the organisation's own domains are ever signed for.
-    let mut signer = from
-        .filter(|f| rt.config.submitters.is_local(f))
-        .and_then(|f| rt.stores.signer(f));
-    if let Some(id) = &signer
-        && t.sign != Mode::Never
-        && t.revocation != Revocation::Off
-    {
-        let status = rt.stores.signer_status(id);
-        if let Status::Revoked(source) = &status {
-            // An alert: the organisation's own certificate must be replaced.
-            tracing::error!(address = %id.email, fingerprint = %id.fingerprint, source = source.name(), "ALERT: our signing certificate is revoked; not signing with it");
-        }
-        if let Err((reason, p)) =
-            revocation_verdict(rt, t.revocation, &status, "signing certificate", &id.email)
-        {
-            if p {
-                pending.set(Some(reason));
-            }
-            signer = None;
-        }
-    }
-    let mut fate = Fate::Send;
-    let waiting = |fate: Fate| match pending.take() {
-        // During SMTP the recipient is accepted: by delivery the answer is usually there.
+    let (signer, signer_pending) = match from.filter(|f| rt.config.submitters.is_local(f)) {
+        Some(f) => signing_identity(rt, &t, f),
+        None => (None, None),
+    };
+    // A certificate passed over only because its first revocation answer is still to come
+    // (hard mode) makes the recipient wait at delivery; during SMTP it is accepted.
+    let wait = |pending: Option<String>, otherwise: Fate| match pending {
         Some(_) if during_smtp => Fate::Send,
         Some(reason) => Fate::Defer(reason),
-        None => fate,
+        None => otherwise,
     };
-    if t.encrypt == Mode::Required && lookup.cert.is_none() {
-        fate = waiting(missing(
-            t.on_missing_key,
-            no_certificate(recipient),
-            during_smtp,
-        ));
+    let no_cert = t.encrypt != Mode::Never && lookup.cert.is_none();
+    let no_signer = from.is_some() && t.sign != Mode::Never && signer.is_none();
+    let fate = if t.encrypt == Mode::Required && lookup.cert.is_none() {
+        let otherwise = missing(t.on_missing_key, no_certificate(recipient), during_smtp);
+        wait(cert_pending, otherwise)
     } else if from.is_some() && t.sign == Mode::Required && signer.is_none() {
-        fate = waiting(missing(t.on_missing_key, no_signing_key(from), during_smtp));
-    } else if !during_smtp
-        && let Some(reason) = pending.take()
-        && (t.encrypt != Mode::Never && lookup.cert.is_none()
-            || from.is_some() && t.sign != Mode::Never && signer.is_none())
-    {
-        // Opportunistic protection in hard mode: wait for the answer rather than send a
-        // copy with less protection than the answer may allow.
-        fate = Fate::Defer(reason);
-    }
+        let otherwise = missing(t.on_missing_key, no_signing_key(from), during_smtp);
+        wait(signer_pending, otherwise)
+    } else {
+        // Opportunistic protection in hard mode: wait for the answer rather than send a copy
+        // with less protection than the answer may allow.
+        let pending = cert_pending
+            .filter(|_| no_cert)
+            .or(signer_pending.filter(|_| no_signer));
+        wait(pending, Fate::Send)
+    };
     Decision {
         recipient: recipient.to_string(),
         rule: rule.map(str::to_string),
@@ -174,6 +130,64 @@ pub fn decide(
         },
         rejected_certs: lookup.rejected,
         fate,
+    }
+}
+
+/// The recipient's certificate, revocation checked per `t.revocation`; the second value is set
+/// when a certificate was passed over only because its first answer is still to come.
+fn recipient_certificate(
+    rt: &Runtime,
+    t: &Treatment,
+    recipient: &str,
+) -> (crate::store::CertLookup, Option<String>) {
+    let now = SystemTime::now();
+    if t.encrypt == Mode::Never || t.revocation == Revocation::Off {
+        return (rt.stores.certs.lookup(recipient, now), None);
+    }
+    let pending = std::cell::Cell::new(None::<String>);
+    let lookup = rt.stores.certs.lookup_with(recipient, now, &|der, chain| {
+        let status = rt
+            .stores
+            .revocation
+            .status(der, chain, &rt.stores.trust, now);
+        revocation_verdict(
+            rt,
+            t.revocation,
+            &status,
+            "recipient certificate",
+            recipient,
+        )
+        .map_err(|(reason, p)| {
+            if p {
+                pending.set(Some(reason.clone()));
+            }
+            reason
+        })
+    });
+    (lookup, pending.take())
+}
+
+/// The signing identity for `from`, unless its certificate is revoked (an alert) or, under
+/// `hard`, of unknown status; the second value as in [`recipient_certificate`].
+fn signing_identity(
+    rt: &Runtime,
+    t: &Treatment,
+    from: &str,
+) -> (Option<Arc<SigningIdentity>>, Option<String>) {
+    let Some(id) = rt.stores.signer(from) else {
+        return (None, None);
+    };
+    if t.sign == Mode::Never || t.revocation == Revocation::Off {
+        return (Some(id), None);
+    }
+    let status = rt.stores.signer_status(&id);
+    if let Status::Revoked(source) = &status {
+        // An alert: the organisation's own certificate must be replaced.
+        tracing::error!(address = %id.email, fingerprint = %id.fingerprint, source = source.name(), "ALERT: our signing certificate is revoked; not signing with it");
+    }
+    match revocation_verdict(rt, t.revocation, &status, "signing certificate", &id.email) {
+        Ok(()) => (Some(id), None),
+        Err((reason, pending)) => (None, pending.then_some(reason)),
     }
 }
 

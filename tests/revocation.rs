@@ -521,6 +521,46 @@ async fn a_reload_looks_at_new_certificates_at_once() {
     assert_eq!(http.hits("/ca.crl"), 1);
 }
 
+#[tokio::test]
+async fn redirects_are_followed_only_within_http() {
+    let http = HttpServer::start().await;
+    let (bob_s, dave_s) = (serial(), serial());
+    let (bob, _) = issue(
+        "bob@partner.example",
+        bob_s,
+        Some(&http.url("/moved.crl")),
+        None,
+    );
+    let (dave, _) = issue(
+        "dave@partner.example",
+        dave_s,
+        Some(&http.url("/tls.crl")),
+        None,
+    );
+    http.redirect("/moved.crl", "/ca.crl");
+    http.redirect(
+        "/tls.crl",
+        &http.url("/ca.crl").replace("http://", "https://"),
+    );
+    http.set("/ca.crl", fresh_crl(&[bob_s, dave_s]));
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(
+        config(&up, "soft")
+            .file("recipients/bob.pem", bob)
+            .file("recipients/dave.pem", dave),
+    )
+    .await;
+    wait_log(&gw, "CRL loaded").await;
+    wait_log(&gw, "changes the scheme; refused").await;
+    // http -> http: followed, bob is revoked.
+    assert_eq!(rcpt(&gw, "bob@partner.example").await.0, 550);
+    assert_eq!(
+        http.hits("/ca.crl"),
+        1,
+        "the https redirect was not followed"
+    );
+}
+
 // ---------------------------------------------------------------- gateway: OCSP
 
 #[tokio::test]

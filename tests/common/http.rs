@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 #[derive(Default)]
 struct State {
     bodies: HashMap<String, Vec<u8>>,
+    /// Answer these paths with `302 Found` to the given location.
+    redirects: HashMap<String, String>,
     /// Answer these paths only after a pause (a slow CRL server).
     delays: HashMap<String, Duration>,
     hits: HashMap<String, usize>,
@@ -53,6 +55,15 @@ impl HttpServer {
             .unwrap()
             .bodies
             .insert(path.to_string(), body.into());
+    }
+
+    /// Answer `path` with a redirect to `location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .redirects
+            .insert(path.to_string(), location.to_string());
     }
 
     /// Answer `path` only `delay` after the request arrived.
@@ -112,13 +123,24 @@ async fn serve(conn: &mut tokio::net::TcpStream, state: &Mutex<State>) -> std::i
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let (body, delay) = {
+    let (body, delay, redirect) = {
         let mut st = state.lock().unwrap();
         *st.hits.entry(path.clone()).or_default() += 1;
-        (st.bodies.get(&path).cloned(), st.delays.get(&path).copied())
+        (
+            st.bodies.get(&path).cloned(),
+            st.delays.get(&path).copied(),
+            st.redirects.get(&path).cloned(),
+        )
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
+    }
+    if let Some(location) = redirect {
+        let r = format!(
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(r.as_bytes()).await?;
+        return conn.shutdown().await;
     }
     let reply = match body {
         Some(b) => {

@@ -600,6 +600,41 @@ async fn ocsp_good_encrypts_and_ocsp_revoked_is_refused() {
 }
 
 #[tokio::test]
+async fn ocsp_answers_survive_a_restart_without_the_responder() {
+    let (bob_s, dave_s) = (serial(), serial());
+    let responder = Responder::start(&format!(
+        "{}{}",
+        index_line('V', bob_s),
+        index_line('R', dave_s)
+    ));
+    let (bob, _) = issue("bob@partner.example", bob_s, None, Some(&responder.url()));
+    let (dave, _) = issue("dave@partner.example", dave_s, None, Some(&responder.url()));
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let mut gw = Gateway::start(
+        config(&up, "hard")
+            .file("recipients/bob.pem", bob)
+            .file("recipients/dave.pem", dave),
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while gw.logs().matches("OCSP answer").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(responder);
+    gw.restart().await;
+    let deadline = Instant::now() + WAIT;
+    while gw.logs().matches("OCSP answer").count() < 4 {
+        assert!(Instant::now() < deadline, "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both answers came back from the cache: dave stays revoked, bob stays usable under hard.
+    assert!(!gw.logs().contains("OCSP check failed"), "{}", gw.logs());
+    assert_eq!(rcpt(&gw, "dave@partner.example").await.0, 550);
+    assert_eq!(rcpt(&gw, "bob@partner.example").await.0, 250);
+}
+
+#[tokio::test]
 async fn responder_down_soft_delivers_encrypted_hard_applies_on_missing_key() {
     // A port nobody listens on.
     let down = format!("http://127.0.0.1:{}/", free_port());

@@ -8,7 +8,7 @@
 //!   refreshed when three quarters of their thisUpdate..nextUpdate window have passed;
 //! - CRL files the operator drops into `certificates.crl_dir` (DER or PEM);
 //! - OCSP answers (RFC 6960, [`ocsp`]) from the responder in the certificate's AIA, kept in
-//!   memory until their nextUpdate.
+//!   memory until their nextUpdate and saved as `<spool>/revocation/ocsp-<sha256>.der`.
 //!
 //! [`Revocation::status`] combines them: revoked if any current source says so; good if a
 //! current CRL signed by the issuer covers the certificate (webpki, whole chain, see

@@ -10,7 +10,9 @@
 //! or answer that fails to refresh stays in use until its own nextUpdate.
 //!
 //! On disk: `<cache>/crl-<sha256(url)>.der`, written by [`crate::http::get_to_file`] (temp
-//! file, fsync, rename); read back at start so a restart does not refetch fresh CRLs.
+//! file, fsync, rename), and `<cache>/ocsp-<certificate sha256>.der`, the last verified OCSP
+//! response; both are read back at start (an OCSP answer verified again) so a restart does not
+//! refetch what is still fresh.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -125,22 +127,28 @@ pub async fn round(rev: &Arc<Revocation>, settings: &Settings, targets: Vec<Targ
         if !seen.insert(fp.clone()) {
             continue;
         }
-        let is_due = {
+        let (is_due, first) = {
             let map = rev.ocsp.read().unwrap_or_else(|e| e.into_inner());
-            map.get(&fp).is_none_or(|s| due(s.next_try, now))
+            match map.get(&fp) {
+                None => (true, true),
+                Some(s) => (due(s.next_try, now), false),
+            }
         };
         if !is_due {
             continue;
         }
         let (limits, interval) = (settings.limits, settings.interval);
+        let file = settings.cache_dir.join(format!("ocsp-{fp}.der"));
         let sem = sem.clone();
         let rev = rev.clone();
         jobs.spawn(async move {
             let _permit = sem.acquire_owned().await;
             let u = url.clone();
-            let got = tokio::task::spawn_blocking(move || fetch_ocsp(&u, &t, limits))
-                .await
-                .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
+            let got = tokio::task::spawn_blocking(move || {
+                fetch_ocsp(&u, &t, limits, &file, first, interval)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
             store_ocsp(&rev, &url, fp, got, interval);
         });
     }
@@ -199,34 +207,71 @@ fn store_crl(
     }
 }
 
-/// One OCSP exchange for `t`, with a fresh nonce; the answer is verified before it is kept.
-fn fetch_ocsp(url: &str, t: &Target, limits: http::Limits) -> Result<ocsp::Verified, String> {
+/// One OCSP exchange for `t`, with a fresh nonce; the answer is verified before it is kept,
+/// and saved to `file` for the next start. On the first look after a start, a saved answer
+/// that still verifies and is not due is used instead. `.1`: fetched (not from the cache).
+fn fetch_ocsp(
+    url: &str,
+    t: &Target,
+    limits: http::Limits,
+    file: &Path,
+    first: bool,
+    interval: Duration,
+) -> Result<(ocsp::Verified, bool), String> {
     let issuer = t
         .issuer
         .as_ref()
         .ok_or("issuer certificate not available (needed for OCSP)")?;
     let cert = Certificate::from_der(&t.der).map_err(|e| e.to_string())?;
     let issuer = Certificate::from_der(issuer).map_err(|e| e.to_string())?;
+    let now = SystemTime::now();
+    if first
+        && let Ok(saved) = std::fs::read(file)
+        && let Ok(v) = ocsp::verify_response(&saved, &cert, &issuer, None, now)
+        && next_look(v.this_update, v.valid_until, now, interval) > now + interval / 2
+    {
+        return Ok((v, false));
+    }
     let nonce: [u8; 16] = rand::random();
     let req = ocsp::request(&cert, &issuer, Some(&nonce))?;
     let resp = http::post(url, "application/ocsp-request", &req, limits)?;
-    ocsp::verify_response(&resp, &cert, &issuer, Some(&nonce), SystemTime::now())
+    let v = ocsp::verify_response(&resp, &cert, &issuer, Some(&nonce), SystemTime::now())?;
+    if let Err(e) = write_atomic(file, &resp) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot cache the OCSP answer");
+    }
+    Ok((v, true))
+}
+
+/// `<path>.part`, fsync, rename, fsync the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let part = path.with_extension("part");
+    let mut f = std::fs::File::create(&part)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&part, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn store_ocsp(
     rev: &Revocation,
     url: &str,
     fingerprint: String,
-    got: Result<ocsp::Verified, String>,
+    got: Result<(ocsp::Verified, bool), String>,
     interval: Duration,
 ) {
     let now = SystemTime::now();
     let mut map = rev.ocsp.write().unwrap_or_else(|e| e.into_inner());
     let state = map.entry(fingerprint.clone()).or_default();
     match got {
-        Ok(v) => {
-            rev.count_fetch("ocsp", "ok");
-            tracing::info!(url, certificate = %fingerprint, answer = ?v.answer, valid_until = %crate::date::rfc3339(v.valid_until), "OCSP answer");
+        Ok((v, fetched)) => {
+            if fetched {
+                rev.count_fetch("ocsp", "ok");
+            }
+            tracing::info!(url, certificate = %fingerprint, answer = ?v.answer, valid_until = %crate::date::rfc3339(v.valid_until), from_cache = !fetched, "OCSP answer");
             state.next_try = Some(next_look(v.this_update, v.valid_until, now, interval));
             state.answer = Some(v);
             state.error = None;

@@ -953,3 +953,37 @@ fn delegated_responder_needs_the_issuers_certification_and_ocsp_signing() {
         assert!(e.contains("not signed by the issuer"), "{why}: {e}");
     }
 }
+
+#[tokio::test]
+async fn signing_certificate_of_unknown_status_signs_in_soft_mode_and_not_in_hard_mode() {
+    let down = format!("http://127.0.0.1:{}/", free_port());
+    let mut leaf = Leaf::new("alice@example.org", Alg::Rsa2048);
+    leaf.ocsp_url = Some(down);
+    let (cert, key) = leaf.issue();
+    let msg = b"From: alice@example.org\r\nTo: someone@elsewhere.example\r\nSubject: s\r\n\r\nsigned?\r\n";
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    for mode in ["soft", "hard"] {
+        let gw = Gateway::start(
+            config(&up, mode)
+                .with("policy", "sign", &toml_str("required"))
+                .file("keys/alice@example.org.pem", format!("{key}{cert}")),
+        )
+        .await;
+        wait_log(&gw, "OCSP check failed").await;
+        let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+        let r = c
+            .send_message("alice@example.org", &["someone@elsewhere.example"], msg)
+            .await
+            .unwrap();
+        if mode == "soft" {
+            assert_eq!(r.0, 250, "{r:?}\n{}", gw.logs());
+            let got = gw.expect_upstream(&up, 1).await;
+            // Signed: OpenSSL verifies it against the RFC 9216 root.
+            smime_common::openssl_verify(&got[0].data, None);
+        } else {
+            assert_eq!(r.0, 550, "{r:?}\n{}", gw.logs());
+            assert!(r.1.contains("no valid S/MIME signing key"), "{r:?}");
+            assert_eq!(up.received().len(), 1, "nothing more relayed");
+        }
+    }
+}

@@ -247,15 +247,21 @@ impl Stores {
                 })
                 .map(|ca| (*ca).clone())
         };
-        let mut ders: Vec<&CertificateDer<'static>> = self.certs.certificates();
-        ders.extend(self.certs.intermediates().iter());
+        let mut ders: Vec<(&CertificateDer<'static>, bool)> = self
+            .certs
+            .certificates()
+            .into_iter()
+            .map(|d| (d, true))
+            .collect();
+        ders.extend(self.certs.intermediates().iter().map(|d| (d, false)));
         for id in self.keys.iter() {
-            ders.extend(id.chain.iter());
+            ders.extend(id.chain.iter().enumerate().map(|(i, d)| (d, i == 0)));
         }
         ders.into_iter()
-            .map(|d| Target {
+            .map(|(d, end_entity)| Target {
                 der: d.clone(),
                 issuer: issuer_of(d),
+                end_entity,
             })
             .collect()
     }

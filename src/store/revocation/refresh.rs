@@ -35,6 +35,9 @@ pub const PARALLEL: usize = 4;
 pub struct Target {
     pub der: CertificateDer<'static>,
     pub issuer: Option<CertificateDer<'static>>,
+    /// End-entity certificates are also asked about by OCSP; intermediates only by CRL
+    /// (webpki checks the chain against CRLs).
+    pub end_entity: bool,
 }
 
 /// What a round needs from the configuration.
@@ -119,7 +122,7 @@ pub async fn round(rev: &Arc<Revocation>, settings: &Settings, targets: Vec<Targ
 
     // OCSP: one job per certificate with a responder that is due.
     let mut seen = BTreeSet::new();
-    for t in targets {
+    for t in targets.into_iter().filter(|t| t.end_entity) {
         let (_, Some(url)) = sources(&t.der) else {
             continue;
         };

@@ -360,6 +360,17 @@ async fn crl_dir_file_revokes_without_any_fetch() {
     // Loaded with the configuration: no wait.
     let (code, text) = rcpt(&gw, "bob@partner.example").await;
     assert_eq!(code, 550, "{text}\n{}", gw.logs());
+    // `cachet explain` says why (it reads crl_dir too).
+    let (ok, out) = gw.cli(&[
+        "explain",
+        "--from",
+        "carol@example.org",
+        "--to",
+        "bob@partner.example",
+        "--json",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("revoked (crl)"), "{out}");
 }
 
 #[tokio::test]

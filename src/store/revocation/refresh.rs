@@ -85,7 +85,8 @@ pub async fn round(rev: &Arc<Revocation>, settings: &Settings, targets: Vec<Targ
             }
         }
     }
-    if let Err(e) = std::fs::create_dir_all(&settings.cache_dir) {
+    // Inside the spool, so made like its other directories (0700), though CRLs are public.
+    if let Err(e) = crate::spool::modes::private_dir(&settings.cache_dir) {
         tracing::warn!(dir = %settings.cache_dir.display(), error = %e, "cannot create the revocation cache directory");
     }
 

@@ -572,6 +572,28 @@ async fn redirects_are_followed_only_within_http() {
     );
 }
 
+#[tokio::test]
+async fn a_server_that_never_answers_costs_one_fetch_timeout() {
+    let http = HttpServer::start().await;
+    let url = http.url("/slow.crl");
+    let (bob, bob_key) = issue("bob@partner.example", serial(), Some(&url), None);
+    http.set("/slow.crl", fresh_crl(&[]));
+    http.delay("/slow.crl", Duration::from_secs(25));
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let started = Instant::now();
+    let gw = Gateway::start(
+        config(&up, "soft")
+            .with("certificates", "fetch_timeout", &toml_str("2s"))
+            .file("recipients/bob.pem", bob.clone()),
+    )
+    .await;
+    wait_log(&gw, "CRL fetch failed").await;
+    assert!(started.elapsed() < Duration::from_secs(20), "{}", gw.logs());
+    assert!(gw.logs().contains("timeout"), "{}", gw.logs());
+    // Soft: the unknown status does not stop encryption.
+    delivered_encrypted(&gw, &up, "bob@partner.example", &bob, &bob_key).await;
+}
+
 // ---------------------------------------------------------------- gateway: OCSP
 
 #[tokio::test]

@@ -594,6 +594,34 @@ async fn a_server_that_never_answers_costs_one_fetch_timeout() {
     delivered_encrypted(&gw, &up, "bob@partner.example", &bob, &bob_key).await;
 }
 
+#[tokio::test]
+async fn shutdown_is_not_held_by_a_fetch_in_flight() {
+    let http = HttpServer::start().await;
+    let url = http.url("/slow.crl");
+    let (bob, _) = issue("bob@partner.example", serial(), Some(&url), None);
+    http.set("/slow.crl", fresh_crl(&[]));
+    http.delay("/slow.crl", Duration::from_secs(28));
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let mut gw = Gateway::start(
+        config(&up, "soft")
+            .with("certificates", "fetch_timeout", &toml_str("60s"))
+            .file("recipients/bob.pem", bob),
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while http.hits("/slow.crl") == 0 {
+        assert!(Instant::now() < deadline, "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The download hangs for 28 s; SIGTERM must not wait for it.
+    let status = gw.terminate(Duration::from_secs(15)).await;
+    assert!(
+        status.is_some(),
+        "still running 15 s after SIGTERM\n{}",
+        gw.logs()
+    );
+}
+
 // ---------------------------------------------------------------- gateway: OCSP
 
 #[tokio::test]

@@ -620,6 +620,8 @@ async fn shutdown_is_not_held_by_a_fetch_in_flight() {
         "still running 15 s after SIGTERM\n{}",
         gw.logs()
     );
+    assert!(status.unwrap().success(), "{status:?}\n{}", gw.logs());
+    assert!(gw.logs().contains("stopped"), "{}", gw.logs());
 }
 
 // ---------------------------------------------------------------- gateway: OCSP

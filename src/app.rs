@@ -147,9 +147,11 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
             // CRLs and OCSP answers outlive the reload; crl_dir is re-read by the refresher,
             // woken to look at the new certificates now.
             let mut new = new;
-            new.stores.revocation = old.stores.revocation.clone();
-            new.stores.revocation.wake.notify_one();
+            let revocation = old.stores.revocation.clone();
+            new.stores.revocation = revocation.clone();
             runtime.store(Arc::new(new));
+            // After the swap, so the refresher wakes to the new certificates.
+            revocation.wake.notify_one();
             // Logged after the swap: whoever reads this line may rely on the new runtime.
             tracing::info!(policy = %version, "configuration reloaded");
         }

@@ -730,7 +730,8 @@ async fn responder_down_soft_delivers_encrypted_hard_applies_on_missing_key() {
     let deadline = Instant::now() + WAIT;
     loop {
         let (_, out) = held.cli(&["queue", "list"]);
-        if out.contains("hold") || out.contains("held") {
+        // `queue list` prints "<id>  hold      <size> ..." for a held message.
+        if out.contains("  hold ") {
             break;
         }
         assert!(

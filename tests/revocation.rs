@@ -371,6 +371,27 @@ async fn crl_dir_file_revokes_without_any_fetch() {
     ]);
     assert!(ok, "{out}");
     assert!(out.contains("revoked (crl)"), "{out}");
+    let (_, out) = gw.cli(&["check"]);
+    assert!(
+        out.contains("certificate for bob@partner.example") && out.contains("is revoked (crl)"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn check_warns_when_hard_mode_can_never_know_a_certificates_status() {
+    // No distribution point, no responder, no crl_dir: under hard it would never be used.
+    let (bob, _) = issue("bob@partner.example", serial(), None, None);
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(config(&up, "hard").file("recipients/bob.pem", bob)).await;
+    let (_, out) = gw.cli(&["check"]);
+    assert!(
+        out.contains("certificate for bob@partner.example")
+            && out.contains("its revocation status cannot be known"),
+        "{out}"
+    );
+    // And indeed: refused at RCPT.
+    assert_eq!(rcpt(&gw, "bob@partner.example").await.0, 550);
 }
 
 #[tokio::test]

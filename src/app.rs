@@ -78,7 +78,7 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
             listening: listening.clone(),
             extra: Arc::new(move || {
                 let stores = &rt_for_gauges.load().stores;
-                let mut s = crate::pipeline::expiry_gauges(stores);
+                let mut s = crate::check::expiry_gauges(stores);
                 s.push_str(
                     &stores
                         .revocation
@@ -134,7 +134,7 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
     let path = config_path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || Runtime::load(&path)).await;
     match loaded {
-        Ok(Ok(new)) => {
+        Ok(Ok(mut new)) => {
             let old = runtime.load();
             if new.config.server.listen != old.config.server.listen
                 || new.config.spool.dir != old.config.spool.dir
@@ -144,9 +144,10 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
                 );
             }
             let version = new.config.policy.version.clone();
+            // Directory answers survive a reload for directories configured the same way.
+            new.stores.directory.adopt_cache(&old.stores.directory);
             // CRLs and OCSP answers outlive the reload; crl_dir is re-read by the refresher,
-            // woken to look at the new certificates now.
-            let mut new = new;
+            // woken to look at the new certificates once the new runtime is in.
             let revocation = old.stores.revocation.clone();
             new.stores.revocation = revocation.clone();
             runtime.store(Arc::new(new));

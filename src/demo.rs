@@ -35,8 +35,9 @@ pub fn new_ca(name: &str) -> Result<DemoCa, String> {
     Ok(DemoCa { key, cert, params })
 }
 
-/// An RSA-2048 S/MIME end-entity certificate for `email` (SAN rfc822Name, EKU emailProtection).
-fn smime_leaf(
+/// An RSA-2048 S/MIME end-entity certificate for `email` (SAN rfc822Name, EKU emailProtection):
+/// (certificate PEM, private key PEM). Also the in-crate unit tests' PKI.
+pub fn smime_leaf(
     ca: &DemoCa,
     email: &str,
     usage: KeyUsagePurpose,

@@ -7,34 +7,29 @@
 //! `message/global-headers`, which may carry UTF-8; any other DSN whose bytes are 8-bit (the
 //! original's headers) asks for `BODY=8BITMIME`.
 
+use crate::reply::Reply;
 use crate::spool::{Envelope, Spool};
 use std::fmt::Write;
 
-/// A recipient that failed, with the reply or reason (`550 5.1.1 ...`).
+/// A recipient that failed, with the public reply (the next hop's, or ours from `reply.rs`).
+/// Private reasons never reach a bounce.
 pub struct Failure<'a> {
     pub recipient: &'a str,
-    pub reply: &'a str,
+    pub reply: &'a Reply,
 }
 
-/// The enhanced status code inside a reply text, or a default by class.
-fn status_of(reply: &str) -> String {
-    reply
-        .split_whitespace()
-        .find(|w| {
-            let p: Vec<&str> = w.split('.').collect();
-            p.len() == 3
-                && (p[0] == "4" || p[0] == "5")
-                && p.iter()
-                    .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| {
-            if reply.starts_with('4') {
-                "4.0.0".into()
-            } else {
-                "5.0.0".into()
-            }
-        })
+/// The RFC 3463 status for the report: the reply's enhanced code, or one by class.
+fn status_of(reply: &Reply) -> String {
+    if reply.status.is_empty() {
+        if reply.is_permanent() {
+            "5.0.0"
+        } else {
+            "4.0.0"
+        }
+        .into()
+    } else {
+        reply.status.to_string()
+    }
 }
 
 /// Whether the DSN for `env` goes out as internationalised mail: its sender used SMTPUTF8, or
@@ -88,7 +83,7 @@ pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failur
             m,
             "<{}>: {}\r\n",
             f.recipient,
-            f.reply.replace(['\r', '\n'], " ")
+            f.reply.to_string().replace(['\r', '\n'], " ")
         );
     }
     let _ = write!(
@@ -113,7 +108,7 @@ pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failur
             m,
             "\r\nFinal-Recipient: {addr_type}; {}\r\nAction: failed\r\nStatus: {status}\r\nDiagnostic-Code: smtp; {}\r\n",
             f.recipient,
-            f.reply.replace(['\r', '\n'], " ")
+            f.reply.to_string().replace(['\r', '\n'], " ")
         );
     }
     let _ = write!(
@@ -183,7 +178,7 @@ mod tests {
             original,
             &[Failure {
                 recipient: "bob@x.example",
-                reply: "550 5.1.1 no such user",
+                reply: &Reply::remote(550, Some("5.1.1".into()), "no such user".into()),
             }],
         );
         let text = String::from_utf8(dsn).unwrap();
@@ -214,7 +209,7 @@ mod tests {
             "Subject: gr\u{fc}\u{df}e\r\n\r\nbody\r\n".as_bytes(),
             &[Failure {
                 recipient: "b\u{e9}a@x.example",
-                reply: "550 5.1.1 no such user",
+                reply: &Reply::remote(550, Some("5.1.1".into()), "no such user".into()),
             }],
         );
         let text = String::from_utf8(dsn).unwrap();
@@ -225,9 +220,52 @@ mod tests {
     }
 
     #[test]
-    fn status_defaults_by_class() {
-        assert_eq!(status_of("421 service not available"), "4.0.0");
-        assert_eq!(status_of("554 5.7.1 rejected"), "5.7.1");
-        assert_eq!(status_of("connection refused"), "5.0.0");
+    fn status_is_the_replys_own_or_one_by_class() {
+        let no_status = |code| Reply {
+            code,
+            status: "".into(),
+            text: "x".into(),
+        };
+        assert_eq!(status_of(&no_status(421)), "4.0.0");
+        assert_eq!(status_of(&no_status(554)), "5.0.0");
+        assert_eq!(status_of(&Reply::remote(421, None, "busy".into())), "4.0.0");
+        assert_eq!(
+            status_of(&Reply::remote(554, Some("5.7.1".into()), "rejected".into())),
+            "5.7.1"
+        );
+        assert_eq!(status_of(&crate::reply::expired(60, None)), "4.4.7");
+    }
+
+    #[test]
+    fn a_bounce_shows_public_replies_only() {
+        let mut env = Envelope::new(
+            "alice@example.org".into(),
+            vec!["bob@x.example".into()],
+            "127.0.0.1".into(),
+            "h".into(),
+        );
+        env.id = "ABC125".into();
+        // What sealing records when a key operation fails: the private reason stays out.
+        let failure = crate::reply::Failure::new(
+            crate::reply::SMIME_FAILED,
+            crate::reply::Scope::Message,
+            "S/MIME: cannot read /etc/cachet/keys/alice@example.org.pem",
+        );
+        let text = String::from_utf8(build(
+            "gw.example",
+            &env,
+            b"Subject: x\r\n\r\nbody\r\n",
+            &[Failure {
+                recipient: "bob@x.example",
+                reply: &failure.reply,
+            }],
+        ))
+        .unwrap();
+        assert!(text.contains("Status: 5.7.5\r\n"), "{text}");
+        assert!(text.contains("S/MIME processing failed"), "{text}");
+        assert!(
+            !text.contains("/etc/cachet") && !text.contains(".pem"),
+            "{text}"
+        );
     }
 }

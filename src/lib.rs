@@ -12,23 +12,31 @@
 //! and OCSP answers through `http`); `app` wires the stages together and owns shutdown and reload. Lower stages never
 //! import `session` or `listener`.
 
-pub mod admin;
-pub mod app;
-pub mod audit;
-pub mod config;
-pub mod date;
-pub mod demo;
+// The stages, in the order mail flows through them.
 pub mod dsn;
 pub mod http;
 pub mod listener;
-pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod relay;
-pub mod reply;
-pub mod runtime;
 pub mod scheduler;
 pub mod session;
 pub mod smime;
 pub mod spool;
+
+// What every stage reads: configuration, keys and certificates, the loaded world.
+pub mod config;
+pub mod runtime;
 pub mod store;
+
+// Shared vocabulary.
+pub mod date;
+pub mod reply;
+
+// Operations beside the flow.
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod check;
+pub mod demo;
+pub mod metrics;

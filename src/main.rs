@@ -95,6 +95,13 @@ enum Command {
     },
     /// Print a `server.auth_users` line for USER; the password is read from standard input.
     Passwd { user: String },
+    /// Recipient certificates: what each source (files, directories) holds for an address.
+    Certs {
+        #[arg(long, short, global = true, default_value = "config/cachet.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: CertsAction,
+    },
     /// Inspect and manage the queue of a (running or stopped) gateway.
     Queue {
         #[arg(long, short, global = true, default_value = "config/cachet.toml")]
@@ -102,6 +109,13 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Ask every source about ADDRESS now and show each certificate with why it is accepted
+    /// or refused; exit 0 when a usable certificate is found, 1 when none is.
+    Lookup { address: String },
 }
 
 #[derive(Subcommand)]
@@ -163,7 +177,7 @@ fn main() -> ExitCode {
         Command::Check { config } => match Runtime::load(&config) {
             Ok(rt) => {
                 println!("{}: ok", config.display());
-                for line in cachet::pipeline::check_summary(&rt) {
+                for line in cachet::check::check_summary(&rt) {
                     println!("{line}");
                 }
                 for warning in spool::modes::exposed(&rt.config) {
@@ -189,6 +203,13 @@ fn main() -> ExitCode {
             json,
         } => match Runtime::load(&config) {
             Ok(rt) => {
+                // The same cache-reading decision as the gateway: fill the cache first.
+                if !rt.stores.directory.is_empty() {
+                    let metrics = cachet::metrics::Metrics::default();
+                    tokio::runtime::Runtime::new()
+                        .expect("tokio runtime")
+                        .block_on(rt.stores.prefetch(&to, &metrics));
+                }
                 let who = cachet::pipeline::explain::ExplainClient {
                     ip: client,
                     user,
@@ -274,6 +295,36 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("cachet demo: {e}");
                 ExitCode::from(1)
+            }
+        },
+        Command::Certs {
+            config,
+            action: CertsAction::Lookup { address },
+        } => match Runtime::load(&config) {
+            Ok(rt) => {
+                let dir = rt
+                    .config
+                    .certificates
+                    .as_ref()
+                    .map(|c| c.dir.display().to_string());
+                let (text, found) = tokio::runtime::Runtime::new()
+                    .expect("tokio runtime")
+                    .block_on(cachet::store::directory::report::certs_lookup(
+                        &rt.stores.certs,
+                        &rt.stores.directory,
+                        dir.as_deref(),
+                        &address,
+                    ));
+                print!("{text}");
+                if found {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(errors) => {
+                eprintln!("{}", app::format_errors(&errors));
+                ExitCode::from(2)
             }
         },
         Command::Queue { config, action } => {

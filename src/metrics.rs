@@ -22,6 +22,11 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    /// LDAP questions by (directory URL, result): found, not_found, error, timeout.
+    directory: Mutex<BTreeMap<(String, &'static str), u64>>,
+    directory_buckets: [AtomicU64; BUCKETS.len()],
+    directory_count: AtomicU64,
+    directory_sum_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -59,6 +64,22 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_micros
+            .fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// One question to a directory (cache hits are not questions) and how long it took.
+    pub fn directory_lookup(&self, url: &str, result: &'static str, d: std::time::Duration) {
+        if let Ok(mut m) = self.directory.lock() {
+            *m.entry((url.to_string(), result)).or_default() += 1;
+        }
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.directory_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.directory_count.fetch_add(1, Relaxed);
+        self.directory_sum_micros
             .fetch_add(d.as_micros() as u64, Relaxed);
     }
 
@@ -140,6 +161,41 @@ impl Metrics {
             self.latency_sum_micros.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(s, "cachet_upstream_latency_seconds_count {count}");
+        let _ = writeln!(
+            s,
+            "# HELP cachet_directory_lookups_total Questions to [[directory]] servers, by directory and result (found, not_found, error, timeout).\n# TYPE cachet_directory_lookups_total counter"
+        );
+        if let Ok(m) = self.directory.lock() {
+            for ((url, result), v) in m.iter() {
+                let url = url.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(
+                    s,
+                    "cachet_directory_lookups_total{{directory=\"{url}\",result=\"{result}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP cachet_directory_lookup_seconds Time one directory question took (connect, TLS, bind, search).\n# TYPE cachet_directory_lookup_seconds histogram"
+        );
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "cachet_directory_lookup_seconds_bucket{{le=\"{b}\"}} {}",
+                self.directory_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.directory_count.load(Relaxed);
+        let _ = writeln!(
+            s,
+            "cachet_directory_lookup_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            s,
+            "cachet_directory_lookup_seconds_sum {}",
+            self.directory_sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(s, "cachet_directory_lookup_seconds_count {count}");
         s.push_str(extra);
         s
     }

@@ -2,6 +2,12 @@
 //!
 //! A [`Reply`] carries the basic code, the RFC 3463 enhanced status code and the public text.
 //! Public text never names key paths, rule internals or config; private reasons go to the log.
+//!
+//! A [`Failure`] is the one failure type of the delivery path: the reply the world may see
+//! (a client, a bounce), its [`Scope`], and a private reason for logs and `cachet queue show`.
+//! Relay, pipeline and scheduler classify a failure once, where it happens, and hand it on; the
+//! envelope keeps the public reply and the private reason apart, and a DSN shows only the
+//! public reply.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -10,8 +16,8 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
-    /// RFC 3463 enhanced status code, e.g. "5.7.1".
-    pub status: &'static str,
+    /// RFC 3463 enhanced status code, e.g. "5.7.1"; empty when none is known.
+    pub status: Cow<'static, str>,
     pub text: Cow<'static, str>,
 }
 
@@ -19,7 +25,7 @@ impl Reply {
     pub const fn new(code: u16, status: &'static str, text: &'static str) -> Self {
         Reply {
             code,
-            status,
+            status: Cow::Borrowed(status),
             text: Cow::Borrowed(text),
         }
     }
@@ -27,8 +33,34 @@ impl Reply {
     pub fn owned(code: u16, status: &'static str, text: String) -> Self {
         Reply {
             code,
-            status,
+            status: Cow::Borrowed(status),
             text: Cow::Owned(text),
+        }
+    }
+
+    /// A reply another server sent (the next hop's), kept as it came: its enhanced status
+    /// code, or one by class when it gave none or an unreadable one (RFC 3463: X.0.0). Line
+    /// breaks in the text become spaces, so it stays one line in a log, an envelope or a DSN.
+    pub fn remote(code: u16, status: Option<String>, text: String) -> Self {
+        let well_formed = |s: &String| {
+            let p: Vec<&str> = s.split('.').collect();
+            p.len() == 3
+                && matches!(p[0], "2" | "4" | "5")
+                && p.iter()
+                    .all(|x| (1..=3).contains(&x.len()) && x.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let status = status.filter(well_formed).unwrap_or_else(|| {
+            match code {
+                200..=299 => "2.0.0",
+                500..=599 => "5.0.0",
+                _ => "4.0.0",
+            }
+            .to_string()
+        });
+        Reply {
+            code,
+            status: Cow::Owned(status),
+            text: Cow::Owned(text.replace(['\r', '\n'], " ")),
         }
     }
 
@@ -53,6 +85,60 @@ impl fmt::Display for Reply {
             write!(f, "{} {}", self.code, self.text)
         } else {
             write!(f, "{} {} {}", self.code, self.status, self.text)
+        }
+    }
+}
+
+/// Where a failure applies; whether it may pass is the reply's class (4xx or 5xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This recipient only (the next hop refused RCPT, a policy decision for them).
+    Recipient,
+    /// The whole copy: every recipient of it gets the same failure (connection, TLS, DATA,
+    /// sealing).
+    Message,
+}
+
+/// A failure, classified once where it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What a client or a bounce shows: code, enhanced code, public text.
+    pub reply: Reply,
+    pub scope: Scope,
+    /// What happened, for the log and `cachet queue show`; never in a bounce.
+    pub private: String,
+}
+
+impl Failure {
+    pub fn new(reply: Reply, scope: Scope, private: impl Into<String>) -> Failure {
+        Failure {
+            reply,
+            scope,
+            private: private.into(),
+        }
+    }
+
+    /// A reply from the next hop for this recipient (or the message): public as it is.
+    pub fn remote(reply: Reply, scope: Scope) -> Failure {
+        Failure {
+            private: String::new(),
+            reply,
+            scope,
+        }
+    }
+
+    /// 4xx: try again later. Anything that is not a 5xx is temporary (unknown = temporary).
+    pub fn is_temporary(&self) -> bool {
+        !self.reply.is_permanent()
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.private.is_empty() {
+            write!(f, "{}", self.reply)
+        } else {
+            write!(f, "{} ({})", self.reply, self.private)
         }
     }
 }
@@ -146,6 +232,63 @@ pub const OUT_OF_RESOURCES: Reply = Reply::new(
     "Out of system resources, closing connection; try again later",
 );
 pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2", "Service shutting down, try again later");
+
+// Delivery: what a bounce or `cachet queue` shows when the next hop or sealing failed. The
+// details (OS errors, TLS alerts, S/MIME errors) are the failure's private reason.
+pub const NEXT_HOP_CONNECTION: Reply = Reply::new(
+    451,
+    "4.4.2",
+    "Connection to the next hop failed; will retry",
+);
+pub const NEXT_HOP_TIMEOUT: Reply = Reply::new(451, "4.4.2", "The next hop timed out; will retry");
+pub const NEXT_HOP_TLS: Reply = Reply::new(
+    451,
+    "4.7.5",
+    "TLS with the next hop failed; will retry (never sent without it)",
+);
+pub const NEXT_HOP_AUTH: Reply = Reply::new(
+    451,
+    "4.7.0",
+    "Authentication with the next hop failed; will retry",
+);
+pub const NEXT_HOP_NO_8BITMIME: Reply =
+    Reply::new(554, "5.6.3", "The next hop does not support 8BITMIME");
+pub const NEXT_HOP_NO_SMTPUTF8: Reply =
+    Reply::new(553, "5.6.7", "The next hop does not support SMTPUTF8");
+pub const OUTBOX_FAILED: Reply =
+    Reply::new(451, "4.3.0", "Could not write the message; will retry");
+pub const SMIME_TEMPORARY: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "S/MIME processing failed temporarily; will retry",
+);
+pub const SMIME_FAILED: Reply = Reply::new(554, "5.7.5", "S/MIME processing failed");
+/// A recipient waits in the queue for a certificate's first revocation answer (hard mode).
+pub const REVOCATION_PENDING: Reply = Reply::new(
+    451,
+    "4.7.0",
+    "certificate revocation status not yet known; will retry",
+);
+pub const SEALING_ABORTED: Reply =
+    Reply::new(451, "4.3.0", "Local error in processing; will retry");
+pub const DATA_UNREADABLE: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "Local error reading the queued message; will retry",
+);
+
+/// A message that stayed in the queue for `max_age` without being delivered: RFC 3463 X.4.7
+/// "delivery time expired", with the last public reply.
+pub fn expired(max_age_secs: u64, last: Option<&str>) -> Reply {
+    Reply::owned(
+        550,
+        "4.4.7",
+        format!(
+            "Message expired after {max_age_secs}s in the queue; last reply: {}",
+            last.unwrap_or("no attempt succeeded")
+        ),
+    )
+}
 
 /// The reply for a spool write or commit that failed: `452 4.3.1` when the disk is full (or the
 /// quota used up), `451 4.3.0` otherwise. Never `250`.

@@ -141,6 +141,8 @@ pub struct Stores {
     pub trust: TrustAnchors,
     pub keys: KeyStore,
     pub certs: CertStore,
+    /// `[[directory]]`: certificates from LDAP, fetched by `prefetch`, read from its cache.
+    pub directory: crate::store::directory::Directory,
     /// Problems with individual keys or certificates: reported by `check` and at load, and
     /// those files are never used, but they do not stop the gateway.
     pub warnings: Vec<String>,
@@ -179,7 +181,7 @@ impl Stores {
             }
         }
         if let Some(k) = &config.keys {
-            let (keys, problems) =
+            let (mut keys, problems) =
                 KeyStore::load(&k.dir, k.p12_password_file.as_deref(), &stores.trust, now);
             // Only the organisation signs as the organisation: a key for another domain is a
             // configuration error, never silently unused.
@@ -204,16 +206,65 @@ impl Stores {
                     stores.warnings.push(p.to_string());
                 }
             }
+            // ... and never in the store, so no decision can pick it (`pipeline::decide`
+            // relies on this).
+            keys.retain(|id| config.submitters.is_local(&id.email));
             stores.keys = keys;
+        }
+        match crate::store::directory::Directory::new(&config.directories) {
+            Ok(d) => stores.directory = d,
+            Err(problems) => {
+                errors.extend(problems.into_iter().map(|(i, key, message)| ConfigError {
+                    file: config.path.clone(),
+                    line: None,
+                    key: format!("directory #{}: {key}", i + 1),
+                    message,
+                }))
+            }
         }
         (stores, errors)
     }
 
+    /// The certificate to encrypt to `address` at `now`: the certificate files first, then
+    /// what the directories answered (their cache only: call [`Stores::prefetch`] first).
+    pub fn lookup(&self, address: &str, now: SystemTime) -> crate::store::CertLookup {
+        self.lookup_with(address, now, &|_, _| Ok(()))
+    }
+
+    /// [`Stores::lookup`] with one more test (revocation) for each file or directory
+    /// certificate that is otherwise valid; see [`crate::store::directory::Accept`].
+    pub fn lookup_with(
+        &self,
+        address: &str,
+        now: SystemTime,
+        accept: &crate::store::directory::Accept<'_>,
+    ) -> crate::store::CertLookup {
+        let mut out = self.certs.lookup_with(address, now, accept);
+        if out.cert.is_none() {
+            self.directory
+                .lookup_into(address, &self.certs, now, accept, &mut out);
+        }
+        out
+    }
+
+    /// Ask the directories about `addresses` (those without a usable certificate file) unless
+    /// their answers are cached; bounded by the directories' timeouts.
+    pub async fn prefetch(&self, addresses: &[String], metrics: &crate::metrics::Metrics) {
+        self.directory
+            .prefetch(addresses, &self.certs, metrics)
+            .await;
+    }
+
     /// The signing identity for the From: address, if valid now.
     pub fn signer(&self, from: &str) -> Option<Arc<SigningIdentity>> {
+        self.signer_at(from, SystemTime::now())
+    }
+
+    /// The signing identity for the From: address, if its certificate is valid at `now`.
+    pub fn signer_at(&self, from: &str, now: SystemTime) -> Option<Arc<SigningIdentity>> {
         self.keys
             .get(from)
-            .filter(|id| id.not_after > SystemTime::now())
+            .filter(|id| id.not_before <= now && now < id.not_after)
     }
 
     /// The revocation status of signing identity `id`'s certificate, from memory.
@@ -227,9 +278,14 @@ impl Stores {
     /// Every certificate whose revocation status may be asked (recipients, their intermediates,
     /// signing certificates and their chains), each with its issuer when one is loaded.
     pub fn revocation_targets(&self) -> Vec<Target> {
+        // Certificates a decision asked about that the stores do not list (directory answers).
+        let wanted = self.revocation.wanted();
         let mut cas: Vec<&CertificateDer<'static>> = self.certs.intermediates().iter().collect();
         for id in self.keys.iter() {
             cas.extend(id.chain.iter().skip(1));
+        }
+        for (_, chain) in &wanted {
+            cas.extend(chain.iter());
         }
         cas.extend(self.trust.certs.iter());
         let issuer_of = |der: &CertificateDer<'static>| -> Option<CertificateDer<'static>> {
@@ -257,6 +313,7 @@ impl Stores {
         for id in self.keys.iter() {
             ders.extend(id.chain.iter().enumerate().map(|(i, d)| (d, i == 0)));
         }
+        ders.extend(wanted.iter().map(|(d, _)| (d, true)));
         ders.into_iter()
             .map(|(d, end_entity)| Target {
                 der: d.clone(),
@@ -267,6 +324,6 @@ impl Stores {
     }
 
     pub fn can_encrypt_to(&self, address: &str) -> bool {
-        self.certs.lookup(address, SystemTime::now()).cert.is_some()
+        self.lookup(address, SystemTime::now()).cert.is_some()
     }
 }

@@ -22,6 +22,7 @@ use crate::dsn;
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::relay::{MailParams, Outcome};
+use crate::reply::{self, Failure, Reply, Scope};
 use crate::runtime::Runtime;
 use crate::spool::{DataError, Envelope, Queue, RcptStatus, Spool, TryLock, now_secs};
 use arc_swap::ArcSwap;
@@ -87,6 +88,7 @@ impl Unsaved {
             }
             if m.reply.is_some() {
                 r.reply = m.reply.clone();
+                r.reason = m.reason.clone();
             }
         }
         env.attempts = env.attempts.max(mem.attempts);
@@ -318,19 +320,48 @@ async fn attempt(
         }
     };
     let pending: Vec<String> = env.pending().map(|r| r.address.clone()).collect();
+    // Directory lookups are I/O: done here, on the async side and bounded by each directory's
+    // timeout, so the sealing job only reads their cached answers.
+    let wanted = if rt.stores.directory.is_empty() {
+        Vec::new()
+    } else {
+        let policy = &rt.config.policy;
+        let h = pipeline::headers::read(&data[..], policy.encrypt_header.as_deref());
+        let msg = pipeline::group::Message {
+            sender: &env.sender,
+            is_bounce: env.is_bounce,
+            now: std::time::SystemTime::now(),
+        };
+        pipeline::group::lookups_needed(policy, &rt.stores, msg, &h, &pending)
+    };
+    rt.stores.prefetch(&wanted, metrics).await;
     // Crypto is CPU work: run it on the blocking pool, never on the async threads.
     let job = {
         let (rt, env, data, pending) = (rt.clone(), env.clone(), data.clone(), pending.clone());
-        tokio::task::spawn_blocking(move || pipeline::seal(&rt, &env, &data[..], &pending))
+        tokio::task::spawn_blocking(move || {
+            pipeline::seal(&rt.config.policy, &rt.stores, &env, &data[..], &pending)
+        })
     };
     let sealed = match job.await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(queue_id = id, error = %e, "sealing failed");
+            let failure = Failure::new(
+                reply::SEALING_ABORTED,
+                Scope::Message,
+                format!("sealing job failed: {e}"),
+            );
+            for r in env
+                .recipients
+                .iter_mut()
+                .filter(|r| r.status == RcptStatus::Pending)
+            {
+                r.record(&failure);
+            }
             return reschedule(spool, rt, metrics, unsaved, env, queue, &data, Vec::new()).await;
         }
     };
-    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut failures: Vec<(String, Reply)> = Vec::new();
     for (rcpt, reason) in &sealed.held {
         if let Some(r) = env.recipient_mut(rcpt) {
             r.status = RcptStatus::Held;
@@ -338,18 +369,19 @@ async fn attempt(
         }
         tracing::warn!(queue_id = id, rcpt = %rcpt, reason = %reason, "held");
     }
-    for (rcpt, reply) in &sealed.failed {
+    for (rcpt, failure) in &sealed.failed {
         if let Some(r) = env.recipient_mut(rcpt) {
             r.status = RcptStatus::Failed;
-            r.reply = Some(reply.to_string());
+            r.record(failure);
         }
-        tracing::warn!(queue_id = id, rcpt = %rcpt, reply = %reply, "refused by policy");
-        failures.push((rcpt.clone(), reply.to_string()));
+        tracing::warn!(queue_id = id, rcpt = %rcpt, failure = %failure, "failed before relay");
+        failures.push((rcpt.clone(), failure.reply.clone()));
     }
-    for (rcpt, reason) in &sealed.deferred {
+    for (rcpt, failure) in &sealed.deferred {
         if let Some(r) = env.recipient_mut(rcpt) {
-            r.reply = Some(reason.clone());
+            r.record(failure);
         }
+        tracing::warn!(queue_id = id, rcpt = %rcpt, failure = %failure, "deferred before relay");
         metrics.deferred(1);
     }
     for copy in &sealed.copies {
@@ -382,9 +414,8 @@ async fn attempt(
                 replies: outcomes
                     .iter()
                     .map(|o| match o {
-                        Outcome::Delivered(r) | Outcome::Temporary(r) | Outcome::Permanent(r) => {
-                            r.clone()
-                        }
+                        Outcome::Delivered(r) => r.to_string(),
+                        Outcome::Failed(f) => f.reply.to_string(),
                     })
                     .collect(),
             });
@@ -406,18 +437,19 @@ async fn attempt(
                     tracing::info!(queue_id = id, rcpt = %rcpt, rule = copy.rule.as_deref().unwrap_or("-"), signer = copy.signer.as_deref().unwrap_or("-"), encrypted = copy.algorithm.unwrap_or("no"), reply = %reply, "relayed");
                     metrics.relayed(1);
                     r.status = RcptStatus::Delivered;
-                    r.reply = Some(reply);
+                    r.reply = Some(reply.to_string());
+                    r.reason = None;
                 }
-                Outcome::Temporary(reply) => {
-                    tracing::warn!(queue_id = id, rcpt = %rcpt, reply = %reply, "deferred");
+                Outcome::Failed(f) if f.is_temporary() => {
+                    tracing::warn!(queue_id = id, rcpt = %rcpt, failure = %f, "deferred");
                     metrics.deferred(1);
-                    r.reply = Some(reply);
+                    r.record(&f);
                 }
-                Outcome::Permanent(reply) => {
-                    tracing::warn!(queue_id = id, rcpt = %rcpt, reply = %reply, "failed permanently");
+                Outcome::Failed(f) => {
+                    tracing::warn!(queue_id = id, rcpt = %rcpt, failure = %f, "failed permanently");
                     r.status = RcptStatus::Failed;
-                    r.reply = Some(reply.clone());
-                    failures.push((rcpt.clone(), reply));
+                    r.record(&f);
+                    failures.push((rcpt.clone(), f.reply));
                 }
             }
         }
@@ -437,7 +469,7 @@ async fn reschedule(
     mut env: Envelope,
     queue: Queue,
     data: &[u8],
-    mut failures: Vec<(String, String)>,
+    mut failures: Vec<(String, Reply)>,
 ) -> Option<Due> {
     let cfg = &rt.config.spool;
     let now = now_secs();
@@ -448,17 +480,10 @@ async fn reschedule(
             .iter_mut()
             .filter(|r| r.status == RcptStatus::Pending)
         {
-            let last = r
-                .reply
-                .clone()
-                .unwrap_or_else(|| "no attempt succeeded".into());
-            let reply = format!(
-                "4.4.7 message expired after {}s in the queue; last reply: {last}",
-                cfg.max_age.as_secs()
-            );
-            tracing::warn!(queue_id = %env.id, rcpt = %r.address, "expired");
+            let reply = reply::expired(cfg.max_age.as_secs(), r.reply.as_deref());
+            tracing::warn!(queue_id = %env.id, rcpt = %r.address, reason = r.reason.as_deref().unwrap_or("-"), "expired");
             r.status = RcptStatus::Failed;
-            r.reply = Some(reply.clone());
+            r.reply = Some(reply.to_string());
             failures.push((r.address.clone(), reply));
         }
     }

@@ -13,6 +13,7 @@ const SECTIONS: &[&str] = &[
     "policy",
     "rule",
     "submitter",
+    "directory",
     "admin",
     "log",
 ];
@@ -20,7 +21,7 @@ const SECTIONS: &[&str] = &[
 /// Asks the real binary which keys `[section]` accepts.
 fn accepted_keys(section: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let header = if section == "rule" || section == "submitter" {
+    let header = if matches!(section, "rule" | "submitter" | "directory") {
         format!("[[{section}]]")
     } else {
         format!("[{section}]")

@@ -41,7 +41,11 @@ fn dsn_for_an_envelope_arriving_at_the_end_of_time_is_built() {
             b"Subject: x\r\n\r\nbody\r\n",
             &[cachet::dsn::Failure {
                 recipient: "b@x.example",
-                reply: "550 5.1.1 no such user",
+                reply: &cachet::reply::Reply::remote(
+                    550,
+                    Some("5.1.1".into()),
+                    "no such user".into(),
+                ),
             }],
         );
         let text = String::from_utf8(dsn).unwrap();

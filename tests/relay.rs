@@ -214,6 +214,11 @@ async fn untrusted_upstream_certificate_defers_and_sends_nothing() {
         queue.contains("TLS failure"),
         "the reason is recorded: {queue}"
     );
+    // One failure, two faces: the public reply a bounce would show, the private reason beside.
+    assert!(
+        queue.contains("451 4.7.5 TLS with the next hop failed"),
+        "the public reply is recorded: {queue}"
+    );
 }
 
 #[tokio::test]

@@ -226,13 +226,20 @@ pub fn spool_recover(data: &[u8]) {
     assert!(found.len() <= 1);
     for (_, env) in &found {
         assert_eq!(env.id, id, "recovered an envelope under another name");
-        // What the scheduler does with it next: bounce the failed recipients.
+        // What the scheduler does with it next: bounce the recipients, as on expiry, quoting
+        // each one's last reply.
+        let replies: Vec<cachet::reply::Reply> = env
+            .recipients
+            .iter()
+            .map(|r| cachet::reply::expired(60, r.reply.as_deref()))
+            .collect();
         let failures: Vec<cachet::dsn::Failure> = env
             .recipients
             .iter()
-            .map(|r| cachet::dsn::Failure {
+            .zip(&replies)
+            .map(|(r, reply)| cachet::dsn::Failure {
                 recipient: &r.address,
-                reply: r.reply.as_deref().unwrap_or("expired"),
+                reply,
             })
             .collect();
         let _ = cachet::dsn::build("gw.test", env, b"Subject: x\r\n\r\n", &failures);
@@ -282,9 +289,21 @@ pub fn dsn_build(data: &[u8]) {
         .chunks(2)
         .map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default()))
         .collect();
+    // Each reply as a next hop could send it: `code [status] text`, whatever the bytes.
+    let replies: Vec<cachet::reply::Reply> = pairs
+        .iter()
+        .map(|(_, line)| {
+            let mut words = line.splitn(3, ' ');
+            let code = words.next().and_then(|c| c.parse().ok()).unwrap_or(554);
+            let status = words.next().map(str::to_string);
+            let text = words.next().unwrap_or_default().to_string();
+            cachet::reply::Reply::remote(code, status, text)
+        })
+        .collect();
     let failures: Vec<cachet::dsn::Failure> = pairs
         .iter()
-        .map(|(r, reply)| cachet::dsn::Failure {
+        .zip(&replies)
+        .map(|((r, _), reply)| cachet::dsn::Failure {
             recipient: r,
             reply,
         })

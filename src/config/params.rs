@@ -6,7 +6,8 @@
 //!
 //! Defaults are TOML literals, so the table, the reference file and `--defaults` print the same
 //! text. `[[rule]]` and `[[submitter]]` entries are described in docs/configuration.md; a rule's
-//! fields have no defaults of their own (they fall back to `[policy]`).
+//! fields have no defaults of their own (they fall back to `[policy]`). `[[directory]]` keys are
+//! listed as `directory.<key>`: the defaults and bounds of every `[[directory]]` entry.
 
 use serde::de::DeserializeOwned;
 
@@ -326,6 +327,94 @@ pub const PARAMS: &[Param] = &[
         "how often the background task looks for CRLs and OCSP answers due for refresh, and retries failed ones",
     ),
     p(
+        "directory.url",
+        None,
+        None,
+        None,
+        "",
+        "required per [[directory]]: ldap://host:port (with starttls) or ldaps://host:port",
+    ),
+    p(
+        "directory.starttls",
+        Some("false"),
+        None,
+        None,
+        "",
+        "upgrade an ldap:// connection with StartTLS (RFC 4513 section 3)",
+    ),
+    p(
+        "directory.ca_file",
+        None,
+        None,
+        None,
+        "",
+        "extra trust anchors (PEM) for the directory's TLS certificate; system roots otherwise",
+    ),
+    p(
+        "directory.bind_dn",
+        None,
+        None,
+        None,
+        "",
+        "simple bind DN (unset: anonymous); needs password_file",
+    ),
+    p(
+        "directory.password_file",
+        None,
+        None,
+        None,
+        "",
+        "file holding only the bind password",
+    ),
+    p(
+        "directory.base",
+        None,
+        None,
+        None,
+        "",
+        "required per [[directory]]: search base DN (subtree)",
+    ),
+    p(
+        "directory.filter",
+        Some(r#""(mail={address})""#),
+        None,
+        None,
+        "",
+        "search filter; {address} is replaced by the RFC 4515-escaped address",
+    ),
+    p(
+        "directory.attributes",
+        Some(r#"["userSMIMECertificate;binary", "userCertificate;binary"]"#),
+        None,
+        None,
+        "",
+        "attributes holding certificates (PKCS#7 bag or DER)",
+    ),
+    p(
+        "directory.cache_ttl",
+        Some(r#""1h""#),
+        Some(1),
+        Some(7 * 86400),
+        "seconds",
+        "how long an answer with certificates is kept",
+    ),
+    p(
+        "directory.negative_ttl",
+        Some(r#""10m""#),
+        Some(1),
+        Some(86400),
+        "seconds",
+        "how long \"no entry\" or a failed lookup is kept (one timeout per address per negative_ttl)",
+    ),
+    p(
+        "directory.timeout",
+        Some(r#""3s""#),
+        Some(1),
+        Some(60),
+        "seconds",
+        "bound on one lookup: connect, TLS, bind and search",
+    ),
+    p(
         "policy.sign",
         Some(r#""opportunistic""#),
         None,
@@ -528,7 +617,11 @@ pub fn render_changed(source: &str) -> Result<String, String> {
             out.push_str(&format!("{} = {v}\n", p.key));
         }
     }
-    for (name, what) in [("rule", "[[rule]]"), ("submitter", "[[submitter]]")] {
+    for (name, what) in [
+        ("rule", "[[rule]]"),
+        ("submitter", "[[submitter]]"),
+        ("directory", "[[directory]]"),
+    ] {
         if let Some(list) = table.get(name).and_then(|v| v.as_array()) {
             out.push_str(&format!("# {} {what} entries\n", list.len()));
         }

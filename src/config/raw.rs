@@ -25,6 +25,9 @@ pub struct RawConfig {
     /// `[[submitter]]`: who may submit mail as whom (first match wins).
     #[serde(default, rename = "submitter")]
     pub submitters: Vec<Spanned<RawSubmitter>>,
+    /// `[[directory]]`: LDAP directories asked for recipient certificates, in order.
+    #[serde(default, rename = "directory")]
+    pub directories: Vec<Spanned<RawDirectory>>,
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
@@ -160,6 +163,30 @@ pub struct RawCertificates {
     pub revocation_interval: Dur,
 }
 
+/// `[[directory]]`: one LDAP directory to ask for recipient certificates (issue 10; the key
+/// names are the contract).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectory {
+    pub url: Spanned<String>,
+    #[serde(default = "default_directory_starttls")]
+    pub starttls: bool,
+    pub ca_file: Option<Spanned<PathBuf>>,
+    pub bind_dn: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<PathBuf>>,
+    pub base: Spanned<String>,
+    #[serde(default = "default_directory_filter")]
+    pub filter: Spanned<String>,
+    #[serde(default = "default_directory_attributes")]
+    pub attributes: Vec<Spanned<String>>,
+    #[serde(default = "default_directory_cache_ttl")]
+    pub cache_ttl: Dur,
+    #[serde(default = "default_directory_negative_ttl")]
+    pub negative_ttl: Dur,
+    #[serde(default = "default_directory_timeout")]
+    pub timeout: Dur,
+}
+
 /// `[policy]`: the defaults every rule falls back to.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -287,4 +314,25 @@ fn default_crl_max_size() -> Size {
 }
 fn default_revocation_interval() -> Dur {
     P::default("certificates.revocation_interval")
+}
+fn default_directory_starttls() -> bool {
+    P::default("directory.starttls")
+}
+fn default_directory_filter() -> Spanned<String> {
+    spanned(P::default("directory.filter"))
+}
+fn default_directory_attributes() -> Vec<Spanned<String>> {
+    P::default::<Vec<String>>("directory.attributes")
+        .into_iter()
+        .map(spanned)
+        .collect()
+}
+fn default_directory_cache_ttl() -> Dur {
+    P::default("directory.cache_ttl")
+}
+fn default_directory_negative_ttl() -> Dur {
+    P::default("directory.negative_ttl")
+}
+fn default_directory_timeout() -> Dur {
+    P::default("directory.timeout")
 }

@@ -2,7 +2,7 @@
 //! computed by the same [`decide`](super::decide) the gateway runs at RCPT time and at delivery
 //! (not a re-implementation). Text for people, JSON (`--json`) for scripts.
 
-use super::{Fate, cipher_name, decide, headers};
+use super::{Ask, Fate, cipher_name, decide, headers};
 use crate::policy::{KeyTransport, Mode};
 use crate::runtime::Runtime;
 use serde_json::{Value, json};
@@ -92,8 +92,18 @@ pub fn explain(
     let list: Vec<Value> = recipients
         .iter()
         .map(|r| {
-            let at_rcpt = decide(rt, sender, None, r, false, true);
-            let d = decide(rt, sender, Some(from), r, triggered, false);
+            let (policy, stores) = (&rt.config.policy, &rt.stores);
+            let at_rcpt = decide(policy, stores, Ask::at_rcpt(sender, r));
+            let d = decide(
+                policy,
+                stores,
+                Ask {
+                    from: Some(from),
+                    triggered,
+                    during_smtp: false,
+                    ..Ask::at_rcpt(sender, r)
+                },
+            );
             let t = d.treatment;
             let outcome = match (&at_rcpt.fate, &d.fate) {
                 (Fate::Refuse(reply), _) => json!({"action": "refuse at RCPT", "reply": reply.to_string()}),

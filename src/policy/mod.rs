@@ -2,7 +2,7 @@
 //! and what to do when a `required` protection cannot be met.
 //!
 //! A pure function of the envelope and the loaded stores (STYLE habit 7): the session's RCPT check,
-//! the pipeline and `cachet explain` all call [`Policy::treatment`] and [`crate::pipeline::plan`].
+//! the pipeline and `cachet explain` all call [`Policy::treatment`] and [`crate::pipeline::group::plan`].
 //! Rules come from `[policy]` (defaults) and `[[rule]]` (first match wins) in the config; they are
 //! built and checked by `config::policy`, so this module imports nothing from `config`.
 
@@ -126,7 +126,7 @@ impl Rule {
     }
 
     /// The cipher and key transport this rule sets, if any: signatures announce them
-    /// (SMIMECapabilities, see `pipeline::sign_options`).
+    /// (SMIMECapabilities, see `pipeline::seal`).
     pub fn algorithms(&self) -> (Option<Cipher>, Option<KeyTransport>) {
         (self.set.encryption, self.set.key_transport)
     }

@@ -14,6 +14,7 @@
 pub mod tls;
 
 use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls};
+use crate::reply::{self, Failure, Reply, Scope};
 use mail_send::Credentials;
 use mail_send::SmtpClient;
 use std::path::PathBuf;
@@ -24,12 +25,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
-/// One recipient's result, with the upstream's reply (or our reason) for logs and DSNs.
+/// One recipient's result: the next hop's reply, or the failure classified where it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered(String),
-    Temporary(String),
-    Permanent(String),
+    Delivered(Reply),
+    Failed(Failure),
 }
 
 /// MAIL FROM parameters carried through from the inbound transaction.
@@ -75,17 +75,32 @@ struct SmtpUpstream {
 }
 
 /// A connection-level failure: every recipient of the copy gets the same outcome.
-struct ConnError(Outcome);
+struct ConnError(Failure);
 
 /// Where in a transaction a connection failed.
-enum Failure {
+enum Broken {
     /// At MAIL FROM: nothing of this message reached the upstream.
     AtMail(ConnError),
     Later(ConnError),
 }
 
-fn temp(msg: impl Into<String>) -> ConnError {
-    ConnError(Outcome::Temporary(msg.into()))
+/// A failure of the connection itself (every recipient of the copy): `public` for the world,
+/// `private` for the log.
+fn conn(public: Reply, private: impl Into<String>) -> ConnError {
+    ConnError(Failure::new(public, Scope::Message, private))
+}
+
+/// A mail-send error (outside MAIL/RCPT/DATA replies, which [`classify`] judges), classified:
+/// always temporary, since nothing final was said about the recipients; TLS, timeouts and
+/// broken connections get our public text and keep the details private.
+fn classify_error(e: &mail_send::Error, private: String) -> ConnError {
+    match e {
+        mail_send::Error::Tls(_) | mail_send::Error::InvalidTLSName => {
+            conn(reply::NEXT_HOP_TLS, private)
+        }
+        mail_send::Error::Timeout => conn(reply::NEXT_HOP_TIMEOUT, private),
+        _ => conn(reply::NEXT_HOP_CONNECTION, private),
+    }
 }
 
 fn describe(e: &mail_send::Error) -> String {
@@ -107,22 +122,17 @@ fn describe_after(e: &mail_send::Error, command: &str) -> String {
     format!("{} (after {command})", describe(e))
 }
 
-fn reply_text(r: &smtp_proto::Response<String>) -> String {
-    if r.esc[0] != 0 {
-        format!(
-            "{} {}.{}.{} {}",
-            r.code, r.esc[0], r.esc[1], r.esc[2], r.message
-        )
-    } else {
-        format!("{} {}", r.code, r.message)
-    }
+/// The next hop's reply as a [`Reply`], with its enhanced status code when it sent one.
+fn remote_reply(r: &smtp_proto::Response<String>) -> Reply {
+    let status = (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]));
+    Reply::remote(r.code, status, r.message.clone())
 }
 
-fn classify(r: &smtp_proto::Response<String>) -> Outcome {
+/// A reply to a transaction command: 2xx delivered, anything else failed for `scope`.
+fn classify(r: &smtp_proto::Response<String>, scope: Scope) -> Outcome {
     match r.code {
-        200..=299 => Outcome::Delivered(reply_text(r)),
-        500..=599 => Outcome::Permanent(reply_text(r)),
-        _ => Outcome::Temporary(reply_text(r)),
+        200..=299 => Outcome::Delivered(remote_reply(r)),
+        _ => Outcome::Failed(Failure::remote(remote_reply(r), scope)),
     }
 }
 
@@ -182,8 +192,14 @@ impl Relay {
             Target::File(dir) => {
                 let r = write_outbox(dir, id, sender, recipients, message).await;
                 let o = match r {
-                    Ok(name) => Outcome::Delivered(format!("250 2.0.0 written to {name}")),
-                    Err(e) => Outcome::Temporary(format!("451 4.3.0 outbox write failed: {e}")),
+                    Ok(name) => {
+                        Outcome::Delivered(Reply::owned(250, "2.0.0", format!("written to {name}")))
+                    }
+                    Err(e) => Outcome::Failed(Failure::new(
+                        reply::OUTBOX_FAILED,
+                        Scope::Message,
+                        format!("outbox write failed: {e}"),
+                    )),
                 };
                 vec![o; recipients.len()]
             }
@@ -242,7 +258,7 @@ impl SmtpUpstream {
         for attempt in 0..2 {
             let (mut client, reused) = match self.checkout(params).await {
                 Ok(c) => c,
-                Err(ConnError(o)) => return vec![o; rcpts.len()],
+                Err(ConnError(f)) => return vec![Outcome::Failed(f); rcpts.len()],
             };
             match transaction(&mut client, sender, rcpts, message, params).await {
                 Ok((outcomes, reusable)) => {
@@ -259,9 +275,9 @@ impl SmtpUpstream {
                 // A pooled connection the upstream closed meanwhile fails at MAIL, before
                 // anything of this message was sent: try once more on a fresh one. A failure
                 // later (after DATA) is never retried here, or the message could go twice.
-                Err(Failure::AtMail(_)) if reused && attempt == 0 => continue,
-                Err(Failure::AtMail(ConnError(o)) | Failure::Later(ConnError(o))) => {
-                    return vec![o; rcpts.len()];
+                Err(Broken::AtMail(_)) if reused && attempt == 0 => continue,
+                Err(Broken::AtMail(ConnError(f)) | Broken::Later(ConnError(f))) => {
+                    return vec![Outcome::Failed(f); rcpts.len()];
                 }
             }
         }
@@ -290,8 +306,18 @@ impl SmtpUpstream {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(&addr))
             .await
-            .map_err(|_| temp(format!("connection to {addr} timed out")))?
-            .map_err(|e| temp(format!("connection to {addr} failed: {e}")))?;
+            .map_err(|_| {
+                conn(
+                    reply::NEXT_HOP_TIMEOUT,
+                    format!("connection to {addr} timed out"),
+                )
+            })?
+            .map_err(|e| {
+                conn(
+                    reply::NEXT_HOP_CONNECTION,
+                    format!("connection to {addr} failed: {e}"),
+                )
+            })?;
         let _ = tcp.set_nodelay(true);
         let plain = SmtpClient {
             stream: tcp,
@@ -305,7 +331,7 @@ impl SmtpUpstream {
             let c = plain
                 .into_tls(connector, &self.host)
                 .await
-                .map_err(|e| temp(describe(&e)))?;
+                .map_err(|e| classify_error(&e, describe(&e)))?;
             SmtpClient {
                 stream: Box::new(c.stream),
                 timeout: self.timeout,
@@ -322,16 +348,17 @@ impl SmtpUpstream {
                     let caps = plain
                         .ehlo(&self.helo)
                         .await
-                        .map_err(|e| temp(describe(&e)))?;
+                        .map_err(|e| classify_error(&e, describe(&e)))?;
                     if !caps.has_capability(smtp_proto::EXT_START_TLS) {
-                        return Err(temp(format!(
-                            "{addr} does not offer STARTTLS; not sending in plaintext"
-                        )));
+                        return Err(conn(
+                            reply::NEXT_HOP_TLS,
+                            format!("{addr} does not offer STARTTLS; not sending in plaintext"),
+                        ));
                     }
                     let c = plain
                         .start_tls(connector, &self.host)
                         .await
-                        .map_err(|e| temp(describe(&e)))?;
+                        .map_err(|e| classify_error(&e, describe(&e)))?;
                     SmtpClient {
                         stream: Box::new(c.stream),
                         timeout: self.timeout,
@@ -345,29 +372,32 @@ impl SmtpUpstream {
         let caps = client
             .ehlo(&self.helo)
             .await
-            .map_err(|e| temp(describe(&e)))?;
+            .map_err(|e| classify_error(&e, describe(&e)))?;
         if params.body_8bit && !caps.has_capability(smtp_proto::EXT_8BIT_MIME) {
-            return Err(ConnError(Outcome::Permanent(
-                "554 5.6.3 upstream does not support 8BITMIME".into(),
-            )));
+            return Err(conn(
+                reply::NEXT_HOP_NO_8BITMIME,
+                "upstream does not offer 8BITMIME",
+            ));
         }
         if params.smtputf8 && !caps.has_capability(smtp_proto::EXT_SMTP_UTF8) {
-            return Err(ConnError(Outcome::Permanent(
-                "553 5.6.7 upstream does not support SMTPUTF8".into(),
-            )));
+            return Err(conn(
+                reply::NEXT_HOP_NO_SMTPUTF8,
+                "upstream does not offer SMTPUTF8",
+            ));
         }
         if let Some(creds) = &self.credentials {
             client
                 .authenticate(creds, &caps)
                 .await
                 .map_err(|e| match e {
-                    mail_send::Error::AuthenticationFailed(r) if r.code >= 500 => {
-                        ConnError(Outcome::Temporary(format!(
-                            "upstream authentication failed: {}",
-                            reply_text(&r)
-                        )))
-                    }
-                    e => temp(format!("upstream authentication failed: {}", describe(&e))),
+                    mail_send::Error::AuthenticationFailed(r) => conn(
+                        reply::NEXT_HOP_AUTH,
+                        format!("upstream authentication failed: {}", remote_reply(&r)),
+                    ),
+                    e => conn(
+                        reply::NEXT_HOP_AUTH,
+                        format!("upstream authentication failed: {}", describe(&e)),
+                    ),
                 })?;
         }
         Ok(client)
@@ -380,11 +410,20 @@ async fn greeting<T: AsyncRead + AsyncWrite + Unpin>(
     // mail-send's read() has no deadline of its own (its cmd() and ehlo() do).
     let r = tokio::time::timeout(c.timeout, c.read())
         .await
-        .map_err(|_| temp("upstream sent no greeting (timed out)"))?
-        .map_err(|e| temp(describe(&e)))?;
+        .map_err(|_| {
+            conn(
+                reply::NEXT_HOP_TIMEOUT,
+                "upstream sent no greeting (timed out)",
+            )
+        })?
+        .map_err(|e| classify_error(&e, describe(&e)))?;
     if r.code / 100 != 2 {
-        // A refusal before any transaction says nothing final about these recipients.
-        return Err(temp(format!("upstream greeting: {}", reply_text(&r))));
+        // A refusal before any transaction says nothing final about these recipients: the
+        // next hop's reply stays public, but is always temporary here.
+        return Err(conn(
+            reply::NEXT_HOP_CONNECTION,
+            format!("upstream greeting: {}", remote_reply(&r)),
+        ));
     }
     Ok(())
 }
@@ -396,8 +435,9 @@ async fn transaction(
     rcpts: &[String],
     message: &[u8],
     params: MailParams,
-) -> Result<(Vec<Outcome>, bool), Failure> {
-    let later = |e: ConnError| Failure::Later(e);
+) -> Result<(Vec<Outcome>, bool), Broken> {
+    let later = |e: ConnError| Broken::Later(e);
+    let broken = |e: &mail_send::Error, after: &str| classify_error(e, describe_after(e, after));
     let mut mail = format!("MAIL FROM:<{sender}>");
     if params.body_8bit {
         mail.push_str(" BODY=8BITMIME");
@@ -409,13 +449,16 @@ async fn transaction(
     let r = c
         .cmd(mail.as_bytes())
         .await
-        .map_err(|e| Failure::AtMail(temp(describe_after(&e, "MAIL FROM"))))?;
+        .map_err(|e| Broken::AtMail(broken(&e, "MAIL FROM")))?;
     if r.code == 421 {
         // The upstream is closing this connection (an idle pooled one, or it is shutting down).
-        return Err(Failure::AtMail(ConnError(classify(&r))));
+        return Err(Broken::AtMail(ConnError(Failure::remote(
+            remote_reply(&r),
+            Scope::Message,
+        ))));
     }
     if r.code / 100 != 2 {
-        let o = classify(&r);
+        let o = classify(&r, Scope::Message);
         return Ok((vec![o; rcpts.len()], reset(c).await));
     }
     // A 421 anywhere means the upstream closes the connection: do not pool it.
@@ -425,12 +468,12 @@ async fn transaction(
         let r = c
             .cmd(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
             .await
-            .map_err(|e| later(temp(describe_after(&e, "RCPT TO"))))?;
+            .map_err(|e| later(broken(&e, "RCPT TO")))?;
         reusable &= r.code != 421;
         outcomes.push(if r.code / 100 == 2 {
             None
         } else {
-            Some(classify(&r))
+            Some(classify(&r, Scope::Recipient))
         });
     }
     if outcomes.iter().all(Option::is_some) {
@@ -440,9 +483,9 @@ async fn transaction(
     let r = c
         .cmd(b"DATA\r\n")
         .await
-        .map_err(|e| later(temp(describe_after(&e, "DATA"))))?;
+        .map_err(|e| later(broken(&e, "DATA")))?;
     if r.code != 354 {
-        let o = classify(&r);
+        let o = classify(&r, Scope::Message);
         let reusable = r.code != 421 && reset(c).await;
         return Ok((
             outcomes
@@ -455,17 +498,28 @@ async fn transaction(
     write_data(&mut c.stream, message, c.timeout)
         .await
         .map_err(|e| {
-            later(temp(if e.kind() == std::io::ErrorKind::TimedOut {
-                format!("upstream timed out during DATA: {e}")
+            later(if e.kind() == std::io::ErrorKind::TimedOut {
+                conn(
+                    reply::NEXT_HOP_TIMEOUT,
+                    format!("upstream timed out during DATA: {e}"),
+                )
             } else {
-                format!("connection failure during DATA: {e}")
-            }))
+                conn(
+                    reply::NEXT_HOP_CONNECTION,
+                    format!("connection failure during DATA: {e}"),
+                )
+            })
         })?;
     let r = tokio::time::timeout(c.timeout, c.read())
         .await
-        .map_err(|_| later(temp("upstream timed out after DATA")))?
-        .map_err(|e| later(temp(describe_after(&e, "the end of DATA"))))?;
-    let o = classify(&r);
+        .map_err(|_| {
+            later(conn(
+                reply::NEXT_HOP_TIMEOUT,
+                "upstream timed out after DATA",
+            ))
+        })?
+        .map_err(|e| later(broken(&e, "the end of DATA")))?;
+    let o = classify(&r, Scope::Message);
     let outcomes = outcomes
         .into_iter()
         .map(|x| x.unwrap_or_else(|| o.clone()))

@@ -94,6 +94,8 @@ enum Step {
     StartTls,
     /// Check these credentials (CPU work: on the blocking pool).
     Verify(String, String),
+    /// Answer RCPT TO for this address (may await a directory lookup, bounded by its timeout).
+    Rcpt(String),
 }
 
 impl Session {
@@ -170,6 +172,10 @@ impl Session {
                 match step {
                     Step::Continue => {}
                     Step::Verify(user, pass) => self.verify(user, pass).await,
+                    Step::Rcpt(address) => {
+                        let r = self.rcpt(&address).await;
+                        self.reply(r);
+                    }
                     Step::Close => {
                         self.send(&mut stream).await?;
                         let _ = stream.shutdown().await;
@@ -303,10 +309,8 @@ impl Session {
                 let r = self.mail(from.address.as_ref(), from.flags, from.size);
                 self.reply(r);
             }
-            Request::Rcpt { to } => {
-                let r = self.rcpt(to.address.as_ref());
-                self.reply(r);
-            }
+            // Answered in `run`: the policy check may wait for a directory lookup.
+            Request::Rcpt { to } => return Step::Rcpt(to.address.into_owned()),
             Request::Data => match &self.tx {
                 Some(tx) if !tx.recipients.is_empty() => return Step::Data,
                 Some(_) => self.reply(reply::NEED_RCPT),
@@ -419,7 +423,7 @@ impl Session {
         reply::SENDER_OK
     }
 
-    fn rcpt(&mut self, address: &str) -> Reply {
+    async fn rcpt(&mut self, address: &str) -> Reply {
         if let Some(r) = self.gate() {
             return r;
         }
@@ -456,7 +460,25 @@ impl Session {
         if tx.recipients.len() >= cfg.max_recipients {
             return reply::TOO_MANY_RECIPIENTS;
         }
-        if let Some(refusal) = crate::pipeline::rcpt_check(&self.runtime, &tx.sender, address) {
+        // A recipient that must be encrypted: ask the directories now (bounded by their timeout,
+        // answer cached), so a missing certificate is refused during SMTP.
+        let (policy, stores) = (&self.runtime.config.policy, &self.runtime.stores);
+        if crate::pipeline::rcpt_needs_lookup(policy, stores, &tx.sender, address) {
+            let runtime = self.runtime.clone();
+            runtime
+                .stores
+                .prefetch(&[address.to_string()], &self.ctx.metrics)
+                .await;
+        }
+        let Some(tx) = &self.tx else {
+            return reply::NEED_MAIL;
+        };
+        if let Some(refusal) = crate::pipeline::rcpt_check(
+            &self.runtime.config.policy,
+            &self.runtime.stores,
+            &tx.sender,
+            address,
+        ) {
             tracing::info!(client = %self.peer, sender = %tx.sender, rcpt = address, reply = %refusal, "recipient refused by policy");
             self.ctx.metrics.refused("policy");
             return refusal;
@@ -668,8 +690,13 @@ impl Session {
             return Ok(Step::Continue);
         }
         if self.runtime.config.policy.any_sign_required()
-            && let Some(refusal) =
-                crate::pipeline::data_check(&self.runtime, &tx.sender, &tx.recipients, &head)
+            && let Some(refusal) = crate::pipeline::data_check(
+                &self.runtime.config.policy,
+                &self.runtime.stores,
+                &tx.sender,
+                &tx.recipients,
+                &head,
+            )
         {
             tracing::info!(client = %self.peer, sender = %tx.sender, reply = %refusal, "message refused by policy");
             self.ctx.metrics.refused("policy");

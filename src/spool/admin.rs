@@ -38,12 +38,16 @@ pub fn list(spool: &Spool) -> Result<String, String> {
                     for r in &env.recipients {
                         let _ = writeln!(
                             out,
-                            "      {:?} {}{}",
+                            "      {:?} {}{}{}",
                             r.status,
                             r.address,
                             r.reply
                                 .as_ref()
                                 .map(|x| format!("  ({x})"))
+                                .unwrap_or_default(),
+                            r.reason
+                                .as_ref()
+                                .map(|x| format!("  [{x}]"))
                                 .unwrap_or_default()
                         );
                     }

@@ -20,9 +20,14 @@ pub enum RcptStatus {
 pub struct Recipient {
     pub address: String,
     pub status: RcptStatus,
-    /// The last reply or reason, for `queue show`, the log and DSNs.
+    /// The last public reply (`451 4.4.2 ...`, the next hop's or ours): what `queue show`
+    /// and a DSN show.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// The private reason behind the last failure (OS error, TLS alert, S/MIME error): for
+    /// `queue show` and the log only, never in a bounce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +89,7 @@ impl Envelope {
                     address,
                     status: RcptStatus::Pending,
                     reply: None,
+                    reason: None,
                 })
                 .collect(),
             received: super::now_secs(),
@@ -110,5 +116,13 @@ impl Envelope {
 
     pub fn recipient_mut(&mut self, address: &str) -> Option<&mut Recipient> {
         self.recipients.iter_mut().find(|r| r.address == address)
+    }
+}
+
+impl Recipient {
+    /// Records the outcome of the last attempt for this recipient.
+    pub fn record(&mut self, failure: &crate::reply::Failure) {
+        self.reply = Some(failure.reply.to_string());
+        self.reason = (!failure.private.is_empty()).then(|| failure.private.clone());
     }
 }

@@ -134,6 +134,33 @@ impl CertStore {
                 Err(reason) => problems.push(Problem::new(&path, reason)),
             }
         }
+        let (store, more) = Self::index(loaded, trust, now);
+        problems.extend(more);
+        (store, problems)
+    }
+
+    /// A store from certificates already in memory (tools and tests); problems name `<memory>`.
+    pub fn from_certs(
+        certs: Vec<CertificateDer<'static>>,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> (CertStore, Vec<Problem>) {
+        let here = std::path::PathBuf::from("<memory>");
+        Self::index(
+            certs.into_iter().map(|c| (here.clone(), c)).collect(),
+            trust,
+            now,
+        )
+    }
+
+    /// Index end-entity certificates by address and keep CA certificates as intermediates;
+    /// every certificate that does not validate for encryption at `now` is reported.
+    fn index(
+        loaded: Vec<(std::path::PathBuf, CertificateDer<'static>)>,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> (CertStore, Vec<Problem>) {
+        let mut problems = Vec::new();
         let mut store = CertStore {
             trust: clone_trust(trust),
             ..Default::default()
@@ -191,10 +218,35 @@ impl CertStore {
         info: &CertInfo,
         now: SystemTime,
     ) -> Result<KeyKind, String> {
+        self.validate_found(der, info, &[], now)
+    }
+
+    /// The one check for every recipient certificate, wherever it was found: this store's
+    /// files, or a directory (`store::directory`), whose bag may bring CA certificates of its
+    /// own (`extra_intermediates`, tried after this store's).
+    pub fn validate_found(
+        &self,
+        der: &CertificateDer<'_>,
+        info: &CertInfo,
+        extra_intermediates: &[CertificateDer<'static>],
+        now: SystemTime,
+    ) -> Result<KeyKind, String> {
+        let intermediates: std::borrow::Cow<'_, [CertificateDer<'static>]> =
+            if extra_intermediates.is_empty() {
+                std::borrow::Cow::Borrowed(&self.intermediates)
+            } else {
+                std::borrow::Cow::Owned(
+                    self.intermediates
+                        .iter()
+                        .chain(extra_intermediates)
+                        .cloned()
+                        .collect(),
+                )
+            };
         validate::check(
             der,
             info,
-            &self.intermediates,
+            &intermediates,
             &self.trust,
             now,
             Purpose::Encrypt,

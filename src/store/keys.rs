@@ -96,6 +96,7 @@ pub struct SigningIdentity {
     pub chain: Vec<CertificateDer<'static>>,
     /// SHA-256 of the signer certificate, lower-case hex.
     pub fingerprint: String,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// Decides the signature algorithm (RSA PKCS#1/PSS or ECDSA P-256).
     pub key: KeyKind,
@@ -224,6 +225,7 @@ impl SigningIdentity {
             email: address,
             chain,
             fingerprint: info.fingerprint.clone(),
+            not_before: info.not_before,
             not_after: info.not_after,
             key: kind,
             encryption_cert,
@@ -344,6 +346,11 @@ impl KeyStore {
     /// Add an identity built in memory (tools, tests); replaces one for the same address.
     pub fn insert(&mut self, id: SigningIdentity) {
         self.by_address.insert(id.email.clone(), Arc::new(id));
+    }
+
+    /// Keep only the identities `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&SigningIdentity) -> bool) {
+        self.by_address.retain(|_, id| keep(id));
     }
 }
 

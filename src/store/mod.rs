@@ -1,4 +1,5 @@
-//! Signing keys and recipient certificates, loaded from disk once and looked up in memory.
+//! Signing keys and recipient certificates, loaded from disk once and looked up in memory
+//! (directory answers too: [`directory`] fetches them ahead of time, lookups read its cache).
 //!
 //! Owns, on disk: the `[keys] dir` (one `<address>.pem` or `<address>.p12` per signing identity),
 //! the `[certificates] dir` (recipient certificates, any file names) and the trust anchor files.
@@ -11,6 +12,8 @@
 //! memory behind [`keys::SigningIdentity::sign`] so they could move to a separate process or an HSM.
 //!
 //! Validation rules (RFC 8550 §4, RFC 5280 §6) live in [`validate`], shared by both stores.
+//! Certificates can also come from LDAP directories ([`directory`]): fetched over the network
+//! by an async prefetch into a cache, and validated by the same [`CertStore::validate_found`].
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +22,7 @@ use rustls_pki_types::TrustAnchor;
 use rustls_pki_types::pem::PemObject;
 
 pub mod certs;
+pub mod directory;
 pub mod keys;
 pub mod revocation;
 pub mod validate;

@@ -23,6 +23,7 @@ pub mod faults;
 pub mod gateway;
 pub mod http;
 pub mod pki;
+pub mod slapd;
 pub mod upstream;
 
 pub use client::{SmtpClient, python_send};

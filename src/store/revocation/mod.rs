@@ -191,6 +191,10 @@ pub struct Revocation {
     pub(crate) ocsp: RwLock<HashMap<String, OcspState>>,
     /// Poked on reload so new certificates are looked at without waiting a full interval.
     pub wake: tokio::sync::Notify,
+    /// Certificates asked about that no source has answered for yet and that the loaded stores
+    /// may not list (a directory's answer): (certificate, chain) by fingerprint. The refresher
+    /// adds them to its targets.
+    wanted: Mutex<HashMap<String, (CertificateDer<'static>, Vec<CertificateDer<'static>>)>>,
     /// (result, source) -> checks, for `/metrics`.
     checks: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// (kind, result) -> fetches.
@@ -292,10 +296,41 @@ impl Revocation {
             (Some(_), Some(OcspState { error: Some(e), .. })) => reasons.push(format!("OCSP: {e}")),
             _ => {}
         }
+        let pending = crl_pending || ocsp_pending;
+        if pending {
+            let fresh = self
+                .wanted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    fingerprint,
+                    (
+                        der.clone().into_owned(),
+                        intermediates
+                            .iter()
+                            .map(|c| c.clone().into_owned())
+                            .collect(),
+                    ),
+                )
+                .is_none();
+            if fresh {
+                self.wake.notify_one();
+            }
+        }
         Status::Unknown {
             reason: reasons.join("; "),
-            pending: crl_pending || ocsp_pending,
+            pending,
         }
+    }
+
+    /// The certificates [`Revocation::status`] found pending, for the refresher's targets.
+    pub fn wanted(&self) -> Vec<(CertificateDer<'static>, Vec<CertificateDer<'static>>)> {
+        self.wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Count one check (`cachet_revocation_checks_total`).

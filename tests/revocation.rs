@@ -1072,3 +1072,54 @@ async fn signing_certificate_of_unknown_status_signs_in_soft_mode_and_not_in_har
         }
     }
 }
+
+#[tokio::test]
+async fn a_certificate_from_the_directory_is_checked_once_its_crl_is_fetched() {
+    use common::slapd::{self, Slapd};
+    use rustls_pki_types::pem::PemObject;
+    let http = HttpServer::start().await;
+    let url = http.url("/ca.crl");
+    let bob_s = serial();
+    let (bob, _) = issue("bob@partner.example", bob_s, Some(&url), None);
+    http.set("/ca.crl", fresh_crl(&[bob_s]));
+    let pki = TestPki::new("directory TLS CA");
+    let bob_der = rustls_pki_types::CertificateDer::from_pem_slice(bob.as_bytes())
+        .unwrap()
+        .to_vec();
+    let ldap = Slapd::start(
+        &slapd::person(
+            "bob",
+            "bob@partner.example",
+            &[("userCertificate;binary", &bob_der)],
+        ),
+        Some(&pki.server),
+    )
+    .await;
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .upstream(&up)
+            .with("policy", "revocation", &toml_str("soft"))
+            .raw(&format!(
+                "[certificates]\ndir = \"recipients\"\ntrust = [\"trust/ca.pem\"]\nrevocation_interval = \"1s\"\n\
+                 [[rule]]\nname = \"partners\"\nto = [\"*@partner.example\"]\nencrypt = \"required\"\n\
+                 [[directory]]\nurl = \"{}\"\nstarttls = true\nca_file = \"ldap-ca.pem\"\nbind_dn = \"{}\"\npassword_file = \"ldap.pw\"\nbase = \"{}\"\n",
+                ldap.url(),
+                slapd::BIND_DN,
+                slapd::BASE
+            ))
+            .file("trust/ca.pem", read("ca.rsa.crt"))
+            .file("recipients/README", "")
+            .file("ldap-ca.pem", pki.ca_pem.clone())
+            .file("ldap.pw", format!("{}\n", slapd::BIND_PW)),
+    )
+    .await;
+    // The stores do not list it: the first decision finds its status pending (soft: used)...
+    let (code, text) = rcpt(&gw, "bob@partner.example").await;
+    assert_eq!(code, 250, "{text}\n{}", gw.logs());
+    // ...and hands it to the refresher, whose CRL says revoked.
+    wait_log(&gw, "CRL loaded").await;
+    let (code, text) = rcpt(&gw, "bob@partner.example").await;
+    assert_eq!(code, 550, "{text}\n{}", gw.logs());
+    assert!(gw.logs().contains("recipient certificate is revoked"));
+}

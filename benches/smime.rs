@@ -79,6 +79,86 @@ fn sh(script: &str) {
     assert!(st.success(), "{script}");
 }
 
+/// Where Debian installs the SoftHSM2 module.
+fn softhsm_module() -> Option<PathBuf> {
+    [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Signatures per second (RSA-2048 PKCS#1 v1.5 over SHA-256 of 200 bytes): in-process beside the
+/// same key on a SoftHSM2 token, through the key store's token path (`[keys.pkcs11]`).
+fn token_rows(alice: &SigningIdentity, trust: &TrustAnchors, budget: Duration) {
+    use cachet::store::keys::{KeySources, KeyStore, SignatureScheme};
+    use cachet::store::pkcs11::{Token, TokenConfig};
+    println!();
+    println!("| signatures/s (RSA-2048, PKCS#1 v1.5) | per second |");
+    println!("|--------------------------------------|------------|");
+    let data = [7u8; 200];
+    let local = rate(budget, || {
+        std::hint::black_box(alice.sign(SignatureScheme::RsaPkcs1Sha256, &data).unwrap());
+    });
+    println!("| in-process (aws-lc-rs)               | {local:>10.0} |");
+    let Some(module) = softhsm_module() else {
+        println!(
+            "| SoftHSM2 token                       | skipped: SoftHSM2 is not installed (apt-get install softhsm2) |"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tokens = dir.join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\n", tokens.display()),
+    )
+    .unwrap();
+    // SAFETY: single-threaded at this point; SoftHSM reads it at C_Initialize.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+    let key = dir.join("alice.key");
+    std::fs::write(&key, read("alice.sign.key")).unwrap();
+    sh(&format!(
+        "softhsm2-util --init-token --free --label bench --so-pin 12345678 --pin 5678 >/dev/null && \
+         softhsm2-util --import {} --token bench --label alice --id 01 --pin 5678 >/dev/null",
+        key.display()
+    ));
+    let keys = dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(keys.join("alice@smime.example.pem"), read("alice.sign.crt")).unwrap();
+    sh(&format!("chmod 600 {}/*", keys.display()));
+    let token = Token::open(&TokenConfig {
+        module,
+        label: "bench".into(),
+        pin: zeroize::Zeroizing::new("5678".into()),
+        sessions: 4,
+    })
+    .unwrap();
+    let sources = KeySources {
+        dir: keys,
+        token: Some(token),
+        token_expected: true,
+        ..Default::default()
+    };
+    let (store, problems) = KeyStore::load_with(&sources, trust, SystemTime::now());
+    assert!(problems.is_empty(), "{problems:?}");
+    let on_token = store.get("alice@smime.example").unwrap();
+    let hsm = rate(budget, || {
+        std::hint::black_box(
+            on_token
+                .sign(SignatureScheme::RsaPkcs1Sha256, &data)
+                .unwrap(),
+        );
+    });
+    println!("| SoftHSM2 token (PKCS#11)             | {hsm:>10.0} |");
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (ours, theirs) = if full {
@@ -173,6 +253,7 @@ fn main() {
             );
         }
     }
+    token_rows(&alice, &trust, ours);
     if !full {
         println!(
             "\n(smoke run: pass --bench, as `cargo bench --bench smime` does, for real numbers)"

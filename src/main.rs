@@ -102,6 +102,13 @@ enum Command {
         #[command(subcommand)]
         action: CertsAction,
     },
+    /// Signing keys: list them (address, algorithm, where the key lives, expiry) or import one.
+    Keys {
+        #[arg(long, short, global = true, default_value = "config/cachet.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Inspect and manage the queue of a (running or stopped) gateway.
     Queue {
         #[arg(long, short, global = true, default_value = "config/cachet.toml")]
@@ -116,6 +123,20 @@ enum CertsAction {
     /// Ask every source about ADDRESS now and show each certificate with why it is accepted
     /// or refused; exit 0 when a usable certificate is found, 1 when none is.
     Lookup { address: String },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Every signing identity: address, algorithm, expiry, where the key lives.
+    List,
+    /// Import a private key with its certificate (PEM, encrypted PEM or PKCS#12): into the
+    /// token when [keys.pkcs11] is configured, else into keys.dir with mode 0600.
+    Import {
+        file: PathBuf,
+        /// File holding the password of FILE (default: keys.passphrase_file).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +199,9 @@ fn main() -> ExitCode {
             Ok(rt) => {
                 println!("{}: ok", config.display());
                 for line in cachet::check::check_summary(&rt) {
+                    println!("{line}");
+                }
+                for line in cachet::store::import::check_lines(&rt.stores) {
                     println!("{line}");
                 }
                 for warning in spool::modes::exposed(&rt.config) {
@@ -327,6 +351,38 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Keys { config, action } => {
+            let cfg = match config::Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{}", app::format_errors(&errors));
+                    return ExitCode::from(2);
+                }
+            };
+            match action {
+                KeysAction::List => {
+                    let (text, problems) = cachet::store::import::list(&cfg);
+                    print!("{text}");
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                KeysAction::Import {
+                    file,
+                    password_file,
+                } => match cachet::store::import::import(&cfg, &file, password_file.as_deref()) {
+                    Ok(text) => {
+                        println!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("cachet keys import: {e}");
+                        ExitCode::from(1)
+                    }
+                },
+            }
+        }
         Command::Queue { config, action } => {
             let cfg = match config::Config::load(&config) {
                 Ok(c) => c,

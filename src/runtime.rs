@@ -134,6 +134,56 @@ impl Runtime {
     }
 }
 
+/// What `[keys]` points at, opened: the passphrase (read once, wiped when the load ends) and the
+/// token (logged in). Failures are configuration errors naming the key.
+pub fn key_sources(
+    config: &Config,
+    k: &crate::config::KeysConfig,
+) -> (crate::store::keys::KeySources, Vec<ConfigError>) {
+    use crate::store::keys::KeySources;
+    let mut errors = Vec::new();
+    let mut sources = KeySources {
+        dir: k.dir.clone(),
+        p12_password_file: k.p12_password_file.clone(),
+        token_expected: k.pkcs11.is_some(),
+        ..Default::default()
+    };
+    if let Some(p) = &k.passphrase_file {
+        match crate::store::keyfile::read_passphrase(p) {
+            Ok(v) => sources.passphrase = Some(v),
+            Err(message) => errors.push(ConfigError {
+                file: p.clone(),
+                line: None,
+                key: "keys.passphrase_file".into(),
+                message,
+            }),
+        }
+    }
+    if let Some(t) = &k.pkcs11 {
+        let opened = crate::store::keyfile::read_passphrase(&t.pin_file)
+            .map_err(|e| format!("PIN file {}: {e}", t.pin_file.display()))
+            .and_then(|pin| {
+                crate::store::pkcs11::Token::open(&crate::store::pkcs11::TokenConfig {
+                    module: t.module.clone(),
+                    label: t.token.clone(),
+                    pin: zeroize::Zeroizing::new(String::from_utf8_lossy(&pin).into_owned()),
+                    sessions: t.sessions,
+                })
+            });
+        match opened {
+            Ok(token) => sources.token = Some(token),
+            Err(message) => errors.push(ConfigError {
+                file: config.path.clone(),
+                line: None,
+                key: "keys.pkcs11".into(),
+                // Every message names the token, the module or the PIN file already.
+                message: format!("{message}; keys on it cannot be used"),
+            }),
+        }
+    }
+    (sources, errors)
+}
+
 /// Signing keys and recipient certificates, loaded at start and on reload; never read from disk
 /// on the hot path.
 #[derive(Default)]
@@ -181,11 +231,14 @@ impl Stores {
             }
         }
         if let Some(k) = &config.keys {
-            let (mut keys, problems) =
-                KeyStore::load(&k.dir, k.p12_password_file.as_deref(), &stores.trust, now);
+            let (sources, mut source_errors) = key_sources(config, k);
+            let token_down =
+                config.keys.as_ref().is_some_and(|k| k.pkcs11.is_some()) && sources.token.is_none();
+            errors.append(&mut source_errors);
+            let (mut keys, problems) = KeyStore::load_with(&sources, &stores.trust, now);
             // Only the organisation signs as the organisation: a key for another domain is a
             // configuration error, never silently unused.
-            for id in keys.iter() {
+            for id in keys.all() {
                 if !config.submitters.is_local(&id.email) {
                     errors.push(ConfigError {
                         file: k.dir.clone(),
@@ -199,11 +252,31 @@ impl Stores {
                 }
             }
             for p in problems {
-                // A key file others can read is a configuration error, not a skipped file.
-                if p.reason.contains("readable") {
+                // A key file others can read is a configuration error, not a skipped file; so is
+                // a key that should be on a token we could not open, and an encrypted key the
+                // configured passphrase does not open.
+                let encrypted = p.reason.contains("cannot decrypt the private key")
+                    || p.reason.contains("the private key is encrypted");
+                if p.reason.contains("readable")
+                    || encrypted
+                    || (token_down && p.reason.contains("token"))
+                {
                     errors.push(err("keys.dir", p));
                 } else {
                     stores.warnings.push(p.to_string());
+                }
+            }
+            // Plain key files beside a token or a passphrase: the operator meant to protect keys.
+            if k.pkcs11.is_some() || k.passphrase_file.is_some() {
+                for id in keys.all() {
+                    if let crate::store::keys::KeySource::File(path) = &id.source {
+                        stores.warnings.push(format!(
+                            "{}: plain private key for {} although {} is configured: import it into the token (cachet keys import) or encrypt it (openssl pkcs8 -topk8 -v2 aes-256-cbc)",
+                            path.display(),
+                            id.email,
+                            if k.pkcs11.is_some() { "[keys.pkcs11]" } else { "keys.passphrase_file" }
+                        ));
+                    }
                 }
             }
             // ... and never in the store, so no decision can pick it (`pipeline::decide`
@@ -263,7 +336,7 @@ impl Stores {
     /// The signing identity for the From: address, if its certificate is valid at `now`.
     pub fn signer_at(&self, from: &str, now: SystemTime) -> Option<Arc<SigningIdentity>> {
         self.keys
-            .get(from)
+            .get_at(from, now)
             .filter(|id| id.not_before <= now && now < id.not_after)
     }
 
@@ -280,8 +353,9 @@ impl Stores {
     pub fn revocation_targets(&self) -> Vec<Target> {
         // Certificates a decision asked about that the stores do not list (directory answers).
         let wanted = self.revocation.wanted();
+        let ids: Vec<_> = self.keys.iter().collect();
         let mut cas: Vec<&CertificateDer<'static>> = self.certs.intermediates().iter().collect();
-        for id in self.keys.iter() {
+        for id in &ids {
             cas.extend(id.chain.iter().skip(1));
         }
         for (_, chain) in &wanted {
@@ -310,7 +384,7 @@ impl Stores {
             .map(|d| (d, true))
             .collect();
         ders.extend(self.certs.intermediates().iter().map(|d| (d, false)));
-        for id in self.keys.iter() {
+        for id in &ids {
             ders.extend(id.chain.iter().enumerate().map(|(i, d)| (d, i == 0)));
         }
         ders.extend(wanted.iter().map(|(d, _)| (d, true)));

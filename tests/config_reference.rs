@@ -9,6 +9,7 @@ const SECTIONS: &[&str] = &[
     "spool",
     "upstream",
     "keys",
+    "keys.pkcs11",
     "certificates",
     "policy",
     "rule",
@@ -75,7 +76,9 @@ fn every_accepted_key_is_documented() {
         for key in keys {
             let in_example = example.lines().any(|l| {
                 let l = l.trim_start_matches('#').trim();
-                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}  ="))
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("{key}  ="))
+                    || l == format!("[{section}.{key}]")
             });
             if !in_example {
                 missing.push(format!("config/cachet.toml: {section}.{key}"));
@@ -183,7 +186,8 @@ fn the_reference_shows_the_real_defaults() {
     let mut wrong = Vec::new();
     for line in defaults.lines().filter(|l| !l.starts_with('#')) {
         let (key, lit) = line.split_once(" = ").unwrap();
-        let (sec, k) = key.split_once('.').unwrap();
+        // `section.key`, or `section.sub.key` for a sub-table such as [keys.pkcs11].
+        let (sec, k) = key.rsplit_once('.').unwrap();
         let want = value(lit);
         let found: Vec<&(String, String, String)> = shown
             .iter()

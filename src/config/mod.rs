@@ -151,6 +151,21 @@ pub struct UpstreamConfig {
 pub struct KeysConfig {
     pub dir: PathBuf,
     pub p12_password_file: Option<PathBuf>,
+    /// Opens encrypted PKCS#8 key files (and PKCS#12 files without a password of their own).
+    pub passphrase_file: Option<PathBuf>,
+    pub pkcs11: Option<Pkcs11Config>,
+}
+
+/// `[keys.pkcs11]`: private keys on a PKCS#11 token.
+#[derive(Debug, Clone)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 library (`.so`).
+    pub module: PathBuf,
+    /// Token label.
+    pub token: String,
+    pub pin_file: PathBuf,
+    /// Most sessions open at once.
+    pub sessions: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -494,6 +509,27 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             .p12_password_file
             .as_ref()
             .map(|v| existing_file(base, v, "keys.p12_password_file", p)),
+        passphrase_file: k
+            .passphrase_file
+            .as_ref()
+            .map(|v| existing_file(base, v, "keys.passphrase_file", p)),
+        pkcs11: k.pkcs11.as_ref().map(|t| {
+            let t = t.get_ref();
+            bounded(p, "keys.pkcs11.sessions", t.sessions as u64);
+            if t.token.get_ref().trim().is_empty() {
+                p.at(
+                    t.token.span(),
+                    "keys.pkcs11.token",
+                    "give the token's label",
+                );
+            }
+            Pkcs11Config {
+                module: existing_file(base, &t.module, "keys.pkcs11.module", p),
+                token: t.token.get_ref().trim().to_string(),
+                pin_file: existing_file(base, &t.pin_file, "keys.pkcs11.pin_file", p),
+                sessions: t.sessions,
+            }
+        }),
     });
     let certificates = raw.certificates.map(|c| {
         bounded(p, "certificates.fetch_timeout", c.fetch_timeout.0.as_secs());
@@ -1108,6 +1144,40 @@ mod tests {
         ))
         .unwrap_err();
         assert!(errs[0].to_string().contains("cachet.toml:5: directory #1: url: certificates from a directory are validated against certificates.trust"), "{errs:?}");
+    }
+
+    #[test]
+    fn pkcs11_keys_are_checked_with_line_and_key() {
+        let src = "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://a\"\n\
+                   [keys]\ndir = \"/\"\n[keys.pkcs11]\nmodule = \"/nonexistent/p11.so\"\ntoken = \" \"\n\
+                   pin_file = \"/nonexistent/pin\"\nsessions = 0\n";
+        let errs = parse(src).unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = all.join("\n");
+        assert!(
+            all.contains(
+                "cachet.toml:8: keys.pkcs11.module: file /nonexistent/p11.so does not exist"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:9: keys.pkcs11.token: give the token's label"),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:10: keys.pkcs11.pin_file"),
+            "{all}"
+        );
+        assert!(
+            all.contains("keys.pkcs11.sessions: 0 sessions is out of range"),
+            "{all}"
+        );
+        let errs = parse("[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://a\"\n[keys]\ndir = \"/\"\n[keys.pkcs11]\nmodule = \"x\"\n").unwrap_err();
+        assert!(
+            errs[0].message.contains("missing field `token`"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

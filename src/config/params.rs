@@ -279,6 +279,46 @@ pub const PARAMS: &[Param] = &[
         "password for PKCS#12 files",
     ),
     p(
+        "keys.passphrase_file",
+        None,
+        None,
+        None,
+        "",
+        "passphrase for encrypted PKCS#8 key files (and PKCS#12 files without their own password)",
+    ),
+    p(
+        "keys.pkcs11.module",
+        None,
+        None,
+        None,
+        "",
+        "PKCS#11 library of the token holding the private keys (setting [keys.pkcs11] needs module, token and pin_file)",
+    ),
+    p(
+        "keys.pkcs11.token",
+        None,
+        None,
+        None,
+        "",
+        "label of the token",
+    ),
+    p(
+        "keys.pkcs11.pin_file",
+        None,
+        None,
+        None,
+        "",
+        "file holding the token's user PIN",
+    ),
+    p(
+        "keys.pkcs11.sessions",
+        Some("4"),
+        Some(1),
+        Some(256),
+        "sessions",
+        "token sessions open at once (signatures in parallel)",
+    ),
+    p(
         "certificates.dir",
         None,
         None,
@@ -605,8 +645,10 @@ pub fn render_changed(source: &str) -> Result<String, String> {
     let table: toml::Table = toml::from_str(source).map_err(|e| e.message().to_string())?;
     let mut out = String::new();
     for p in PARAMS {
-        let (section, key) = p.key.split_once('.').expect("section.key");
-        let Some(v) = table.get(section).and_then(|s| s.get(key)) else {
+        // `section.key` or `section.sub.key` ([keys.pkcs11]).
+        let mut parts = p.key.split('.');
+        let first = table.get(parts.next().expect("section.key"));
+        let Some(v) = parts.fold(first, |t, k| t.and_then(|t| t.get(k))) else {
             continue;
         };
         let default: Option<toml::Value> = p

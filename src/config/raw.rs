@@ -145,6 +145,19 @@ pub struct RawUpstream {
 pub struct RawKeys {
     pub dir: Spanned<PathBuf>,
     pub p12_password_file: Option<Spanned<PathBuf>>,
+    pub passphrase_file: Option<Spanned<PathBuf>>,
+    pub pkcs11: Option<Spanned<RawPkcs11>>,
+}
+
+/// `[keys.pkcs11]`: the token holding the private keys (contract names: module, token, pin_file).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPkcs11 {
+    pub module: Spanned<PathBuf>,
+    pub token: Spanned<String>,
+    pub pin_file: Spanned<PathBuf>,
+    #[serde(default = "default_pkcs11_sessions")]
+    pub sessions: usize,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +315,9 @@ fn default_upstream_timeout() -> Dur {
 }
 fn default_upstream_connections() -> usize {
     P::default("upstream.max_connections")
+}
+fn default_pkcs11_sessions() -> usize {
+    P::default("keys.pkcs11.sessions")
 }
 fn default_admin_listen() -> Option<Spanned<String>> {
     Some(spanned(P::default("admin.listen")))

@@ -156,7 +156,8 @@ pub struct EncryptOptions {
 }
 
 /// Why a message could not be signed or encrypted. All are permanent for the message except
-/// `Crypto`, which means the crypto library failed (treat as temporary).
+/// `Crypto`, which means the crypto library failed, and `KeyUnavailable`, a key token that is
+/// gone or refusing (both temporary).
 #[derive(Debug)]
 pub enum SmimeError {
     /// Encrypt was called with no recipient.
@@ -165,6 +166,9 @@ pub enum SmimeError {
     Certificate(String),
     /// The private key refused to sign (reason inside, no key material).
     Sign(String),
+    /// The private key cannot be reached now (a token removed, restarting or refusing): the
+    /// message waits and is tried again, never sent unsigned.
+    KeyUnavailable(String),
     /// An aws-lc-rs operation failed (which one).
     Crypto(&'static str),
     /// ASN.1 encoding failed.
@@ -179,6 +183,7 @@ impl std::fmt::Display for SmimeError {
             SmimeError::NoRecipients => write!(f, "no recipient certificate to encrypt to"),
             SmimeError::Certificate(r) => write!(f, "certificate: {r}"),
             SmimeError::Sign(r) => write!(f, "signing failed: {r}"),
+            SmimeError::KeyUnavailable(r) => write!(f, "signing deferred: {r}"),
             SmimeError::Crypto(what) => write!(f, "crypto operation failed: {what}"),
             SmimeError::Der(e) => write!(f, "ASN.1 encoding: {e}"),
             SmimeError::Cms(e) => write!(f, "CMS: {e}"),
@@ -189,10 +194,11 @@ impl std::fmt::Display for SmimeError {
 impl std::error::Error for SmimeError {}
 
 impl SmimeError {
-    /// True when retrying later may succeed (the crypto library failed); everything else is a
-    /// property of the message, key or certificates and will fail again.
+    /// True when retrying later may succeed (the crypto library failed, or the key's token is
+    /// unavailable); everything else is a property of the message, key or certificates and
+    /// will fail again.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, SmimeError::Crypto(_))
+        matches!(self, SmimeError::Crypto(_) | SmimeError::KeyUnavailable(_))
     }
 }
 

@@ -24,7 +24,7 @@ use x509_cert::attr::Attribute;
 use super::algs::{self, alg, alg_null, alg_with};
 use super::{Digest, SignOptions, SmimeError};
 use crate::store::KeyKind;
-use crate::store::keys::{SignatureScheme, SigningIdentity};
+use crate::store::keys::{KeyError, SignatureScheme, SigningIdentity};
 
 /// Issuer and serial number of a DER certificate: how SignerInfo and RecipientInfos name it
 /// (RFC 5652 §10.2.4).
@@ -135,7 +135,10 @@ pub(crate) fn signed_data(
             alg_with(algs::ID_RSASSA_PSS, &algs::pss_params(algs::SHA512, 64))?,
         ),
     };
-    let signature = id.sign(scheme, &to_sign).map_err(SmimeError::Sign)?;
+    let signature = id.sign(scheme, &to_sign).map_err(|e| match e {
+        KeyError::Unavailable(r) => SmimeError::KeyUnavailable(r),
+        KeyError::Failed(r) => SmimeError::Sign(r),
+    })?;
 
     let signer_info = SignerInfo {
         version: CmsVersion::V1, // sid is issuerAndSerialNumber (RFC 5652 §5.3)

@@ -80,6 +80,12 @@ pub fn exposed(config: &Config) -> Vec<ConfigError> {
         if let Some(p) = &keys.p12_password_file {
             paths.push(("keys.p12_password_file", p));
         }
+        if let Some(p) = &keys.passphrase_file {
+            paths.push(("keys.passphrase_file", p));
+        }
+        if let Some(t) = &keys.pkcs11 {
+            paths.push(("keys.pkcs11.pin_file", &t.pin_file));
+        }
     }
     if let Some(p) = &config.server.auth_users {
         paths.push(("server.auth_users", p));

@@ -1,10 +1,13 @@
-//! Signing identities: the `[keys] dir`, one identity per sender address.
+//! Signing identities: the `[keys] dir` and the `[keys.pkcs11]` token, by sender address.
 //!
-//! Files: `<address>.pem` holds the private key (PKCS#8, PKCS#1 RSA or SEC1 EC) and the
-//! certificate chain; `<address>.p12` is a PKCS#12 file whose password is in `<address>.p12.pass`
-//! or the configured `p12_password_file`. Key files and password files readable by group or
-//! others are refused (like ssh does), so a mis-set `chmod` is found by `cachet check`, not by an
-//! attacker.
+//! Files: `<address>.pem` holds the private key (PKCS#8, PKCS#1 RSA or SEC1 EC, or an encrypted
+//! PKCS#8 opened with `keys.passphrase_file`, see [`keyfile`]) and the certificate chain;
+//! `<address>.p12` is a PKCS#12 file whose password is in `<address>.p12.pass`, the configured
+//! `p12_password_file` or `passphrase_file`. With a token, a `.pem` holding only certificates
+//! names a key on the token; certificates on the token work too (`token_identities`).
+//! `<address>+<tag>.pem` is a second certificate for the address (rotation: the newest valid one
+//! signs, [`KeyStore::get`]). Key files and password files readable by group or others are
+//! refused (like ssh does), so a mis-set `chmod` is found by `cachet check`, not by an attacker.
 //!
 //! The signing certificate must name the address of the file, chain to a trust anchor and be fit
 //! for signing ([`validate::check`] with [`Purpose::Sign`]). Further end-entity certificates for
@@ -12,15 +15,16 @@
 //! become the identity's own encryption certificate, announced in SMIMEEncryptionKeyPreference
 //! (RFC 8551 §2.5.3) and usable for encrypt-to-self (RFC 8551 §3.3).
 //!
-//! Secrets: the private key is parsed into aws-lc-rs and kept only behind [`Signer`]; it is never
-//! logged, and the [`std::fmt::Debug`] output of an identity omits it. Everything else that held
-//! key material is wiped when dropped ([`zeroize`]): the key file bytes, the PKCS#12 password and
-//! the decoded private-key DER. aws-lc-rs wipes its own key pairs. Not wiped: the copies the
-//! `p12-keystore` crate makes while decrypting a `.p12` (it offers no way to), which is one more
-//! reason to prefer the `.pem` form.
+//! Secrets: a private key is reached only through [`PrivateKey`] (sign; decrypt for the inbound
+//! path): in this process (aws-lc-rs) or on the token ([`super::pkcs11`]); it is never logged,
+//! and the [`std::fmt::Debug`] output of an identity omits it. Everything else that held key
+//! material is wiped when dropped ([`zeroize`]): the key file bytes, passwords and passphrases,
+//! the decrypted and decoded private-key DER. aws-lc-rs wipes its own key pairs. Not wiped: the
+//! copies the `p12-keystore` crate makes while decrypting a `.p12` (it offers no way to), which
+//! is one more reason to prefer the `.pem` form.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -31,10 +35,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
 use super::certs::RecipientCert;
+use super::keyfile;
+use super::pkcs11::{Token, TokenKey, TokenObject};
 use super::validate::{self, CertInfo, Purpose};
 use super::{KeyKind, Problem, TrustAnchors, normalize_address};
 
-/// Signature schemes a [`Signer`] may be asked for (RFC 8551 §2.2).
+/// Signature schemes a [`PrivateKey`] may be asked for (RFC 8551 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureScheme {
     RsaPkcs1Sha256,
@@ -44,12 +50,70 @@ pub enum SignatureScheme {
     EcdsaP256Sha256,
 }
 
-/// A private key that can sign; the one seam where keys could move to another process or an HSM.
-pub trait Signer: Send + Sync {
+/// Why a private-key operation failed, classified once where it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// The key is there but cannot be reached now (token removed, restarting, refusing the
+    /// PIN, all sessions busy): the message waits (4xx) and is tried again.
+    Unavailable(String),
+    /// The operation itself is impossible with this key (wrong type, bad input).
+    Failed(String),
+}
+
+impl KeyError {
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, KeyError::Unavailable(_))
+    }
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Unavailable(r) => write!(f, "key unavailable: {r}"),
+            KeyError::Failed(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// OAEP hash (the same function for the label hash and MGF1, RFC 8017 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OaepHash {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+/// The private-key step of decrypting a CMS EnvelopedData (RFC 5652 §6.2), the seam inbound
+/// decryption uses: unwrap a KeyTransRecipientInfo's encryptedKey, or compute the ECDH shared
+/// secret of a KeyAgreeRecipientInfo. The caller does the rest (RFC 5753's KDF and AES key
+/// unwrap, the content decryption) in-process, so the private key stays in the token.
+#[derive(Debug, Clone, Copy)]
+pub enum Decrypt<'a> {
+    /// RSAES-PKCS1-v1_5 (RFC 8017 §7.2): returns the content-encryption key.
+    RsaPkcs1(&'a [u8]),
+    /// RSAES-OAEP with an empty label (RFC 8017 §7.1, RFC 3560).
+    RsaOaep {
+        ciphertext: &'a [u8],
+        hash: OaepHash,
+    },
+    /// ECDH on P-256 with the originator's uncompressed point (0x04 || x || y): returns the
+    /// shared secret Z, 32 bytes (RFC 5753 §3.1.1, "ECDH ... the x-coordinate").
+    EcdhP256 { peer_point: &'a [u8] },
+}
+
+/// A private key: the one seam where keys live in this process, in a token, or elsewhere.
+/// Nothing else ever sees key material.
+pub trait PrivateKey: Send + Sync {
     /// Sign `message` (the DER signed attributes; the scheme hashes it). Returns the raw
     /// signature: PKCS#1/PSS octets for RSA, DER `ECDSA-Sig-Value` for ECDSA.
-    fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, String>;
+    fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, KeyError>;
+
+    /// The private-key step of decryption ([`Decrypt`]); the result is wiped on drop.
+    fn decrypt(&self, op: Decrypt<'_>) -> Result<Zeroizing<Vec<u8>>, KeyError>;
 }
+
+/// The name the first version of this seam had.
+pub use PrivateKey as Signer;
 
 /// An RSA or P-256 key held in this process by aws-lc-rs.
 enum LocalKey {
@@ -57,14 +121,15 @@ enum LocalKey {
     Ec(EcdsaKeyPair),
 }
 
-impl Signer for LocalKey {
-    fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, String> {
+impl PrivateKey for LocalKey {
+    fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let rng = SystemRandom::new();
+        let failed = |m: &str| KeyError::Failed(m.to_string());
         match (self, scheme) {
             (LocalKey::Ec(k), SignatureScheme::EcdsaP256Sha256) => k
                 .sign(&rng, message)
                 .map(|s| s.as_ref().to_vec())
-                .map_err(|_| "ECDSA signing failed".to_string()),
+                .map_err(|_| failed("ECDSA signing failed")),
 
             (LocalKey::Rsa(k), scheme) => {
                 let pad: &'static dyn signature::RsaEncoding = match scheme {
@@ -73,15 +138,110 @@ impl Signer for LocalKey {
                     SignatureScheme::RsaPssSha256 => &signature::RSA_PSS_SHA256,
                     SignatureScheme::RsaPssSha512 => &signature::RSA_PSS_SHA512,
                     SignatureScheme::EcdsaP256Sha256 => {
-                        return Err("RSA key cannot do ECDSA".into());
+                        return Err(failed("RSA key cannot do ECDSA"));
                     }
                 };
                 let mut sig = vec![0u8; k.public_modulus_len()];
                 k.sign(pad, &rng, message, &mut sig)
-                    .map_err(|_| "RSA signing failed".to_string())?;
+                    .map_err(|_| failed("RSA signing failed"))?;
                 Ok(sig)
             }
-            (LocalKey::Ec(_), _) => Err("EC key can only do ECDSA".into()),
+            (LocalKey::Ec(_), _) => Err(failed("EC key can only do ECDSA")),
+        }
+    }
+
+    fn decrypt(&self, op: Decrypt<'_>) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        use aws_lc_rs::encoding::{AsBigEndian, AsDer};
+        use aws_lc_rs::rsa::{self, PrivateDecryptingKey};
+        let failed = |m: &str| KeyError::Failed(m.to_string());
+        let rsa_key = |k: &RsaKeyPair| {
+            let der = k.as_der().map_err(|_| failed("cannot use the RSA key"))?;
+            PrivateDecryptingKey::from_pkcs8(der.as_ref())
+                .map_err(|_| failed("cannot use the RSA key for decryption"))
+        };
+        match (self, op) {
+            (LocalKey::Rsa(k), Decrypt::RsaPkcs1(ct)) => {
+                let key = rsa::Pkcs1PrivateDecryptingKey::new(rsa_key(k)?)
+                    .map_err(|_| failed("cannot use the RSA key for PKCS#1 v1.5"))?;
+                let mut out = Zeroizing::new(vec![0u8; key.min_output_size()]);
+                let n = key
+                    .decrypt(ct, &mut out)
+                    .map_err(|_| failed("RSA PKCS#1 v1.5 decryption failed"))?
+                    .len();
+                out.truncate(n);
+                Ok(out)
+            }
+            (LocalKey::Rsa(k), Decrypt::RsaOaep { ciphertext, hash }) => {
+                let key = rsa::OaepPrivateDecryptingKey::new(rsa_key(k)?)
+                    .map_err(|_| failed("cannot use the RSA key for OAEP"))?;
+                let alg = match hash {
+                    OaepHash::Sha1 => &rsa::OAEP_SHA1_MGF1SHA1,
+                    OaepHash::Sha256 => &rsa::OAEP_SHA256_MGF1SHA256,
+                    OaepHash::Sha512 => &rsa::OAEP_SHA512_MGF1SHA512,
+                };
+                let mut out = Zeroizing::new(vec![0u8; key.min_output_size()]);
+                let n = key
+                    .decrypt(alg, ciphertext, &mut out, None)
+                    .map_err(|_| failed("RSA OAEP decryption failed"))?
+                    .len();
+                out.truncate(n);
+                Ok(out)
+            }
+            (LocalKey::Ec(k), Decrypt::EcdhP256 { peer_point }) => {
+                use aws_lc_rs::agreement;
+                let scalar = k
+                    .private_key()
+                    .as_be_bytes()
+                    .map_err(|_| failed("cannot use the EC key"))?;
+                let mine =
+                    agreement::PrivateKey::from_private_key(&agreement::ECDH_P256, scalar.as_ref())
+                        .map_err(|_| failed("cannot use the EC key for ECDH"))?;
+                agreement::agree(
+                    &mine,
+                    agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer_point),
+                    failed("ECDH with this public point failed"),
+                    |z| Ok(Zeroizing::new(z.to_vec())),
+                )
+            }
+            _ => Err(failed("operation does not fit the key's type")),
+        }
+    }
+}
+
+/// Where an identity's private key lives (`cachet keys list`, `cachet check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A plain key file (PEM or a PKCS#12 file).
+    File(PathBuf),
+    /// An encrypted PKCS#8 PEM file, opened with `keys.passphrase_file`.
+    EncryptedFile(PathBuf),
+    /// A PKCS#11 token: its label and the key's CKA_ID (hex); where the certificate came from.
+    Token {
+        label: String,
+        id: String,
+        certificate: Option<PathBuf>,
+    },
+    /// Built in memory (tools, tests).
+    Memory,
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File(p) => write!(f, "file {}", p.display()),
+            KeySource::EncryptedFile(p) => write!(f, "encrypted file {}", p.display()),
+            KeySource::Token {
+                label,
+                id,
+                certificate,
+            } => {
+                write!(f, "token {label:?} id {id}")?;
+                match certificate {
+                    Some(p) => write!(f, " (certificate {})", p.display()),
+                    None => write!(f, " (certificate on the token)"),
+                }
+            }
+            KeySource::Memory => write!(f, "memory"),
         }
     }
 }
@@ -96,6 +256,8 @@ pub struct SigningIdentity {
     pub chain: Vec<CertificateDer<'static>>,
     /// SHA-256 of the signer certificate, lower-case hex.
     pub fingerprint: String,
+    /// Validity of the signer certificate: with two identities for one address, the newest one
+    /// valid now signs (rotation without downtime, docs/keys.md).
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// Decides the signature algorithm (RSA PKCS#1/PSS or ECDSA P-256).
@@ -103,7 +265,9 @@ pub struct SigningIdentity {
     /// The sender's own encryption certificate, if it has one: announced in
     /// SMIMEEncryptionKeyPreference and usable for encrypt-to-self.
     pub encryption_cert: Option<Arc<RecipientCert>>,
-    signer: Arc<dyn Signer>,
+    /// Where the private key lives (file, encrypted file, token).
+    pub source: KeySource,
+    signer: Arc<dyn PrivateKey>,
 }
 
 impl std::fmt::Debug for SigningIdentity {
@@ -112,6 +276,7 @@ impl std::fmt::Debug for SigningIdentity {
             .field("email", &self.email)
             .field("fingerprint", &self.fingerprint)
             .field("key", &self.key)
+            .field("source", &self.source)
             .field("chain_len", &self.chain.len())
             .field(
                 "encryption_cert",
@@ -123,8 +288,14 @@ impl std::fmt::Debug for SigningIdentity {
 
 impl SigningIdentity {
     /// Sign with the identity's private key.
-    pub fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         self.signer.sign(scheme, message)
+    }
+
+    /// The private-key step of decrypting mail sent to this identity's certificate: the seam
+    /// inbound decryption uses ([`Decrypt`]). Works the same for file and token keys.
+    pub fn decrypt(&self, op: Decrypt<'_>) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.signer.decrypt(op)
     }
 
     /// The signer certificate (first in [`Self::chain`]).
@@ -140,13 +311,35 @@ impl SigningIdentity {
         trust: &TrustAnchors,
         now: SystemTime,
     ) -> Result<SigningIdentity, String> {
-        // Wiped on drop, on every path out of here: only aws-lc-rs keeps the key.
-        let key = Zeroizing::new(
-            PrivateKeyDer::from_pem_slice(pem)
-                .map_err(|e| format!("no usable private key: {e}"))?,
-        );
+        Self::from_pem_with(address, pem, None, trust, now)
+    }
+
+    /// Like [`Self::from_pem`], also for an `ENCRYPTED PRIVATE KEY` (PKCS#8 PBES2, RFC 8018)
+    /// opened with `passphrase`.
+    pub fn from_pem_with(
+        address: &str,
+        pem: &[u8],
+        passphrase: Option<&[u8]>,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> Result<SigningIdentity, String> {
         let certs = super::parse_certificates(pem)?;
-        Self::from_parts(address, key.secret_der(), &certs, trust, now)
+        // Wiped on drop, on every path out of here: only aws-lc-rs keeps the key.
+        let key: Zeroizing<Vec<u8>> = match keyfile::encrypted_pem(pem)? {
+            Some(encrypted) => {
+                let pass = passphrase.ok_or(
+                    "the private key is encrypted: set keys.passphrase_file to the file holding its passphrase",
+                )?;
+                keyfile::decrypt_pkcs8(&encrypted, pass)?
+            }
+            None => Zeroizing::new(
+                PrivateKeyDer::from_pem_slice(pem)
+                    .map_err(|e| format!("no usable private key: {e}"))?
+                    .secret_der()
+                    .to_vec(),
+            ),
+        };
+        Self::from_parts(address, &key, &certs, trust, now)
     }
 
     /// Build an identity from PKCS#12 bytes and their password, validated like a key file.
@@ -180,12 +373,35 @@ impl SigningIdentity {
         trust: &TrustAnchors,
         now: SystemTime,
     ) -> Result<SigningIdentity, String> {
-        let address = normalize_address(address);
         let key = parse_private_key(key_der)?;
         let public = match &key {
             LocalKey::Rsa(k) => k.public_key().as_ref().to_vec(),
             LocalKey::Ec(k) => k.public_key().as_ref().to_vec(),
         };
+        Self::from_key(
+            address,
+            Arc::new(key),
+            &public,
+            certs,
+            trust,
+            now,
+            KeySource::Memory,
+        )
+    }
+
+    /// Build an identity from any [`PrivateKey`] whose public key is `public` (the
+    /// subjectPublicKey contents its certificate must carry) and the certificates that may hold
+    /// its certificate and chain; validated like a key file.
+    pub fn from_key(
+        address: &str,
+        key: Arc<dyn PrivateKey>,
+        public: &[u8],
+        certs: &[CertificateDer<'static>],
+        trust: &TrustAnchors,
+        now: SystemTime,
+        source: KeySource,
+    ) -> Result<SigningIdentity, String> {
+        let address = normalize_address(address);
         let mut infos = Vec::new();
         for der in certs {
             infos.push((der.clone(), validate::inspect(der)?));
@@ -229,7 +445,8 @@ impl SigningIdentity {
             not_after: info.not_after,
             key: kind,
             encryption_cert,
-            signer: Arc::new(key),
+            source,
+            signer: key,
         })
     }
 }
@@ -265,10 +482,44 @@ fn parse_private_key(der: &[u8]) -> Result<LocalKey, String> {
     Err("private key is neither RSA nor EC P-256 (or is malformed)".into())
 }
 
+/// Where [`KeyStore::load_with`] finds keys: the directory, the secrets that open encrypted
+/// files, and the token.
+#[derive(Default)]
+pub struct KeySources {
+    pub dir: PathBuf,
+    pub p12_password_file: Option<PathBuf>,
+    /// `keys.passphrase_file`, read once by the caller; wiped when dropped.
+    pub passphrase: Option<Zeroizing<Vec<u8>>>,
+    /// `[keys.pkcs11]`, opened and logged in.
+    pub token: Option<Arc<Token>>,
+    /// `[keys.pkcs11]` is configured (even when `token` could not be opened).
+    pub token_expected: bool,
+}
+
 /// Signing identities by sender address; immutable once loaded, shared by `Arc`.
 #[derive(Debug, Default)]
 pub struct KeyStore {
-    by_address: HashMap<String, Arc<SigningIdentity>>,
+    /// Newest first (notBefore, then notAfter): rotation adds a newer one beside the old.
+    by_address: HashMap<String, Vec<Arc<SigningIdentity>>>,
+}
+
+/// What a key-directory file name says: the address, and whether it is PKCS#12.
+/// `<address>.pem`, `<address>.p12`, or with a tag for a second certificate during rotation:
+/// `<address>+<tag>.pem` (a `+` after the `@` cannot be part of a domain).
+fn file_address(name: &str) -> Option<(&str, bool)> {
+    let (stem, p12) = if let Some(a) = name.strip_suffix(".pem") {
+        (a, false)
+    } else if let Some(a) = name.strip_suffix(".p12") {
+        (a, true)
+    } else {
+        return None;
+    };
+    let at = stem.rfind('@')?;
+    let address = match stem[at..].find('+') {
+        Some(plus) => &stem[..at + plus],
+        None => stem,
+    };
+    Some((address, p12))
 }
 
 impl KeyStore {
@@ -280,6 +531,23 @@ impl KeyStore {
         trust: &TrustAnchors,
         now: SystemTime,
     ) -> (KeyStore, Vec<Problem>) {
+        let sources = KeySources {
+            dir: dir.to_path_buf(),
+            p12_password_file: p12_password_file.map(Path::to_path_buf),
+            ..Default::default()
+        };
+        Self::load_with(&sources, trust, now)
+    }
+
+    /// Read the key directory and, when configured, the token: key files (plain or
+    /// encrypted), certificate-only files whose key is on the token, and certificates on the
+    /// token. Problems are reported per file or token object; the rest still load.
+    pub fn load_with(
+        sources: &KeySources,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> (KeyStore, Vec<Problem>) {
+        let dir = &sources.dir;
         let mut store = KeyStore::default();
         let mut problems = Vec::new();
         let mut paths: Vec<_> = match std::fs::read_dir(dir) {
@@ -290,84 +558,329 @@ impl KeyStore {
             }
         };
         paths.sort();
+        // Certificate-only files: their key is on the token.
+        let mut for_token: Vec<(PathBuf, String, Vec<CertificateDer<'static>>)> = Vec::new();
         for path in paths {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            let (address, is_p12) = if let Some(a) = name.strip_suffix(".pem") {
-                (a, false)
-            } else if let Some(a) = name.strip_suffix(".p12") {
-                (a, true)
-            } else {
+            let Some((address, is_p12)) = file_address(name) else {
+                if name.ends_with(".pem") || name.ends_with(".p12") {
+                    problems.push(Problem::new(
+                        &path,
+                        "file name must be <address>.pem or <address>.p12 (or <address>+<tag>.pem)",
+                    ));
+                }
                 continue;
             };
-            if !address.contains('@') {
-                problems.push(Problem::new(
-                    &path,
-                    "file name must be <address>.pem or <address>.p12",
-                ));
-                continue;
-            }
             let loaded = check_private(&path).and_then(|bytes| {
                 if is_p12 {
-                    let pass = p12_password(&path, p12_password_file)?;
-                    SigningIdentity::from_p12(address, &bytes, &pass, trust, now)
-                } else {
-                    SigningIdentity::from_pem(address, &bytes, trust, now)
-                }
-            });
-            match loaded {
-                Ok(id) => {
-                    if store.by_address.contains_key(&id.email) {
-                        problems.push(Problem::new(
-                            &path,
-                            format!("second identity for {}, ignored", id.email),
-                        ));
+                    let pass = p12_password(
+                        &path,
+                        sources.p12_password_file.as_deref(),
+                        sources.passphrase.as_deref().map(|v| &v[..]),
+                    )?;
+                    let (pass, beside) = pass;
+                    let id = SigningIdentity::from_p12(address, &bytes, &pass, trust, now)?;
+                    // A password from a file beside the key protects nothing; one from a
+                    // secret elsewhere makes this an encrypted file.
+                    let source = if beside {
+                        KeySource::File(path.clone())
                     } else {
-                        store.by_address.insert(id.email.clone(), Arc::new(id));
+                        KeySource::EncryptedFile(path.clone())
+                    };
+                    return Ok(Some((id, source)));
+                }
+                if keyfile::encrypted_pem(&bytes)?.is_some() {
+                    let id = SigningIdentity::from_pem_with(
+                        address,
+                        &bytes,
+                        sources.passphrase.as_deref().map(|v| &v[..]),
+                        trust,
+                        now,
+                    )?;
+                    return Ok(Some((id, KeySource::EncryptedFile(path.clone()))));
+                }
+                if PrivateKeyDer::from_pem_slice(&bytes).is_err() {
+                    if sources.token.is_some() {
+                        let certs = super::parse_certificates(&bytes)?;
+                        for_token.push((path.clone(), address.to_string(), certs));
+                        return Ok(None);
+                    }
+                    if sources.token_expected {
+                        return Err(format!(
+                            "the private key for {address} is on the token, which cannot be used (see keys.pkcs11)"
+                        ));
                     }
                 }
+                let id = SigningIdentity::from_pem(address, &bytes, trust, now)?;
+                Ok(Some((id, KeySource::File(path.clone()))))
+            });
+            match loaded {
+                Ok(Some((mut id, source))) => {
+                    id.source = source;
+                    store.insert(id);
+                }
+                Ok(None) => {}
                 Err(reason) => problems.push(Problem::new(&path, reason)),
             }
+        }
+        if let Some(token) = &sources.token {
+            token_identities(token, for_token, &mut store, &mut problems, trust, now);
         }
         (store, problems)
     }
 
-    /// The identity for a sender address (case-insensitive, see [`normalize_address`]).
+    /// The identity that signs for a sender address (case-insensitive, see
+    /// [`normalize_address`]): the newest one valid now.
     pub fn get(&self, address: &str) -> Option<Arc<SigningIdentity>> {
-        self.by_address.get(&normalize_address(address)).cloned()
+        self.get_at(address, SystemTime::now())
     }
 
-    /// All identities, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<SigningIdentity>> {
-        self.by_address.values()
+    /// [`KeyStore::get`] at `now`: the newest identity valid then, else the newest.
+    pub fn get_at(&self, address: &str, now: SystemTime) -> Option<Arc<SigningIdentity>> {
+        let list = self.by_address.get(&normalize_address(address))?;
+        list.iter()
+            .find(|id| id.not_before <= now && now < id.not_after)
+            .or_else(|| list.first())
+            .cloned()
     }
 
-    /// Add an identity built in memory (tools, tests); replaces one for the same address.
+    /// The identities that sign now, one per address, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = Arc<SigningIdentity>> + '_ {
+        self.by_address.keys().filter_map(|a| self.get(a))
+    }
+
+    /// Every identity loaded, including those a newer one replaces; sorted by address, newest
+    /// first.
+    pub fn all(&self) -> Vec<Arc<SigningIdentity>> {
+        let mut addresses: Vec<&String> = self.by_address.keys().collect();
+        addresses.sort();
+        addresses
+            .into_iter()
+            .flat_map(|a| self.by_address[a].iter().cloned())
+            .collect()
+    }
+
+    /// Add an identity built in memory (tools, tests); beside others for the same address, kept
+    /// newest first (one with the same certificate is replaced).
     pub fn insert(&mut self, id: SigningIdentity) {
-        self.by_address.insert(id.email.clone(), Arc::new(id));
+        let list = self.by_address.entry(id.email.clone()).or_default();
+        list.retain(|old| old.fingerprint != id.fingerprint);
+        list.push(Arc::new(id));
+        list.sort_by(|a, b| {
+            (b.not_before, b.not_after)
+                .cmp(&(a.not_before, a.not_after))
+                .then_with(|| a.fingerprint.cmp(&b.fingerprint))
+        });
     }
 
     /// Keep only the identities `keep` accepts.
     pub fn retain(&mut self, keep: impl Fn(&SigningIdentity) -> bool) {
-        self.by_address.retain(|_, id| keep(id));
+        for list in self.by_address.values_mut() {
+            list.retain(|id| keep(id));
+        }
+        self.by_address.retain(|_, list| !list.is_empty());
     }
 }
 
+/// A certificate to find the token key for: its file (None: on the token), the addresses it
+/// signs for, its CKA_ID on the token (empty for files), the certificates.
+type MatchJob = (
+    Option<PathBuf>,
+    Vec<String>,
+    Vec<u8>,
+    Vec<CertificateDer<'static>>,
+);
+
+/// Match token keys to certificates (from `for_token` files and from the token itself) and add
+/// an identity for each match. A key matches a certificate when a test signature made on the
+/// token verifies with the certificate's public key; candidates are the keys with the
+/// certificate's CKA_ID (token certificates) or its subjectKeyIdentifier, or labelled with the
+/// address, else every key on the token.
+fn token_identities(
+    token: &Arc<Token>,
+    for_token: Vec<(PathBuf, String, Vec<CertificateDer<'static>>)>,
+    store: &mut KeyStore,
+    problems: &mut Vec<Problem>,
+    trust: &TrustAnchors,
+    now: SystemTime,
+) {
+    use cryptoki::object::ObjectClass;
+    let where_ = PathBuf::from(format!("token {:?}", token.label));
+    let keys = match token.objects(ObjectClass::PRIVATE_KEY) {
+        Ok(k) => k,
+        Err(e) => {
+            problems.push(Problem::new(&where_, e.to_string()));
+            return;
+        }
+    };
+    let token_certs = match token.objects(ObjectClass::CERTIFICATE) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(Problem::new(&where_, e.to_string()));
+            Vec::new()
+        }
+    };
+    // Certificates the token holds: leaves become candidates, CA certificates are intermediates
+    // for all of them.
+    let mut token_cas = Vec::new();
+    let mut jobs: Vec<MatchJob> = Vec::new();
+    for o in &token_certs {
+        let der = CertificateDer::from(o.value.clone());
+        match validate::inspect(&der) {
+            Ok(i) if i.is_ca => token_cas.push(der),
+            Ok(i) => jobs.push((None, i.emails.clone(), o.id.clone(), vec![der])),
+            Err(e) => problems.push(Problem::new(
+                &where_,
+                format!(
+                    "certificate CKA_ID {} ({}): {e}",
+                    super::hex(&o.id),
+                    o.label
+                ),
+            )),
+        }
+    }
+    for (path, address, certs) in for_token {
+        jobs.push((
+            Some(path),
+            vec![normalize_address(&address)],
+            Vec::new(),
+            certs,
+        ));
+    }
+    let mut used = std::collections::HashSet::new();
+    for (path, addresses, cert_id, mut certs) in jobs {
+        certs.extend(token_cas.iter().cloned());
+        let place = path.clone().unwrap_or_else(|| where_.clone());
+        let leaf = certs
+            .iter()
+            .filter_map(|d| validate::inspect(d).ok().map(|i| (d, i)))
+            .find(|(_, i)| !i.is_ca);
+        let Some((_, info)) = leaf else {
+            problems.push(Problem::new(&place, "no end-entity certificate"));
+            continue;
+        };
+        let ski = subject_key_id(&certs[0]);
+        let mut candidates: Vec<&TokenObject> = keys
+            .iter()
+            .filter(|k| {
+                (!cert_id.is_empty() && k.id == cert_id)
+                    || ski.as_ref().is_some_and(|s| *s == k.id)
+                    || addresses.iter().any(|a| normalize_address(&k.label) == *a)
+            })
+            .collect();
+        if candidates.is_empty() && path.is_some() {
+            candidates = keys.iter().collect();
+        }
+        let rsa = matches!(info.key, Some(KeyKind::Rsa { .. }));
+        let Some(key) = candidates.into_iter().find(|k| {
+            let tk = TokenKey {
+                token: token.clone(),
+                id: k.id.clone(),
+                rsa,
+                public: info.public_key.clone(),
+            };
+            key_matches(&tk, rsa)
+        }) else {
+            if path.is_some() || !cert_id.is_empty() {
+                problems.push(Problem::new(
+                    &place,
+                    format!(
+                        "no private key on token {:?} matches certificate {}",
+                        token.label, info.fingerprint
+                    ),
+                ));
+            }
+            continue;
+        };
+        used.insert(key.id.clone());
+        for address in &addresses {
+            let tk = Arc::new(TokenKey {
+                token: token.clone(),
+                id: key.id.clone(),
+                rsa,
+                public: info.public_key.clone(),
+            });
+            let source = KeySource::Token {
+                label: token.label.clone(),
+                id: super::hex(&key.id),
+                certificate: path.clone(),
+            };
+            match SigningIdentity::from_key(
+                address,
+                tk,
+                &info.public_key,
+                &certs,
+                trust,
+                now,
+                source,
+            ) {
+                Ok(id) => store.insert(id),
+                Err(reason) => problems.push(Problem::new(&place, reason)),
+            }
+        }
+    }
+    for k in keys.iter().filter(|k| !used.contains(&k.id)) {
+        problems.push(Problem::new(
+            &where_,
+            format!(
+                "private key CKA_ID {} ({:?}) has no certificate: put it on the token with the same CKA_ID, or <address>.pem in keys.dir",
+                super::hex(&k.id),
+                k.label
+            ),
+        ));
+    }
+}
+
+/// Whether `key` is the private half of its certificate's public key: a test signature over a
+/// fixed text must verify (the token key checks every signature). Proves the PIN, the mechanism
+/// and the pairing at once.
+fn key_matches(key: &TokenKey, rsa: bool) -> bool {
+    let scheme = if rsa {
+        SignatureScheme::RsaPkcs1Sha256
+    } else {
+        SignatureScheme::EcdsaP256Sha256
+    };
+    key.sign(scheme, b"cachet key match").is_ok()
+}
+
+/// The subjectKeyIdentifier of a certificate, if it has one (the usual CKA_ID).
+pub(crate) fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    use der::Decode;
+    use x509_cert::ext::pkix::SubjectKeyIdentifier;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let exts = cert.tbs_certificate().extensions()?;
+    exts.iter()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)
+        .and_then(|e| SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).ok())
+        .map(|s| s.0.as_bytes().to_vec())
+}
+
 /// The password for the PKCS#12 file at `path`: `<file>.pass` beside it, else the shared
-/// `p12_password_file`; one line, trailing newline dropped. Wiped when dropped.
-fn p12_password(path: &Path, shared: Option<&Path>) -> Result<Zeroizing<String>, String> {
+/// `p12_password_file`, else `keys.passphrase_file`; one line, trailing newline dropped. Wiped
+/// when dropped. The flag says it came from beside the file.
+fn p12_password(
+    path: &Path,
+    shared: Option<&Path>,
+    passphrase: Option<&[u8]>,
+) -> Result<(Zeroizing<String>, bool), String> {
     let own = path.with_file_name(format!(
         "{}.pass",
         path.file_name().unwrap_or_default().to_string_lossy()
     ));
-    let file = if own.exists() {
+    let beside = own.exists();
+    let file = if beside {
         own
     } else if let Some(p) = shared {
         p.to_path_buf()
+    } else if let Some(pass) = passphrase {
+        let text = std::str::from_utf8(pass)
+            .map_err(|_| "keys.passphrase_file is not UTF-8".to_string())?;
+        return Ok((Zeroizing::new(text.to_string()), false));
     } else {
         return Err(format!(
-            "no password: create {} or set p12_password_file",
+            "no password: create {}, or set p12_password_file or passphrase_file",
             own.display()
         ));
     };
@@ -375,14 +888,15 @@ fn p12_password(path: &Path, shared: Option<&Path>) -> Result<Zeroizing<String>,
         check_private(&file).map_err(|e| format!("password file {}: {e}", file.display()))?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| format!("password file {} is not UTF-8", file.display()))?;
-    Ok(Zeroizing::new(
-        text.trim_end_matches(['\r', '\n']).to_string(),
+    Ok((
+        Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string()),
+        beside,
     ))
 }
 
 /// Read a secret file, refusing it when group or others may read it (mode & 077). The bytes are
 /// wiped when the caller drops them.
-fn check_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+pub(crate) fn check_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -419,7 +933,8 @@ mod tests {
         let bytes: Zeroizing<Vec<u8>> = check_private(&key).unwrap();
         assert_eq!(&bytes[..], b"not really pkcs12");
         secret(dir.path(), "a@x.example.p12.pass", "s3cret\r\n");
-        let pass: Zeroizing<String> = p12_password(&key, None).unwrap();
+        let (pass, beside): (Zeroizing<String>, bool) = p12_password(&key, None, None).unwrap();
+        assert!(beside);
         assert_eq!(pass.as_str(), "s3cret");
     }
 
@@ -427,15 +942,15 @@ mod tests {
     fn p12_password_falls_back_to_the_shared_file_and_names_what_is_missing() {
         let dir = tempfile::tempdir().unwrap();
         let key = secret(dir.path(), "b@x.example.p12", "");
-        let err = p12_password(&key, None).unwrap_err();
+        let err = p12_password(&key, None, None).unwrap_err();
         assert!(err.contains("b@x.example.p12.pass"), "{err}");
         let shared = secret(dir.path(), "shared", "common\n");
         assert_eq!(
-            p12_password(&key, Some(&shared)).unwrap().as_str(),
+            p12_password(&key, Some(&shared), None).unwrap().0.as_str(),
             "common"
         );
         std::fs::write(&shared, [0xff, 0xfe]).unwrap();
-        let err = p12_password(&key, Some(&shared)).unwrap_err();
+        let err = p12_password(&key, Some(&shared), None).unwrap_err();
         assert!(err.contains("shared is not UTF-8"), "{err}");
     }
 }

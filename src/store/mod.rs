@@ -8,8 +8,10 @@
 //! [`Problem`]s, one line each in `cachet check`. A bad file never stops the others from loading,
 //! and a certificate that fails validation is reported and never used.
 //!
-//! Secrets touched: the private keys (and PKCS#12 passwords) in the keys directory. They stay in
-//! memory behind [`keys::SigningIdentity::sign`] so they could move to a separate process or an HSM.
+//! Secrets touched: the private keys (and PKCS#12 passwords, the key passphrase, the token PIN).
+//! Keys are used only behind [`keys::PrivateKey`] (sign, decrypt): in memory for key files
+//! (plain or encrypted, [`keyfile`]), on a PKCS#11 token for `[keys.pkcs11]` ([`pkcs11`]), where
+//! they never leave it. `cachet keys list/import` live in [`import`].
 //!
 //! Validation rules (RFC 8550 §4, RFC 5280 §6) live in [`validate`], shared by both stores.
 //! Certificates can also come from LDAP directories ([`directory`]): fetched over the network
@@ -23,7 +25,10 @@ use rustls_pki_types::pem::PemObject;
 
 pub mod certs;
 pub mod directory;
+pub mod import;
+pub mod keyfile;
 pub mod keys;
+pub mod pkcs11;
 pub mod revocation;
 pub mod validate;
 

@@ -24,11 +24,13 @@ pub mod gateway;
 pub mod http;
 pub mod pki;
 pub mod slapd;
+pub mod softhsm;
 pub mod upstream;
 
 pub use client::{SmtpClient, python_send};
 pub use gateway::{Gateway, GatewayConfig, cachet_command, free_port, toml_str, users_line};
 pub use pki::TestPki;
+pub use softhsm::{SoftHsm, USER_PIN, softhsm_module};
 pub use upstream::{
     Action, DataAttempt, Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls,
 };

@@ -76,7 +76,16 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
             metrics: metrics.clone(),
             spool: spool.clone(),
             listening: listening.clone(),
-            extra: Arc::new(move || crate::check::expiry_gauges(&rt_for_gauges.load().stores)),
+            extra: Arc::new(move || {
+                let stores = &rt_for_gauges.load().stores;
+                let mut s = crate::check::expiry_gauges(stores);
+                s.push_str(
+                    &stores
+                        .revocation
+                        .render_metrics(std::time::SystemTime::now()),
+                );
+                s
+            }),
         });
         tokio::spawn(admin.serve(l, shutdown_rx.clone()));
     }
@@ -86,6 +95,7 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
         metrics: metrics.clone(),
     };
     let sched = tokio::spawn(scheduler.run(queued_rx, shutdown_rx.clone(), DRAIN));
+    tokio::spawn(revocation_task(runtime.clone(), shutdown_rx.clone()));
     tracing::info!(config = %config_path.display(), policy = %cfg.policy.version, upstream = %cfg.upstream.url, "cachet started");
 
     signals(&config_path, &runtime).await;
@@ -124,7 +134,7 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
     let path = config_path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || Runtime::load(&path)).await;
     match loaded {
-        Ok(Ok(new)) => {
+        Ok(Ok(mut new)) => {
             let old = runtime.load();
             if new.config.server.listen != old.config.server.listen
                 || new.config.spool.dir != old.config.spool.dir
@@ -136,7 +146,13 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
             let version = new.config.policy.version.clone();
             // Directory answers survive a reload for directories configured the same way.
             new.stores.directory.adopt_cache(&old.stores.directory);
+            // CRLs and OCSP answers outlive the reload; crl_dir is re-read by the refresher,
+            // woken to look at the new certificates once the new runtime is in.
+            let revocation = old.stores.revocation.clone();
+            new.stores.revocation = revocation.clone();
             runtime.store(Arc::new(new));
+            // After the swap, so the refresher wakes to the new certificates.
+            revocation.wake.notify_one();
             // Logged after the swap: whoever reads this line may rely on the new runtime.
             tracing::info!(policy = %version, "configuration reloaded");
         }
@@ -146,5 +162,42 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
             }
         }
         Err(e) => tracing::error!(error = %e, "reload failed"),
+    }
+}
+
+/// The background revocation refresher: every `certificates.revocation_interval` (or at once
+/// after a reload) it fetches the CRLs and OCSP answers that are due for the certificates of
+/// the current runtime ([`crate::store::revocation::refresh`]). Idle when no policy checks
+/// revocation. The hot path only ever reads what it left in memory.
+async fn revocation_task(runtime: Arc<ArcSwap<Runtime>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let rt = runtime.load_full();
+        let rev = rt.stores.revocation.clone();
+        let mut interval = Duration::from_secs(300);
+        if let Some(c) = &rt.config.certificates {
+            interval = c.revocation_interval;
+            if rt.config.policy.revocation_in_use() {
+                let settings = crate::store::revocation::refresh::Settings {
+                    cache_dir: rt.config.spool.dir.join("revocation"),
+                    crl_dir: c.crl_dir.clone(),
+                    limits: crate::http::Limits {
+                        timeout: c.fetch_timeout,
+                        max_size: c.crl_max_size,
+                    },
+                    interval,
+                };
+                let targets = rt.stores.revocation_targets();
+                drop(rt);
+                tokio::select! {
+                    _ = crate::store::revocation::refresh::round(&rev, &settings, targets) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = rev.wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! reports over the loaded [`Runtime`], beside the pipeline rather than in it.
 
 use crate::config::Config;
-use crate::policy::Digest;
+use crate::policy::{Digest, Mode, Revocation};
 use crate::runtime::{Runtime, Stores};
+use crate::store::revocation::Status;
 use std::time::{Duration, SystemTime};
 
 /// Lines `cachet check` prints after "ok": what was loaded, then warnings (unusable files,
@@ -46,6 +47,8 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
             out.push(format!("warning: policy.rsa_signature = \"pss\" does not apply to the EC P-256 key for {} (ECDSA)", id.email));
         }
     }
+    out.extend(revocation_advice(&rt.config.policy));
+    out.extend(revocation_warnings(rt));
     let soon = SystemTime::now() + Duration::from_secs(30 * 86400);
     for id in s.keys.iter().filter(|id| id.not_after < soon) {
         out.push(format!(
@@ -154,4 +157,66 @@ pub fn expiry_gauges(stores: &Stores) -> String {
         }
     }
     s
+}
+
+/// `cachet check` advice: where encryption is required, an unknown revocation status should
+/// not let a possibly revoked certificate through (`revocation = "hard"`).
+pub fn revocation_advice(policy: &crate::policy::Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let d = policy.defaults;
+    if d.encrypt == Mode::Required && d.revocation != Revocation::Hard {
+        out.push("suggestion: [policy] encrypt = \"required\": consider revocation = \"hard\" so a certificate whose revocation status is unknown is not used".to_string());
+    }
+    for r in &policy.rules {
+        let encrypt = r.set.encrypt.unwrap_or(d.encrypt);
+        let revocation = r.set.revocation.unwrap_or(d.revocation);
+        if encrypt == Mode::Required && revocation != Revocation::Hard {
+            out.push(format!("suggestion: rule {:?} has encrypt = \"required\": consider revocation = \"hard\" so a certificate whose revocation status is unknown is not used", r.name));
+        }
+    }
+    out
+}
+
+/// `cachet check` warnings about recipient certificates whose revocation status is known now
+/// (from `crl_dir`) to be revoked, or can never be known (no CRL distribution point, no OCSP
+/// responder, no CRL in `crl_dir`) while some rule says `revocation = "hard"`.
+pub fn revocation_warnings(rt: &Runtime) -> Vec<String> {
+    let p = &rt.config.policy;
+    if !p.revocation_in_use() {
+        return Vec::new();
+    }
+    let hard = p.defaults.revocation == Revocation::Hard
+        || p.rules
+            .iter()
+            .any(|r| r.set.revocation == Some(Revocation::Hard));
+    let s = &rt.stores;
+    let now = SystemTime::now();
+    let mut out = Vec::new();
+    for addr in s.certs.addresses() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        s.certs.lookup_with(addr, now, &|der, chain| {
+            let fp = crate::store::hex(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref(),
+            );
+            seen.borrow_mut()
+                .push((fp, s.revocation.status(der, chain, &s.trust, now)));
+            Ok(())
+        });
+        for (fp, status) in seen.into_inner() {
+            match status {
+                Status::Revoked(source) => out.push(format!(
+                    "warning: certificate for {addr} ({fp}) is revoked ({}); it is never used",
+                    source.name()
+                )),
+                Status::Unknown {
+                    reason,
+                    pending: false,
+                } if hard => out.push(format!(
+                    "warning: certificate for {addr} ({fp}): its revocation status cannot be known ({reason}); rules with revocation = \"hard\" will not use it"
+                )),
+                _ => {}
+            }
+        }
+    }
+    out
 }

@@ -8,11 +8,13 @@
 //! ```
 //!
 //! `config` builds one immutable [`config::Config`]; `store` holds the signing keys and recipient
-//! certificates; `app` wires the stages together and owns shutdown and reload. Lower stages never
+//! certificates and their revocation status (kept fresh by a background task that fetches CRLs
+//! and OCSP answers through `http`); `app` wires the stages together and owns shutdown and reload. Lower stages never
 //! import `session` or `listener`.
 
 // The stages, in the order mail flows through them.
 pub mod dsn;
+pub mod http;
 pub mod listener;
 pub mod pipeline;
 pub mod policy;

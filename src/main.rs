@@ -178,7 +178,11 @@ fn run_serve(config: PathBuf) -> ExitCode {
     };
     init_logging(format, &level);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(app::serve(config)) {
+    let result = rt.block_on(app::serve(config));
+    // Sessions and deliveries have drained by now; what may remain on the blocking pool is a
+    // CRL or OCSP fetch (up to certificates.fetch_timeout): do not let it hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cachet: {e}");

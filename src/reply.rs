@@ -263,6 +263,12 @@ pub const SMIME_TEMPORARY: Reply = Reply::new(
     "S/MIME processing failed temporarily; will retry",
 );
 pub const SMIME_FAILED: Reply = Reply::new(554, "5.7.5", "S/MIME processing failed");
+/// A recipient waits in the queue for a certificate's first revocation answer (hard mode).
+pub const REVOCATION_PENDING: Reply = Reply::new(
+    451,
+    "4.7.0",
+    "certificate revocation status not yet known; will retry",
+);
 pub const SEALING_ABORTED: Reply =
     Reply::new(451, "4.3.0", "Local error in processing; will retry");
 pub const DATA_UNREADABLE: Reply = Reply::new(

@@ -3,7 +3,9 @@
 //! swaps it in atomically, so sessions in flight finish on the one they started with.
 
 use crate::config::{Config, ConfigError};
+use crate::store::revocation::{Revocation, Status, refresh::Target};
 use crate::store::{CertStore, KeyStore, SigningIdentity, TrustAnchors};
+use rustls_pki_types::CertificateDer;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -194,6 +196,9 @@ pub struct Stores {
     /// Problems with individual keys or certificates: reported by `check` and at load, and
     /// those files are never used, but they do not stop the gateway.
     pub warnings: Vec<String>,
+    /// CRLs and OCSP answers in memory; `app` hands the same one to every reloaded runtime and
+    /// to the background refresher.
+    pub revocation: Arc<Revocation>,
 }
 
 impl Stores {
@@ -218,6 +223,12 @@ impl Stores {
                 .warnings
                 .extend(problems.iter().map(|p| p.to_string()));
             stores.certs = certs;
+            if let Some(dir) = &c.crl_dir {
+                let problems = stores.revocation.load_dir(dir);
+                stores
+                    .warnings
+                    .extend(problems.iter().map(|p| p.to_string()));
+            }
         }
         if let Some(k) = &config.keys {
             let (sources, mut source_errors) = key_sources(config, k);
@@ -293,15 +304,15 @@ impl Stores {
         self.lookup_with(address, now, &|_, _| Ok(()))
     }
 
-    /// [`Stores::lookup`] with one more test (revocation) for each directory certificate that
-    /// is otherwise valid; see [`crate::store::directory::Accept`].
+    /// [`Stores::lookup`] with one more test (revocation) for each file or directory
+    /// certificate that is otherwise valid; see [`crate::store::directory::Accept`].
     pub fn lookup_with(
         &self,
         address: &str,
         now: SystemTime,
         accept: &crate::store::directory::Accept<'_>,
     ) -> crate::store::CertLookup {
-        let mut out = self.certs.lookup(address, now);
+        let mut out = self.certs.lookup_with(address, now, accept);
         if out.cert.is_none() {
             self.directory
                 .lookup_into(address, &self.certs, now, accept, &mut out);
@@ -327,6 +338,63 @@ impl Stores {
         self.keys
             .get_at(from, now)
             .filter(|id| id.not_before <= now && now < id.not_after)
+    }
+
+    /// The revocation status of signing identity `id`'s certificate, from memory.
+    pub fn signer_status(&self, id: &SigningIdentity) -> Status {
+        let mut chain: Vec<CertificateDer<'_>> = id.chain.iter().skip(1).cloned().collect();
+        chain.extend(self.certs.intermediates().iter().cloned());
+        self.revocation
+            .status(id.certificate(), &chain, &self.trust, SystemTime::now())
+    }
+
+    /// Every certificate whose revocation status may be asked (recipients, their intermediates,
+    /// signing certificates and their chains), each with its issuer when one is loaded.
+    pub fn revocation_targets(&self) -> Vec<Target> {
+        // Certificates a decision asked about that the stores do not list (directory answers).
+        let wanted = self.revocation.wanted();
+        let ids: Vec<_> = self.keys.iter().collect();
+        let mut cas: Vec<&CertificateDer<'static>> = self.certs.intermediates().iter().collect();
+        for id in &ids {
+            cas.extend(id.chain.iter().skip(1));
+        }
+        for (_, chain) in &wanted {
+            cas.extend(chain.iter());
+        }
+        cas.extend(self.trust.certs.iter());
+        let issuer_of = |der: &CertificateDer<'static>| -> Option<CertificateDer<'static>> {
+            use der::{Decode, Encode};
+            let cert = x509_cert::Certificate::from_der(der).ok()?;
+            let want = cert.tbs_certificate().issuer().to_der().ok()?;
+            cas.iter()
+                .find(|ca| {
+                    x509_cert::Certificate::from_der(ca).is_ok_and(|c| {
+                        c.tbs_certificate()
+                            .subject()
+                            .to_der()
+                            .is_ok_and(|s| s == want)
+                    })
+                })
+                .map(|ca| (*ca).clone())
+        };
+        let mut ders: Vec<(&CertificateDer<'static>, bool)> = self
+            .certs
+            .certificates()
+            .into_iter()
+            .map(|d| (d, true))
+            .collect();
+        ders.extend(self.certs.intermediates().iter().map(|d| (d, false)));
+        for id in &ids {
+            ders.extend(id.chain.iter().enumerate().map(|(i, d)| (d, i == 0)));
+        }
+        ders.extend(wanted.iter().map(|(d, _)| (d, true)));
+        ders.into_iter()
+            .map(|(d, end_entity)| Target {
+                der: d.clone(),
+                issuer: issuer_of(d),
+                end_entity,
+            })
+            .collect()
     }
 
     pub fn can_encrypt_to(&self, address: &str) -> bool {

@@ -172,6 +172,14 @@ pub struct Pkcs11Config {
 pub struct CertificatesConfig {
     pub dir: PathBuf,
     pub trust: Vec<PathBuf>,
+    /// Operator-dropped CRLs (DER or PEM).
+    pub crl_dir: Option<PathBuf>,
+    /// One CRL download or OCSP exchange, connect included.
+    pub fetch_timeout: std::time::Duration,
+    /// Largest CRL or OCSP response accepted, bytes.
+    pub crl_max_size: u64,
+    /// Period of the revocation refresher.
+    pub revocation_interval: std::time::Duration,
 }
 
 /// One `[[directory]]` entry, validated: an LDAP directory asked for recipient certificates
@@ -523,13 +531,29 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
             }
         }),
     });
-    let certificates = raw.certificates.map(|c| CertificatesConfig {
-        dir: existing_dir(base, &c.dir, "certificates.dir", p),
-        trust: c
-            .trust
-            .iter()
-            .map(|v| existing_file(base, v, "certificates.trust", p))
-            .collect(),
+    let certificates = raw.certificates.map(|c| {
+        bounded(p, "certificates.fetch_timeout", c.fetch_timeout.0.as_secs());
+        bounded(p, "certificates.crl_max_size", c.crl_max_size.0);
+        bounded(
+            p,
+            "certificates.revocation_interval",
+            c.revocation_interval.0.as_secs(),
+        );
+        CertificatesConfig {
+            dir: existing_dir(base, &c.dir, "certificates.dir", p),
+            trust: c
+                .trust
+                .iter()
+                .map(|v| existing_file(base, v, "certificates.trust", p))
+                .collect(),
+            crl_dir: c
+                .crl_dir
+                .as_ref()
+                .map(|v| existing_dir(base, v, "certificates.crl_dir", p)),
+            fetch_timeout: c.fetch_timeout.0,
+            crl_max_size: c.crl_max_size.0,
+            revocation_interval: c.revocation_interval.0,
+        }
     });
     let policy = policy::build(&raw.policy, &raw.rules, p);
     let directories = directories(

@@ -6,8 +6,8 @@
 use super::Problems;
 use super::raw::{RawPolicy, RawRule};
 use crate::policy::{
-    Cipher, Digest, KeyTransport, Mode, OnMissing, Overrides, Policy, Rule, SignatureForm,
-    Treatment,
+    Cipher, Digest, KeyTransport, Mode, OnMissing, Overrides, Policy, Revocation, Rule,
+    SignatureForm, Treatment,
 };
 use crate::store::normalize_glob;
 use toml::Spanned;
@@ -52,6 +52,12 @@ const MISSING: &[(&str, OnMissing)] = &[
     ("reject", OnMissing::Reject),
     ("hold", OnMissing::Hold),
     ("bounce", OnMissing::Bounce),
+];
+
+const REVOCATION: &[(&str, Revocation)] = &[
+    ("off", Revocation::Off),
+    ("soft", Revocation::Soft),
+    ("hard", Revocation::Hard),
 ];
 
 const SIGNATURE_FORMS: &[(&str, SignatureForm)] = &[
@@ -117,6 +123,8 @@ pub fn build(raw: &RawPolicy, rules: &[Spanned<RawRule>], p: &mut Problems) -> P
             .unwrap_or_else(|| default_of("policy.key_transport", TRANSPORTS)),
         on_missing_key: pick(&raw.on_missing_key, "policy.on_missing_key", MISSING, p)
             .unwrap_or_else(|| default_of("policy.on_missing_key", MISSING)),
+        revocation: pick(&raw.revocation, "policy.revocation", REVOCATION, p)
+            .unwrap_or_else(|| default_of("policy.revocation", REVOCATION)),
     };
     let signature_form = raw
         .signature
@@ -148,6 +156,7 @@ pub fn build(raw: &RawPolicy, rules: &[Spanned<RawRule>], p: &mut Problems) -> P
                 encryption: pick(&r.encryption, &key("encryption"), CIPHERS, p),
                 key_transport: pick(&r.key_transport, &key("key_transport"), TRANSPORTS, p),
                 on_missing_key: pick(&r.on_missing_key, &key("on_missing_key"), MISSING, p),
+                revocation: pick(&r.revocation, &key("revocation"), REVOCATION, p),
             },
         };
         if r.name.trim().is_empty() {
@@ -305,6 +314,37 @@ sign = "never"
         );
         assert!(
             all.iter().any(|e| e.contains(":8: rule \"r1\": from")),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn revocation_defaults_to_soft_and_rules_override_it() {
+        let c = load("[policy]\nrevocation = \"hard\"\n[[rule]]\nname = \"r\"\nto = [\"*@x.example\"]\nrevocation = \"off\"\n").unwrap();
+        assert_eq!(
+            c.policy
+                .treatment("a@example.org", "b@x.example")
+                .1
+                .revocation,
+            crate::policy::Revocation::Off
+        );
+        assert_eq!(
+            c.policy
+                .treatment("a@example.org", "b@y.example")
+                .1
+                .revocation,
+            crate::policy::Revocation::Hard
+        );
+        let c = load("").unwrap();
+        assert_eq!(
+            c.policy.defaults.revocation,
+            crate::policy::Revocation::Soft
+        );
+        let errs = load("[[rule]]\nname = \"r1\"\nrevocation = \"maybe\"\n").unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            all.iter().any(|e| e
+                .contains(":7: rule \"r1\": revocation: \"maybe\" is not one of off, soft, hard")),
             "{all:?}"
         );
     }

@@ -166,6 +166,14 @@ pub struct RawCertificates {
     pub dir: Spanned<PathBuf>,
     #[serde(default)]
     pub trust: Vec<Spanned<PathBuf>>,
+    /// Operator-dropped CRLs (DER or PEM), an alternative to fetching them.
+    pub crl_dir: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Dur,
+    #[serde(default = "default_crl_max_size")]
+    pub crl_max_size: Size,
+    #[serde(default = "default_revocation_interval")]
+    pub revocation_interval: Dur,
 }
 
 /// `[[directory]]`: one LDAP directory to ask for recipient certificates (issue 10; the key
@@ -205,6 +213,7 @@ pub struct RawPolicy {
     pub digest: Option<Spanned<String>>,
     pub rsa_signature: Option<Spanned<String>>,
     pub encrypt_to_self: Option<bool>,
+    pub revocation: Option<Spanned<String>>,
     pub subject_tag: Option<String>,
     pub encrypt_header: Option<String>,
 }
@@ -221,6 +230,7 @@ pub struct RawRule {
     pub encryption: Option<Spanned<String>>,
     pub key_transport: Option<Spanned<String>>,
     pub on_missing_key: Option<Spanned<String>>,
+    pub revocation: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +321,15 @@ fn default_pkcs11_sessions() -> usize {
 }
 fn default_admin_listen() -> Option<Spanned<String>> {
     Some(spanned(P::default("admin.listen")))
+}
+fn default_fetch_timeout() -> Dur {
+    P::default("certificates.fetch_timeout")
+}
+fn default_crl_max_size() -> Size {
+    P::default("certificates.crl_max_size")
+}
+fn default_revocation_interval() -> Dur {
+    P::default("certificates.revocation_interval")
 }
 fn default_directory_starttls() -> bool {
     P::default("directory.starttls")

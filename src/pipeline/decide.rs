@@ -3,9 +3,10 @@
 //! `(&Policy, &Stores, Ask)`: the session's RCPT and end-of-DATA checks, sealing at delivery and
 //! `cachet explain` all call it, and its tests need no disk and no socket.
 
-use crate::policy::{Mode, OnMissing, Policy, Treatment};
+use crate::policy::{Mode, OnMissing, Policy, Revocation, Treatment};
 use crate::reply::{self, Reply};
 use crate::runtime::Stores;
+use crate::store::revocation::Status;
 use crate::store::{RecipientCert, SigningIdentity};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,6 +19,10 @@ pub enum Fate {
     Refuse(Reply),
     Hold(String),
     Bounce(Reply),
+    /// Try again later (hard revocation checking while a certificate's first status answer is
+    /// still being fetched). Only at delivery: during SMTP the recipient is accepted and waits
+    /// in the queue.
+    Defer(String),
 }
 
 /// The question: who sends to whom, and what is known so far.
@@ -98,18 +103,38 @@ pub fn decide(policy: &Policy, stores: &Stores, ask: Ask<'_>) -> Decision {
         t.encrypt = t.encrypt.max(Mode::Required);
     }
     // Files, then the directories' cached answers (prefetched by the caller): never I/O here.
-    let lookup = stores.lookup(ask.recipient, ask.now);
-    let signer = ask.from.and_then(|f| stores.signer_at(f, ask.now));
-    let mut fate = Fate::Send;
-    if t.encrypt == Mode::Required && lookup.cert.is_none() {
-        fate = missing(
+    let (lookup, cert_pending) = recipient_certificate(stores, &t, ask.recipient, ask.now);
+    let (signer, signer_pending) = match ask.from {
+        Some(f) => signing_identity(stores, &t, f, ask.now),
+        None => (None, None),
+    };
+    // A certificate passed over only because its first revocation answer is still to come
+    // (hard mode) makes the recipient wait at delivery; during SMTP it is accepted.
+    let wait = |pending: Option<String>, otherwise: Fate| match pending {
+        Some(_) if ask.during_smtp => Fate::Send,
+        Some(reason) => Fate::Defer(reason),
+        None => otherwise,
+    };
+    let no_cert = t.encrypt != Mode::Never && lookup.cert.is_none();
+    let no_signer = ask.from.is_some() && t.sign != Mode::Never && signer.is_none();
+    let fate = if t.encrypt == Mode::Required && lookup.cert.is_none() {
+        let otherwise = missing(
             t.on_missing_key,
             no_certificate(ask.recipient),
             ask.during_smtp,
         );
+        wait(cert_pending, otherwise)
     } else if ask.from.is_some() && t.sign == Mode::Required && signer.is_none() {
-        fate = missing(t.on_missing_key, no_signing_key(ask.from), ask.during_smtp);
-    }
+        let otherwise = missing(t.on_missing_key, no_signing_key(ask.from), ask.during_smtp);
+        wait(signer_pending, otherwise)
+    } else {
+        // Opportunistic protection in hard mode: wait for the answer rather than send a copy
+        // with less protection than the answer may allow.
+        let pending = cert_pending
+            .filter(|_| no_cert)
+            .or(signer_pending.filter(|_| no_signer));
+        wait(pending, Fate::Send)
+    };
     Decision {
         recipient: ask.recipient.to_string(),
         rule: rule.map(str::to_string),
@@ -122,6 +147,102 @@ pub fn decide(policy: &Policy, stores: &Stores, ask: Ask<'_>) -> Decision {
         },
         rejected_certs: lookup.rejected,
         fate,
+    }
+}
+
+/// The recipient's certificate (files, then directories), revocation checked per
+/// `t.revocation`; the second value is set when a certificate was passed over only because its
+/// first answer is still to come.
+fn recipient_certificate(
+    stores: &Stores,
+    t: &Treatment,
+    recipient: &str,
+    now: SystemTime,
+) -> (crate::store::CertLookup, Option<String>) {
+    if t.encrypt == Mode::Never || t.revocation == Revocation::Off {
+        return (stores.lookup(recipient, now), None);
+    }
+    let pending = std::cell::Cell::new(None::<String>);
+    let lookup = stores.lookup_with(recipient, now, &|der, chain| {
+        let status = stores.revocation.status(der, chain, &stores.trust, now);
+        revocation_verdict(
+            stores,
+            t.revocation,
+            &status,
+            "recipient certificate",
+            recipient,
+        )
+        .map_err(|(reason, p)| {
+            if p {
+                pending.set(Some(reason.clone()));
+            }
+            reason
+        })
+    });
+    (lookup, pending.take())
+}
+
+/// The signing identity for `from`, unless its certificate is revoked (an alert) or, under
+/// `hard`, of unknown status; the second value as in [`recipient_certificate`].
+fn signing_identity(
+    stores: &Stores,
+    t: &Treatment,
+    from: &str,
+    now: SystemTime,
+) -> (Option<Arc<SigningIdentity>>, Option<String>) {
+    let Some(id) = stores.signer_at(from, now) else {
+        return (None, None);
+    };
+    if t.sign == Mode::Never || t.revocation == Revocation::Off {
+        return (Some(id), None);
+    }
+    let status = stores.signer_status(&id);
+    if let Status::Revoked(source) = &status {
+        // An alert: the organisation's own certificate must be replaced.
+        tracing::error!(address = %id.email, fingerprint = %id.fingerprint, source = source.name(), "ALERT: our signing certificate is revoked; not signing with it");
+    }
+    match revocation_verdict(
+        stores,
+        t.revocation,
+        &status,
+        "signing certificate",
+        &id.email,
+    ) {
+        Ok(()) => (Some(id), None),
+        Err((reason, pending)) => (None, pending.then_some(reason)),
+    }
+}
+
+/// What the revocation mode makes of a certificate's status: `Ok` = use it; `Err((reason,
+/// pending))` = treat it as absent. Revoked is never used; unknown is used under `soft` (logged
+/// and counted) and refused under `hard`. Every check is counted by result and source.
+fn revocation_verdict(
+    stores: &Stores,
+    mode: Revocation,
+    status: &Status,
+    what: &str,
+    address: &str,
+) -> Result<(), (String, bool)> {
+    stores.revocation.count(status);
+    match status {
+        Status::Good(_) => Ok(()),
+        Status::Revoked(source) => {
+            tracing::warn!(
+                address,
+                source = source.name(),
+                "{what} is revoked; not used"
+            );
+            Err((format!("revoked ({})", source.name()), false))
+        }
+        Status::Unknown { reason, pending } => {
+            if mode == Revocation::Hard {
+                tracing::warn!(address, pending, reason = %reason, "{what}: revocation status unknown; not used (revocation = hard)");
+                Err((format!("revocation status unknown: {reason}"), *pending))
+            } else {
+                tracing::info!(address, pending, reason = %reason, "{what}: revocation status unknown; used (revocation = soft)");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -109,6 +109,7 @@ pub fn explain(
                 (Fate::Refuse(reply), _) => json!({"action": "refuse at RCPT", "reply": reply.to_string()}),
                 (_, Fate::Send) => json!({"action": "relay"}),
                 (_, Fate::Hold(reason)) => json!({"action": "hold", "reason": reason}),
+                (_, Fate::Defer(reason)) => json!({"action": "defer", "reason": reason}),
                 (_, Fate::Bounce(reply)) | (_, Fate::Refuse(reply)) => json!({"action": "bounce", "reply": reply.to_string()}),
             };
             let sign = match &d.signer {

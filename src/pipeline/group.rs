@@ -46,6 +46,8 @@ pub struct Plan {
     pub failed: Vec<(String, Reply)>,
     /// Recipients to hold, with the reason.
     pub held: Vec<(String, String)>,
+    /// Recipients that wait for a certificate's first revocation answer, with the reason.
+    pub deferred: Vec<(String, String)>,
 }
 
 /// The message facts grouping needs besides its header.
@@ -118,6 +120,10 @@ pub fn plan(
             }
             Fate::Refuse(reply) | Fate::Bounce(reply) => {
                 plan.failed.push((r.clone(), reply.clone()));
+                continue;
+            }
+            Fate::Defer(reason) => {
+                plan.deferred.push((r.clone(), reason.clone()));
                 continue;
             }
         }

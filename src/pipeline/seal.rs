@@ -134,6 +134,18 @@ pub fn seal(
             })
             .collect(),
         held: plan.held,
+        // Hard revocation checking, first answer still coming: try again later.
+        deferred: plan
+            .deferred
+            .into_iter()
+            .map(|(r, reason)| {
+                tracing::info!(queue_id = %env.id, rcpt = %r, reason = %reason, "deferred: waiting for revocation status");
+                (
+                    r,
+                    Failure::new(reply::REVOCATION_PENDING, Scope::Recipient, reason),
+                )
+            })
+            .collect(),
         ..Default::default()
     };
     if plan.groups.is_empty() {

@@ -56,6 +56,19 @@ pub enum OnMissing {
     Bounce,
 }
 
+/// Revocation checking of the certificates a treatment uses (docs/certificates.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Revocation {
+    /// Not checked.
+    Off,
+    /// Unknown status (no CRL, responder down): the certificate is used, logged and counted.
+    Soft,
+    /// Unknown status counts as no certificate (`on_missing_key` applies); while a first
+    /// answer is still being fetched the message waits in the queue (deferred).
+    Hard,
+}
+
 /// Signature form (RFC 8551 §3.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,6 +94,7 @@ pub struct Treatment {
     pub encryption: Cipher,
     pub key_transport: KeyTransport,
     pub on_missing_key: OnMissing,
+    pub revocation: Revocation,
 }
 
 /// Fields a rule may set; `None` falls back to `[policy]`.
@@ -91,6 +105,7 @@ pub(crate) struct Overrides {
     pub(crate) encryption: Option<Cipher>,
     pub(crate) key_transport: Option<KeyTransport>,
     pub(crate) on_missing_key: Option<OnMissing>,
+    pub(crate) revocation: Option<Revocation>,
 }
 
 /// One `[[rule]]`, built and checked by `config::policy`.
@@ -153,6 +168,15 @@ impl Policy {
                 .any(|r| r.set.sign == Some(Mode::Required))
     }
 
+    /// True when any treatment checks revocation: the refresher then fetches CRLs and OCSP.
+    pub fn revocation_in_use(&self) -> bool {
+        self.defaults.revocation != Revocation::Off
+            || self
+                .rules
+                .iter()
+                .any(|r| r.set.revocation.is_some_and(|m| m != Revocation::Off))
+    }
+
     /// The treatment of one (envelope sender, recipient) pair and the name of the rule that set it.
     pub fn treatment(&self, sender: &str, recipient: &str) -> (Option<&str>, Treatment) {
         let sender = crate::store::normalize_address(sender);
@@ -170,6 +194,7 @@ impl Policy {
                 encryption: s.encryption.unwrap_or(d.encryption),
                 key_transport: s.key_transport.unwrap_or(d.key_transport),
                 on_missing_key: s.on_missing_key.unwrap_or(d.on_missing_key),
+                revocation: s.revocation.unwrap_or(d.revocation),
             },
         )
     }

@@ -20,6 +20,11 @@ use rustls_pki_types::CertificateDer;
 use super::validate::{self, CertInfo, Purpose};
 use super::{KeyKind, Problem, TrustAnchors, normalize_address};
 
+/// An extra test for a lookup candidate (the certificate, the intermediates to chain it):
+/// `Err(reason)` passes it over. Used for revocation ([`CertStore::lookup_with`]).
+pub type Accept<'a> =
+    dyn Fn(&CertificateDer<'static>, &[CertificateDer<'static>]) -> Result<(), String> + 'a;
+
 /// A certificate we may encrypt to (or one that was considered and rejected).
 #[derive(Debug, Clone)]
 pub struct RecipientCert {
@@ -251,12 +256,22 @@ impl CertStore {
     /// The newest certificate for `address` that validates for encryption at `now`, and the
     /// reasons every other candidate was refused. In memory only.
     pub fn lookup(&self, address: &str, now: SystemTime) -> CertLookup {
+        self.lookup_with(address, now, &|_, _| Ok(()))
+    }
+
+    /// [`CertStore::lookup`] with one more test for each otherwise valid candidate (given the
+    /// certificate and the intermediates to chain it): revocation. A refusal's reason lands in
+    /// `rejected` and the next candidate may win.
+    pub fn lookup_with(&self, address: &str, now: SystemTime, accept: &Accept<'_>) -> CertLookup {
         let mut out = CertLookup::default();
         let Some(cands) = self.by_address.get(&normalize_address(address)) else {
             return out;
         };
         for c in cands {
-            match (self.validate(&c.der, &c.info, now), &c.cert) {
+            let verdict = self
+                .validate(&c.der, &c.info, now)
+                .and_then(|k| accept(&c.der, &self.intermediates).map(|_| k));
+            match (verdict, &c.cert) {
                 (Ok(_), Some(cert)) => {
                     // Several valid certificates: the newest wins (issue 3).
                     let newer = out.cert.as_ref().is_none_or(|best| {
@@ -273,6 +288,17 @@ impl CertStore {
             }
         }
         out
+    }
+
+    /// Every indexed end-entity certificate (once each), for the revocation refresher.
+    pub fn certificates(&self) -> Vec<&CertificateDer<'static>> {
+        let mut seen = std::collections::HashSet::new();
+        self.by_address
+            .values()
+            .flatten()
+            .filter(|c| seen.insert(c.info.fingerprint.as_str()))
+            .map(|c| &c.der)
+            .collect()
     }
 
     /// The CA certificates of the directory, offered to path building.

@@ -29,6 +29,7 @@ pub mod import;
 pub mod keyfile;
 pub mod keys;
 pub mod pkcs11;
+pub mod revocation;
 pub mod validate;
 
 pub use certs::{CertLookup, CertStore, RecipientCert};

@@ -282,21 +282,7 @@ pub fn check_path(
         return Err("no trust anchors loaded, nothing can be validated".into());
     }
     let ee = webpki::EndEntityCert::try_from(der).map_err(|e| format!("bad certificate: {e}"))?;
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    let time = UnixTime::since_unix_epoch(secs);
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &trust.anchors,
-        intermediates,
-        time,
-        webpki::KeyUsage::required_if_present(EMAIL_PROTECTION_DER),
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(|e| match e {
+    verify(&ee, intermediates, trust, now, None).map_err(|e| match e {
         webpki::Error::UnknownIssuer => "does not chain to a trusted root (unknown issuer)".into(),
         webpki::Error::CertExpired { .. } => "a certificate in the chain has expired".into(),
         webpki::Error::CertNotValidYet { .. } => {
@@ -304,4 +290,97 @@ pub fn check_path(
         }
         other => format!("chain validation failed: {other}"),
     })
+}
+
+fn verify(
+    ee: &webpki::EndEntityCert<'_>,
+    intermediates: &[CertificateDer<'_>],
+    trust: &TrustAnchors,
+    now: SystemTime,
+    revocation: Option<webpki::RevocationOptions<'_>>,
+) -> Result<(), webpki::Error> {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &trust.anchors,
+        intermediates,
+        UnixTime::since_unix_epoch(secs),
+        webpki::KeyUsage::required_if_present(EMAIL_PROTECTION_DER),
+        revocation,
+        None,
+    )
+    .map(|_| ())
+}
+
+/// What the CRLs we hold say about a certificate and its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrlVerdict {
+    /// A current CRL signed by the issuer covers the certificate and does not list it; no CRL
+    /// we hold lists any certificate of the chain.
+    Good,
+    /// The certificate or one of its issuers is listed.
+    Revoked,
+    /// No usable CRL (none, expired, or not signed by the issuer's key): why.
+    Unknown(String),
+}
+
+/// Revocation by CRL (RFC 5280 §6.3), checked by webpki's revocation options in two passes:
+/// 1. the whole chain against every CRL held, with expired CRLs refused
+///    (`ExpirationPolicy::Enforce`) and a certificate without a CRL allowed
+///    (`UnknownStatusPolicy::Allow`): a revoked intermediate is found here;
+/// 2. the end-entity certificate alone with `UnknownStatusPolicy::Deny`: it must be covered.
+///
+/// A CRL signed by any key but the issuer's fails webpki's signature check and makes the status
+/// unknown, never good.
+pub fn crl_status(
+    der: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    trust: &TrustAnchors,
+    crls: &[&webpki::CertRevocationList<'_>],
+    now: SystemTime,
+) -> CrlVerdict {
+    use webpki::{
+        ExpirationPolicy, RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
+    };
+    let Ok(builder) = RevocationOptionsBuilder::new(crls) else {
+        return CrlVerdict::Unknown("no CRL".into());
+    };
+    let ee = match webpki::EndEntityCert::try_from(der) {
+        Ok(ee) => ee,
+        Err(e) => return CrlVerdict::Unknown(format!("bad certificate: {e}")),
+    };
+    let judge = |e: webpki::Error| match e {
+        webpki::Error::CertRevoked => CrlVerdict::Revoked,
+        webpki::Error::UnknownRevocationStatus => {
+            CrlVerdict::Unknown("no CRL covers this certificate".into())
+        }
+        webpki::Error::CrlExpired { .. } => {
+            CrlVerdict::Unknown("the CRL is past its nextUpdate".into())
+        }
+        webpki::Error::InvalidCrlSignatureForPublicKey
+        | webpki::Error::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_)
+        | webpki::Error::UnsupportedCrlSignatureAlgorithmContext(_) => {
+            CrlVerdict::Unknown("the CRL is not signed by the issuer's key".into())
+        }
+        other => CrlVerdict::Unknown(format!("CRL check failed: {other}")),
+    };
+    let chain = builder
+        .with_depth(RevocationCheckDepth::Chain)
+        .with_status_policy(UnknownStatusPolicy::Allow)
+        .with_expiration_policy(ExpirationPolicy::Enforce)
+        .build();
+    if let Err(e) = verify(&ee, intermediates, trust, now, Some(chain)) {
+        return judge(e);
+    }
+    let leaf = builder
+        .with_depth(RevocationCheckDepth::EndEntity)
+        .with_status_policy(UnknownStatusPolicy::Deny)
+        .with_expiration_policy(ExpirationPolicy::Enforce)
+        .build();
+    match verify(&ee, intermediates, trust, now, Some(leaf)) {
+        Ok(()) => CrlVerdict::Good,
+        Err(e) => judge(e),
+    }
 }

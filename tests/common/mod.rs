@@ -21,6 +21,7 @@
 pub mod client;
 pub mod faults;
 pub mod gateway;
+pub mod http;
 pub mod pki;
 pub mod slapd;
 pub mod softhsm;

@@ -103,6 +103,12 @@ pub struct Leaf {
     pub untrusted: bool,
     /// Issue from this intermediate CA (cert PEM, key PEM) instead of the RFC 9216 CA.
     pub intermediate: Option<(String, String)>,
+    /// CRL distribution point URLs (revocation tests).
+    pub crl_urls: Vec<String>,
+    /// OCSP responder URL for the AIA extension (revocation tests).
+    pub ocsp_url: Option<String>,
+    /// Serial number; `None`: rcgen picks one.
+    pub serial: Option<u64>,
 }
 
 /// An intermediate CA under the RFC 9216 root: (cert PEM, key PEM).
@@ -144,6 +150,9 @@ impl Leaf {
             not_after: now + time::Duration::days(365),
             untrusted: false,
             intermediate: None,
+            crl_urls: Vec::new(),
+            ocsp_url: None,
+            serial: None,
         }
     }
 
@@ -167,6 +176,15 @@ impl Leaf {
         p.not_after = self.not_after;
         p.is_ca = IsCa::ExplicitNoCa;
         p.use_authority_key_identifier_extension = true;
+        p.serial_number = self.serial.map(rcgen::SerialNumber::from);
+        if !self.crl_urls.is_empty() {
+            p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: self.crl_urls.clone(),
+            }];
+        }
+        if let Some(url) = &self.ocsp_url {
+            p.custom_extensions.push(aia_ocsp(url));
+        }
         let cert = if self.untrusted {
             let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let mut cp = CertificateParams::default();
@@ -570,4 +588,18 @@ impl Drop for Gpgsm {
             .args(["--kill", "gpg-agent"])
             .status();
     }
+}
+
+/// An authorityInfoAccess extension naming `url` as OCSP responder (RFC 5280 §4.2.2.1).
+pub fn aia_ocsp(url: &str) -> rcgen::CustomExtension {
+    use der::Encode;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
+    let aia = AuthorityInfoAccessSyntax(vec![AccessDescription {
+        access_method: const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1"),
+        access_location: GeneralName::UniformResourceIdentifier(
+            der::asn1::Ia5String::new(url).unwrap(),
+        ),
+    }]);
+    rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], aia.to_der().unwrap())
 }

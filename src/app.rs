@@ -169,6 +169,23 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
 /// after a reload) it fetches the CRLs and OCSP answers that are due for the certificates of
 /// the current runtime ([`crate::store::revocation::refresh`]). Idle when no policy checks
 /// revocation. The hot path only ever reads what it left in memory.
+/// How revocation status is refreshed for this runtime; `None` when nothing checks it.
+pub fn revocation_settings(rt: &Runtime) -> Option<crate::store::revocation::refresh::Settings> {
+    let c = rt.config.certificates.as_ref()?;
+    rt.config
+        .policy
+        .revocation_in_use()
+        .then(|| crate::store::revocation::refresh::Settings {
+            cache_dir: rt.config.spool.dir.join("revocation"),
+            crl_dir: c.crl_dir.clone(),
+            limits: crate::http::Limits {
+                timeout: c.fetch_timeout,
+                max_size: c.crl_max_size,
+            },
+            interval: c.revocation_interval,
+        })
+}
+
 async fn revocation_task(runtime: Arc<ArcSwap<Runtime>>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let rt = runtime.load_full();
@@ -176,16 +193,7 @@ async fn revocation_task(runtime: Arc<ArcSwap<Runtime>>, mut shutdown: watch::Re
         let mut interval = Duration::from_secs(300);
         if let Some(c) = &rt.config.certificates {
             interval = c.revocation_interval;
-            if rt.config.policy.revocation_in_use() {
-                let settings = crate::store::revocation::refresh::Settings {
-                    cache_dir: rt.config.spool.dir.join("revocation"),
-                    crl_dir: c.crl_dir.clone(),
-                    limits: crate::http::Limits {
-                        timeout: c.fetch_timeout,
-                        max_size: c.crl_max_size,
-                    },
-                    interval,
-                };
+            if let Some(settings) = revocation_settings(&rt) {
                 let targets = rt.stores.revocation_targets();
                 drop(rt);
                 tokio::select! {

@@ -333,12 +333,47 @@ fn main() -> ExitCode {
                     .map(|c| c.dir.display().to_string());
                 let (text, found) = tokio::runtime::Runtime::new()
                     .expect("tokio runtime")
-                    .block_on(cachet::store::directory::report::certs_lookup(
-                        &rt.stores.certs,
-                        &rt.stores.directory,
-                        dir.as_deref(),
-                        &address,
-                    ));
+                    .block_on(async {
+                        use cachet::store::revocation::Status;
+                        // What the gateway would know: one refresh round of CRLs and OCSP
+                        // answers for the loaded certificates (and the cache it keeps).
+                        if let Some(settings) = app::revocation_settings(&rt) {
+                            cachet::store::revocation::refresh::round(
+                                &rt.stores.revocation,
+                                &settings,
+                                rt.stores.revocation_targets(),
+                            )
+                            .await;
+                        }
+                        let in_use = rt.config.policy.revocation_in_use();
+                        let now = std::time::SystemTime::now();
+                        let status = |der: &rustls_pki_types::CertificateDer<'static>,
+                                      chain: &[rustls_pki_types::CertificateDer<'static>]| {
+                            if !in_use {
+                                return Ok("not checked (revocation = \"off\")".to_string());
+                            }
+                            match rt.stores.revocation.status(der, chain, &rt.stores.trust, now) {
+                                Status::Good(s) => Ok(format!("good ({})", s.name())),
+                                Status::Revoked(s) => Err(format!("revoked ({})", s.name())),
+                                Status::Unknown { reason, pending } => Ok(format!(
+                                    "unknown: {reason}{}",
+                                    if pending {
+                                        " (its first answer is not fetched yet)"
+                                    } else {
+                                        ""
+                                    }
+                                )),
+                            }
+                        };
+                        cachet::store::directory::report::certs_lookup(
+                            &rt.stores.certs,
+                            &rt.stores.directory,
+                            dir.as_deref(),
+                            &address,
+                            &status,
+                        )
+                        .await
+                    });
                 print!("{text}");
                 if found {
                     ExitCode::SUCCESS

@@ -251,6 +251,10 @@ async fn crl_good_delivers_encrypted_and_one_fetch_serves_every_certificate_shar
         .collect();
     assert_eq!(cache.len(), 1, "{cache:?}");
     assert!(cache[0].to_string_lossy().ends_with(".der"));
+    // `cachet certs lookup` shows the status the gateway would use.
+    let (ok, out) = gw.cli(&["certs", "lookup", "bob@partner.example"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("revocation: good (crl)"), "{out}");
 }
 
 #[tokio::test]
@@ -376,6 +380,11 @@ async fn crl_dir_file_revokes_without_any_fetch() {
         out.contains("certificate for bob@partner.example") && out.contains("is revoked (crl)"),
         "{out}"
     );
+    // `cachet certs lookup` refuses it too, saying why, and finds nothing usable.
+    let (ok, out) = gw.cli(&["certs", "lookup", "bob@partner.example"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("refused: revoked (crl)"), "{out}");
+    assert!(out.contains("result: no usable certificate"), "{out}");
 }
 
 #[tokio::test]

@@ -105,8 +105,7 @@ pub struct Candidate {
 
 /// An extra test for a certificate about to be used (the certificate, the intermediates that
 /// chain it): `Err(reason)` passes it over. The same shape as the file store's, for revocation.
-pub type Accept<'a> =
-    dyn Fn(&CertificateDer<'static>, &[CertificateDer<'static>]) -> Result<(), String> + 'a;
+pub use crate::store::certs::Accept;
 
 /// All `[[directory]]` entries, in order. Empty (no directory) by default.
 #[derive(Default)]

@@ -8,13 +8,20 @@ use std::time::SystemTime;
 use super::{Directory, Outcome, best, candidates};
 use crate::metrics::Metrics;
 use crate::store::{CertStore, normalize_address};
+use rustls_pki_types::CertificateDer;
 
-/// The report text, and whether a usable certificate was found.
+/// The report text, and whether a usable certificate was found. `revocation` tells each
+/// certificate's revocation status in words, `Err` when it must not be used (revoked); the
+/// gateway's own lookup at the end applies it as `decide` does.
 pub async fn certs_lookup(
     files_store: &CertStore,
     directory: &Directory,
     certs_dir: Option<&str>,
     address: &str,
+    revocation: &dyn Fn(
+        &CertificateDer<'static>,
+        &[CertificateDer<'static>],
+    ) -> Result<String, String>,
 ) -> (String, bool) {
     let now = SystemTime::now();
     let key = normalize_address(address);
@@ -93,17 +100,31 @@ pub async fn certs_lookup(
         }
     }
 
-    // The gateway's own lookup: files first, then the directories in order.
-    let mut result = files_store.lookup(address, now);
+    // The gateway's own lookup: files first, then the directories in order, a revoked
+    // certificate never used.
+    let accept = |der: &CertificateDer<'static>, chain: &[CertificateDer<'static>]| {
+        revocation(der, chain).map(|_| ())
+    };
+    let mut result = files_store.lookup_with(address, now, &accept);
     if result.cert.is_none() {
-        directory.lookup_into(address, files_store, now, &|_, _| Ok(()), &mut result);
+        directory.lookup_into(address, files_store, now, &accept, &mut result);
     }
     let _ = writeln!(s);
+    for (fp, reason) in result
+        .rejected
+        .iter()
+        .filter(|(_, r)| r.contains("revoked"))
+    {
+        let _ = writeln!(s, "{fp}  refused: {reason}");
+    }
     let found = match &result.cert {
         Some(c) => {
+            let status = match revocation(&c.der, files_store.intermediates()) {
+                Ok(words) | Err(words) => words,
+            };
             let _ = writeln!(
                 s,
-                "result: encrypts to {} (valid until {})",
+                "result: encrypts to {} (valid until {}; revocation: {status})",
                 c.fingerprint,
                 crate::date::rfc3339(c.not_after)
             );

@@ -10,6 +10,10 @@ use crate::metrics::Metrics;
 use crate::store::{CertStore, normalize_address};
 use rustls_pki_types::CertificateDer;
 
+/// A certificate's revocation status in words; `Err` when it must not be used (revoked).
+pub type Revocation<'a> =
+    dyn Fn(&CertificateDer<'static>, &[CertificateDer<'static>]) -> Result<String, String> + 'a;
+
 /// The report text, and whether a usable certificate was found. `revocation` tells each
 /// certificate's revocation status in words, `Err` when it must not be used (revoked); the
 /// gateway's own lookup at the end applies it as `decide` does.
@@ -18,10 +22,7 @@ pub async fn certs_lookup(
     directory: &Directory,
     certs_dir: Option<&str>,
     address: &str,
-    revocation: &dyn Fn(
-        &CertificateDer<'static>,
-        &[CertificateDer<'static>],
-    ) -> Result<String, String>,
+    revocation: &Revocation<'_>,
 ) -> (String, bool) {
     let now = SystemTime::now();
     let key = normalize_address(address);

@@ -386,6 +386,10 @@ impl Stores {
         ders.extend(self.certs.intermediates().iter().map(|d| (d, false)));
         for id in &ids {
             ders.extend(id.chain.iter().enumerate().map(|(i, d)| (d, i == 0)));
+            // The sender's own encryption certificate (encrypt_to_self).
+            if let Some(own) = &id.encryption_cert {
+                ders.push((&own.der, true));
+            }
         }
         ders.extend(wanted.iter().map(|(d, _)| (d, true)));
         ders.into_iter()

@@ -831,6 +831,72 @@ async fn revoked_signing_certificate_is_not_used_and_raises_an_alert() {
     assert!(up.received().is_empty());
 }
 
+/// encrypt_to_self: the sender's own encryption certificate is checked like a recipient's; a
+/// revoked one is left out of the RecipientInfos, and the copy still reaches its recipient.
+#[tokio::test]
+async fn a_revoked_own_encryption_certificate_is_left_out_of_encrypt_to_self() {
+    let http = HttpServer::start().await;
+    let url = http.url("/ca.crl");
+    let mut sign = Leaf::new("carol@example.org", Alg::Rsa2048);
+    sign.serial = Some(serial());
+    sign.crl_urls = vec![url.clone()];
+    let (sign_cert, sign_key) = sign.issue();
+    let own_s = serial();
+    let mut own = Leaf::new("carol@example.org", Alg::Rsa2048);
+    own.serial = Some(own_s);
+    own.crl_urls = vec![url.clone()];
+    own.key_usages = vec![rcgen::KeyUsagePurpose::KeyEncipherment];
+    let (own_cert, _) = own.issue();
+    let bob_s = serial();
+    let (bob, bob_key) = issue("bob@partner.example", bob_s, Some(&url), None);
+    http.set("/ca.crl", fresh_crl(&[own_s]));
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(
+        config(&up, "soft")
+            .with("policy", "encrypt_to_self", "true")
+            .file(
+                "keys/carol@example.org.pem",
+                format!("{sign_key}{sign_cert}{own_cert}"),
+            )
+            .file("recipients/bob.pem", bob.clone()),
+    )
+    .await;
+    wait_log(&gw, "CRL loaded").await;
+    delivered_encrypted(&gw, &up, "bob@partner.example", &bob, &bob_key).await;
+    let got = up.received();
+    let dir = tempfile::tempdir().unwrap();
+    let p7 = write_p7(dir.path(), &got[0].data);
+    let out = std::process::Command::new("openssl")
+        .args(["cms", "-cmsout", "-print", "-inform", "PEM", "-in"])
+        .arg(&p7)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let recipients = text.matches("d.ktri:").count();
+    assert_eq!(
+        recipients, 1,
+        "only bob, not the revoked own certificate:\n{text}"
+    );
+    assert!(
+        gw.logs()
+            .contains("own encryption certificate (encrypt_to_self) is revoked"),
+        "{}",
+        gw.logs()
+    );
+}
+
+/// The pkcs7-mime body of a message as PEM, for `openssl cms -cmsout`.
+fn write_p7(dir: &Path, message: &[u8]) -> PathBuf {
+    let text = String::from_utf8_lossy(message);
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let b64: String = body.lines().map(str::trim).collect::<Vec<_>>().join("\n");
+    write(
+        dir,
+        "m.pem",
+        &format!("-----BEGIN CMS-----\n{}\n-----END CMS-----\n", b64.trim()),
+    )
+}
+
 // ---------------------------------------------------------------- OCSP codec vs OpenSSL
 
 fn x509(pem: &str) -> x509_cert::Certificate {

@@ -216,7 +216,7 @@ fn signing_identity(
 /// What the revocation mode makes of a certificate's status: `Ok` = use it; `Err((reason,
 /// pending))` = treat it as absent. Revoked is never used; unknown is used under `soft` (logged
 /// and counted) and refused under `hard`. Every check is counted by result and source.
-fn revocation_verdict(
+pub(super) fn revocation_verdict(
     stores: &Stores,
     mode: Revocation,
     status: &Status,

@@ -98,6 +98,34 @@ fn encrypt_options(t: &Treatment) -> smime::EncryptOptions {
     }
 }
 
+/// Encrypt-to-self: the sender's own encryption certificate is checked for revocation like any
+/// recipient's (a revoked one is left out, and the copy still goes to its recipients).
+fn own_cert_usable(
+    stores: &Stores,
+    signer: &crate::store::SigningIdentity,
+    own: &RecipientCert,
+    mode: crate::policy::Revocation,
+    now: SystemTime,
+) -> bool {
+    if mode == crate::policy::Revocation::Off {
+        return true;
+    }
+    let mut chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+        signer.chain.iter().skip(1).cloned().collect();
+    chain.extend(stores.certs.intermediates().iter().cloned());
+    let status = stores
+        .revocation
+        .status(&own.der, &chain, &stores.trust, now);
+    super::decide::revocation_verdict(
+        stores,
+        mode,
+        &status,
+        "own encryption certificate (encrypt_to_self)",
+        &signer.email,
+    )
+    .is_ok()
+}
+
 /// Builds the outgoing copies for `recipients` (the envelope's pending ones).
 pub fn seal(
     policy: &Policy,
@@ -213,10 +241,10 @@ pub fn seal(
                 let mut certs: Vec<Arc<RecipientCert>> =
                     g.decisions.iter().filter_map(|d| d.cert.clone()).collect();
                 if p.encrypt_to_self
-                    && let Some(own) = stores
-                        .signer_at(&from, now)
-                        .and_then(|s| s.encryption_cert.clone())
+                    && let Some(signer) = stores.signer_at(&from, now)
+                    && let Some(own) = signer.encryption_cert.clone()
                     && !certs.iter().any(|c| c.fingerprint == own.fingerprint)
+                    && own_cert_usable(stores, &signer, &own, first.treatment.revocation, now)
                 {
                     certs.push(own);
                 }

@@ -893,7 +893,7 @@ fn write_p7(dir: &Path, message: &[u8]) -> PathBuf {
     write(
         dir,
         "m.pem",
-        &format!("-----BEGIN CMS-----\n{}\n-----END CMS-----\n", b64.trim()),
+        format!("-----BEGIN CMS-----\n{}\n-----END CMS-----\n", b64.trim()),
     )
 }
 

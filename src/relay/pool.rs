@@ -4,7 +4,7 @@
 
 use super::MailParams;
 use super::outcome::{Broken, ConnError, Outcome, classify_error, conn, describe, remote_reply};
-use super::transaction::transaction;
+use super::transaction::{Client, transaction};
 use crate::reply::{self};
 use mail_send::Credentials;
 use mail_send::SmtpClient;
@@ -14,10 +14,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
-
-pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-pub(super) type Client = SmtpClient<Box<dyn Io>>;
 
 pub(super) struct Idle {
     pub(super) client: Client,

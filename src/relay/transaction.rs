@@ -5,10 +5,16 @@ use super::MailParams;
 use super::outcome::{
     Broken, ConnError, Outcome, classify, classify_error, conn, describe_after, remote_reply,
 };
-use super::pool::Client;
 use crate::reply::{self, Failure, Scope};
+use mail_send::SmtpClient;
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Any stream a connection may run over (TCP, TLS), boxed so the pool holds one type.
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// An open SMTP connection to the next hop.
+pub(super) type Client = SmtpClient<Box<dyn Io>>;
 
 /// MAIL, RCPT for each recipient (one refused recipient does not abort the others), DATA.
 pub(super) async fn transaction(

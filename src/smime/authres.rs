@@ -23,45 +23,7 @@
 use super::open::{Layer, Opened};
 use super::verify::Signer;
 
-/// RFC 7281 §3 results, plus `none` (RFC 8601 §2.7.1 meaning: not signed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthResult {
-    /// No signature at all.
-    None,
-    /// Signed, signature good, certificate acceptable.
-    Pass,
-    /// Signed, but the signature or digest does not verify: altered in transit or forged.
-    Fail,
-    /// Signature good, but something about it is not acceptable: untrusted or expired
-    /// certificate, wrong key usage, signer is not the From: address, refused weak algorithm.
-    Policy,
-    /// Signed, but could not be processed (e.g. the signer certificate is missing).
-    Neutral,
-    /// A transient failure (the crypto library failed); retrying may succeed.
-    TempError,
-    /// Broken or unsupported structure: malformed CMS, unknown algorithm, limits exceeded.
-    PermError,
-}
-
-impl AuthResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthResult::None => "none",
-            AuthResult::Pass => "pass",
-            AuthResult::Fail => "fail",
-            AuthResult::Policy => "policy",
-            AuthResult::Neutral => "neutral",
-            AuthResult::TempError => "temperror",
-            AuthResult::PermError => "permerror",
-        }
-    }
-}
-
-impl std::fmt::Display for AuthResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use super::opening::AuthResult;
 
 /// The whole header field (name, folded value, CRLF) for `opened`, as `authserv_id` says it.
 /// A layer that could not even be classified (broken MIME or CMS, too deep) counts as a

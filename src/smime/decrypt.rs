@@ -55,7 +55,7 @@ use zeroize::Zeroizing;
 
 use super::algs;
 use super::ber::{self, Node};
-use super::open::{Limits, OpenError};
+use super::opening::{Limits, OpenError};
 use crate::store::KeyKind;
 use crate::store::validate;
 

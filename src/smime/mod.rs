@@ -38,6 +38,7 @@ pub mod decrypt;
 mod envelope;
 mod mime;
 pub mod open;
+pub mod opening;
 mod sign;
 pub mod verify;
 

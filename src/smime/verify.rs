@@ -37,9 +37,9 @@ use x509_cert::Certificate;
 use x509_cert::ext::pkix::SubjectKeyIdentifier;
 
 use super::algs;
-use super::authres::AuthResult;
 use super::ber::Node;
-use super::open::{Limits, OpenError, Trust};
+use super::opening::AuthResult;
+use super::opening::{Limits, OpenError, Trust};
 use crate::store::KeyKind;
 use crate::store::validate::{self, CertInfo};
 

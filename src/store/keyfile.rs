@@ -84,7 +84,7 @@ pub fn decrypt_pkcs8(der: &[u8], passphrase: &[u8]) -> Result<Zeroizing<Vec<u8>>
 /// Read `keys.passphrase_file`: refused when others may read it, one line, trailing newline
 /// dropped; wiped when the caller drops it.
 pub fn read_passphrase(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
-    let mut bytes = super::keys::check_private(path)?;
+    let mut bytes = check_private(path)?;
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
     }
@@ -92,6 +92,25 @@ pub fn read_passphrase(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
         return Err("the passphrase file is empty".into());
     }
     Ok(bytes)
+}
+
+/// Read a secret file, refusing it when group or others may read it (mode & 077). The bytes are
+/// wiped when the caller drops them.
+pub(crate) fn check_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "readable or writable by group/others (mode {mode:03o}); refusing it, run chmod 600"
+            ));
+        }
+    }
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| format!("cannot read: {e}"))
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub mod import;
 pub mod keyfile;
 pub mod keys;
 pub mod pkcs11;
+pub mod private_key;
 pub mod revocation;
 pub mod validate;
 

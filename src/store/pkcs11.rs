@@ -43,7 +43,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
-use super::keys::{Decrypt, KeyError, OaepHash, PrivateKey, SignatureScheme};
+use super::private_key::{Decrypt, KeyError, OaepHash, PrivateKey, SignatureScheme};
 
 /// How long a caller waits for a free session before the message is deferred.
 pub const SESSION_WAIT: Duration = Duration::from_secs(30);

@@ -400,8 +400,4 @@ impl Stores {
             })
             .collect()
     }
-
-    pub fn can_encrypt_to(&self, address: &str) -> bool {
-        self.lookup(address, SystemTime::now()).cert.is_some()
-    }
 }

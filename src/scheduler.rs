@@ -322,11 +322,12 @@ async fn attempt(
     let pending: Vec<String> = env.pending().map(|r| r.address.clone()).collect();
     // Directory lookups are I/O: done here, on the async side and bounded by each directory's
     // timeout, so the sealing job only reads their cached answers.
+    // The header, read once: for the directory lookups here and for sealing.
+    let h = pipeline::headers::read(&data[..], rt.config.policy.encrypt_header.as_deref());
     let wanted = if rt.stores.directory.is_empty() {
         Vec::new()
     } else {
         let policy = &rt.config.policy;
-        let h = pipeline::headers::read(&data[..], policy.encrypt_header.as_deref());
         let msg = pipeline::group::Message {
             sender: &env.sender,
             is_bounce: env.is_bounce,
@@ -339,7 +340,7 @@ async fn attempt(
     let job = {
         let (rt, env, data, pending) = (rt.clone(), env.clone(), data.clone(), pending.clone());
         tokio::task::spawn_blocking(move || {
-            pipeline::seal(&rt.config.policy, &rt.stores, &env, &data[..], &pending)
+            pipeline::seal(&rt.config.policy, &rt.stores, &env, &data[..], &h, &pending)
         })
     };
     let sealed = match job.await {

@@ -126,16 +126,17 @@ fn own_cert_usable(
     .is_ok()
 }
 
-/// Builds the outgoing copies for `recipients` (the envelope's pending ones).
+/// Builds the outgoing copies for `recipients` (the envelope's pending ones). `h` is the
+/// message's header as [`headers::read`] gives it, read once by the caller.
 pub fn seal(
     policy: &Policy,
     stores: &Stores,
     env: &Envelope,
     message: &[u8],
+    h: &headers::Headers,
     recipients: &[String],
 ) -> Sealed {
     let p = policy;
-    let h = headers::read(message, p.encrypt_header.as_deref());
     let now = SystemTime::now();
     let plan = group::plan(
         p,
@@ -145,7 +146,7 @@ pub fn seal(
             is_bounce: env.is_bounce,
             now,
         },
-        &h,
+        h,
         recipients,
     );
     let mut sealed = Sealed {

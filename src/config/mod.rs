@@ -212,6 +212,71 @@ impl DirectoryConfig {
     }
 }
 
+/// `[inbound]`: the second listener, for mail the organisation's internet-facing MTA hands in for
+/// local recipients; cachet verifies, decrypts and learns, then relays to the internal mail server
+/// (docs/inbound.md). The names `listen`, `relay_networks`, `upstream`, `tls`, `ca_file`,
+/// `decrypt`, `verify`, `harvest` are the contract of issue 13.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    pub listen: Vec<SocketAddr>,
+    /// MTAs allowed to hand mail in; nobody else gets past the banner.
+    pub relay_networks: Vec<ipnet::IpNet>,
+    /// The internal mail server: `upstream` (url forms as `[upstream]`), `tls`, `ca_file`; the
+    /// other fields as `[upstream]` has them.
+    pub upstream: UpstreamConfig,
+    /// Decrypt what was encrypted to the organisation's keys (`[keys]`).
+    pub decrypt: bool,
+    /// Verify every signature layer and write `Authentication-Results:`.
+    pub verify: bool,
+    /// Learn verified signers' certificates and capabilities.
+    pub harvest: bool,
+    /// What happens to mail encrypted to a recipient cachet holds no usable key for.
+    pub on_undecryptable: OnUndecryptable,
+    /// Prefix `[signed]`, `[signature invalid]`, `[decrypted]` to the Subject (off by default).
+    pub subject_tags: bool,
+    /// `[[inbound.rule]]`: per-sender requirements, first match wins.
+    pub rules: Vec<InboundRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUndecryptable {
+    /// Deliver as it arrived, with the reason in a header.
+    Deliver,
+    /// Keep in hold/ for an operator.
+    Hold,
+    /// Refuse at end of DATA (`550 5.7.x`): no backscatter.
+    Reject,
+}
+
+/// One `[[inbound.rule]]`: mail from `senders` that does not meet `require` gets `action`.
+#[derive(Debug, Clone)]
+pub struct InboundRule {
+    /// Address globs, normalised as `[[rule]]` globs are.
+    pub senders: Vec<(String, wildmatch::WildMatch)>,
+    pub require: InboundRequirement,
+    pub action: InboundAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundRequirement {
+    /// At least one signature layer, whatever its result.
+    Signed,
+    /// At least one signature with `smime=pass`.
+    ValidSignature,
+    /// Arrived encrypted.
+    Encrypted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundAction {
+    /// Deliver with a subject tag and a header naming the rule.
+    Tag,
+    /// Keep in hold/.
+    Hold,
+    /// Refuse at end of DATA.
+    Reject,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -242,6 +307,8 @@ pub struct Config {
     pub directories: Vec<DirectoryConfig>,
     pub admin_listen: Option<SocketAddr>,
     pub log: LogConfig,
+    /// `[inbound]`; absent: no inbound listener.
+    pub inbound: Option<InboundConfig>,
 }
 
 impl Config {
@@ -604,6 +671,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
         directories,
         admin_listen,
         log,
+        // `[inbound]` is parsed by the inbound listener's change (issue 13).
+        inbound: None,
     }
 }
 

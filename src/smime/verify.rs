@@ -40,16 +40,9 @@ use super::algs;
 use super::ber::Node;
 use super::opening::AuthResult;
 use super::opening::{Limits, OpenError, Trust};
+pub use crate::store::Capability;
 use crate::store::KeyKind;
 use crate::store::validate::{self, CertInfo};
-
-/// One SMIMECapability (RFC 8551 §2.5.2), in the signer's order of preference.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capability {
-    pub oid: Oid,
-    /// DER of the parameters, when present.
-    pub parameters: Option<Vec<u8>>,
-}
 
 /// What one signature said, and what we concluded.
 #[derive(Debug, Clone)]

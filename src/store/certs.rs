@@ -25,6 +25,16 @@ use super::{KeyKind, Problem, TrustAnchors, normalize_address};
 pub type Accept<'a> =
     dyn Fn(&CertificateDer<'static>, &[CertificateDer<'static>]) -> Result<(), String> + 'a;
 
+/// One SMIMECapability (RFC 8551 §2.5.2): what a correspondent said it can decrypt, kept in the
+/// correspondent's order of preference. Read from signatures (`smime::verify`), stored with
+/// harvested certificates, and consulted when choosing how to encrypt to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    pub oid: const_oid::ObjectIdentifier,
+    /// DER of the parameters, when present.
+    pub parameters: Option<Vec<u8>>,
+}
+
 /// A certificate we may encrypt to (or one that was considered and rejected).
 #[derive(Debug, Clone)]
 pub struct RecipientCert {
@@ -40,6 +50,9 @@ pub struct RecipientCert {
     pub der: CertificateDer<'static>,
     /// DER SubjectPublicKeyInfo, fed to aws-lc-rs when encrypting.
     pub spki_der: Vec<u8>,
+    /// What the holder announced in their last signed message (SMIMECapabilities), most
+    /// preferred first; empty when unknown (certificates from files and directories).
+    pub capabilities: Vec<Capability>,
 }
 
 impl RecipientCert {
@@ -63,6 +76,7 @@ impl RecipientCert {
             key,
             der,
             spki_der: info.spki_der.clone(),
+            capabilities: Vec::new(),
         })
     }
 }

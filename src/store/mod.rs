@@ -33,7 +33,7 @@ pub mod private_key;
 pub mod revocation;
 pub mod validate;
 
-pub use certs::{CertLookup, CertStore, RecipientCert};
+pub use certs::{Capability, CertLookup, CertStore, RecipientCert};
 pub use keys::{KeyStore, SigningIdentity};
 
 /// One thing `cachet check` reports: which file, and why it (or a certificate in it) is not used.

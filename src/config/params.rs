@@ -479,6 +479,14 @@ pub const PARAMS: &[Param] = &[
         "aes256-cbc | aes128-gcm | aes256-gcm",
     ),
     p(
+        "policy.encryption_allowed",
+        Some(r#"["aes256-gcm", "aes128-gcm", "aes256-cbc"]"#),
+        None,
+        None,
+        "",
+        "ciphers a recipient's announced SMIMECapabilities may select, in the recipient's order",
+    ),
+    p(
         "policy.key_transport",
         Some(r#""rsa-pkcs1""#),
         None,

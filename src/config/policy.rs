@@ -178,10 +178,13 @@ pub fn build(raw: &RawPolicy, rules: &[Spanned<RawRule>], p: &mut Problems) -> P
         out.push(rule);
     }
 
+    let encryption_allowed = allowed_ciphers(raw, &defaults, &out, p);
+
     let version = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        format!("{defaults:?}{signature_form:?}{digest:?}{rsa_pss}").hash(&mut h);
+        format!("{defaults:?}{signature_form:?}{digest:?}{rsa_pss}{encryption_allowed:?}")
+            .hash(&mut h);
         for r in &out {
             format!(
                 "{}{:?}{:?}{:?}",
@@ -200,6 +203,7 @@ pub fn build(raw: &RawPolicy, rules: &[Spanned<RawRule>], p: &mut Problems) -> P
         signature_form,
         digest,
         rsa_pss,
+        encryption_allowed,
         encrypt_to_self: raw
             .encrypt_to_self
             .unwrap_or_else(|| super::params::default("policy.encrypt_to_self")),
@@ -207,6 +211,67 @@ pub fn build(raw: &RawPolicy, rules: &[Spanned<RawRule>], p: &mut Problems) -> P
         encrypt_header: raw.encrypt_header.clone().filter(|s| !s.is_empty()),
         version,
     }
+}
+
+/// `policy.encryption_allowed`: known names, no repeats, not empty, and containing every cipher
+/// `[policy]` and the rules name as their choice (a cipher chosen when capabilities do not decide
+/// must not be one the operator disallowed).
+fn allowed_ciphers(
+    raw: &RawPolicy,
+    defaults: &Treatment,
+    rules: &[Rule],
+    p: &mut Problems,
+) -> Vec<Cipher> {
+    const KEY: &str = "policy.encryption_allowed";
+    let Some(list) = &raw.encryption_allowed else {
+        let names: Vec<String> = super::params::default(KEY);
+        return names
+            .iter()
+            .filter_map(|n| CIPHERS.iter().find(|(c, _)| c == n).map(|(_, c)| *c))
+            .collect();
+    };
+    let span = list.span();
+    let mut out = Vec::new();
+    for v in list.get_ref() {
+        if let Some(c) = parse_enum(v, KEY, CIPHERS, p) {
+            if out.contains(&c) {
+                p.at(v.span(), KEY, format!("{:?} is listed twice", v.get_ref()));
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    if out.is_empty() {
+        p.at(span, KEY, "must name at least one cipher");
+        return out;
+    }
+    let name = |c: Cipher| CIPHERS.iter().find(|(_, x)| *x == c).map_or("", |(n, _)| n);
+    if !out.contains(&defaults.encryption) {
+        p.at(
+            span.clone(),
+            KEY,
+            format!(
+                "does not contain policy.encryption {:?}: the default must be allowed",
+                name(defaults.encryption)
+            ),
+        );
+    }
+    for r in rules {
+        if let Some(c) = r.set.encryption
+            && !out.contains(&c)
+        {
+            p.at(
+                span.clone(),
+                KEY,
+                format!(
+                    "does not contain {:?}, the encryption of rule {:?}",
+                    name(c),
+                    r.name
+                ),
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -236,6 +301,47 @@ name = "tickets"
 from = ["tickets@example.org"]
 sign = "never"
 "#;
+
+    #[test]
+    fn encryption_allowed_is_checked_with_its_line() {
+        let c = load("[policy]\nencryption_allowed = [\"aes256-cbc\", \"aes128-gcm\"]\n").unwrap();
+        assert_eq!(
+            c.policy.encryption_allowed,
+            [Cipher::Aes256Cbc, Cipher::Aes128Gcm]
+        );
+        let all = load("").unwrap().policy.encryption_allowed;
+        assert_eq!(
+            all,
+            [Cipher::Aes256Gcm, Cipher::Aes128Gcm, Cipher::Aes256Cbc]
+        );
+        for (policy, says) in [
+            ("[policy]\nencryption_allowed = []\n", "at least one"),
+            (
+                "[policy]\nencryption_allowed = [\"3des\"]\n",
+                "\"3des\" is not one of",
+            ),
+            (
+                "[policy]\nencryption_allowed = [\"aes256-cbc\", \"aes256-cbc\"]\n",
+                "twice",
+            ),
+            (
+                "[policy]\nencryption_allowed = [\"aes256-gcm\"]\n",
+                "policy.encryption \"aes256-cbc\"",
+            ),
+            (
+                "[policy]\nencryption_allowed = [\"aes256-cbc\"]\n[[rule]]\nname = \"p\"\nencryption = \"aes128-gcm\"\n",
+                "rule \"p\"",
+            ),
+        ] {
+            let errs = load(policy).unwrap_err();
+            let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(
+                text.iter()
+                    .any(|t| t.contains(":6: policy.encryption_allowed") && t.contains(says)),
+                "{policy}: {text:?}"
+            );
+        }
+    }
 
     #[test]
     fn first_matching_rule_wins_and_unset_fields_fall_back() {

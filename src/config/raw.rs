@@ -207,6 +207,7 @@ pub struct RawPolicy {
     pub sign: Option<Spanned<String>>,
     pub encrypt: Option<Spanned<String>>,
     pub encryption: Option<Spanned<String>>,
+    pub encryption_allowed: Option<Spanned<Vec<Spanned<String>>>>,
     pub key_transport: Option<Spanned<String>>,
     pub on_missing_key: Option<Spanned<String>>,
     pub signature: Option<Spanned<String>>,

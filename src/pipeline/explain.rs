@@ -89,6 +89,31 @@ pub fn explain(
     let submitter = submitter_decision(rt, client, sender, from);
     let local = rt.config.submitters.is_local(from);
     let triggered = headers::has_tag(subject, p.subject_tag.as_deref());
+    // How each copy would be encrypted: the grouping the gateway runs, every recipient in To:.
+    let plan = super::group::plan(
+        p,
+        &rt.stores,
+        super::group::Message {
+            sender,
+            is_bounce: false,
+            now: std::time::SystemTime::now(),
+        },
+        &headers::Headers {
+            from: Some(from.to_ascii_lowercase()),
+            authors: vec![from.to_ascii_lowercase()],
+            visible: recipients.iter().map(|r| r.to_ascii_lowercase()).collect(),
+            message_id: None,
+            subject: subject.map(str::to_string),
+            encrypt_header: false,
+        },
+        recipients,
+    );
+    let choice_for = |r: &str| {
+        plan.groups
+            .iter()
+            .find(|g| g.decisions.iter().any(|d| d.recipient == r))
+            .and_then(|g| g.choice.clone())
+    };
     let list: Vec<Value> = recipients
         .iter()
         .map(|r| {
@@ -118,16 +143,27 @@ pub fn explain(
             };
             let rejected: Vec<Value> = d.rejected_certs.iter().map(|(fp, why)| json!({"fingerprint": fp, "reason": why})).collect();
             let encrypt = match &d.cert {
-                Some(c) => json!({
+                Some(c) => {
+                    let choice = choice_for(r);
+                    let cipher = choice.as_ref().map_or(t.encryption, |c| c.cipher);
+                    let transport = choice.as_ref().map_or(t.key_transport, |c| c.key_transport);
+                    json!({
                     "mode": mode(t.encrypt), "encrypt": true, "certificate": c.fingerprint, "expires": crate::date::rfc3339(c.not_after),
-                    "encryption": cipher_name(t.encryption),
-                    "key_transport": match (c.key, t.key_transport) {
+                    "encryption": cipher_name(cipher),
+                    "encryption_why": choice.as_ref().map(|c| c.cipher_why.clone()),
+                    "key_transport": match (c.key, transport) {
                         (crate::store::KeyKind::EcP256, _) => "ecdh-p256",
                         (_, KeyTransport::RsaPkcs1) => "rsa-pkcs1",
                         (_, KeyTransport::RsaOaep) => "rsa-oaep",
                     },
+                    "key_transport_why": match c.key {
+                        crate::store::KeyKind::EcP256 => None,
+                        _ => choice.as_ref().map(|c| c.key_transport_why.clone()),
+                    },
+                    "capabilities": crate::pipeline::capabilities::announced_ciphers(&c.capabilities).into_iter().map(cipher_name).collect::<Vec<_>>(),
                     "skipped": rejected,
-                }),
+                })
+                }
                 None => json!({"mode": mode(t.encrypt), "encrypt": false, "why": if t.encrypt == Mode::Never { "policy says never".to_string() } else { format!("no valid certificate for {r}") }, "skipped": rejected}),
             };
             json!({
@@ -220,6 +256,12 @@ pub fn render_text(v: &Value) -> String {
                 enc["encryption"].as_str().unwrap_or(""),
                 enc["key_transport"].as_str().unwrap_or("")
             );
+            if let Some(why) = enc["encryption_why"].as_str() {
+                let _ = writeln!(s, "  cipher:   {why}");
+            }
+            if let Some(why) = enc["key_transport_why"].as_str() {
+                let _ = writeln!(s, "  key:      {why}");
+            }
         } else {
             let _ = writeln!(
                 s,

@@ -7,6 +7,7 @@
 //! RecipientInfos other recipients see. Recipients whose required protection is impossible are
 //! held or failed here and never reach sealing.
 
+use super::capabilities::{Choice, choose};
 use super::decide::{Ask, Decision, Fate, decide};
 use super::headers::{self, Headers};
 use crate::policy::{Cipher, KeyTransport, Policy};
@@ -30,6 +31,9 @@ pub struct GroupKey {
 pub struct Group {
     pub key: GroupKey,
     pub decisions: Vec<Decision>,
+    /// How the copy is encrypted (from its recipients' announced capabilities, within the
+    /// policy); `None` = not encrypted.
+    pub choice: Option<Choice>,
 }
 
 impl Group {
@@ -142,7 +146,18 @@ pub fn plan(
             None => plan.groups.push(Group {
                 key,
                 decisions: vec![d],
+                choice: None,
             }),
+        }
+    }
+    for g in &mut plan.groups {
+        if let Some(fallback) = g.key.encryption {
+            let certs: Vec<(&str, &crate::store::RecipientCert)> = g
+                .decisions
+                .iter()
+                .filter_map(|d| d.cert.as_deref().map(|c| (d.recipient.as_str(), c)))
+                .collect();
+            g.choice = Some(choose(fallback, &policy.encryption_allowed, &certs));
         }
     }
     plan

@@ -10,6 +10,7 @@
 //! - [`seal`](seal::seal): signs once per signer and encrypts once per group (one content key
 //!   per copy). CPU work: callers run it off the async threads.
 
+pub mod capabilities;
 pub mod decide;
 pub mod explain;
 pub mod group;

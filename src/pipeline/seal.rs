@@ -2,9 +2,10 @@
 //! signed entity is shared by every group it signs, uncopied) and encrypts once per group (one
 //! content key per copy). CPU work: callers run it off the async threads.
 
+use super::capabilities::Choice;
 use super::group::{self, Message};
 use super::headers;
-use crate::policy::{Cipher, Digest, KeyTransport, Policy, SignatureForm, Treatment};
+use crate::policy::{Cipher, Digest, KeyTransport, Policy, SignatureForm};
 use crate::reply::{self, Failure, Scope};
 use crate::runtime::Stores;
 use crate::smime;
@@ -91,10 +92,10 @@ fn sign_options(p: &Policy) -> smime::SignOptions {
     }
 }
 
-fn encrypt_options(t: &Treatment) -> smime::EncryptOptions {
+fn encrypt_options(c: &Choice) -> smime::EncryptOptions {
     smime::EncryptOptions {
-        cipher: content_cipher(t.encryption),
-        key_transport: key_transport(t.key_transport),
+        cipher: content_cipher(c.cipher),
+        key_transport: key_transport(c.key_transport),
     }
 }
 
@@ -236,9 +237,9 @@ pub fn seal(
             }
             _ => Arc::new(base.to_vec()),
         };
-        let (message, encrypted_to, algorithm) = match g.key.encryption {
+        let (message, encrypted_to, algorithm) = match &g.choice {
             None => (body, Vec::new(), None),
-            Some(_) => {
+            Some(choice) => {
                 let mut certs: Vec<Arc<RecipientCert>> =
                     g.decisions.iter().filter_map(|d| d.cert.clone()).collect();
                 if p.encrypt_to_self
@@ -249,11 +250,11 @@ pub fn seal(
                 {
                     certs.push(own);
                 }
-                match smime::encrypt(&body, &certs, &encrypt_options(&first.treatment)) {
+                match smime::encrypt(&body, &certs, &encrypt_options(choice)) {
                     Ok(m) => (
                         Arc::new(m),
                         certs.iter().map(|c| c.fingerprint.clone()).collect(),
-                        Some(cipher_name(first.treatment.encryption)),
+                        Some(cipher_name(choice.cipher)),
                     ),
                     Err(e) => {
                         fail(&mut sealed, &e);

@@ -147,6 +147,9 @@ pub struct Policy {
     pub digest: Digest,
     /// RSA-PSS instead of PKCS#1 v1.5 for RSA signing keys.
     pub rsa_pss: bool,
+    /// `encryption_allowed`: the ciphers a recipient's announced capabilities may select
+    /// (`pipeline::capabilities`); the treatment's `encryption` is the choice when they do not.
+    pub encryption_allowed: Vec<Cipher>,
     /// Also encrypt each copy to the sender's own certificate (RFC 8551 §3.3).
     pub encrypt_to_self: bool,
     /// Subject tag that raises encryption to required (stripped before relay), e.g. "[secure]".

@@ -353,7 +353,10 @@ fn check_signer(
                             .map(|t| t.to_system_time())
                     }
                     o if o == algs::ID_SMIME_CAPABILITIES => {
-                        s.capabilities = v.to_der().map(|d| capabilities(&d)).unwrap_or_default()
+                        s.capabilities = v
+                            .to_der()
+                            .map(|d| parse_capabilities(&d))
+                            .unwrap_or_default()
                     }
                     _ => {}
                 }
@@ -703,7 +706,7 @@ fn pss_hash(si: &SignerInfo) -> Result<Hash, String> {
 
 /// SMIMECapabilities ::= SEQUENCE OF SEQUENCE { OID, parameters ANY OPTIONAL }; entries we
 /// cannot read are skipped.
-fn capabilities(der: &[u8]) -> Vec<Capability> {
+pub fn parse_capabilities(der: &[u8]) -> Vec<Capability> {
     let Ok(node) = super::ber::parse(der, 4096) else {
         return Vec::new();
     };
@@ -732,10 +735,10 @@ mod tests {
     fn capabilities_keep_the_senders_order_and_parameters() {
         let replies = crate::smime::ReplyAlgorithms::default();
         let der = algs::smime_capabilities(&replies, false).unwrap();
-        let caps = capabilities(&der);
+        let caps = parse_capabilities(&der);
         assert!(!caps.is_empty());
         assert_eq!(caps[0].oid, algs::AES256_CBC);
-        assert!(capabilities(b"\x30\x03\x06").is_empty());
+        assert!(parse_capabilities(b"\x30\x03\x06").is_empty());
     }
 
     #[test]

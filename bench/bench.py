@@ -11,6 +11,8 @@ recipient is counted and cachet's output can be checked):
              -aes256, reinjected over SMTP into a second smtpd) -> smtp-sink
   4 cachet   smtp-source -> cachet (RSA-2048 signing, AES-256-CBC to RSA-2048 recipients, fsync'd
              spool) -> upstream -> smtp-sink
+  5 postfix-reuse  as 2, with smtp_tls_connection_reuse = yes (tlsproxy: one TLS handshake per
+             upstream connection, many messages per connection): Postfix relaying at its best
 
 "upstream" is a private Postfix smtpd that requires STARTTLS (test certificate) and hands every
 message before-queue (smtpd_proxy_filter) to smtp-sink: no second queue, so the sink's arrival time
@@ -18,7 +20,11 @@ is the delivery time.
 
 Measured: msgs/s counted at the sink (a message counts when all its recipients arrived), CPU-ms per
 message for the whole box (/proc/stat deltas; also net of the background load sampled just
-before each run, because other builds share the box), cachet's ratios to 2 and 3, latency from
+before each run, because other builds share the box), each gateway's OWN CPU per message (cachet's
+process; a Postfix instance's master and every process under it, reaped children included: this
+does not depend on how busy the load generator and the sink are), cachet's ratios to 2, 5 and 3,
+its own CPU per message against Postfix's relaying alone (5), the 3-recipient (2 Bcc) rate against
+the 1-recipient rate, latency from
 250 to delivery at half of cachet's peak rate, cachet's peak RSS (VmHWM) under --rss-sessions
 concurrent sessions each sending one --rss-size message, and cachet on 2 cores vs pinned to one
 (taskset -c 0). Every message cachet relayed is decrypted and verified with openssl cms when the
@@ -56,12 +62,13 @@ SBIN = Path("/usr/sbin")
 SENDER = "snd@bench.test"
 RCPT_BASE = "rcpt@bench.test"  # smtp-source -r 3 sends to rcpt@, 2rcpt@, 3rcpt@
 RECIPIENTS = ["rcpt@bench.test", "2rcpt@bench.test", "3rcpt@bench.test"]
-TOPOLOGIES = {1: "direct", 2: "postfix", 3: "diy", 4: "cachet"}
+TOPOLOGIES = {1: "direct", 2: "postfix", 3: "diy", 4: "cachet", 5: "postfix-reuse"}
 TOPO_LABEL = {
     1: "1 source->sink",
     2: "2 postfix TLS relay",
     3: "3 postfix+openssl",
     4: "4 cachet",
+    5: "5 postfix TLS reuse",
 }
 
 
@@ -114,6 +121,43 @@ def cpu_busy_ms() -> float:
         fields = [int(x) for x in f.readline().split()[1:]]
     busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + (fields[7] if len(fields) > 7 else 0)
     return busy * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_ms(pid: int, children: bool) -> float:
+    """utime + stime of one process (+ cutime + cstime: its reaped children), in ms; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_ms(root: int) -> float:
+    """CPU of a process tree: every live process under `root` and `root` itself, each with the
+    children it has reaped (a Postfix master reaps its smtpd/smtp/cleanup/qmgr processes, pipe(8)
+    reaps the filter it ran). A process that exits between two samples moves its time into its
+    parent's reaped counters, so the difference of two samples is the work done in between."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        for c, pp in parent.items():
+            if pp == p and c not in tree:
+                tree.add(c)
+                frontier.append(c)
+    return sum(proc_cpu_ms(p, children=True) for p in tree)
 
 
 def background_rate(seconds: float) -> float:
@@ -340,6 +384,7 @@ POSTFIX_SERVICES = """\
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+tlsproxy  unix  -       -       n       -       0       tlsproxy
 rewrite   unix  -       -       n       -       -       trivial-rewrite
 bounce    unix  -       -       n       -       0       bounce
 defer     unix  -       -       n       -       0       bounce
@@ -427,6 +472,15 @@ class Postfix:
             time.sleep(0.1)
         if pidfile.exists():  # still running: abort (immediate stop) this instance only
             run([SBIN / "postfix", "-c", self.etc, "abort"], timeout=30, check=False, quiet=True)
+
+    def cpu_ms(self) -> float | None:
+        """The instance's own CPU so far: its master and every process under it, reaped children
+        included (`tree_cpu_ms`)."""
+        try:
+            pid = int((self.queue / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return tree_cpu_ms(pid)
 
     def flush_queue(self) -> None:
         run([SBIN / "postsuper", "-c", self.etc, "-d", "ALL"], timeout=60, check=False, quiet=True)
@@ -670,7 +724,7 @@ class Bench:
         self.args, self.work, self.shm = args, work, shm
         self.errors: list[str] = []
         self.pki = make_pki(work / "pki")
-        p = {k: free_port() for k in ("sink", "upstream", "relay", "diy", "diy_reinject", "cachet")}
+        p = {k: free_port() for k in ("sink", "upstream", "relay", "reuse", "diy", "diy_reinject", "cachet")}
         self.ports = p
         self.sink = Sink(shm, p["sink"])
         on_exit(self.sink.stop)
@@ -691,6 +745,15 @@ class Bench:
             "smtp_tls_CAfile": self.pki["ca"],
             "smtp_tls_loglevel": "0",
         }, f"127.0.0.1:{p['relay']} inet n - n - - smtpd\n")
+        # peer 5: the same relay with TLS connection reuse (tlsproxy keeps the upstream sessions:
+        # one handshake per connection, many messages per connection), Postfix at its best
+        self.reuse = Postfix(work, "reuse", {
+            "relayhost": f"[127.0.0.1]:{p['upstream']}",
+            "smtp_tls_security_level": "encrypt",
+            "smtp_tls_CAfile": self.pki["ca"],
+            "smtp_tls_loglevel": "0",
+            "smtp_tls_connection_reuse": "yes",
+        }, f"127.0.0.1:{p['reuse']} inet n - n - - smtpd\n")
         # peer 3: Postfix + pipe content_filter (openssl cms sign, encrypt), reinjected on a 2nd smtpd
         diy = work / "diy"
         (diy / "certs").mkdir(parents=True)
@@ -724,15 +787,17 @@ class Bench:
             f"  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks\n"
             f"smimefilter unix - n n - 20 pipe flags=q user=nobody argv={filt} ${{sender}} ${{recipient}}\n")
         self.cachet = Cachet(cachet_bin, work, p["cachet"], p["upstream"], self.pki) if cachet_bin else None
-        self.port_of = {1: p["sink"], 2: p["relay"], 3: p["diy"], 4: p["cachet"]}
+        self.port_of = {1: p["sink"], 2: p["relay"], 3: p["diy"], 4: p["cachet"], 5: p["reuse"]}
+        self.instance_of = {2: self.relay, 3: self.diy, 5: self.reuse}
         self.smime_active = False
 
     def start(self) -> None:
         self.sink.restart()
-        for pf in (self.upstream, self.relay, self.diy):
+        for pf in (self.upstream, self.relay, self.reuse, self.diy):
             pf.start()
         wait_port(self.ports["upstream"], what="postfix upstream")
         wait_port(self.ports["relay"], what="postfix relay")
+        wait_port(self.ports["reuse"], what="postfix relay with TLS reuse")
         wait_port(self.ports["diy"], what="postfix diy")
         wait_port(self.ports["diy_reinject"], what="postfix diy reinjection")
         if self.cachet:
@@ -785,7 +850,14 @@ class Bench:
         a = self.args
         self.sink.restart()
         bg = background_rate(a.bg_sample)
-        own0 = self.cachet.cpu_ms() if topo == 4 else None
+        def own() -> float | None:
+            if topo == 4:
+                return self.cachet.cpu_ms()
+            if topo in self.instance_of:
+                return self.instance_of[topo].cpu_ms()
+            return None
+
+        own0 = own()
         c0, t0 = cpu_busy_ms(), time.time()
         expected = n * rcpts
         timeout = max(120.0, n * rcpts * 0.5)  # generous: DIY peer at ~20 msg/s still completes
@@ -795,7 +867,7 @@ class Bench:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         res = self.sink.wait(expected, timeout=timeout, stall=a.stall)
         c1, t_c1 = cpu_busy_ms(), time.time()
-        own1 = self.cachet.cpu_ms() if topo == 4 else None
+        own1 = own()
         try:
             src_out = src.communicate(timeout=30)[0].decode(errors="replace")
         except subprocess.TimeoutExpired:
@@ -825,7 +897,9 @@ class Bench:
             "background_cpu_ms_per_s": round(bg, 1),
         }
         if own0 is not None and own1 is not None:
-            row["cachet_cpu_ms_per_msg"] = round((own1 - own0) / max(delivered, 1), 3)
+            row["own_cpu_ms_per_msg"] = round((own1 - own0) / max(delivered, 1), 3)
+            if topo == 4:
+                row["cachet_cpu_ms_per_msg"] = row["own_cpu_ms_per_msg"]
         if topo == 4 and verify:
             v = verify_all(self.sink, files, self.pki, self.work / "verify", self.smime_active)
             row["verified"] = v
@@ -848,6 +922,8 @@ class Bench:
         """After an incomplete run: drop what is still queued so it cannot leak into the next run."""
         if topo == 2:
             self.relay.flush_queue()
+        elif topo == 5:
+            self.reuse.flush_queue()
         elif topo == 3:
             self.diy.flush_queue()
         elif topo == 4:
@@ -996,6 +1072,8 @@ def print_table(summary: dict) -> None:
             notes.append("INCOMPLETE")
         if "cachet_cpu_ms_per_msg" in r:
             notes.append(f"cachet itself {r['cachet_cpu_ms_per_msg']:.2f} CPU-ms/msg")
+        elif "own_cpu_ms_per_msg" in r:
+            notes.append(f"postfix itself {r['own_cpu_ms_per_msg']:.2f} CPU-ms/msg")
         if "verified" in r:
             v = r["verified"]
             notes.append(f"verified {v['checked'] - v['failed']}/{v['checked']} ({'cms' if summary['smime_active'] else 'plain'})")
@@ -1010,7 +1088,12 @@ def print_table(summary: dict) -> None:
         def x(v):
             return "n/a" if v is None else f"{v}x"
         w(f"  {fmt_size(k['size']):>5} x{k['rcpts']}: vs 2 postfix TLS relay {x(k['vs_postfix'])}, "
-          f"vs 3 postfix+openssl {x(k['vs_diy'])}")
+          f"vs 5 postfix TLS reuse {x(k.get('vs_postfix_reuse'))}, vs 3 postfix+openssl {x(k['vs_diy'])}")
+        if k.get("cpu_vs_postfix_reuse") is not None:
+            w(f"  {'':>5}    own CPU per message: cachet {k['cachet_cpu_ms']} ms, postfix relaying alone "
+              f"(5, with reuse) {k['postfix_reuse_cpu_ms']} ms: cachet/postfix {k['cpu_vs_postfix_reuse']}")
+        if k.get("vs_one_recipient") is not None:
+            w(f"  {'':>5}    {k['rcpts']} recipients ({k['rcpts'] - 1} Bcc) vs 1 recipient: {x(k['vs_one_recipient'])}")
     lat = summary.get("latency")
     if lat:
         for l in lat:
@@ -1078,7 +1161,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=20, help="smtp-source sessions (default 20)")
     ap.add_argument("--sizes", help="comma list, e.g. 10k,100k (default 10k,100k; --quick 10k)")
     ap.add_argument("--rcpts", default="1,3", help="comma list of recipient counts (default 1,3)")
-    ap.add_argument("--topologies", default="1,2,3,4", help="which of 1..4 to run (default all)")
+    ap.add_argument("--topologies", default="1,2,3,4,5", help="which of 1..5 to run (default all)")
     ap.add_argument("--cachet", help="cachet binary (default $CACHET_BIN, else cargo build --release)")
     ap.add_argument("--smime", choices=["auto", "require", "off"], default="auto",
                     help="auto: sign+encrypt when the build has S/MIME, else relay-only (default)")
@@ -1142,11 +1225,20 @@ def main() -> int:
     ratios = []
     for size in a.sizes:
         for rc in a.rcpts:
-            by = {r["topology"]: r["msgs_per_s"] for r in runs if r["size"] == size and r["rcpts"] == rc}
+            same = [r for r in runs if r["size"] == size and r["rcpts"] == rc]
+            by = {r["topology"]: r["msgs_per_s"] for r in same}
+            cpu = {r["topology"]: r.get("own_cpu_ms_per_msg") for r in same}
+            one = next((r["msgs_per_s"] for r in runs
+                        if r["size"] == size and r["rcpts"] == 1 and r["topology"] == 4), None)
             if 4 in by:
                 ratios.append({"size": size, "rcpts": rc,
                                "vs_postfix": round(by[4] / by[2], 2) if by.get(2) else None,
-                               "vs_diy": round(by[4] / by[3], 2) if by.get(3) else None})
+                               "vs_postfix_reuse": round(by[4] / by[5], 2) if by.get(5) else None,
+                               "vs_diy": round(by[4] / by[3], 2) if by.get(3) else None,
+                               "cachet_cpu_ms": cpu.get(4),
+                               "postfix_reuse_cpu_ms": cpu.get(5),
+                               "cpu_vs_postfix_reuse": round(cpu[4] / cpu[5], 2) if cpu.get(4) and cpu.get(5) else None,
+                               "vs_one_recipient": round(by[4] / one, 2) if rc > 1 and one else None})
     summary: dict = {"ok": False, "quick": a.quick, "n": a.n, "sessions": a.sessions, "started": started,
                      "host": {"cpus": os.cpu_count()}, "cachet": str(cachet_bin),
                      "smime_active": b.smime_active, "runs": runs, "ratios": ratios}

@@ -30,10 +30,11 @@ pub fn list(spool: &Spool) -> Result<String, String> {
                     };
                     let _ = writeln!(
                         out,
-                        "{id}  {:<8}  {:>8}  {:>6}s  {sender}",
+                        "{id}  {:<8}  {:>8}  {:>6}s  {:<8}  {sender}",
                         q.dir_name(),
                         env.size,
-                        age
+                        age,
+                        env.direction.name()
                     );
                     for r in &env.recipients {
                         let _ = writeln!(

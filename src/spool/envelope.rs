@@ -16,6 +16,28 @@ pub enum RcptStatus {
     Held,
 }
 
+/// Which way a message travels: it decides which pipeline and which upstream it takes.
+/// Envelopes written before inbound mail existed have no field and read as `Outbound`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Submitted by the organisation's clients: policy + sealing, relayed to `[upstream]`.
+    #[default]
+    Outbound,
+    /// Handed in on the `[inbound]` listener for local recipients: opened (verify, decrypt),
+    /// relayed to the internal mail server (`inbound.upstream`).
+    Inbound,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recipient {
     pub address: String,
@@ -33,6 +55,9 @@ pub struct Recipient {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
     pub id: String,
+    /// Outbound (the default, also for envelopes older than this field) or inbound.
+    #[serde(default)]
+    pub direction: Direction,
     /// Bumped on every rewrite; after a crash mid-move the higher one wins.
     pub seq: u64,
     /// Envelope sender; empty for `<>` (bounces).
@@ -81,6 +106,7 @@ impl Envelope {
     ) -> Envelope {
         Envelope {
             id: String::new(),
+            direction: Direction::Outbound,
             seq: 0,
             sender,
             recipients: recipients

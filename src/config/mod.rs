@@ -1474,6 +1474,80 @@ mod tests {
     }
 
     #[test]
+    fn inbound_is_parsed_with_defaults_and_its_problems_named() {
+        let head = "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://relay.example:587\"\ntimeout = \"20s\"\nusername = \"u\"\npassword_file = \"/etc/hostname\"\n";
+        let keys_and_trust =
+            "[keys]\ndir = \"/\"\n[certificates]\ndir = \"/\"\ntrust = [\"/etc/hostname\"]\n";
+        let c = parse(&format!(
+            "{head}{keys_and_trust}[inbound]\nrelay_networks = [\"10.0.0.5\"]\nupstream = \"smtps://mailstore.internal\"\n\
+             [[inbound.rule]]\nsenders = [\"*@Partner.Example\"]\nrequire = \"valid-signature\"\naction = \"hold\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let i = c.inbound.expect("[inbound] parsed");
+        assert_eq!(i.listen, vec!["0.0.0.0:2526".parse().unwrap()]);
+        assert_eq!(i.relay_networks, vec!["10.0.0.5/32".parse().unwrap()]);
+        assert_eq!(
+            i.upstream.target,
+            UpstreamTarget::Smtp {
+                host: "mailstore.internal".into(),
+                port: 465,
+                implicit_tls: true
+            }
+        );
+        assert_eq!(i.upstream.tls, UpstreamTls::Verify);
+        // Timeout as [upstream]; the outbound provider's credentials never go inside.
+        assert_eq!(i.upstream.timeout, Duration::from_secs(20));
+        assert!(i.upstream.username.is_none() && i.upstream.password_file.is_none());
+        assert!(i.decrypt && i.verify && i.harvest && !i.subject_tags);
+        assert_eq!(i.on_undecryptable, OnUndecryptable::Deliver);
+        assert_eq!(i.rules.len(), 1);
+        assert_eq!(i.rules[0].senders[0].0, "*@partner.example");
+        assert_eq!(
+            (i.rules[0].require, i.rules[0].action),
+            (InboundRequirement::ValidSignature, InboundAction::Hold)
+        );
+        assert!(parse(head).unwrap().inbound.is_none());
+
+        // Without [keys] and trust anchors, the defaults cannot work: said, with the key.
+        let errs = parse(&format!(
+            "{head}[inbound]\nrelay_networks = [\"10.0.0.5\"]\nupstream = \"smtp://m\"\nharvest = true\nverify = false\n"
+        ))
+        .unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = all.join("\n");
+        assert!(
+            all.contains("cachet.toml: inbound.decrypt: decrypting needs the organisation's keys"),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:11: inbound.harvest: only verified signers are learnt"),
+            "{all}"
+        );
+        assert!(!all.contains("inbound.verify"), "{all}");
+        // smtps:// with tls = "none", an overlapping listener, no relay_networks.
+        let errs = parse(&format!(
+            "{head}[inbound]\nlisten = [\"[::]:2525\"]\nupstream = \"smtps://m\"\ntls = \"none\"\ndecrypt = false\nverify = false\nharvest = false\n"
+        ))
+        .unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = all.join("\n");
+        assert!(
+            all.contains(
+                "cachet.toml:9: inbound.listen: [::]:2525 overlaps server.listen 0.0.0.0:2525"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:11: inbound.tls: smtps:// always uses TLS"),
+            "{all}"
+        );
+        assert!(
+            all.contains("inbound.relay_networks: list the MTAs"),
+            "{all}"
+        );
+    }
+
+    #[test]
     fn upstream_urls() {
         let b = Path::new("/etc/cachet");
         assert_eq!(

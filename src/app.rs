@@ -109,7 +109,7 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
     };
     let sched = tokio::spawn(scheduler.run(queued_rx, shutdown_rx.clone(), DRAIN));
     tokio::spawn(revocation_task(runtime.clone(), shutdown_rx.clone()));
-    tracing::info!(config = %config_path.display(), policy = %cfg.policy.version, upstream = %cfg.upstream.url, "cachet started");
+    tracing::info!(config = %config_path.display(), policy = %cfg.policy.version, upstream = %cfg.upstream.url, inbound_upstream = cfg.inbound.as_ref().map(|i| i.upstream.url.as_str()).unwrap_or("-"), "cachet started");
 
     signals(&config_path, &runtime).await;
 

@@ -24,6 +24,7 @@
 //! read for any other reason (too many open files above all) is a temporary failure: the message
 //! stays where it is and is tried again after the first retry interval, never forgotten.
 
+use crate::config::{InboundAction, InboundConfig, OnUndecryptable};
 use crate::dsn;
 use crate::metrics::Metrics;
 use crate::pipeline;
@@ -512,8 +513,16 @@ async fn deliver_inbound(
             data.clone(),
             pending.to_vec(),
         );
+        let released = env.released;
         tokio::task::spawn_blocking(move || {
-            let inbound = rt.config.inbound.as_ref().expect("checked above");
+            let configured = rt.config.inbound.as_ref().expect("checked above");
+            let relaxed;
+            let inbound = if released {
+                relaxed = released_config(configured);
+                &relaxed
+            } else {
+                configured
+            };
             pipeline::inbound::process(
                 inbound,
                 &rt.stores,
@@ -615,6 +624,18 @@ async fn deliver_inbound(
         }
     }
     failures
+}
+
+/// The inbound settings for a message an operator released from hold/: what would hold or
+/// refuse it again tags it (rules) or delivers it as it arrived (`on_undecryptable`) instead.
+/// Verification, decryption and the headers stay as configured.
+fn released_config(inbound: &InboundConfig) -> InboundConfig {
+    let mut relaxed = inbound.clone();
+    relaxed.on_undecryptable = OnUndecryptable::Deliver;
+    for rule in &mut relaxed.rules {
+        rule.action = InboundAction::Tag;
+    }
+    relaxed
 }
 
 /// Writes the envelope's new state: done (removed), deferred, held or expired; sends DSNs.
@@ -721,6 +742,26 @@ async fn reschedule(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_inbound_message_is_tagged_or_delivered_never_held_again() {
+        let rt = crate::config::Config::parse(
+            std::path::Path::new("/nonexistent/c.toml"),
+            "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"file://o\"\n\
+             [inbound]\nrelay_networks = [\"10.0.0.5\"]\nupstream = \"file://i\"\n\
+             decrypt = false\nverify = false\nharvest = false\non_undecryptable = \"hold\"\n\
+             [[inbound.rule]]\nsenders = [\"*@a.test\"]\nrequire = \"signed\"\naction = \"reject\"\n\
+             [[inbound.rule]]\nsenders = [\"*@b.test\"]\nrequire = \"encrypted\"\naction = \"hold\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let inbound = rt.inbound.unwrap();
+        assert!(pipeline::inbound::may_reject(&inbound));
+        let relaxed = released_config(&inbound);
+        assert_eq!(relaxed.on_undecryptable, OnUndecryptable::Deliver);
+        assert!(relaxed.rules.iter().all(|r| r.action == InboundAction::Tag));
+        assert_eq!(relaxed.rules[1].require, inbound.rules[1].require);
+        assert!(!pipeline::inbound::may_reject(&relaxed));
+    }
 
     #[test]
     fn memory_units_scale_with_size_within_the_budget() {

@@ -86,6 +86,11 @@ pub struct Envelope {
     /// A DSN we generated: never bounced again.
     #[serde(default)]
     pub is_bounce: bool,
+    /// An operator released this message from hold/ (`cachet queue release`): for inbound mail,
+    /// the inbound rules and `on_undecryptable` no longer hold or refuse it (they tag or deliver
+    /// as it arrived instead), or a release would only hold it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
     /// Why the message is in hold/.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_reason: Option<String>,
@@ -128,6 +133,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: 0,
             is_bounce: false,
+            released: false,
             hold_reason: None,
             submitter: None,
             remove_headers: Vec::new(),

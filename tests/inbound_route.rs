@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{Gateway, GatewayConfig, SmtpClient, TestPki, Upstream, UpstreamOptions, toml_str};
+use common::{
+    Fault, Gateway, GatewayConfig, SmtpClient, Stage, TestPki, Upstream, UpstreamOptions, toml_str,
+};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -255,6 +257,85 @@ async fn the_outbound_side_is_unchanged_beside_an_inbound_listener() {
     assert_eq!(got_in[0].data_without_first_received(), msg_in);
     queue_until(&gw, "an empty queue", |l| l.contains("-- 0 message(s)")).await;
     assert_eq!(outbound.received().len(), 1, "only the outbound message");
+}
+
+#[tokio::test]
+async fn a_recipient_the_internal_server_refuses_gets_a_dsn_through_the_outbound_side() {
+    let outbound = Upstream::start(UpstreamOptions::starttls()).await;
+    let internal = Upstream::start(UpstreamOptions::starttls().fault(
+        Stage::Rcpt("nobody@example.org".into()),
+        Fault::always(550, "5.1.1 no such user"),
+    ))
+    .await;
+    let gw = Gateway::start(config(&outbound, &internal.url(), &internal.pki().ca_pem)).await;
+    let msg = message("frank@partner.test", "bob@example.org", "inbound-dsn");
+    let (mut c, _) = SmtpClient::connect_ehlo(gw.inbound_addr()).await.unwrap();
+    let (code, text) = c
+        .send_message(
+            "frank@partner.test",
+            &["bob@example.org", "nobody@example.org"],
+            &msg,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 250, "{text}");
+    c.quit().await;
+    let got = internal.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    assert_eq!(got[0].rcpt_to, ["bob@example.org"]);
+    // The bounce is ordinary outbound mail: to [upstream], from <>, to the envelope sender.
+    let dsn = gw.expect_upstream(&outbound, 1).await;
+    assert_eq!(dsn[0].mail_from, "");
+    assert_eq!(dsn[0].rcpt_to, ["frank@partner.test"]);
+    let text = String::from_utf8_lossy(&dsn[0].data);
+    assert!(
+        text.contains("Final-Recipient: rfc822; nobody@example.org")
+            && text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"),
+        "{text}"
+    );
+    queue_until(&gw, "an empty queue", |l| l.contains("-- 0 message(s)")).await;
+    assert_eq!(internal.received().len(), 1, "the bounce never goes inside");
+}
+
+#[tokio::test]
+async fn a_reload_swaps_the_inbound_relay_with_the_rest() {
+    let outbound = Upstream::start(UpstreamOptions::starttls()).await;
+    let old = Upstream::start(UpstreamOptions::starttls()).await;
+    let new = Upstream::start(UpstreamOptions::starttls()).await;
+    let mut gw = Gateway::start(config(&outbound, &old.url(), &old.pki().ca_pem)).await;
+    let addr = gw.inbound_addr();
+    let send = |subject: &'static str| async move {
+        let msg = message("gina@partner.test", "bob@example.org", subject);
+        let (mut c, _) = SmtpClient::connect_ehlo(addr).await.unwrap();
+        let (code, text) = c
+            .send_message("gina@partner.test", &["bob@example.org"], &msg)
+            .await
+            .unwrap();
+        assert_eq!(code, 250, "{text}");
+        c.quit().await;
+    };
+    send("before-reload").await;
+    assert_eq!(old.wait_for(1, WAIT).await.len(), 1, "{}", gw.logs());
+
+    // The new server has a CA of its own (written after the config: rewriting it rewrites the
+    // files the config started with).
+    gw.rewrite_config(|c| {
+        c.set("inbound", "upstream", &toml_str(&new.url()));
+        c.set("inbound", "ca_file", &toml_str("internal-ca-2.pem"));
+    });
+    std::fs::write(gw.dir().join("internal-ca-2.pem"), &new.pki().ca_pem).unwrap();
+    gw.sighup();
+    assert!(
+        gw.wait_log("configuration reloaded", WAIT).await,
+        "{}",
+        gw.logs()
+    );
+    send("after-reload").await;
+    let got = new.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: after-reload"));
+    assert_eq!(old.received().len(), 1);
+    assert!(outbound.received().is_empty());
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Wiring: builds each stage from the loaded [`Runtime`], binds the sockets, spawns the listener,
-//! scheduler and admin tasks, and owns the process's life: SIGHUP reloads (validate everything,
+//! scheduler and admin tasks (the outbound listeners and the `[inbound]` ones), and owns the process's life: SIGHUP reloads (validate everything,
 //! swap atomically, or keep the old runtime and log why), SIGTERM/SIGINT stop gracefully (stop
 //! accepting, let sessions and deliveries finish, bounded; the spool is consistent at every step).
 
@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
 use crate::session::SessionCtx;
-use crate::spool::Spool;
+use crate::spool::{Direction, Spool};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,19 +49,32 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
         shutdown: shutdown_rx.clone(),
         metrics: metrics.clone(),
     });
+    // Each direction has its own `server.max_connections` slots: a flood of submissions cannot
+    // lock the organisation's MTA out, nor the other way round.
     let limit = Arc::new(Semaphore::new(cfg.server.max_connections));
+    let inbound_limit = Arc::new(Semaphore::new(cfg.server.max_connections));
+    let inbound_listen = cfg
+        .inbound
+        .as_ref()
+        .map(|i| i.listen.clone())
+        .unwrap_or_default();
     let mut listeners = Vec::new();
-    for (addrs, implicit) in [(&cfg.server.listen, false), (&cfg.server.listen_tls, true)] {
+    for (addrs, implicit, direction, limit) in [
+        (&cfg.server.listen, false, Direction::Outbound, &limit),
+        (&cfg.server.listen_tls, true, Direction::Outbound, &limit),
+        (&inbound_listen, false, Direction::Inbound, &inbound_limit),
+    ] {
         for addr in addrs {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), implicit_tls = implicit, "listening for SMTP");
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), implicit_tls = implicit, direction = direction.name(), "listening for SMTP");
             listeners.push(tokio::spawn(listener::serve(
                 l,
                 ctx.clone(),
                 limit.clone(),
                 implicit,
+                direction,
             )));
         }
     }
@@ -96,7 +109,7 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
     };
     let sched = tokio::spawn(scheduler.run(queued_rx, shutdown_rx.clone(), DRAIN));
     tokio::spawn(revocation_task(runtime.clone(), shutdown_rx.clone()));
-    tracing::info!(config = %config_path.display(), policy = %cfg.policy.version, upstream = %cfg.upstream.url, "cachet started");
+    tracing::info!(config = %config_path.display(), policy = %cfg.policy.version, upstream = %cfg.upstream.url, inbound_upstream = cfg.inbound.as_ref().map(|i| i.upstream.url.as_str()).unwrap_or("-"), "cachet started");
 
     signals(&config_path, &runtime).await;
 
@@ -107,7 +120,11 @@ pub async fn serve(config_path: PathBuf) -> Result<(), String> {
         let _ = l.await;
     }
     let permits = cfg.server.max_connections as u32;
-    let _ = tokio::time::timeout(DRAIN, limit.acquire_many(permits)).await;
+    let _ = tokio::time::timeout(DRAIN, async {
+        let _ = limit.acquire_many(permits).await;
+        let _ = inbound_limit.acquire_many(permits).await;
+    })
+    .await;
     let _ = sched.await;
     tracing::info!("stopped");
     Ok(())
@@ -136,7 +153,11 @@ pub async fn reload(config_path: &Path, runtime: &Arc<ArcSwap<Runtime>>) {
     match loaded {
         Ok(Ok(mut new)) => {
             let old = runtime.load();
+            let inbound_listen =
+                |rt: &Runtime| rt.config.inbound.as_ref().map(|i| i.listen.clone());
             if new.config.server.listen != old.config.server.listen
+                || new.config.server.listen_tls != old.config.server.listen_tls
+                || inbound_listen(&new) != inbound_listen(&old)
                 || new.config.spool.dir != old.config.spool.dir
             {
                 tracing::warn!(

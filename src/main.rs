@@ -141,7 +141,7 @@ enum KeysAction {
 
 #[derive(Subcommand)]
 enum QueueAction {
-    /// Every message, its queue and each recipient's state.
+    /// Every message, its queue, its direction (outbound or inbound) and each recipient's state.
     List,
     /// One message's envelope and headers.
     Show { id: String },

@@ -17,6 +17,12 @@ pub struct Metrics {
     bounced: AtomicU64,
     held: AtomicU64,
     signed: AtomicU64,
+    /// The inbound subset (`[inbound]` listener): accepted, relayed to the internal server,
+    /// held, refused at end of DATA by the inbound rules.
+    inbound_accepted: AtomicU64,
+    inbound_relayed: AtomicU64,
+    inbound_held: AtomicU64,
+    inbound_rejected: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     encrypted: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -48,6 +54,19 @@ impl Metrics {
     }
     pub fn signed(&self) {
         self.signed.fetch_add(1, Relaxed);
+    }
+    pub fn inbound_accepted(&self) {
+        self.inbound_accepted.fetch_add(1, Relaxed);
+    }
+    /// Inbound recipients delivered to the internal mail server.
+    pub fn inbound_relayed(&self, n: u64) {
+        self.inbound_relayed.fetch_add(n, Relaxed);
+    }
+    pub fn inbound_held(&self) {
+        self.inbound_held.fetch_add(1, Relaxed);
+    }
+    pub fn inbound_rejected(&self) {
+        self.inbound_rejected.fetch_add(1, Relaxed);
     }
     pub fn refused(&self, reason: &'static str) {
         *self.refused.lock().unwrap().entry(reason).or_default() += 1;
@@ -124,6 +143,30 @@ impl Metrics {
             "cachet_copies_signed_total",
             "Outgoing copies signed.",
             self.signed.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_inbound_messages_accepted_total",
+            "Messages accepted on the [inbound] listener (also counted in cachet_messages_accepted_total).",
+            self.inbound_accepted.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_inbound_recipients_relayed_total",
+            "Inbound recipients accepted by the internal mail server (also counted in cachet_recipients_relayed_total).",
+            self.inbound_relayed.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_inbound_messages_held_total",
+            "Inbound messages moved to the hold queue (also counted in cachet_messages_held_total).",
+            self.inbound_held.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_inbound_messages_rejected_total",
+            "Inbound messages refused at the end of DATA by the inbound rules (removed from the spool).",
+            self.inbound_rejected.load(Relaxed),
         );
         let _ = writeln!(
             s,

@@ -177,6 +177,24 @@ pub const TLS_ALREADY: Reply = Reply::new(503, "5.5.1", "TLS already active");
 pub const TLS_UNAVAILABLE: Reply = Reply::new(454, "4.7.0", "TLS not available");
 pub const TLS_REQUIRED: Reply = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
 pub const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
+/// The greeting on the inbound listener for a client outside `inbound.relay_networks`
+/// (RFC 5321 §3.1: 554 instead of 220); the connection is closed.
+pub const INBOUND_CLIENT_REFUSED: Reply = Reply::new(
+    554,
+    "5.7.1",
+    "Access denied: not an MTA allowed to hand mail in here",
+);
+/// A connection to the inbound listener after a reload removed `[inbound]` (the listener stays
+/// bound until a restart): the MTA keeps the mail and tries again.
+pub const INBOUND_UNAVAILABLE: Reply = Reply::new(
+    421,
+    "4.3.2",
+    "Inbound service not available, try again later",
+);
+/// RCPT on the inbound listener for an address outside `server.local_domains`: the inbound side
+/// is never a relay.
+pub const INBOUND_NOT_LOCAL: Reply =
+    Reply::new(550, "5.7.1", "Relay access denied: not a local recipient");
 /// RFC 5321 addresses are judged and relayed as one string: anything that could be read two
 /// ways (quoted local parts, spaces, angle brackets, control characters, two `@`) is refused.
 pub const ADDRESS_FORM: Reply = Reply::new(

@@ -21,6 +21,9 @@ pub struct Runtime {
     pub tls_client_anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
     /// The upstream client (its connection pool lives as long as this runtime).
     pub relay: crate::relay::Relay,
+    /// `[inbound] upstream`: the internal mail server inbound mail is relayed to; its own pool,
+    /// swapped with the outbound one on reload. `None` without `[inbound]`.
+    pub inbound_relay: Option<crate::relay::Relay>,
     /// `server.auth_users`: who may relay after AUTH.
     pub users: Option<crate::session::auth::Users>,
     /// `log.audit_file`, opened for appending.
@@ -74,6 +77,28 @@ impl Runtime {
                 message,
             })
         });
+        let mut inbound_relay = None;
+        if let Some(inbound) = &config.inbound {
+            if let Some(ca) = &inbound.upstream.ca_file
+                && let Err(e) = crate::relay::tls::load_ca_file(ca)
+            {
+                errors.push(ConfigError {
+                    file: path.to_path_buf(),
+                    line: None,
+                    key: "inbound.ca_file".into(),
+                    message: e,
+                });
+            }
+            match crate::relay::Relay::new(&inbound.upstream) {
+                Ok(r) => inbound_relay = Some(r),
+                Err(message) => errors.push(ConfigError {
+                    file: path.to_path_buf(),
+                    line: None,
+                    key: "inbound.upstream".into(),
+                    message,
+                }),
+            }
+        }
         let users = match &config.server.auth_users {
             Some(path) => crate::session::auth::Users::load(path)
                 .map(Some)
@@ -122,6 +147,7 @@ impl Runtime {
                 tls,
                 tls_client_anchors,
                 relay,
+                inbound_relay,
                 users,
                 audit,
             }),

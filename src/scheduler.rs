@@ -8,6 +8,12 @@
 //! record each recipient's outcome in the envelope, then remove the message, defer it with the
 //! retry schedule, hold it, or bounce what failed (DSN).
 //!
+//! Inbound messages (`direction = inbound`, from the `[inbound]` listener) take the same path
+//! with two differences: `pipeline::inbound::process` opens them instead of sealing, and the
+//! copies go to `inbound.upstream` (the runtime's second relay). Retries, expiry and DSNs for
+//! refusals by the internal server are the same; a hold or a late "reject" from the inbound
+//! rules puts the message in hold/ (never a bounce for S/MIME reasons).
+//!
 //! When the envelope cannot be rewritten (disk full), the outcomes live on in memory
 //! ([`Unsaved`]) and the next attempt starts from them, never from the stale file: recipients
 //! already served are not served again. An ID is never scheduled while it is in flight, and the
@@ -18,13 +24,14 @@
 //! read for any other reason (too many open files above all) is a temporary failure: the message
 //! stays where it is and is tried again after the first retry interval, never forgotten.
 
+use crate::config::{InboundAction, InboundConfig, OnUndecryptable};
 use crate::dsn;
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::relay::{MailParams, Outcome};
 use crate::reply::{self, Failure, Reply, Scope};
 use crate::runtime::Runtime;
-use crate::spool::{DataError, Envelope, Queue, RcptStatus, Spool, TryLock, now_secs};
+use crate::spool::{DataError, Direction, Envelope, Queue, RcptStatus, Spool, TryLock, now_secs};
 use arc_swap::ArcSwap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -320,6 +327,11 @@ async fn attempt(
         }
     };
     let pending: Vec<String> = env.pending().map(|r| r.address.clone()).collect();
+    if env.direction == Direction::Inbound {
+        let failures = deliver_inbound(rt, metrics, &mut env, &data, &pending).await;
+        env.attempts = env.attempts.saturating_add(1);
+        return reschedule(spool, rt, metrics, unsaved, env, queue, &data, failures).await;
+    }
     // Directory lookups are I/O: done here, on the async side and bounded by each directory's
     // timeout, so the sealing job only reads their cached answers.
     // The header, read once: for the directory lookups here and for sealing.
@@ -459,6 +471,173 @@ async fn attempt(
     reschedule(spool, rt, metrics, unsaved, env, queue, &data, failures).await
 }
 
+/// One attempt for an inbound message: `pipeline::inbound::process` (on the blocking pool)
+/// instead of sealing, then each copy to the internal mail server (`inbound.upstream`).
+/// Records each pending recipient's outcome in `env`; returns the permanent failures (a DSN
+/// follows, as outbound: the internal server refused a recipient). Never a bounce for S/MIME
+/// reasons: a message the inbound rules would refuse after it was accepted is held instead.
+async fn deliver_inbound(
+    rt: &Arc<Runtime>,
+    metrics: &Metrics,
+    env: &mut Envelope,
+    data: &Arc<Vec<u8>>,
+    pending: &[String],
+) -> Vec<(String, Reply)> {
+    let id = env.id.clone();
+    let mut failures = Vec::new();
+    let defer_all = |env: &mut Envelope, failure: &Failure| {
+        for r in env
+            .recipients
+            .iter_mut()
+            .filter(|r| r.status == RcptStatus::Pending)
+        {
+            r.record(failure);
+        }
+    };
+    let (Some(_), Some(relay)) = (&rt.config.inbound, &rt.inbound_relay) else {
+        // A reload removed [inbound] while inbound mail was queued: keep it until it is back.
+        let failure = Failure::new(
+            reply::SEALING_ABORTED,
+            Scope::Message,
+            "[inbound] is not configured: inbound mail waits in the queue",
+        );
+        tracing::warn!(queue_id = %id, failure = %failure, "deferred");
+        defer_all(env, &failure);
+        metrics.deferred(pending.len() as u64);
+        return failures;
+    };
+    let job = {
+        let (rt, sender, data, pending) = (
+            rt.clone(),
+            env.sender.clone(),
+            data.clone(),
+            pending.to_vec(),
+        );
+        let released = env.released;
+        tokio::task::spawn_blocking(move || {
+            let configured = rt.config.inbound.as_ref().expect("checked above");
+            let relaxed;
+            let inbound = if released {
+                relaxed = released_config(configured);
+                &relaxed
+            } else {
+                configured
+            };
+            pipeline::inbound::process(
+                inbound,
+                &rt.stores,
+                &rt.config.server.hostname,
+                &sender,
+                &pending,
+                &data[..],
+                std::time::SystemTime::now(),
+            )
+        })
+    };
+    let copies = match job.await.map(|p| p.verdict) {
+        Ok(pipeline::inbound::Verdict::Deliver(copies)) => copies,
+        Ok(verdict) => {
+            let reason = match verdict {
+                pipeline::inbound::Verdict::Hold(reason) => reason,
+                pipeline::inbound::Verdict::Reject(f) => {
+                    format!(
+                        "refused by the inbound rules after it was accepted (held, never bounced): {f}"
+                    )
+                }
+                pipeline::inbound::Verdict::Deliver(_) => unreachable!("matched above"),
+            };
+            tracing::warn!(queue_id = %id, reason = %reason, "inbound message held");
+            for r in env
+                .recipients
+                .iter_mut()
+                .filter(|r| r.status == RcptStatus::Pending)
+            {
+                r.status = RcptStatus::Held;
+                r.reply = Some(reason.clone());
+            }
+            metrics.inbound_held();
+            return failures;
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %id, error = %e, "inbound processing failed");
+            let failure = Failure::new(
+                reply::SEALING_ABORTED,
+                Scope::Message,
+                format!("inbound processing job failed: {e}"),
+            );
+            defer_all(env, &failure);
+            metrics.deferred(pending.len() as u64);
+            return failures;
+        }
+    };
+    for copy in &copies {
+        // A decrypted entity may be 8-bit even when what arrived (base64 CMS) was not.
+        let params = MailParams {
+            smtputf8: env.smtputf8,
+            body_8bit: env.body_8bit || copy.message.iter().any(|b| *b >= 0x80),
+        };
+        let started = Instant::now();
+        let outcomes = relay
+            .deliver(&id, &env.sender, &copy.recipients, &copy.message, params)
+            .await;
+        metrics.upstream_latency(started.elapsed());
+        for (rcpt, outcome) in copy.recipients.iter().zip(outcomes) {
+            let Some(r) = env.recipient_mut(rcpt) else {
+                continue;
+            };
+            match outcome {
+                Outcome::Delivered(reply) => {
+                    tracing::info!(queue_id = %id, direction = "inbound", rcpt = %rcpt, reply = %reply, "relayed");
+                    metrics.relayed(1);
+                    metrics.inbound_relayed(1);
+                    r.status = RcptStatus::Delivered;
+                    r.reply = Some(reply.to_string());
+                    r.reason = None;
+                }
+                Outcome::Failed(f) if f.is_temporary() => {
+                    tracing::warn!(queue_id = %id, direction = "inbound", rcpt = %rcpt, failure = %f, "deferred");
+                    metrics.deferred(1);
+                    r.record(&f);
+                }
+                Outcome::Failed(f) => {
+                    tracing::warn!(queue_id = %id, direction = "inbound", rcpt = %rcpt, failure = %f, "failed permanently");
+                    r.status = RcptStatus::Failed;
+                    r.record(&f);
+                    failures.push((rcpt.clone(), f.reply));
+                }
+            }
+        }
+    }
+    // A recipient no copy was for would wait for ever: say so, try again later.
+    let forgotten = Failure::new(
+        reply::SEALING_ABORTED,
+        Scope::Recipient,
+        "inbound processing returned no copy for this recipient",
+    );
+    for rcpt in pending {
+        if !copies.iter().any(|c| c.recipients.contains(rcpt))
+            && let Some(r) = env.recipient_mut(rcpt)
+        {
+            tracing::error!(queue_id = %id, rcpt = %rcpt, "inbound processing returned no copy for this recipient; deferred");
+            r.record(&forgotten);
+            metrics.deferred(1);
+        }
+    }
+    failures
+}
+
+/// The inbound settings for a message an operator released from hold/: what would hold or
+/// refuse it again tags it (rules) or delivers it as it arrived (`on_undecryptable`) instead.
+/// Verification, decryption and the headers stay as configured.
+fn released_config(inbound: &InboundConfig) -> InboundConfig {
+    let mut relaxed = inbound.clone();
+    relaxed.on_undecryptable = OnUndecryptable::Deliver;
+    for rule in &mut relaxed.rules {
+        rule.action = InboundAction::Tag;
+    }
+    relaxed
+}
+
 /// Writes the envelope's new state: done (removed), deferred, held or expired; sends DSNs.
 /// A state that cannot be written is kept in `unsaved` for the next attempt.
 #[allow(clippy::too_many_arguments)]
@@ -563,6 +742,26 @@ async fn reschedule(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_inbound_message_is_tagged_or_delivered_never_held_again() {
+        let rt = crate::config::Config::parse(
+            std::path::Path::new("/nonexistent/c.toml"),
+            "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"file://o\"\n\
+             [inbound]\nrelay_networks = [\"10.0.0.5\"]\nupstream = \"file://i\"\n\
+             decrypt = false\nverify = false\nharvest = false\non_undecryptable = \"hold\"\n\
+             [[inbound.rule]]\nsenders = [\"*@a.test\"]\nrequire = \"signed\"\naction = \"reject\"\n\
+             [[inbound.rule]]\nsenders = [\"*@b.test\"]\nrequire = \"encrypted\"\naction = \"hold\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let inbound = rt.inbound.unwrap();
+        assert!(pipeline::inbound::may_reject(&inbound));
+        let relaxed = released_config(&inbound);
+        assert_eq!(relaxed.on_undecryptable, OnUndecryptable::Deliver);
+        assert!(relaxed.rules.iter().all(|r| r.action == InboundAction::Tag));
+        assert_eq!(relaxed.rules[1].require, inbound.rules[1].require);
+        assert!(!pipeline::inbound::may_reject(&relaxed));
+    }
 
     #[test]
     fn memory_units_scale_with_size_within_the_budget() {

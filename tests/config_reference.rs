@@ -17,12 +17,14 @@ const SECTIONS: &[&str] = &[
     "directory",
     "admin",
     "log",
+    "inbound",
+    "inbound.rule",
 ];
 
 /// Asks the real binary which keys `[section]` accepts.
 fn accepted_keys(section: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let header = if matches!(section, "rule" | "submitter" | "directory") {
+    let header = if matches!(section, "rule" | "submitter" | "directory" | "inbound.rule") {
         format!("[[{section}]]")
     } else {
         format!("[{section}]")
@@ -79,6 +81,7 @@ fn every_accepted_key_is_documented() {
                 l.starts_with(&format!("{key} ="))
                     || l.starts_with(&format!("{key}  ="))
                     || l == format!("[{section}.{key}]")
+                    || l == format!("[[{section}.{key}]]")
             });
             if !in_example {
                 missing.push(format!("config/cachet.toml: {section}.{key}"));

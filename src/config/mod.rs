@@ -10,7 +10,7 @@ pub mod policy;
 pub mod raw;
 pub mod units;
 
-use raw::RawConfig;
+use raw::{RawConfig, RawInbound};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -517,32 +517,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
         p.at(u.url.span(), "upstream.url", msg);
         UpstreamTarget::File(PathBuf::new())
     });
-    let tls = match u.tls.get_ref().as_str() {
-        "verify" => UpstreamTls::Verify,
-        "insecure" => UpstreamTls::Insecure,
-        "none" => UpstreamTls::None,
-        other => {
-            p.at(
-                u.tls.span(),
-                "upstream.tls",
-                format!("{other:?} is not one of verify, insecure, none"),
-            );
-            UpstreamTls::Verify
-        }
-    };
-    if let (
-        UpstreamTarget::Smtp {
-            implicit_tls: true, ..
-        },
-        UpstreamTls::None,
-    ) = (&target, tls)
-    {
-        p.at(
-            u.tls.span(),
-            "upstream.tls",
-            "smtps:// always uses TLS; use smtp:// for plaintext",
-        );
-    }
+    let tls = upstream_tls(&u.tls, &target, "upstream.tls", p);
     if u.username.is_some() != u.password_file.is_some() {
         p.at(
             u.url.span(),
@@ -659,6 +634,20 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
         audit_file: raw.log.audit_file.map(|f| resolve(base, &f)),
     };
 
+    let inbound = raw.inbound.as_ref().map(|v| {
+        inbound(
+            v,
+            &Sections {
+                base,
+                server: &server,
+                upstream: &upstream,
+                keys: keys.as_ref(),
+                certificates: certificates.as_ref(),
+            },
+            p,
+        )
+    });
+
     Config {
         path: path.to_path_buf(),
         server,
@@ -671,8 +660,243 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
         directories,
         admin_listen,
         log,
-        // `[inbound]` is parsed by the inbound listener's change (issue 13).
-        inbound: None,
+        inbound,
+    }
+}
+
+/// `upstream.tls` / `inbound.tls`: verify | insecure | none, and never `none` with `smtps://`.
+fn upstream_tls(
+    v: &Spanned<String>,
+    target: &UpstreamTarget,
+    key: &str,
+    p: &mut Problems,
+) -> UpstreamTls {
+    let tls = match v.get_ref().as_str() {
+        "verify" => UpstreamTls::Verify,
+        "insecure" => UpstreamTls::Insecure,
+        "none" => UpstreamTls::None,
+        other => {
+            p.at(
+                v.span(),
+                key,
+                format!("{other:?} is not one of verify, insecure, none"),
+            );
+            UpstreamTls::Verify
+        }
+    };
+    if let (
+        UpstreamTarget::Smtp {
+            implicit_tls: true, ..
+        },
+        UpstreamTls::None,
+    ) = (target, tls)
+    {
+        p.at(
+            v.span(),
+            key,
+            "smtps:// always uses TLS; use smtp:// for plaintext",
+        );
+    }
+    tls
+}
+
+/// What `[inbound]` validation reads of the sections validated before it.
+struct Sections<'a> {
+    base: &'a Path,
+    server: &'a ServerConfig,
+    upstream: &'a UpstreamConfig,
+    keys: Option<&'a KeysConfig>,
+    certificates: Option<&'a CertificatesConfig>,
+}
+
+/// Whether two listen addresses would take the same socket (same port, and the same address or
+/// either a wildcard).
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// `[inbound]`: its own listeners (never one of `[server]`'s), the MTAs allowed to hand mail in,
+/// the internal mail server (url, tls and ca_file as `[upstream]`; timeout, connections and EHLO
+/// name taken from `[upstream]`, credentials never: the outbound provider's password does not go
+/// to the internal server), and what opening needs: `[keys]` to decrypt, trust anchors to
+/// verify and harvest.
+fn inbound(raw: &Spanned<RawInbound>, s: &Sections, p: &mut Problems) -> InboundConfig {
+    let span = raw.span();
+    let r = raw.get_ref();
+    let listen = socket_addrs(&r.listen, "inbound.listen", p);
+    if r.listen.is_empty() {
+        p.at(
+            span.clone(),
+            "inbound.listen",
+            "no inbound listener: give at least one address such as \"0.0.0.0:2526\"",
+        );
+    }
+    for (v, a) in r.listen.iter().zip(&listen) {
+        let taken = s
+            .server
+            .listen
+            .iter()
+            .map(|b| ("server.listen", b))
+            .chain(s.server.listen_tls.iter().map(|b| ("server.listen_tls", b)));
+        for (key, b) in taken {
+            if overlaps(a, b) {
+                p.at(
+                    v.span(),
+                    "inbound.listen",
+                    format!("{a} overlaps {key} {b}: the inbound listener needs an address of its own (another port)"),
+                );
+            }
+        }
+    }
+    let relay_networks = networks(&r.relay_networks, "inbound.relay_networks", p);
+    if r.relay_networks.is_empty() {
+        p.at(
+            span.clone(),
+            "inbound.relay_networks",
+            "list the MTAs that hand mail in, e.g. [\"10.0.0.5/32\"]: everyone else is refused",
+        );
+    }
+    let target = parse_upstream_url(r.upstream.get_ref(), s.base).unwrap_or_else(|msg| {
+        p.at(r.upstream.span(), "inbound.upstream", msg);
+        UpstreamTarget::File(PathBuf::new())
+    });
+    let tls = upstream_tls(&r.tls, &target, "inbound.tls", p);
+    let upstream = UpstreamConfig {
+        url: r.upstream.get_ref().clone(),
+        target,
+        tls,
+        ca_file: r
+            .ca_file
+            .as_ref()
+            .map(|v| existing_file(s.base, v, "inbound.ca_file", p)),
+        username: None,
+        password_file: None,
+        timeout: s.upstream.timeout,
+        max_connections: s.upstream.max_connections,
+        helo_name: s.upstream.helo_name.clone(),
+    };
+    let (decrypt, verify, harvest) = (
+        *r.decrypt.get_ref(),
+        *r.verify.get_ref(),
+        *r.harvest.get_ref(),
+    );
+    if decrypt && s.keys.is_none() {
+        p.at(
+            r.decrypt.span(),
+            "inbound.decrypt",
+            "decrypting needs the organisation's keys: configure [keys] (or set decrypt = false)",
+        );
+    }
+    let have_trust = s.certificates.is_some_and(|c| !c.trust.is_empty());
+    if verify && !have_trust {
+        p.at(
+            r.verify.span(),
+            "inbound.verify",
+            "verifying needs trust anchors: configure [certificates] with trust (or set verify = false); without them no signature could pass",
+        );
+    }
+    if harvest && !verify {
+        p.at(
+            r.harvest.span(),
+            "inbound.harvest",
+            "only verified signers are learnt: harvest needs verify = true",
+        );
+    } else if harvest && !have_trust {
+        p.at(
+            r.harvest.span(),
+            "inbound.harvest",
+            "harvesting learns only certificates that chain to a trust anchor: configure [certificates] with trust (or set harvest = false)",
+        );
+    }
+    let on_undecryptable = match r.on_undecryptable.get_ref().as_str() {
+        "deliver" => OnUndecryptable::Deliver,
+        "hold" => OnUndecryptable::Hold,
+        "reject" => OnUndecryptable::Reject,
+        other => {
+            p.at(
+                r.on_undecryptable.span(),
+                "inbound.on_undecryptable",
+                format!("{other:?} is not one of deliver, hold, reject"),
+            );
+            OnUndecryptable::Deliver
+        }
+    };
+    let rules = r
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, v)| inbound_rule(i, v, p))
+        .collect();
+    InboundConfig {
+        listen,
+        relay_networks,
+        upstream,
+        decrypt,
+        verify,
+        harvest,
+        on_undecryptable,
+        subject_tags: r.subject_tags,
+        rules,
+    }
+}
+
+/// One `[[inbound.rule]]`: sender globs as `[[submitter]]` has them, a requirement and an action.
+fn inbound_rule(i: usize, v: &Spanned<raw::RawInboundRule>, p: &mut Problems) -> InboundRule {
+    let r = v.get_ref();
+    let key = |field: &str| format!("inbound.rule #{}: {field}", i + 1);
+    if r.senders.is_empty() {
+        p.at(
+            v.span(),
+            &key("senders"),
+            "list the sender addresses (globs) the rule is for, e.g. [\"*@partner.example\"]",
+        );
+    }
+    let mut senders = Vec::new();
+    for g in &r.senders {
+        let glob = crate::store::normalize_glob(g.get_ref());
+        if glob.is_empty() || glob.contains(char::is_whitespace) || glob.matches('@').count() != 1 {
+            p.at(
+                g.span(),
+                &key("senders"),
+                format!(
+                    "{:?} is not an address glob such as \"*@partner.example\"",
+                    g.get_ref()
+                ),
+            );
+            continue;
+        }
+        senders.push((glob.clone(), wildmatch::WildMatch::new(&glob)));
+    }
+    let require = match r.require.get_ref().as_str() {
+        "signed" => InboundRequirement::Signed,
+        "valid-signature" => InboundRequirement::ValidSignature,
+        "encrypted" => InboundRequirement::Encrypted,
+        other => {
+            p.at(
+                r.require.span(),
+                &key("require"),
+                format!("{other:?} is not one of signed, valid-signature, encrypted"),
+            );
+            InboundRequirement::Signed
+        }
+    };
+    let action = match r.action.get_ref().as_str() {
+        "tag" => InboundAction::Tag,
+        "hold" => InboundAction::Hold,
+        "reject" => InboundAction::Reject,
+        other => {
+            p.at(
+                r.action.span(),
+                &key("action"),
+                format!("{other:?} is not one of tag, hold, reject"),
+            );
+            InboundAction::Tag
+        }
+    };
+    InboundRule {
+        senders,
+        require,
+        action,
     }
 }
 
@@ -1246,6 +1470,80 @@ mod tests {
             errs[0].message.contains("missing field `token`"),
             "{}",
             errs[0]
+        );
+    }
+
+    #[test]
+    fn inbound_is_parsed_with_defaults_and_its_problems_named() {
+        let head = "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"smtp://relay.example:587\"\ntimeout = \"20s\"\nusername = \"u\"\npassword_file = \"/etc/hostname\"\n";
+        let keys_and_trust =
+            "[keys]\ndir = \"/\"\n[certificates]\ndir = \"/\"\ntrust = [\"/etc/hostname\"]\n";
+        let c = parse(&format!(
+            "{head}{keys_and_trust}[inbound]\nrelay_networks = [\"10.0.0.5\"]\nupstream = \"smtps://mailstore.internal\"\n\
+             [[inbound.rule]]\nsenders = [\"*@Partner.Example\"]\nrequire = \"valid-signature\"\naction = \"hold\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let i = c.inbound.expect("[inbound] parsed");
+        assert_eq!(i.listen, vec!["0.0.0.0:2526".parse().unwrap()]);
+        assert_eq!(i.relay_networks, vec!["10.0.0.5/32".parse().unwrap()]);
+        assert_eq!(
+            i.upstream.target,
+            UpstreamTarget::Smtp {
+                host: "mailstore.internal".into(),
+                port: 465,
+                implicit_tls: true
+            }
+        );
+        assert_eq!(i.upstream.tls, UpstreamTls::Verify);
+        // Timeout as [upstream]; the outbound provider's credentials never go inside.
+        assert_eq!(i.upstream.timeout, Duration::from_secs(20));
+        assert!(i.upstream.username.is_none() && i.upstream.password_file.is_none());
+        assert!(i.decrypt && i.verify && i.harvest && !i.subject_tags);
+        assert_eq!(i.on_undecryptable, OnUndecryptable::Deliver);
+        assert_eq!(i.rules.len(), 1);
+        assert_eq!(i.rules[0].senders[0].0, "*@partner.example");
+        assert_eq!(
+            (i.rules[0].require, i.rules[0].action),
+            (InboundRequirement::ValidSignature, InboundAction::Hold)
+        );
+        assert!(parse(head).unwrap().inbound.is_none());
+
+        // Without [keys] and trust anchors, the defaults cannot work: said, with the key.
+        let errs = parse(&format!(
+            "{head}[inbound]\nrelay_networks = [\"10.0.0.5\"]\nupstream = \"smtp://m\"\nharvest = true\nverify = false\n"
+        ))
+        .unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = all.join("\n");
+        assert!(
+            all.contains("cachet.toml: inbound.decrypt: decrypting needs the organisation's keys"),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:11: inbound.harvest: only verified signers are learnt"),
+            "{all}"
+        );
+        assert!(!all.contains("inbound.verify"), "{all}");
+        // smtps:// with tls = "none", an overlapping listener, no relay_networks.
+        let errs = parse(&format!(
+            "{head}[inbound]\nlisten = [\"[::]:2525\"]\nupstream = \"smtps://m\"\ntls = \"none\"\ndecrypt = false\nverify = false\nharvest = false\n"
+        ))
+        .unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = all.join("\n");
+        assert!(
+            all.contains(
+                "cachet.toml:9: inbound.listen: [::]:2525 overlaps server.listen 0.0.0.0:2525"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains("cachet.toml:11: inbound.tls: smtps:// always uses TLS"),
+            "{all}"
+        );
+        assert!(
+            all.contains("inbound.relay_networks: list the MTAs"),
+            "{all}"
         );
     }
 

@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub log: RawLog,
+    /// `[inbound]`: the second listener, for mail to local recipients (issue 13).
+    pub inbound: Option<Spanned<RawInbound>>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +202,46 @@ pub struct RawDirectory {
     pub timeout: Dur,
 }
 
+/// `[inbound]`: mail the organisation's internet-facing MTA hands in for local recipients,
+/// opened and relayed to the internal mail server. `listen`, `relay_networks`, `upstream`,
+/// `tls`, `ca_file`, `decrypt`, `verify`, `harvest` are the contract of issue 13.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbound {
+    #[serde(default = "default_inbound_listen")]
+    pub listen: Vec<Spanned<String>>,
+    /// Required: the MTAs allowed to hand mail in.
+    #[serde(default)]
+    pub relay_networks: Vec<Spanned<String>>,
+    /// Required: the internal mail server, url forms as `[upstream] url`.
+    pub upstream: Spanned<String>,
+    #[serde(default = "default_inbound_tls")]
+    pub tls: Spanned<String>,
+    pub ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_inbound_decrypt")]
+    pub decrypt: Spanned<bool>,
+    #[serde(default = "default_inbound_verify")]
+    pub verify: Spanned<bool>,
+    #[serde(default = "default_inbound_harvest")]
+    pub harvest: Spanned<bool>,
+    #[serde(default = "default_inbound_on_undecryptable")]
+    pub on_undecryptable: Spanned<String>,
+    #[serde(default = "default_inbound_subject_tags")]
+    pub subject_tags: bool,
+    /// `[[inbound.rule]]`: per-sender requirements, first match wins.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Spanned<RawInboundRule>>,
+}
+
+/// `[[inbound.rule]]`: mail from `senders` that does not meet `require` gets `action`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInboundRule {
+    pub senders: Vec<Spanned<String>>,
+    pub require: Spanned<String>,
+    pub action: Spanned<String>,
+}
+
 /// `[policy]`: the defaults every rule falls back to.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -352,4 +394,28 @@ fn default_directory_negative_ttl() -> Dur {
 }
 fn default_directory_timeout() -> Dur {
     P::default("directory.timeout")
+}
+fn default_inbound_listen() -> Vec<Spanned<String>> {
+    P::default::<Vec<String>>("inbound.listen")
+        .into_iter()
+        .map(spanned)
+        .collect()
+}
+fn default_inbound_tls() -> Spanned<String> {
+    spanned(P::default("inbound.tls"))
+}
+fn default_inbound_decrypt() -> Spanned<bool> {
+    spanned(P::default("inbound.decrypt"))
+}
+fn default_inbound_verify() -> Spanned<bool> {
+    spanned(P::default("inbound.verify"))
+}
+fn default_inbound_harvest() -> Spanned<bool> {
+    spanned(P::default("inbound.harvest"))
+}
+fn default_inbound_on_undecryptable() -> Spanned<String> {
+    spanned(P::default("inbound.on_undecryptable"))
+}
+fn default_inbound_subject_tags() -> bool {
+    P::default("inbound.subject_tags")
 }

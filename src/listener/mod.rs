@@ -12,6 +12,11 @@
 //! reserve (`/dev/null`): when accepting fails for lack of descriptors, it closes the reserve,
 //! accepts the client with the descriptor that frees, answers `421 4.3.2`, closes, and takes the
 //! reserve again (the trick nginx and libev use). Sessions and deliveries already running go on.
+//!
+//! Each listener has a direction: the outbound ones (`server.listen`, `server.listen_tls`) take
+//! submissions, the `[inbound]` ones take mail for local recipients from the organisation's MTA;
+//! the session is told which (`session/inbound.rs`). The caller gives each direction its own
+//! connection limit, so a flood on one side cannot lock the other out.
 
 pub mod tls;
 
@@ -19,6 +24,7 @@ pub use tls::tls_acceptor;
 
 use crate::reply;
 use crate::session::{Ending, Session, SessionCtx};
+use crate::spool::Direction;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -40,12 +46,14 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
 /// Upper bound on an inbound TLS handshake; a real client needs a few round trips.
 pub const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(30);
 
-/// Accepts connections until shutdown. `implicit_tls` listeners start TLS before the banner.
+/// Accepts connections until shutdown. `implicit_tls` listeners start TLS before the banner;
+/// `direction` says which side the sessions serve.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<SessionCtx>,
     limit: Arc<Semaphore>,
     implicit_tls: bool,
+    direction: Direction,
 ) {
     let mut shutdown = ctx.shutdown.clone();
     // The descriptor spent on telling a client `421` when there is none left (module header).
@@ -93,7 +101,7 @@ pub async fn serve(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, peer, ctx, implicit_tls).await {
+            if let Err(e) = connection(stream, peer, ctx, implicit_tls, direction).await {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
         });
@@ -146,6 +154,7 @@ async fn connection(
     peer: std::net::SocketAddr,
     ctx: Arc<SessionCtx>,
     implicit_tls: bool,
+    direction: Direction,
 ) -> std::io::Result<()> {
     let acceptor = ctx.runtime.load().tls.clone();
     if implicit_tls {
@@ -156,11 +165,13 @@ async fn connection(
         let cert = peer_cert(&ctx, &tls);
         Session::new(ctx, peer, true)
             .with_client_cert(cert)
+            .with_direction(direction)
             .run(tls, true)
             .await?;
         return Ok(());
     }
     match Session::new(ctx.clone(), peer, false)
+        .with_direction(direction)
         .run(stream, true)
         .await?
     {
@@ -174,6 +185,7 @@ async fn connection(
             // RFC 3207 §4.2: forget everything learned before TLS; the client says EHLO again.
             Session::new(ctx, peer, true)
                 .with_client_cert(cert)
+                .with_direction(direction)
                 .run(tls, false)
                 .await?;
             Ok(())

@@ -15,6 +15,7 @@ pub mod decide;
 pub mod explain;
 pub mod group;
 pub mod headers;
+pub mod inbound;
 pub mod seal;
 
 pub use decide::{Ask, Decision, Fate, data_check, decide, rcpt_check, rcpt_needs_lookup};

@@ -16,7 +16,7 @@ impl Session {
         if !self.tls && self.runtime.tls.is_some() {
             lines.push("STARTTLS".into());
         }
-        if self.tls && self.runtime.users.is_some() {
+        if self.tls && self.runtime.users.is_some() && self.direction == Direction::Outbound {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         let last = lines.len() - 1;

@@ -29,7 +29,8 @@ impl Session {
     }
 
     pub(super) fn auth_start(&mut self, mechanism: u64, initial: &str) -> Step {
-        let r = if self.runtime.users.is_none() {
+        // No AUTH on the inbound listener: who may hand mail in is decided by address alone.
+        let r = if self.runtime.users.is_none() || self.direction == Direction::Inbound {
             reply::NOT_IMPLEMENTED
         } else if !self.tls {
             Reply::new(

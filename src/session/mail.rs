@@ -34,7 +34,11 @@ impl Session {
             self.ctx.metrics.refused("size");
             return reply::MESSAGE_TOO_BIG;
         }
-        let grant = self.grant();
+        // Inbound: the sender is anyone on the internet; what matters is the recipient (RCPT).
+        let grant = match self.direction {
+            Direction::Outbound => self.grant(),
+            Direction::Inbound => None,
+        };
         // The envelope sender must be one the client may use; `<>` (a bounce) is always allowed.
         if let Some(g) = &grant
             && !address.is_empty()

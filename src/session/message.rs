@@ -107,7 +107,9 @@ impl Session {
             self.reply(refusal);
             return Ok(Step::Continue);
         }
-        if self.runtime.config.policy.any_sign_required()
+        // The outbound signing policy says nothing about mail arriving for local recipients.
+        if self.direction == Direction::Outbound
+            && self.runtime.config.policy.any_sign_required()
             && let Some(refusal) = crate::pipeline::data_check(
                 &self.runtime.config.policy,
                 &self.runtime.stores,
@@ -129,9 +131,15 @@ impl Session {
         );
         env.smtputf8 = tx.smtputf8;
         env.body_8bit = tx.body_8bit;
+        env.direction = self.direction;
         if let Some(g) = &tx.grant {
             env.submitter = Some(g.name.clone());
             env.remove_headers = g.require_header.iter().map(|h| h.name.clone()).collect();
+        }
+        if self.direction == Direction::Inbound {
+            let r = self.inbound_commit(draft, env, &tx, total).await;
+            self.reply(r);
+            return Ok(Step::Continue);
         }
         match draft.commit(env).await {
             Ok(id) => {

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod data;
 mod ehlo;
+mod inbound;
 mod login;
 mod mail;
 mod message;
@@ -24,7 +25,7 @@ pub use mail::plain_address;
 use crate::policy::submitter::{Client, ClientCert, Grant};
 use crate::reply::{self, Reply};
 use crate::runtime::Runtime;
-use crate::spool::{Envelope, Spool};
+use crate::spool::{Direction, Envelope, Spool};
 use arc_swap::ArcSwap;
 use data::{DataReader, Feed};
 use smtp_proto::{Error as ProtoError, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request};
@@ -87,6 +88,9 @@ pub struct Session {
     auth: Option<AuthStep>,
     /// The TLS client certificate presented on this connection, if any.
     client_cert: Option<ClientCert>,
+    /// Which listener the client came in on: outbound (submission: grants, AUTH, policy at
+    /// RCPT) or inbound (`[inbound]`: relay_networks MTAs, local recipients only; `inbound.rs`).
+    direction: Direction,
 }
 
 enum AuthStep {
@@ -121,7 +125,14 @@ impl Session {
             authenticated: None,
             auth: None,
             client_cert: None,
+            direction: Direction::Outbound,
         }
+    }
+
+    /// Marks this session as one on the `[inbound]` listener (set by the listener).
+    pub fn with_direction(mut self, direction: Direction) -> Session {
+        self.direction = direction;
+        self
     }
 
     /// The certificate the client presented in the TLS handshake (set by the listener).
@@ -146,6 +157,12 @@ impl Session {
         greet: bool,
     ) -> io::Result<Ending<S>> {
         let mut shutdown = self.ctx.shutdown.clone();
+        if let Some(refusal) = self.inbound_refusal() {
+            self.reply(refusal);
+            self.send(&mut stream).await?;
+            let _ = stream.shutdown().await;
+            return Ok(Ending::Closed);
+        }
         if greet {
             let banner = Reply::owned(
                 220,

@@ -23,6 +23,9 @@ impl Session {
             self.ctx.metrics.refused("address_form");
             return reply::ADDRESS_FORM;
         }
+        if self.direction == Direction::Inbound {
+            return self.inbound_rcpt(address);
+        }
         // Never an open relay: only clients with a grant — relay networks, authenticated
         // users, [[submitter]] entries (RFC 5321 §3.6.2).
         if tx.grant.is_none() {

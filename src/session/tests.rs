@@ -360,3 +360,102 @@ fn declared_size_reads_any_number() {
     assert_eq!(declared_size(b"MAIL FROM:<a@b.c>"), None);
     assert_eq!(declared_size(b"MAIL FROM:<size=5@b.c>"), None);
 }
+
+/// `[inbound]` for the fixture: the MTA at 10.0.0.5 (and loopback) may hand mail in.
+const INBOUND: &str = "[inbound]\nlisten = [\"127.0.0.1:2526\"]\nrelay_networks = [\"10.0.0.5/32\"]\n\
+                       upstream = \"file://in\"\ndecrypt = false\nverify = false\nharvest = false\n";
+
+/// Like `converse`, on the inbound listener.
+async fn converse_inbound(f: &Fixture, peer: &str, input: &[u8]) -> String {
+    let (mut client, server) = duplex(1 << 20);
+    let session = Session::new(f.ctx.clone(), peer.parse().unwrap(), false)
+        .with_direction(Direction::Inbound);
+    let task = tokio::spawn(async move { session.run(server, true).await.map(|_| ()) });
+    client.write_all(input).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    task.await.unwrap().unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn inbound_takes_any_sender_for_local_recipients_only_and_records_the_direction() {
+    let mut f = fixture(INBOUND);
+    let out = converse_inbound(
+        &f,
+        "10.0.0.5:40000",
+        b"EHLO mx.example.org\r\nMAIL FROM:<stranger@partner.test>\r\nRCPT TO:<b@elsewhere.test>\r\n\
+          RCPT TO:<Bob@Example.ORG>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nSubject: in\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        codes(&out),
+        [
+            "220", "250", "250", "550", "250", "250", "354", "250", "221"
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("550 5.7.1 Relay access denied: not a local recipient"),
+        "{out}"
+    );
+    let id = f.queued.try_recv().expect("scheduler was told");
+    let (q, env) = f.ctx.spool.find(&id).unwrap().unwrap();
+    assert_eq!(q, Queue::Incoming);
+    assert_eq!(env.direction, Direction::Inbound);
+    assert_eq!(env.sender, "stranger@partner.test");
+    // The same recipient twice is one recipient.
+    let rcpts: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(rcpts, ["Bob@Example.ORG"]);
+    assert_eq!(env.submitter, None);
+}
+
+#[tokio::test]
+async fn inbound_refuses_clients_outside_its_relay_networks_before_the_banner() {
+    let f = fixture(INBOUND);
+    // Loopback may relay outbound (server.relay_networks) but is not an inbound MTA here.
+    let out = converse_inbound(&f, "127.0.0.1:40000", b"EHLO x\r\nQUIT\r\n").await;
+    assert_eq!(
+        out,
+        "554 5.7.1 Access denied: not an MTA allowed to hand mail in here\r\n"
+    );
+    // A dual-stack listener sees the MTA as ::ffff:10.0.0.5: it matches the IPv4 network.
+    let out = converse_inbound(&f, "[::ffff:10.0.0.5]:40000", b"EHLO x\r\nQUIT\r\n").await;
+    assert_eq!(codes(&out), ["220", "250", "221"], "{out}");
+}
+
+#[tokio::test]
+async fn inbound_offers_no_auth_and_outbound_envelopes_stay_outbound() {
+    let mut f = fixture(INBOUND);
+    let out = converse_inbound(
+        &f,
+        "10.0.0.5:40000",
+        b"EHLO x\r\nAUTH PLAIN AHVzZXIAcGFzcw==\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(!out.contains("AUTH PLAIN"), "{out}");
+    assert!(out.contains("502 5.5.1"), "{out}");
+    let out = converse(
+        &f,
+        LOCAL,
+        b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n\r\nx\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.contains("queued as"), "{out}");
+    let id = f.queued.try_recv().expect("scheduler was told");
+    let (_, env) = f.ctx.spool.find(&id).unwrap().unwrap();
+    assert_eq!(env.direction, Direction::Outbound);
+}
+
+#[test]
+fn envelopes_without_a_direction_read_as_outbound() {
+    let old = r#"{"id":"A1","seq":1,"sender":"a@x","recipients":[],"received":0,"client_ip":"127.0.0.1",
+                 "helo":"h","size":0,"attempts":0,"next_attempt":0}"#;
+    let env: Envelope = serde_json::from_str(old).unwrap();
+    assert_eq!(env.direction, Direction::Outbound);
+    let mut inbound = env.clone();
+    inbound.direction = Direction::Inbound;
+    let text = serde_json::to_string(&inbound).unwrap();
+    assert!(text.contains("\"direction\":\"inbound\""), "{text}");
+}

@@ -30,10 +30,11 @@ pub fn list(spool: &Spool) -> Result<String, String> {
                     };
                     let _ = writeln!(
                         out,
-                        "{id}  {:<8}  {:>8}  {:>6}s  {sender}",
+                        "{id}  {:<8}  {:>8}  {:>6}s  {:<8}  {sender}",
                         q.dir_name(),
                         env.size,
-                        age
+                        age,
+                        env.direction.name()
                     );
                     for r in &env.recipients {
                         let _ = writeln!(
@@ -111,6 +112,7 @@ pub fn hold(spool: &Spool, id: &str) -> Result<String, String> {
 }
 
 /// Back to incoming/: held recipients become pending again; the gateway picks it up within a second.
+/// The envelope remembers the release, so inbound rules do not hold the message again.
 pub fn release(spool: &Spool, id: &str) -> Result<String, String> {
     let (_lock, q, mut env) = locked(spool, id)?;
     if q != Queue::Hold {
@@ -124,6 +126,8 @@ pub fn release(spool: &Spool, id: &str) -> Result<String, String> {
         r.status = RcptStatus::Pending;
     }
     env.hold_reason = None;
+    // The operator decided: inbound rules must not hold it again (see `Envelope::released`).
+    env.released = true;
     env.next_attempt = 0;
     env.seq += 1;
     spool

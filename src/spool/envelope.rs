@@ -16,6 +16,28 @@ pub enum RcptStatus {
     Held,
 }
 
+/// Which way a message travels: it decides which pipeline and which upstream it takes.
+/// Envelopes written before inbound mail existed have no field and read as `Outbound`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Submitted by the organisation's clients: policy + sealing, relayed to `[upstream]`.
+    #[default]
+    Outbound,
+    /// Handed in on the `[inbound]` listener for local recipients: opened (verify, decrypt),
+    /// relayed to the internal mail server (`inbound.upstream`).
+    Inbound,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recipient {
     pub address: String,
@@ -33,6 +55,9 @@ pub struct Recipient {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
     pub id: String,
+    /// Outbound (the default, also for envelopes older than this field) or inbound.
+    #[serde(default)]
+    pub direction: Direction,
     /// Bumped on every rewrite; after a crash mid-move the higher one wins.
     pub seq: u64,
     /// Envelope sender; empty for `<>` (bounces).
@@ -61,6 +86,11 @@ pub struct Envelope {
     /// A DSN we generated: never bounced again.
     #[serde(default)]
     pub is_bounce: bool,
+    /// An operator released this message from hold/ (`cachet queue release`): for inbound mail,
+    /// the inbound rules and `on_undecryptable` no longer hold or refuse it (they tag or deliver
+    /// as it arrived instead), or a release would only hold it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
     /// Why the message is in hold/.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_reason: Option<String>,
@@ -81,6 +111,7 @@ impl Envelope {
     ) -> Envelope {
         Envelope {
             id: String::new(),
+            direction: Direction::Outbound,
             seq: 0,
             sender,
             recipients: recipients
@@ -102,6 +133,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: 0,
             is_bounce: false,
+            released: false,
             hold_reason: None,
             submitter: None,
             remove_headers: Vec::new(),

@@ -45,7 +45,7 @@
 pub mod admin;
 mod envelope;
 pub mod modes;
-pub use envelope::{Envelope, RcptStatus, Recipient};
+pub use envelope::{Direction, Envelope, RcptStatus, Recipient};
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -604,7 +604,25 @@ impl Draft {
     /// Makes the message durable and queued; only after this returns may the session say `250`.
     /// On failure (a full disk) nothing of the message is left: no data file without an
     /// envelope, no envelope the scheduler could pick up after the client was told `4xx`.
-    pub async fn commit(mut self, mut env: Envelope) -> io::Result<String> {
+    pub async fn commit(self, env: Envelope) -> io::Result<String> {
+        Ok(self.commit_inner(env, false).await?.0.id)
+    }
+
+    /// Commits like [`Draft::commit`], holding the message lock from before the envelope
+    /// appears in incoming/ until the returned [`MessageLock`] is dropped: the scheduler (which
+    /// also scans incoming/) cannot start a delivery meanwhile. The inbound session uses it to
+    /// judge a message it already made durable before answering (reject removes it, hold moves
+    /// it). Returns the envelope as written.
+    pub async fn commit_locked(self, env: Envelope) -> io::Result<(Envelope, MessageLock)> {
+        let (env, lock) = self.commit_inner(env, true).await?;
+        Ok((env, lock.expect("asked for")))
+    }
+
+    async fn commit_inner(
+        mut self,
+        mut env: Envelope,
+        lock: bool,
+    ) -> io::Result<(Envelope, Option<MessageLock>)> {
         let file = self.file.take().ok_or_else(draft_broken)?;
         env.id = self.id.clone();
         env.size = self.size;
@@ -613,9 +631,18 @@ impl Draft {
         let spool = self.spool.clone();
         let path = self.path.clone();
         let id = self.id.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let written = env.clone();
+        let held = tokio::task::spawn_blocking(move || -> io::Result<Option<MessageLock>> {
             file.sync_all()?;
             drop(file);
+            // flock(2) locks the file, not the name: taken on tmp/, it holds on data/ID.
+            let held = if lock {
+                let f = File::open(&path)?;
+                f.lock()?;
+                Some(MessageLock { _file: f })
+            } else {
+                None
+            };
             fs::rename(&path, spool.data_path(&id))?;
             let committed = fsync_dir(&spool.root.join("data"))
                 .and_then(|()| spool.save_blocking(&env, Queue::Incoming, None));
@@ -624,12 +651,12 @@ impl Draft {
                 let _ = fs::remove_file(spool.envelope_path(Queue::Incoming, &id));
                 let _ = fs::remove_file(spool.data_path(&id));
             }
-            committed
+            committed.map(|()| held)
         })
         .await
         .map_err(io::Error::other)??;
         self.path = PathBuf::new();
-        Ok(self.id.clone())
+        Ok((written, held))
     }
 }
 

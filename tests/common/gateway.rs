@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     files: Vec<(PathBuf, Vec<u8>)>,
     /// Also listen for implicit TLS (`listen_tls`) on a free port (needs `with_tls`).
     smtps: bool,
+    /// Also listen for inbound mail (`[inbound] listen`) on a free port (the test sets the rest
+    /// of `[inbound]`).
+    inbound: bool,
     /// Extra environment for the child process.
     env: Vec<(String, String)>,
     /// Run this program (and leading arguments) instead of the cachet binary: the harness self-test uses a
@@ -79,6 +82,7 @@ impl GatewayConfig {
             raw: String::new(),
             files: Vec::new(),
             smtps: false,
+            inbound: false,
             env: vec![],
             program: None,
             picked: Vec::new(),
@@ -141,6 +145,13 @@ impl GatewayConfig {
     /// Also listen for implicit TLS on a free port (`[server] listen_tls`); see `Gateway::smtps_addr`.
     pub fn with_smtps(mut self) -> Self {
         self.smtps = true;
+        self
+    }
+
+    /// Also listen for inbound mail on a free port (`[inbound] listen`, a list like `[server]
+    /// listen`); give the rest of `[inbound]` with `set`/`with`. See `Gateway::inbound_addr`.
+    pub fn with_inbound(mut self) -> Self {
+        self.inbound = true;
         self
     }
 
@@ -236,6 +247,9 @@ impl GatewayConfig {
         if self.smtps && !self.has("server", "listen_tls") {
             self.pick_port("server", "listen_tls");
         }
+        if self.inbound && !self.has("inbound", "listen") {
+            self.pick_port("inbound", "listen");
+        }
         for (rel, contents) in &self.files {
             let path = dir.join(rel);
             if let Some(parent) = path.parent() {
@@ -254,7 +268,7 @@ impl GatewayConfig {
     /// and remember that the harness chose it.
     fn pick_port(&mut self, section: &str, key: &str) {
         let addr = toml_str(&format!("127.0.0.1:{}", free_port()));
-        let value = if section == "server" {
+        let value = if section == "server" || section == "inbound" {
             format!("[{addr}]")
         } else {
             addr
@@ -302,7 +316,12 @@ impl GatewayConfig {
 
     /// The first address of `[server] <key>` (a TOML array of "ip:port" strings).
     fn first_addr(&self, key: &str) -> Option<SocketAddr> {
-        let v = self.get("server", key)?;
+        self.first_addr_in("server", key)
+    }
+
+    /// The first address of `[section] <key>` (a TOML array of "ip:port" strings).
+    fn first_addr_in(&self, section: &str, key: &str) -> Option<SocketAddr> {
+        let v = self.get(section, key)?;
         let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
             .ok()?
             .remove("v")?;
@@ -639,6 +658,13 @@ impl Gateway {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
+    }
+
+    /// The `[inbound]` listener (`GatewayConfig::with_inbound`, or a `listen` the test set).
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.config
+            .first_addr_in("inbound", "listen")
+            .expect("[inbound] listen must hold an ip:port")
     }
 
     /// The implicit-TLS address when started `with_smtps`.

@@ -9,11 +9,14 @@
 //!   certificate never shows in a copy others receive), without cryptography;
 //! - [`seal`](seal::seal): signs once per signer and encrypts once per group (one content key
 //!   per copy). CPU work: callers run it off the async threads.
+//! - [`inbound`]: the other direction, mail the organisation receives: verify, decrypt per
+//!   recipient, `Authentication-Results`, `[[inbound.rule]]` -> copies for the internal server.
 
 pub mod decide;
 pub mod explain;
 pub mod group;
 pub mod headers;
+pub mod inbound;
 pub mod seal;
 
 pub use decide::{Ask, Decision, Fate, data_check, decide, rcpt_check, rcpt_needs_lookup};

@@ -297,12 +297,13 @@ pub fn process_with(
         authors.push(normalize_address(sender));
     }
     let broken = broken_rule(&inbound.rules, &authors, &facts);
+    let claims = claims_encryption(&clean);
     let mut copies: Vec<InboundCopy> = Vec::new();
     let mut undecryptable: Vec<(String, &OpenError)> = Vec::new();
     for g in &groups {
         let failure = inbound
             .decrypt
-            .then(|| decryption_failure(&g.opened))
+            .then(|| decryption_failure(&g.opened, claims))
             .flatten();
         if let Some(e) = failure {
             undecryptable.extend(g.recipients.iter().map(|r| (r.to_string(), e)));
@@ -397,9 +398,34 @@ fn temporary(o: &Opened) -> bool {
     encryption_errors(o).any(|e| matches!(e, OpenError::Temporary(_)))
 }
 
-/// Why these recipients get the message encrypted as it arrived, if they do.
-fn decryption_failure(o: &Opened) -> Option<&OpenError> {
-    encryption_errors(o).next()
+/// Why these recipients get the message encrypted as it arrived, if they do: an encryption
+/// layer that did not open, or a top-level layer that claims to be encrypted (`smime-type`) but
+/// could not even be parsed (malformed CMS, truncated base64): to the recipient both are a
+/// message they cannot read, and to the sender both get the same answer.
+fn decryption_failure(o: &Opened, claims_encryption: bool) -> Option<&OpenError> {
+    encryption_errors(o).next().or(match o.layers.first() {
+        Some(Layer::Broken(e)) if claims_encryption => Some(e),
+        _ => None,
+    })
+}
+
+/// The top-level Content-Type says enveloped-data or authEnveloped-data (RFC 8551 §3.2.2).
+fn claims_encryption(message: &[u8]) -> bool {
+    use mail_parser::MimeHeaders;
+    let head = &message[..headers::header_len(message)];
+    let Some(m) = mail_parser::MessageParser::default().parse_headers(head) else {
+        return false;
+    };
+    m.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("application")
+            && ct.subtype().is_some_and(|s| {
+                s.eq_ignore_ascii_case("pkcs7-mime") || s.eq_ignore_ascii_case("x-pkcs7-mime")
+            })
+            && ct.attribute("smime-type").is_some_and(|t| {
+                t.eq_ignore_ascii_case("enveloped-data")
+                    || t.eq_ignore_ascii_case("authenveloped-data")
+            })
+    })
 }
 
 /// The encryption layers `smime::open` removed (outermost first).
@@ -570,7 +596,11 @@ fn build_copy(
     tag_rule: Option<(usize, &InboundRule)>,
 ) -> Vec<u8> {
     let o = &g.opened;
-    let mut message = o.message.clone();
+    let mut message = if o.decrypted {
+        one_mime_version(&o.message)
+    } else {
+        o.message.clone()
+    };
     if inbound.subject_tags {
         message = subject_tags(message, &earned_tags(inbound, o));
     }
@@ -596,6 +626,32 @@ fn build_copy(
     let mut out = Vec::with_capacity(top.len() + message.len());
     out.extend_from_slice(top.as_bytes());
     out.extend_from_slice(&message);
+    out
+}
+
+/// A decryption carries the outer header, `MIME-Version` and the inner entity's fields; an
+/// entity that had its own `MIME-Version` (openssl writes one) would show it twice. The first
+/// stays.
+fn one_mime_version(message: &[u8]) -> Vec<u8> {
+    let end = headers::header_len(message);
+    let mut out = Vec::with_capacity(message.len());
+    let mut seen = false;
+    let mut skipping = false;
+    for line in message[..end].split_inclusive(|&b| b == b'\n') {
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if !skipping {
+                out.extend_from_slice(line);
+            }
+            continue;
+        }
+        let is_mv = line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"mime-version:");
+        skipping = is_mv && seen;
+        seen |= is_mv;
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(&message[end..]);
     out
 }
 
@@ -736,6 +792,15 @@ mod tests {
         // No Subject at all: one is added.
         let out = add_tags(b"From: a@x.example\r\n\r\nx".to_vec(), &[TAG_SIGNED]);
         assert!(out.starts_with(b"Subject: [signed]\r\nFrom:"));
+    }
+
+    #[test]
+    fn a_second_mime_version_goes() {
+        let m = b"Subject: s\r\nMIME-Version: 1.0\r\nMIME-Version: 1.0\r\n (comment)\r\nContent-Type: text/plain\r\n\r\nMIME-Version: body\r\n";
+        assert_eq!(
+            one_mime_version(m),
+            b"Subject: s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nMIME-Version: body\r\n"
+        );
     }
 
     #[test]

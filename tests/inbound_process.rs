@@ -1,0 +1,708 @@
+//! The inbound step (`cachet::pipeline::inbound::process`, issue 13): a message as the
+//! internet-facing MTA hands it in -> the copies the internal mail server receives, or hold, or
+//! the end-of-DATA reply. Messages are made at test time by `openssl cms` and by cachet's own
+//! sealing, plus the real-client messages in `../shared/interop`; the organisation's keys are
+//! key-store identities (`SigningIdentity`, as `[keys]` loads them) unless a test says otherwise.
+//! Delivered copies are checked by an independent engine (`openssl cms -verify`) where a
+//! signature must survive.
+
+mod smime_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use cachet::config::{
+    InboundAction, InboundConfig, InboundRequirement, InboundRule, OnUndecryptable, UpstreamConfig,
+    UpstreamTarget, UpstreamTls,
+};
+use cachet::pipeline::inbound::{
+    self, InboundCopy, OrgKeys, Processed, Verdict, may_reject, process, process_with,
+};
+use cachet::reply;
+use cachet::runtime::Stores;
+use cachet::smime::{self, EncryptOptions, OrgKey, SignForm, SignOptions, Trust};
+use cachet::store::TrustAnchors;
+use cachet::store::keys::{KeyStore, SigningIdentity};
+use smime_common::*;
+
+const HOST: &str = "gw.org.example";
+
+fn interop(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/interop")).join(rel)
+}
+
+fn config() -> InboundConfig {
+    InboundConfig {
+        listen: Vec::new(),
+        relay_networks: Vec::new(),
+        upstream: UpstreamConfig {
+            url: "smtp://mailstore.internal:25".into(),
+            target: UpstreamTarget::Smtp {
+                host: "mailstore.internal".into(),
+                port: 25,
+                implicit_tls: false,
+            },
+            tls: UpstreamTls::Verify,
+            ca_file: None,
+            username: None,
+            password_file: None,
+            timeout: Duration::from_secs(30),
+            max_connections: 4,
+            helo_name: HOST.into(),
+        },
+        decrypt: true,
+        verify: true,
+        harvest: true,
+        on_undecryptable: OnUndecryptable::Deliver,
+        subject_tags: false,
+        rules: Vec::new(),
+    }
+}
+
+fn rule(senders: &[&str], require: InboundRequirement, action: InboundAction) -> InboundRule {
+    InboundRule {
+        senders: senders
+            .iter()
+            .map(|g| {
+                let g = cachet::store::normalize_glob(g);
+                (g.clone(), wildmatch::WildMatch::new(&g))
+            })
+            .collect(),
+        require,
+        action,
+    }
+}
+
+/// The organisation: Bob (RSA) and Carol (EC P-256) hold keys; Dave does not.
+struct Org {
+    _dir: tempfile::TempDir,
+    bob_cert: PathBuf,
+    carol_cert: PathBuf,
+    bob_fp: String,
+    carol_fp: String,
+    stores: Stores,
+}
+
+const BOB: &str = "bob@org.example";
+const CAROL: &str = "carol@org.example";
+const DAVE: &str = "dave@org.example";
+
+fn identity(address: &str, cert: &str, key: &str, trust: &TrustAnchors) -> SigningIdentity {
+    SigningIdentity::from_pem(
+        address,
+        format!("{key}{cert}").as_bytes(),
+        trust,
+        SystemTime::now(),
+    )
+    .unwrap_or_else(|e| panic!("{address}: {e}"))
+}
+
+fn org() -> Org {
+    let dir = tempfile::tempdir().unwrap();
+    let (bc, bk) = Leaf::new(BOB, Alg::Rsa2048).issue();
+    let (cc, ck) = Leaf::new(CAROL, Alg::EcP256).issue();
+    let mut stores = Stores {
+        trust: trust(),
+        ..Default::default()
+    };
+    let bob = identity(BOB, &bc, &bk, &stores.trust);
+    let carol = identity(CAROL, &cc, &ck, &stores.trust);
+    let (bob_fp, carol_fp) = (bob.fingerprint.clone(), carol.fingerprint.clone());
+    let mut keys = KeyStore::default();
+    keys.insert(bob);
+    keys.insert(carol);
+    stores.keys = keys;
+    Org {
+        bob_cert: write(dir.path(), "bob.crt", &bc),
+        carol_cert: write(dir.path(), "carol.crt", &cc),
+        _dir: dir,
+        bob_fp,
+        carol_fp,
+        stores,
+    }
+}
+
+fn run(cfg: &InboundConfig, stores: &Stores, rcpts: &[&str], message: &[u8]) -> Processed {
+    let rcpts: Vec<String> = rcpts.iter().map(|s| s.to_string()).collect();
+    process(
+        cfg,
+        stores,
+        HOST,
+        "partner-bounces@smime.example",
+        &rcpts,
+        message,
+        SystemTime::now(),
+    )
+}
+
+fn copies(p: &Processed) -> &[InboundCopy] {
+    match &p.verdict {
+        Verdict::Deliver(c) => c,
+        other => panic!("expected delivery, got {other:?}"),
+    }
+}
+
+fn copy_for<'a>(p: &'a Processed, rcpt: &str) -> &'a InboundCopy {
+    copies(p)
+        .iter()
+        .find(|c| c.recipients.iter().any(|r| r == rcpt))
+        .unwrap_or_else(|| panic!("no copy for {rcpt}: {:?}", p.verdict))
+}
+
+fn text(m: &[u8]) -> String {
+    String::from_utf8_lossy(m).into_owned()
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    find(hay, needle.as_bytes()).is_some()
+}
+
+/// The message below the header fields cachet put on top: our Authentication-Results and
+/// our X-Cachet-* fields, as long as they lead.
+fn below_ours(m: &[u8]) -> Vec<u8> {
+    let mut rest = m;
+    loop {
+        let ours = rest.starts_with(format!("Authentication-Results: {HOST};").as_bytes())
+            || rest.starts_with(b"X-Cachet-");
+        if !ours {
+            return rest.to_vec();
+        }
+        // Skip the field and its continuation lines.
+        let mut i = 0;
+        loop {
+            i += rest[i..].iter().position(|&b| b == b'\n').unwrap() + 1;
+            if !matches!(rest.get(i), Some(b' ' | b'\t')) {
+                break;
+            }
+        }
+        rest = &rest[i..];
+    }
+}
+
+/// A file from disk as SMTP delivers it: CRLF line ends.
+fn crlf(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() + m.len() / 40);
+    for (i, &b) in m.iter().enumerate() {
+        if b == b'\n' && (i == 0 || m[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn subject(m: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse_headers(m)
+        .and_then(|h| h.subject().map(str::to_string))
+        .unwrap_or_default()
+}
+
+const ENTITY: &[u8] = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nHello from the partner.\r\nSecond line.\r\n";
+
+fn openssl_cms(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("cms").args(args);
+    let out = run_with_input(&mut cmd, input);
+    assert!(
+        out.status.success(),
+        "openssl cms {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Signed by RFC 9216 Alice (RSA) with `openssl cms`, with a message header when `headers`.
+fn alice_sign(input: &[u8], opaque: bool, subject: Option<&str>) -> Vec<u8> {
+    let (cert, key) = (
+        rfc9216().join("alice.sign.crt"),
+        rfc9216().join("alice.sign.key"),
+    );
+    let mut args = vec![
+        "-sign",
+        "-binary",
+        "-crlfeol",
+        "-signer",
+        p(&cert),
+        "-inkey",
+        p(&key),
+    ];
+    if opaque {
+        args.push("-nodetach");
+    }
+    if let Some(s) = subject {
+        args.extend([
+            "-from",
+            "Alice <alice@smime.example>",
+            "-to",
+            BOB,
+            "-subject",
+            s,
+        ]);
+    }
+    openssl_cms(&args, input)
+}
+
+/// Encrypted with `openssl cms` to `recips`, each followed by its own `-keyopt`s.
+fn encrypt(input: &[u8], cipher: &str, recips: &[(&Path, &[&str])]) -> Vec<u8> {
+    let mut args = vec![
+        "-encrypt",
+        "-binary",
+        "-crlfeol",
+        cipher,
+        "-from",
+        "Alice <alice@smime.example>",
+        "-to",
+        BOB,
+        "-subject",
+        "quarterly",
+    ];
+    for (cert, opts) in recips {
+        args.extend(["-recip", p(cert)]);
+        args.extend_from_slice(opts);
+    }
+    openssl_cms(&args, input)
+}
+
+const OAEP256: &[&str] = &[
+    "-keyopt",
+    "rsa_padding_mode:oaep",
+    "-keyopt",
+    "rsa_oaep_md:sha256",
+    "-keyopt",
+    "rsa_mgf1_md:sha256",
+];
+const KDF256: &[&str] = &["-keyopt", "ecdh_kdf_md:sha256"];
+
+/// A whole message around a DER CMS object.
+fn p7m_message(der: &[u8], smime_type: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut m = format!(
+        "From: alice@smime.example\r\nTo: {BOB}\r\nSubject: t\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in b64.as_bytes().chunks(76) {
+        m.extend_from_slice(chunk);
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+// ---- Authentication-Results ----
+
+#[test]
+fn signed_mail_gets_our_authentication_results_and_forged_claims_are_removed() {
+    let org = org();
+    let signed = alice_sign(ENTITY, false, Some("hello"));
+    let forged = [
+        "Authentication-Results: gw.org.example; smime=pass body.smime-identifier=ceo@org.example\r\n",
+        "Authentication-Results: (comment) GW.ORG.EXAMPLE;\r\n\tsmime=pass\r\n",
+        "X-Cachet-Decrypted: for=<bob@org.example>; key=sha256:00; algorithm=x/y\r\n",
+        "X-Cachet-Inbound-Rule: rule=1\r\n",
+    ];
+    let foreign =
+        "Authentication-Results: mx.org.example; spf=pass smtp.mailfrom=smime.example\r\n";
+    let mut m = forged.concat().into_bytes();
+    m.extend_from_slice(foreign.as_bytes());
+    m.extend_from_slice(&signed);
+
+    let mut cfg = config();
+    let p = run(&cfg, &org.stores, &[BOB, DAVE], &m);
+    // Not encrypted: one copy for everyone.
+    let [c] = copies(&p) else {
+        panic!("{:?}", p.verdict)
+    };
+    assert_eq!(c.recipients, [BOB, DAVE]);
+    let head = header_block(&c.message);
+    assert!(
+        head.starts_with("Authentication-Results: gw.org.example;\r\n\tsmime=pass\r\n\t  body.smime-identifier=alice@smime.example"),
+        "{head}"
+    );
+    assert_eq!(head.matches("gw.org.example").count(), 1, "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("gw.org.example;\r\n\tsmime=pass\r\n\t  body.smime-identifier=ceo")
+    );
+    assert!(!head.contains("X-Cachet"), "{head}");
+    assert!(head.contains(foreign), "others' results stay: {head}");
+    // Below our field: what arrived, minus the forged claims, byte for byte.
+    let mut want = foreign.as_bytes().to_vec();
+    want.extend_from_slice(&signed);
+    assert_eq!(text(&below_ours(&c.message)), text(&want));
+    // The signature still verifies for the user's client.
+    let content = openssl_verify(&c.message, None);
+    assert!(contains(&content, "Hello from the partner."));
+    assert_eq!(p.signers.len(), 1);
+    assert_eq!(p.signers[0].address.as_deref(), Some("alice@smime.example"));
+
+    // verify = false: no result of ours, forged ones still removed, nobody to harvest.
+    cfg.verify = false;
+    let p = run(&cfg, &org.stores, &[BOB], &m);
+    let [c] = copies(&p) else {
+        panic!("{:?}", p.verdict)
+    };
+    assert_eq!(text(&c.message), text(&want));
+    assert!(p.signers.is_empty());
+}
+
+#[test]
+fn unsigned_and_badly_signed_mail_say_so() {
+    let org = org();
+    let cfg = config();
+    let plain = b"From: someone@partner.example\r\nSubject: hi\r\n\r\nplain\r\n";
+    let p = run(&cfg, &org.stores, &[BOB], plain);
+    let c = copy_for(&p, BOB);
+    assert!(
+        text(&c.message).starts_with("Authentication-Results: gw.org.example; smime=none\r\nFrom:")
+    );
+    assert!(p.signers.is_empty());
+
+    // Apple Mail, body modified after signing.
+    let m =
+        crlf(&std::fs::read(interop("realworld/applemail93-signed-MODIFIED-badsig.eml")).unwrap());
+    let p = run(&cfg, &org.stores, &[BOB], &m);
+    let h = header_block(&copy_for(&p, BOB).message);
+    assert!(h.contains("\tsmime=fail"), "{h}");
+    assert!(p.signers.is_empty());
+}
+
+// ---- decryption ----
+
+#[test]
+fn each_recipient_gets_a_copy_decrypted_with_their_own_key() {
+    let org = org();
+    // Signed by Alice, then encrypted to Bob (RSA-OAEP-SHA256) and Carol (ECDH P-256), AES-GCM.
+    let signed = alice_sign(ENTITY, false, None);
+    let m = encrypt(
+        &signed,
+        "-aes-256-gcm",
+        &[(&org.bob_cert, OAEP256), (&org.carol_cert, KDF256)],
+    );
+    let cfg = config();
+    let p = run(&cfg, &org.stores, &[BOB, CAROL, DAVE], &m);
+    assert_eq!(copies(&p).len(), 3, "{:?}", p.verdict);
+    for (who, fp, other_fp, alg) in [
+        (
+            BOB,
+            &org.bob_fp,
+            &org.carol_fp,
+            "aes-256-gcm/rsa-oaep-sha256",
+        ),
+        (
+            CAROL,
+            &org.carol_fp,
+            &org.bob_fp,
+            "aes-256-gcm/ecdh-p256-sha256kdf",
+        ),
+    ] {
+        let c = copy_for(&p, who);
+        assert_eq!(c.recipients, [who]);
+        let head = header_block(&c.message);
+        assert!(
+            head.contains(&format!(
+                "{}: for=<{who}>;\r\n\tkey=sha256:{fp}; algorithm={alg}\r\n",
+                inbound::DECRYPTED_FIELD
+            )),
+            "{head}"
+        );
+        assert!(!head.contains(other_fp.as_str()), "{head}");
+        assert!(
+            head.contains("\tsmime=pass"),
+            "the signature inside is checked: {head}"
+        );
+        // Outer fields kept, the inner entity's Content-Type replaces the outer one.
+        assert!(head.contains("\r\nSubject: quarterly\r\n"), "{head}");
+        assert!(head.contains("Content-Type: multipart/signed"), "{head}");
+        assert!(!head.contains("pkcs7-mime"), "{head}");
+        assert_eq!(head.matches("MIME-Version").count(), 1, "{head}");
+        let content = openssl_verify(&c.message, None);
+        assert!(contains(&content, "Hello from the partner."));
+    }
+    // Dave: as it arrived, with the reason on top; nothing inside could be seen.
+    let c = copy_for(&p, DAVE);
+    assert_eq!(c.recipients, [DAVE]);
+    let head = header_block(&c.message);
+    assert!(
+        head.contains(&format!("{}: reason=no-key", inbound::UNDECRYPTABLE_FIELD)),
+        "{head}"
+    );
+    assert!(head.contains("smime=none"), "{head}");
+    assert_eq!(text(&below_ours(&c.message)), text(&m));
+    // One signer, found in two copies, harvested once.
+    assert_eq!(p.signers.len(), 1);
+}
+
+#[test]
+fn openssl_ciphers_and_key_transports_decrypt_through_the_key_store() {
+    let org = org();
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("-aes256", &[], "aes-256-cbc/rsa-pkcs1"),
+        (
+            "-aes128",
+            &["-keyopt", "rsa_padding_mode:oaep"],
+            "aes-128-cbc/rsa-oaep-sha1",
+        ),
+        ("-aes-256-gcm", OAEP256, "aes-256-gcm/rsa-oaep-sha256"),
+        ("-des3", &[], "des-ede3-cbc/rsa-pkcs1"),
+    ];
+    for (cipher, opts, alg) in cases {
+        let m = encrypt(ENTITY, cipher, &[(&org.bob_cert, opts)]);
+        let p = run(&config(), &org.stores, &[BOB], &m);
+        let c = copy_for(&p, BOB);
+        let head = header_block(&c.message);
+        assert!(
+            head.contains(&format!("algorithm={alg}\r\n")),
+            "{cipher}: {head}"
+        );
+        assert!(contains(
+            &c.message,
+            "Hello from the partner.\r\nSecond line.\r\n"
+        ));
+    }
+    let m = encrypt(ENTITY, "-aes128", &[(&org.carol_cert, &[])]);
+    let p = run(&config(), &org.stores, &[CAROL], &m);
+    assert!(
+        header_block(&copy_for(&p, CAROL).message)
+            .contains("algorithm=aes-128-cbc/ecdh-p256-sha1kdf")
+    );
+}
+
+#[test]
+fn cachet_sealed_mail_opens_for_its_recipient() {
+    let org = org();
+    let bob_rcpt = recipient(&std::fs::read_to_string(&org.bob_cert).unwrap());
+    let carol_rcpt = recipient(&std::fs::read_to_string(&org.carol_cert).unwrap());
+    let msg = sample_message();
+    let signed = smime::sign(
+        &msg,
+        &alice(),
+        &SignOptions {
+            form: SignForm::Opaque,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for cipher in [
+        smime::ContentCipher::Aes256Cbc,
+        smime::ContentCipher::Aes128Gcm,
+    ] {
+        let enc = smime::encrypt(
+            &signed,
+            &[bob_rcpt.clone(), carol_rcpt.clone()],
+            &EncryptOptions {
+                cipher,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = run(&config(), &org.stores, &[CAROL, BOB], &enc);
+        assert_eq!(copies(&p).len(), 2);
+        for who in [BOB, CAROL] {
+            let c = copy_for(&p, who);
+            let head = header_block(&c.message);
+            assert!(head.contains(&format!("for=<{who}>")), "{head}");
+            assert!(head.contains("\tsmime=pass"), "{head}");
+            // The peeled message is the signed one, byte for byte below the header.
+            let at = find(&c.message, b"\r\n\r\n").unwrap();
+            let signed_at = find(&signed, b"\r\n\r\n").unwrap();
+            assert_eq!(c.message[at..], signed[signed_at..]);
+        }
+    }
+}
+
+#[test]
+fn on_undecryptable_decides_for_recipients_without_a_key() {
+    let org = org();
+    let m = encrypt(ENTITY, "-aes256", &[(&org.bob_cert, &[])]);
+    let mut cfg = config();
+    for (mode, rejects) in [
+        (OnUndecryptable::Deliver, false),
+        (OnUndecryptable::Hold, false),
+        (OnUndecryptable::Reject, true),
+    ] {
+        cfg.on_undecryptable = mode;
+        assert_eq!(may_reject(&cfg), rejects, "{mode:?}");
+        // Bob alone: decrypted, whatever the mode.
+        let p = run(&cfg, &org.stores, &[BOB], &m);
+        assert!(contains(
+            &copy_for(&p, BOB).message,
+            "Hello from the partner."
+        ));
+        // Bob and Dave: Dave has no key.
+        let p = run(&cfg, &org.stores, &[BOB, DAVE], &m);
+        match (mode, &p.verdict) {
+            (OnUndecryptable::Deliver, Verdict::Deliver(c)) => {
+                assert_eq!(c.len(), 2);
+                let d = copy_for(&p, DAVE);
+                assert!(header_block(&d.message).contains("reason=no-key"));
+            }
+            (OnUndecryptable::Hold, Verdict::Hold(why)) => {
+                assert!(why.contains(DAVE) && !why.contains(BOB), "{why}");
+            }
+            (OnUndecryptable::Reject, Verdict::Reject(f)) => {
+                assert_eq!(f.reply, reply::INBOUND_UNDECRYPTABLE);
+                assert_eq!(
+                    f.reply.to_string(),
+                    "550 5.7.5 Message could not be decrypted for its recipients"
+                );
+                assert!(f.private.contains(DAVE));
+            }
+            (mode, v) => panic!("{mode:?}: {v:?}"),
+        }
+    }
+    // decrypt = false: nothing is decrypted, nothing is undecryptable.
+    cfg.decrypt = false;
+    let p = run(&cfg, &org.stores, &[BOB, DAVE], &m);
+    let [c] = copies(&p) else {
+        panic!("{:?}", p.verdict)
+    };
+    assert_eq!(text(&below_ours(&c.message)), text(&m));
+    assert!(!header_block(&c.message).contains("X-Cachet"));
+}
+
+/// The DER inside a base64 pkcs7-mime message, with byte `at` (from the end when negative)
+/// flipped.
+fn tamper(m: &[u8], at: isize) -> Vec<u8> {
+    let mut der = p7m_der(m);
+    let i = if at < 0 {
+        der.len() - (-at) as usize
+    } else {
+        at as usize
+    };
+    der[i] ^= 0x01;
+    der
+}
+
+/// Offset of the last byte of the first RecipientInfo's encryptedKey (the last element of a
+/// KeyTransRecipientInfo).
+fn encrypted_key_end(der: &[u8]) -> usize {
+    let tree = cachet::smime::ber::parse(der, 100_000).unwrap();
+    let set = tree.children()[1].children()[0]
+        .children()
+        .iter()
+        .find(|n| n.tag == [0x31])
+        .unwrap()
+        .to_der();
+    let first = cachet::smime::ber::parse(&set, 100_000).unwrap().children()[0].to_der();
+    find(der, &first).unwrap() + first.len() - 3
+}
+
+#[test]
+fn every_decryption_failure_gets_the_same_answer() {
+    let org = org();
+    let mut cfg = config();
+    // Secret-dependent failures: a broken PKCS#1 v1.5 block, a broken OAEP block, a changed
+    // GCM tag, a changed last CBC block. Each must give the same verdict, reason included.
+    let pkcs1 = encrypt(ENTITY, "-aes-256-gcm", &[(&org.bob_cert, &[])]);
+    let oaep = encrypt(ENTITY, "-aes-256-gcm", &[(&org.bob_cert, OAEP256)]);
+    let cbc = encrypt(ENTITY, "-aes256", &[(&org.bob_cert, &[])]);
+    let secret_dependent = [
+        (
+            "pkcs1 block",
+            tamper(&pkcs1, encrypted_key_end(&p7m_der(&pkcs1)) as isize),
+        ),
+        (
+            "oaep block",
+            tamper(&oaep, encrypted_key_end(&p7m_der(&oaep)) as isize),
+        ),
+        ("gcm tag", tamper(&pkcs1, -1)),
+        ("cbc padding", tamper(&cbc, -1)),
+    ];
+    // Public failures: not for our key, an unknown content algorithm, malformed CMS.
+    let alice_only = p7m_der(&encrypt(
+        ENTITY,
+        "-aes256",
+        &[(&rfc9216().join("alice.encrypt.crt"), &[])],
+    ));
+    let chacha = std::fs::read(interop(
+        "samples/examples-cms/authEnvelopedForBobChaCha20Poly1305.p7m",
+    ))
+    .unwrap();
+    let mut truncated = p7m_der(&pkcs1);
+    truncated.truncate(truncated.len() / 2);
+    let public = [
+        ("no key", alice_only, "enveloped-data"),
+        ("unsupported", chacha, "authEnveloped-data"),
+        ("malformed", truncated, "enveloped-data"),
+    ];
+    for mode in [OnUndecryptable::Reject, OnUndecryptable::Hold] {
+        cfg.on_undecryptable = mode;
+        let mut verdicts = Vec::new();
+        for (what, der) in &secret_dependent {
+            let p = run(
+                &cfg,
+                &org.stores,
+                &[BOB],
+                &p7m_message(der, "enveloped-data"),
+            );
+            verdicts.push((what, p.verdict));
+        }
+        // A changed CBC block passes the padding check about once in 256 (garbage, never
+        // the plaintext, delivered as a decryption: CBC has no integrity); GCM always fails.
+        verdicts.retain(|(what, v)| match v {
+            Verdict::Deliver(c) => {
+                assert!(what.contains("cbc"), "{what}: {v:?}");
+                assert!(!contains(&c[0].message, "Hello from the partner."));
+                false
+            }
+            _ => true,
+        });
+        assert!(verdicts.len() >= 3, "{verdicts:?}");
+        for (what, v) in &verdicts {
+            assert_eq!(
+                v, &verdicts[0].1,
+                "{mode:?}: {what} differs from {}",
+                verdicts[0].0
+            );
+        }
+        match (&verdicts[0].1, mode) {
+            (Verdict::Reject(f), OnUndecryptable::Reject) => {
+                assert_eq!(f.reply, reply::INBOUND_UNDECRYPTABLE);
+                assert!(f.private.contains("decryption failed"), "{}", f.private);
+            }
+            (Verdict::Hold(why), OnUndecryptable::Hold) => {
+                assert!(why.contains("decryption failed"))
+            }
+            (v, _) => panic!("{mode:?}: {v:?}"),
+        }
+        // Public failures: the same reply to the sender; only the private reason differs.
+        for (what, der, smime_type) in &public {
+            let p = run(&cfg, &org.stores, &[BOB], &p7m_message(der, smime_type));
+            match (&p.verdict, mode) {
+                (Verdict::Reject(f), OnUndecryptable::Reject) => {
+                    assert_eq!(f.reply, reply::INBOUND_UNDECRYPTABLE, "{what}")
+                }
+                (Verdict::Hold(_), OnUndecryptable::Hold) => {}
+                (v, _) => panic!("{what} {mode:?}: {v:?}"),
+            }
+        }
+    }
+    // Delivered (the default), every failure kind names its public reason to the recipient.
+    cfg.on_undecryptable = OnUndecryptable::Deliver;
+    for (der, t, reason) in [
+        (&secret_dependent[2].1, "enveloped-data", "failed"),
+        (&public[0].1, "enveloped-data", "no-key"),
+        (&public[1].1, "authEnveloped-data", "unsupported"),
+        (&public[2].1, "enveloped-data", "malformed"),
+    ] {
+        let m = p7m_message(der, t);
+        let p = run(&cfg, &org.stores, &[BOB], &m);
+        let c = copy_for(&p, BOB);
+        assert!(
+            header_block(&c.message).contains(&format!("reason={reason} (")),
+            "{reason}"
+        );
+        assert_eq!(
+            text(&below_ours(&c.message)),
+            text(&m),
+            "{reason}: delivered as it arrived"
+        );
+    }
+}

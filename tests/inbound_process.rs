@@ -706,3 +706,348 @@ fn every_decryption_failure_gets_the_same_answer() {
         );
     }
 }
+
+// ---- [[inbound.rule]] and subject tags ----
+
+/// A signing identity of the partner bank (trusted CA), and mail signed by it with openssl.
+fn bank_signed(dir: &Path, subject: &str) -> Vec<u8> {
+    let (cert, key) = Leaf::new("ceo@bank.example", Alg::Rsa2048).issue();
+    let (c, k) = (write(dir, "bank.crt", cert), write(dir, "bank.key", key));
+    openssl_cms(
+        &[
+            "-sign",
+            "-binary",
+            "-crlfeol",
+            "-signer",
+            p(&c),
+            "-inkey",
+            p(&k),
+            "-from",
+            "CEO <ceo@bank.example>",
+            "-to",
+            BOB,
+            "-subject",
+            subject,
+        ],
+        ENTITY,
+    )
+}
+
+fn run_from(cfg: &InboundConfig, stores: &Stores, sender: &str, message: &[u8]) -> Processed {
+    process(
+        cfg,
+        stores,
+        HOST,
+        sender,
+        &[BOB.to_string()],
+        message,
+        SystemTime::now(),
+    )
+}
+
+#[test]
+fn rules_judge_the_from_address_and_the_first_unmet_rule_acts() {
+    use InboundAction::*;
+    use InboundRequirement::*;
+    let org = org();
+    let dir = tempfile::tempdir().unwrap();
+    let signed = bank_signed(dir.path(), "invoice");
+    let unsigned = b"From: CEO <ceo@bank.example>\r\nTo: bob@org.example\r\nSubject: invoice\r\n\r\npay now\r\n".to_vec();
+    let bad = {
+        // The signed text changed in transit: signed, but not validly.
+        let at = find(&signed, b"Hello from the partner.").unwrap();
+        let mut b = signed.clone();
+        b[at] = b'J';
+        b
+    };
+    let encrypted = encrypt(ENTITY, "-aes256", &[(&org.bob_cert, &[])]);
+    let bob_cert = org.bob_cert.to_str().unwrap();
+    let no_from = openssl_cms(
+        &["-encrypt", "-binary", "-crlfeol", "-aes256", bob_cert],
+        ENTITY,
+    );
+    assert!(!contains(&no_from, "From:"));
+    let other = b"From: someone@else.example\r\nSubject: hi\r\n\r\nx\r\n".to_vec();
+
+    // (rules, message, envelope sender, expected: None = delivered untouched by rules, or
+    // Some((action, requirement)))
+    let bank = ["*@bank.example"];
+    type Case<'a> = (
+        Vec<InboundRule>,
+        &'a [u8],
+        &'a str,
+        Option<(InboundAction, InboundRequirement)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![rule(&bank, ValidSignature, Tag)],
+            &unsigned,
+            "x@y.example",
+            Some((Tag, ValidSignature)),
+        ),
+        (
+            vec![rule(&bank, ValidSignature, Hold)],
+            &unsigned,
+            "x@y.example",
+            Some((Hold, ValidSignature)),
+        ),
+        (
+            vec![rule(&bank, ValidSignature, Reject)],
+            &unsigned,
+            "x@y.example",
+            Some((Reject, ValidSignature)),
+        ),
+        (
+            vec![rule(&bank, ValidSignature, Reject)],
+            &bad,
+            "x@y.example",
+            Some((Reject, ValidSignature)),
+        ),
+        (vec![rule(&bank, Signed, Reject)], &bad, "x@y.example", None),
+        (
+            vec![rule(&bank, ValidSignature, Reject)],
+            &signed,
+            "x@y.example",
+            None,
+        ),
+        // Not from the bank: the rule does not apply, whatever the envelope sender says.
+        (
+            vec![rule(&bank, ValidSignature, Reject)],
+            &other,
+            "ceo@bank.example",
+            None,
+        ),
+        // From: the bank, envelope from a mailing service: the rule applies.
+        (
+            vec![rule(&bank, Signed, Hold)],
+            &unsigned,
+            "bounces@mailer.example",
+            Some((Hold, Signed)),
+        ),
+        // First unmet rule acts: signed but not encrypted -> the second rule.
+        (
+            vec![
+                rule(&bank, Signed, Tag),
+                rule(&["CEO@Bank.Example"], Encrypted, Reject),
+            ],
+            &signed,
+            "x@y.example",
+            Some((Reject, Encrypted)),
+        ),
+        (
+            vec![rule(&bank, Signed, Tag), rule(&bank, Encrypted, Reject)],
+            &unsigned,
+            "x@y.example",
+            Some((Tag, Signed)),
+        ),
+        // Mail without a From: field is matched by its envelope sender.
+        (
+            vec![rule(&bank, Signed, Hold)],
+            &no_from,
+            "ceo@bank.example",
+            Some((Hold, Signed)),
+        ),
+        (
+            vec![rule(&bank, Signed, Hold)],
+            &no_from,
+            "x@y.example",
+            None,
+        ),
+        (
+            vec![rule(&bank, Encrypted, Hold)],
+            &no_from,
+            "ceo@bank.example",
+            None,
+        ),
+        (
+            vec![rule(&["*"], Signed, Hold)],
+            &encrypted,
+            "ceo@bank.example",
+            Some((Hold, Signed)),
+        ),
+    ];
+    for (i, (rules, m, sender, want)) in cases.into_iter().enumerate() {
+        let mut cfg = config();
+        cfg.rules = rules;
+        let any_reject = cfg.rules.iter().any(|r| r.action == Reject);
+        assert_eq!(may_reject(&cfg), any_reject, "case {i}");
+        let p = run_from(&cfg, &org.stores, sender, m);
+        match (want, &p.verdict) {
+            (None, Verdict::Deliver(c)) => {
+                assert!(
+                    !header_block(&c[0].message).contains(inbound::RULE_FIELD),
+                    "case {i}"
+                );
+            }
+            (Some((Tag, req)), Verdict::Deliver(c)) => {
+                let m = &c[0].message;
+                let h = header_block(m);
+                assert!(
+                    h.contains(&format!("{}: rule=", inbound::RULE_FIELD)),
+                    "case {i}: {h}"
+                );
+                assert!(
+                    subject(m).starts_with(inbound::rule_tag(req)),
+                    "case {i}: {}",
+                    subject(m)
+                );
+            }
+            (Some((Hold, _)), Verdict::Hold(why)) => {
+                assert!(why.starts_with("inbound rule"), "case {i}: {why}");
+            }
+            (Some((Reject, req)), Verdict::Reject(f)) => {
+                let want = match req {
+                    Signed => reply::INBOUND_NOT_SIGNED,
+                    ValidSignature => reply::INBOUND_NO_VALID_SIGNATURE,
+                    Encrypted => reply::INBOUND_NOT_ENCRYPTED,
+                };
+                assert_eq!(f.reply, want, "case {i}");
+                assert_eq!(f.reply.code, 550);
+                assert!(f.reply.status.starts_with("5.7."));
+                // The public text never shows the rule's globs.
+                assert!(!f.reply.text.contains("bank"), "case {i}");
+                assert!(
+                    f.private.contains("inbound rule"),
+                    "case {i}: {}",
+                    f.private
+                );
+            }
+            (want, got) => panic!("case {i}: want {want:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn subject_tags_say_what_cachet_found_once() {
+    let org = org();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.subject_tags = true;
+    // Signed and valid.
+    let signed = bank_signed(dir.path(), "invoice");
+    let p = run(&cfg, &org.stores, &[BOB], &signed);
+    assert_eq!(subject(&copy_for(&p, BOB).message), "[signed] invoice");
+    // Changed in transit.
+    let at = find(&signed, b"Hello from the partner.").unwrap();
+    let mut bad = signed.clone();
+    bad[at] = b'J';
+    let p = run(&cfg, &org.stores, &[BOB], &bad);
+    assert_eq!(
+        subject(&copy_for(&p, BOB).message),
+        "[signature invalid] invoice"
+    );
+    // Signed, then encrypted to Bob; an RFC 2047 subject stays decodable.
+    let inner = alice_sign(ENTITY, false, None);
+    let bob_cert = org.bob_cert.to_str().unwrap();
+    let mut args = vec![
+        "-encrypt",
+        "-binary",
+        "-crlfeol",
+        "-aes256",
+        "-from",
+        "alice@smime.example",
+        "-to",
+        BOB,
+    ];
+    args.extend(["-subject", "=?UTF-8?B?R3LDvMOfZQ==?=", bob_cert]);
+    let m = openssl_cms(&args, &inner);
+    let p = run(&cfg, &org.stores, &[BOB], &m);
+    let c = copy_for(&p, BOB);
+    assert_eq!(subject(&c.message), "[decrypted] [signed] Grüße");
+    assert!(
+        header_block(&c.message).contains("Subject: [decrypted] [signed] =?UTF-8?B?R3LDvMOfZQ==?=")
+    );
+    // Tagged once: the same message again carries the tags already (a reply quoting them).
+    let again = process(
+        &cfg,
+        &org.stores,
+        HOST,
+        "a@b.example",
+        &[BOB.to_string()],
+        &c.message,
+        SystemTime::now(),
+    );
+    assert_eq!(subject(&copy_for(&again, BOB).message), "[signed] Grüße");
+    // A sender's own "[signed]" on unsigned mail is not believed.
+    let forged = b"From: x@y.example\r\nSubject: [signed] [decrypted] pay now\r\n\r\nx\r\n";
+    let p = run(&cfg, &org.stores, &[BOB], forged);
+    assert_eq!(subject(&copy_for(&p, BOB).message), "pay now");
+    // Off by default: nothing changes.
+    cfg.subject_tags = false;
+    let p = run(&cfg, &org.stores, &[BOB], forged);
+    assert_eq!(
+        subject(&copy_for(&p, BOB).message),
+        "[signed] [decrypted] pay now"
+    );
+}
+
+// ---- keys that cannot be reached ----
+
+/// A key on a token that has gone away: every operation is `Unavailable`.
+struct GoneToken;
+
+impl cachet::store::keys::PrivateKey for GoneToken {
+    fn sign(
+        &self,
+        _: cachet::store::keys::SignatureScheme,
+        _: &[u8],
+    ) -> Result<Vec<u8>, cachet::store::keys::KeyError> {
+        Err(cachet::store::keys::KeyError::Unavailable(
+            "token removed".into(),
+        ))
+    }
+    fn decrypt(
+        &self,
+        _: cachet::store::keys::Decrypt<'_>,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, cachet::store::keys::KeyError> {
+        Err(cachet::store::keys::KeyError::Unavailable(
+            "token removed".into(),
+        ))
+    }
+}
+
+#[test]
+fn a_key_that_cannot_be_reached_is_a_temporary_failure_not_undecryptable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = Leaf::new("erin@org.example", Alg::Rsa2048).issue();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let public = cachet::store::validate::inspect(&der).unwrap().public_key;
+    let id = SigningIdentity::from_key(
+        "erin@org.example",
+        std::sync::Arc::new(GoneToken),
+        &public,
+        &[der],
+        &trust(),
+        SystemTime::now(),
+        cachet::store::keys::KeySource::Memory,
+    )
+    .unwrap();
+    let mut stores = Stores {
+        trust: trust(),
+        ..Default::default()
+    };
+    stores.keys.insert(id);
+    let cert_path = write(dir.path(), "erin.crt", &cert);
+    let mut cfg = config();
+    for mode in [OnUndecryptable::Deliver, OnUndecryptable::Reject] {
+        cfg.on_undecryptable = mode;
+        for cipher in ["-aes256", "-aes-128-gcm"] {
+            let m = encrypt(ENTITY, cipher, &[(&cert_path, &[])]);
+            let p = process(
+                &cfg,
+                &stores,
+                HOST,
+                "a@b.example",
+                &["erin@org.example".to_string()],
+                &m,
+                SystemTime::now(),
+            );
+            let Verdict::Reject(f) = &p.verdict else {
+                panic!("{mode:?} {cipher}: {:?}", p.verdict)
+            };
+            assert_eq!(f.reply, reply::INBOUND_TEMPORARY);
+            assert!(f.is_temporary());
+        }
+    }
+}

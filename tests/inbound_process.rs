@@ -1051,3 +1051,253 @@ fn a_key_that_cannot_be_reached_is_a_temporary_failure_not_undecryptable() {
         }
     }
 }
+
+// ---- real clients and spec samples ----
+
+fn rw(name: &str) -> Vec<u8> {
+    crlf(&std::fs::read(interop("realworld").join(name)).unwrap())
+}
+
+fn anchors(files: &[PathBuf]) -> TrustAnchors {
+    let (t, problems) = TrustAnchors::load(files);
+    assert!(problems.is_empty(), "{problems:?}");
+    t
+}
+
+#[test]
+fn thunderbird_mail_decrypts_through_the_key_store_and_verifies() {
+    // The Simple Java Mail test user holds a signing-and-encryption certificate: a key-store
+    // identity like any in `[keys]`.
+    let k = interop("realworld/keys");
+    let mut stores = Stores {
+        trust: anchors(&[k.join("sjm_ca.crt")]),
+        ..Default::default()
+    };
+    let benny = "benny@bennybottema.com";
+    let id = identity(
+        benny,
+        &std::fs::read_to_string(k.join("sjm_smime_test_user.crt")).unwrap(),
+        &std::fs::read_to_string(k.join("sjm_smime_test_user.nopass.key")).unwrap(),
+        &stores.trust,
+    );
+    let fp = id.fingerprint.clone();
+    stores.keys.insert(id);
+    let cfg = config();
+
+    let p = run(&cfg, &stores, &[benny], &rw("thunderbird52-signed.eml"));
+    let h = header_block(&copy_for(&p, benny).message);
+    assert!(
+        h.contains("\tsmime=pass\r\n\t  body.smime-identifier=benny@bennybottema.com"),
+        "{h}"
+    );
+    assert_eq!(p.signers.len(), 1);
+
+    let p = run(&cfg, &stores, &[benny], &rw("thunderbird52-encrypted.eml"));
+    let c = copy_for(&p, benny);
+    let h = header_block(&c.message);
+    assert!(
+        h.contains(&format!(
+            "for=<{benny}>;\r\n\tkey=sha256:{fp}; algorithm=des-ede3-cbc/rsa-pkcs1"
+        )),
+        "{h}"
+    );
+    assert!(!contains(&c.message, "application/pkcs7-mime"));
+
+    // Signed inside encrypted: decrypted, the signature inside passes, and still verifies.
+    let p = run(
+        &cfg,
+        &stores,
+        &[benny, DAVE],
+        &rw("thunderbird52-signed-encrypted.eml"),
+    );
+    let c = copy_for(&p, benny);
+    let h = header_block(&c.message);
+    assert!(h.contains("\tsmime=pass"), "{h}");
+    assert!(h.contains("Content-Type: multipart/signed"), "{h}");
+    let content = openssl_verify(&c.message, Some(&k.join("sjm_ca.crt")));
+    assert!(!content.is_empty());
+    assert!(header_block(&copy_for(&p, DAVE).message).contains("reason=no-key"));
+}
+
+#[test]
+fn real_client_and_spec_messages_with_in_process_keys() {
+    // RFC 9216 Bob keeps a separate encryption key, which a `[keys]` identity cannot hold:
+    // the in-process form of the same step (`process_with`).
+    let bob = {
+        let mut pem = std::fs::read(rfc9216().join("bob.encrypt.crt")).unwrap();
+        pem.extend(std::fs::read(rfc9216().join("bob.decrypt.key")).unwrap());
+        OrgKey::from_pem(&pem).unwrap()
+    };
+    let keys = OrgKeys::new(vec![bob]);
+    let anchors = trust();
+    let trust = Trust {
+        anchors: &anchors,
+        known: &[],
+    };
+    let cfg = config();
+    let go = |rcpts: &[&str], m: &[u8]| {
+        let rcpts: Vec<String> = rcpts.iter().map(|s| s.to_string()).collect();
+        process_with(
+            &cfg,
+            &keys,
+            &trust,
+            HOST,
+            "a@b.example",
+            &rcpts,
+            m,
+            SystemTime::now(),
+        )
+    };
+    let bob_addr = "bob@smime.example";
+
+    // RFC 9788 vector: enveloped(signed) to Alice and Bob.
+    let m =
+        crlf(&std::fs::read(interop("samples/rfc9788/lhp-draft-smime-enc-signed.eml")).unwrap());
+    let p = go(&[bob_addr, "alice@smime.example"], &m);
+    let c = copy_for(&p, bob_addr);
+    let h = header_block(&c.message);
+    assert!(
+        h.contains(&format!("{}: for=<{bob_addr}>", inbound::DECRYPTED_FIELD)),
+        "{h}"
+    );
+    assert!(h.contains("\tsmime=pass"), "{h}");
+    // Alice's key is not ours: her copy is as it arrived.
+    let a = copy_for(&p, "alice@smime.example");
+    assert_eq!(text(&below_ours(&a.message)), text(&m));
+
+    // KMail, encrypted to a key we do not hold.
+    for name in [
+        "kmail413-opaque-enc+sign.eml",
+        "kmail46-signed-encrypted.eml",
+    ] {
+        let m = rw(name);
+        let p = go(&[bob_addr], &m);
+        let c = copy_for(&p, bob_addr);
+        assert!(header_block(&c.message).contains("reason=no-key"), "{name}");
+        assert_eq!(text(&below_ours(&c.message)), text(&m), "{name}");
+    }
+    // Outlook, opaque SHA-1, a root we do not hold: the signature is good, the chain is not.
+    let p = go(&[bob_addr], &rw("outlook-opaque-signed.eml"));
+    assert!(header_block(&copy_for(&p, bob_addr).message).contains("\tsmime=policy"));
+    assert!(p.signers.is_empty(), "only passing signers are harvested");
+}
+
+// ---- bad input ----
+
+/// Rebuild `der` with the SET at `path` (child indexes from the root) replaced by `n` copies
+/// of its first element, or with `extra` appended to it.
+fn grow_set(der: &[u8], path: &[usize], n: usize, extra: Option<Vec<u8>>) -> Vec<u8> {
+    use cachet::smime::ber::{self, Node, Value};
+    fn walk<'a>(node: &mut Node<'a>, path: &[usize], n: usize, extra: &'a Option<Vec<u8>>) {
+        let Value::Constructed(kids) = &mut node.value else {
+            panic!("not constructed")
+        };
+        if let Some((first, rest)) = path.split_first() {
+            return walk(&mut kids[*first], rest, n, extra);
+        }
+        match extra {
+            Some(raw) => kids.push(ber::parse(raw, 1 << 20).unwrap()),
+            None => {
+                let one = kids[0].clone();
+                kids.clear();
+                kids.extend(std::iter::repeat_n(one, n));
+            }
+        }
+    }
+    let mut root = ber::parse(der, 1 << 22).unwrap();
+    walk(&mut root, path, n, &extra);
+    root.to_der()
+}
+
+#[test]
+fn bad_input_is_delivered_untouched_with_permerror_or_held_as_configured() {
+    let org = org();
+    let bob_rcpt = recipient(&std::fs::read_to_string(&org.bob_cert).unwrap());
+    // 50 nested EnvelopedData layers to Bob, each the binary DER of the one inside.
+    let mut nested = ENTITY.to_vec();
+    for _ in 0..50 {
+        let der = openssl_cms(
+            &[
+                "-encrypt",
+                "-binary",
+                "-aes128",
+                "-outform",
+                "DER",
+                p(&org.bob_cert),
+            ],
+            &nested,
+        );
+        nested = b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: binary\r\n\r\n".to_vec();
+        nested.extend_from_slice(&der);
+    }
+    let mut deep =
+        b"From: alice@smime.example\r\nTo: bob@org.example\r\nMIME-Version: 1.0\r\n".to_vec();
+    deep.extend_from_slice(&nested);
+    // 10,000 RecipientInfos.
+    let enc = smime::encrypt(&sample_message(), &[bob_rcpt], &EncryptOptions::default()).unwrap();
+    let many = p7m_message(
+        &grow_set(&p7m_der(&enc), &[1, 0, 1], 10_000, None),
+        "enveloped-data",
+    );
+    // A 20 MB "certificate" in a signature's certificate bag.
+    let signed = smime::sign(
+        &sample_message(),
+        &alice(),
+        &SignOptions {
+            form: SignForm::Opaque,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let size = 20u32 << 20;
+    let mut blob = vec![0x30, 0x84];
+    blob.extend_from_slice(&(size + 6).to_be_bytes());
+    blob.extend_from_slice(&[0x04, 0x84]);
+    blob.extend_from_slice(&size.to_be_bytes());
+    blob.extend(std::iter::repeat_n(0u8, size as usize));
+    let bag = p7m_message(
+        &grow_set(&p7m_der(&signed), &[1, 0, 3], 0, Some(blob)),
+        "signed-data",
+    );
+    // Truncated base64, malformed CMS, an algorithm we do not implement.
+    let truncated = b"From: a@b.example\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\nA\r\n".to_vec();
+    let malformed = p7m_message(&[0x30, 0x80, 0x06, 0x09, 0x2a, 0x86], "signed-data");
+    let ed25519 = p7m_message(
+        &std::fs::read(interop("samples/examples-cms/signedByCarlosEd25519.p7m")).unwrap(),
+        "signed-data",
+    );
+    // (name, message, encrypted: held under on_undecryptable = "hold")
+    let cases: [(&str, &[u8], bool); 6] = [
+        ("50 layers", &deep, true),
+        ("10,000 RecipientInfos", &many, true),
+        ("20 MB certificate bag", &bag, false),
+        ("truncated base64", &truncated, true),
+        ("malformed CMS", &malformed, false),
+        ("Ed25519", &ed25519, false),
+    ];
+    let mut cfg = config();
+    for (name, m, encrypted) in cases {
+        cfg.on_undecryptable = OnUndecryptable::Deliver;
+        let started = Instant::now();
+        let p = run(&cfg, &org.stores, &[BOB], m);
+        assert!(started.elapsed() < Duration::from_secs(60), "{name}");
+        let [c] = copies(&p) else {
+            panic!("{name}: {:?}", p.verdict)
+        };
+        let h = header_block(&c.message);
+        assert!(h.contains("smime=permerror"), "{name}: {h}");
+        assert!(
+            below_ours(&c.message) == m,
+            "{name}: delivered as it arrived"
+        );
+        assert!(p.signers.is_empty(), "{name}");
+        cfg.on_undecryptable = OnUndecryptable::Hold;
+        let p = run(&cfg, &org.stores, &[BOB], m);
+        assert_eq!(
+            matches!(p.verdict, Verdict::Hold(_)),
+            encrypted,
+            "{name}: {:?}",
+            p.verdict
+        );
+    }
+}

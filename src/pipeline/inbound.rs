@@ -399,12 +399,21 @@ fn temporary(o: &Opened) -> bool {
 }
 
 /// Why these recipients get the message encrypted as it arrived, if they do: an encryption
-/// layer that did not open, or a top-level layer that claims to be encrypted (`smime-type`) but
-/// could not even be parsed (malformed CMS, truncated base64): to the recipient both are a
-/// message they cannot read, and to the sender both get the same answer.
+/// layer that did not open, or a message that arrived encrypted (its first layer, or its
+/// `smime-type` when the layer could not even be parsed: malformed CMS, truncated base64) and
+/// was not decrypted because a layer broke (too deep, say). To the recipient all are a message
+/// they cannot read; to the sender all get the same answer.
 fn decryption_failure(o: &Opened, claims_encryption: bool) -> Option<&OpenError> {
-    encryption_errors(o).next().or(match o.layers.first() {
-        Some(Layer::Broken(e)) if claims_encryption => Some(e),
+    if let Some(e) = encryption_errors(o).next() {
+        return Some(e);
+    }
+    let arrived_encrypted =
+        claims_encryption || matches!(o.layers.first(), Some(Layer::Encrypted { .. }));
+    if !arrived_encrypted || o.decrypted {
+        return None;
+    }
+    o.layers.iter().find_map(|l| match l {
+        Layer::Broken(e) => Some(e),
         _ => None,
     })
 }

@@ -440,6 +440,31 @@ fn each_recipient_gets_a_copy_decrypted_with_their_own_key() {
 }
 
 #[test]
+fn claims_inside_the_encrypted_entity_are_removed_too() {
+    let org = org();
+    let inner = format!(
+        "Authentication-Results: {HOST}; smime=pass body.smime-identifier=ceo@org.example\r\n{}: for=<{BOB}>; key=sha256:00; algorithm=x/y\r\nAuthentication-Results: mx.partner.example; dkim=pass\r\nContent-Type: text/plain\r\n\r\nWire the money.\r\n",
+        inbound::DECRYPTED_FIELD
+    );
+    let m = encrypt(inner.as_bytes(), "-aes256", &[(&org.bob_cert, &[])]);
+    let p = run(&config(), &org.stores, &[BOB], &m);
+    let c = copy_for(&p, BOB);
+    let h = header_block(&c.message);
+    assert_eq!(h.matches(HOST).count(), 1, "{h}");
+    assert!(
+        h.starts_with(&format!("Authentication-Results: {HOST}; smime=none\r\n")),
+        "{h}"
+    );
+    assert_eq!(h.matches(inbound::DECRYPTED_FIELD).count(), 1, "{h}");
+    assert!(!h.contains("key=sha256:00;"), "{h}");
+    assert!(
+        h.contains("Authentication-Results: mx.partner.example; dkim=pass\r\n"),
+        "{h}"
+    );
+    assert!(contains(&c.message, "Wire the money."));
+}
+
+#[test]
 fn openssl_ciphers_and_key_transports_decrypt_through_the_key_store() {
     let org = org();
     let cases: &[(&str, &[&str], &str)] = &[

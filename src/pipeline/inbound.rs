@@ -329,6 +329,13 @@ pub fn process_with(
 /// Removes what only cachet may say: `Authentication-Results` with our authserv-id and our own
 /// header fields.
 fn strip_claims(message: &[u8], hostname: &str) -> Vec<u8> {
+    // Continuation lines before the first field belong to no field; left in place they would
+    // become part of the field we put on top (an injected `smime=pass`).
+    let mut start = 0;
+    while matches!(message.get(start), Some(b' ' | b'\t')) {
+        start = memchr::memchr(b'\n', &message[start..]).map_or(message.len(), |i| start + i + 1);
+    }
+    let message = &message[start..];
     let m = authres::strip(message, hostname).unwrap_or_else(|| message.to_vec());
     let own: Vec<String> = OWN_FIELDS.iter().map(|s| s.to_string()).collect();
     headers::remove_fields(&m, &own).unwrap_or(m)
@@ -606,7 +613,8 @@ fn build_copy(
 ) -> Vec<u8> {
     let o = &g.opened;
     let mut message = if o.decrypted {
-        one_mime_version(&o.message)
+        // The decrypted entity's fields join the header: they may claim to be us too.
+        strip_claims(&one_mime_version(&o.message), hostname)
     } else {
         o.message.clone()
     };
@@ -830,5 +838,11 @@ mod tests {
             out,
             b"Authentication-Results: mx.example.net; dkim=pass\r\nSubject: s\r\n\r\nX-Cachet-Decrypted: body\r\n"
         );
+        // Folding with no field before it cannot continue the field we add.
+        let out = strip_claims(
+            b"\tsmime=pass\r\n more\r\nSubject: s\r\n\r\nx",
+            "gw.example.org",
+        );
+        assert_eq!(out, b"Subject: s\r\n\r\nx");
     }
 }

@@ -581,6 +581,16 @@ fn on_undecryptable_decides_for_recipients_without_a_key() {
             }
             (mode, v) => panic!("{mode:?}: {v:?}"),
         }
+        // Released from hold by an operator: delivered, saying why it was held.
+        if mode == OnUndecryptable::Hold {
+            let released = inbound::for_release(&cfg);
+            let p = run(&released, &org.stores, &[BOB, DAVE], &m);
+            assert!(header_block(&copy_for(&p, DAVE).message).contains("reason=no-key"));
+            assert!(contains(
+                &copy_for(&p, BOB).message,
+                "Hello from the partner."
+            ));
+        }
     }
     // decrypt = false: nothing is decrypted, nothing is undecryptable.
     cfg.decrypt = false;
@@ -919,6 +929,12 @@ fn rules_judge_the_from_address_and_the_first_unmet_rule_acts() {
             }
             (Some((Hold, _)), Verdict::Hold(why)) => {
                 assert!(why.starts_with("inbound rule"), "case {i}: {why}");
+                // Released: delivered with the rule's header instead.
+                let p = run_from(&inbound::for_release(&cfg), &org.stores, sender, m);
+                let Verdict::Deliver(c) = &p.verdict else {
+                    panic!("case {i} released: {:?}", p.verdict)
+                };
+                assert!(header_block(&c[0].message).contains(inbound::RULE_FIELD));
             }
             (Some((Reject, req)), Verdict::Reject(f)) => {
                 let want = match req {

@@ -110,6 +110,22 @@ pub fn may_reject(inbound: &InboundConfig) -> bool {
             .any(|r| r.action == InboundAction::Reject)
 }
 
+/// The settings to process a message with when an operator releases it from hold: what held
+/// it (`on_undecryptable = "hold"`, a rule with `action = "hold"`) now delivers, with the same
+/// header fields that say why (`X-Cachet-Undecryptable`; the rule as `tag`). Rejections stay.
+pub fn for_release(inbound: &InboundConfig) -> InboundConfig {
+    let mut released = inbound.clone();
+    if released.on_undecryptable == OnUndecryptable::Hold {
+        released.on_undecryptable = OnUndecryptable::Deliver;
+    }
+    for rule in &mut released.rules {
+        if rule.action == InboundAction::Hold {
+            rule.action = InboundAction::Tag;
+        }
+    }
+    released
+}
+
 /// See the module header. `sender` is the envelope sender: the rules match the `From:`
 /// addresses and fall back to it only for a message without any.
 pub fn process(
@@ -173,6 +189,8 @@ impl OrgKeys {
     /// Every identity of the key store (older certificates too, so mail encrypted before a
     /// rotation still opens): its certificate, and its own encryption certificate when that
     /// carries the same public key (a separate encryption key is not held by the store).
+    /// Parses each certificate: with many identities, build it once per loaded key store and
+    /// share it ([`process_with`]) rather than per message as [`process`] does.
     pub fn from_store(store: &KeyStore) -> OrgKeys {
         let unavailable: Arc<AtomicU64> = Arc::default();
         let mut keys: Vec<OrgKey> = Vec::new();

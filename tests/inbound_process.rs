@@ -1342,3 +1342,24 @@ fn bad_input_is_delivered_untouched_with_permerror_or_held_as_configured() {
         );
     }
 }
+
+#[test]
+fn gpgsm_encrypted_mail_decrypts_for_its_recipient() {
+    let org = org();
+    let g = Gpgsm::new();
+    let dir = tempfile::tempdir().unwrap();
+    g.run_ok(&["--import", p(&org.bob_cert)]);
+    let input = write(dir.path(), "entity", ENTITY);
+    let out = dir.path().join("enc.p7m");
+    g.run_ok(&["--encrypt", "-r", BOB, "--output", p(&out), p(&input)]);
+    let der = std::fs::read(&out).unwrap();
+    assert_eq!(&der[..2], &[0x30, 0x80], "gpgsm writes BER");
+    let m = p7m_message(&der, "enveloped-data");
+    let p = run(&config(), &org.stores, &[BOB, CAROL], &m);
+    let c = copy_for(&p, BOB);
+    assert!(header_block(&c.message).contains(&format!("key=sha256:{}", org.bob_fp)));
+    assert!(contains(&c.message, "Hello from the partner."));
+    // Carol holds a key, but not the one this was encrypted to.
+    let c = copy_for(&p, CAROL);
+    assert!(header_block(&c.message).contains("reason=no-key"));
+}

@@ -1363,3 +1363,91 @@ fn gpgsm_encrypted_mail_decrypts_for_its_recipient() {
     let c = copy_for(&p, CAROL);
     assert!(header_block(&c.message).contains("reason=no-key"));
 }
+
+/// What a private key answers in [`every_key_transport_failure_is_the_one_undecryptable_error`].
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Fails,
+    ShortKey,
+    WrongKey,
+}
+
+struct Scripted {
+    answer: Answer,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl cachet::smime::Decrypter for Scripted {
+    fn rsa_decrypt(
+        &self,
+        _: cachet::smime::decrypt::RsaPadding,
+        _: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, cachet::smime::decrypt::KeyOpFailed> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match self.answer {
+            Answer::Fails => Err(cachet::smime::decrypt::KeyOpFailed),
+            Answer::ShortKey => Ok(zeroize::Zeroizing::new(vec![7; 5])),
+            Answer::WrongKey => Ok(zeroize::Zeroizing::new(vec![7; 32])),
+        }
+    }
+    fn ecdh_p256(
+        &self,
+        _: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, cachet::smime::decrypt::KeyOpFailed> {
+        Err(cachet::smime::decrypt::KeyOpFailed)
+    }
+}
+
+/// RFC 3218 §2.3.2: a key transport that fails (bad PKCS#1 v1.5 block, OAEP check), yields a
+/// key of the wrong length or a wrong key of the right length gives the one error a wrong key
+/// gives, after exactly one private-key operation (`smime/decrypt.rs` goes on with a random key
+/// and fails at the content, GCM tag or CBC padding; the path itself is not observable here).
+#[test]
+fn every_key_transport_failure_is_the_one_undecryptable_error() {
+    let org = org();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(
+        std::fs::read_to_string(&org.bob_cert).unwrap().as_bytes(),
+    )
+    .unwrap();
+    use rustls_pki_types::pem::PemObject;
+    for cipher in ["-aes-256-gcm", "-aes256"] {
+        for padding in [&[][..], &["-keyopt", "rsa_padding_mode:oaep"][..]] {
+            let m = encrypt(ENTITY, cipher, &[(&org.bob_cert, padding)]);
+            for answer in [Answer::Fails, Answer::ShortKey, Answer::WrongKey] {
+                let scripted = std::sync::Arc::new(Scripted {
+                    answer,
+                    calls: Default::default(),
+                });
+                let key = OrgKey::new(der.clone(), scripted.clone()).unwrap();
+                let anchors = trust();
+                let o = smime::open(
+                    &m,
+                    &[key],
+                    &Trust {
+                        anchors: &anchors,
+                        known: &[],
+                    },
+                    SystemTime::now(),
+                    &cachet::smime::Limits::default(),
+                );
+                assert_eq!(scripted.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+                match &o.layers[..] {
+                    [cachet::smime::Layer::Encrypted { result: Err(e), .. }] => {
+                        assert_eq!(
+                            *e,
+                            cachet::smime::OpenError::Undecryptable,
+                            "{cipher} {answer:?}"
+                        )
+                    }
+                    // A wrong CBC key passes the padding check about once in 256: garbage.
+                    [cachet::smime::Layer::Encrypted { result: Ok(_), .. }]
+                        if cipher == "-aes256" =>
+                    {
+                        assert!(!contains(&o.message, "Hello from the partner."))
+                    }
+                    other => panic!("{cipher} {answer:?}: {other:?}"),
+                }
+            }
+        }
+    }
+}

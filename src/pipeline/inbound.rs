@@ -137,18 +137,14 @@ pub fn process(
     message: &[u8],
     now: SystemTime,
 ) -> Processed {
-    let keys = if inbound.decrypt {
-        OrgKeys::from_store(&stores.keys)
-    } else {
-        OrgKeys::default()
-    };
     let known = known_certificates(stores, message, now);
     let trust = Trust {
         anchors: &stores.trust,
         known: &known,
     };
-    process_with(
-        inbound, &keys, &trust, hostname, sender, recipients, message, now,
+    let keys = Ring::Store(&stores.keys, None);
+    run(
+        inbound, keys, &trust, hostname, sender, recipients, message, now,
     )
 }
 
@@ -189,8 +185,9 @@ impl OrgKeys {
     /// Every identity of the key store (older certificates too, so mail encrypted before a
     /// rotation still opens): its certificate, and its own encryption certificate when that
     /// carries the same public key (a separate encryption key is not held by the store).
-    /// Parses each certificate: with many identities, build it once per loaded key store and
-    /// share it ([`process_with`]) rather than per message as [`process`] does.
+    /// Parses each certificate: [`process`] builds it only for mail that arrived encrypted;
+    /// with many identities, build it once per loaded key store and share it
+    /// ([`process_with`]).
     pub fn from_store(store: &KeyStore) -> OrgKeys {
         let unavailable: Arc<AtomicU64> = Arc::default();
         let mut keys: Vec<OrgKey> = Vec::new();
@@ -276,7 +273,23 @@ struct Group<'a> {
     opened: Opened,
 }
 
-/// [`process`] with the keys and trust given: the pure core (tests, fuzz targets).
+/// Where the decryption keys come from: given, or built from the key store only when a
+/// message turns out to be encrypted (most mail is not, and building parses every certificate).
+enum Ring<'a> {
+    Given(&'a OrgKeys),
+    Store(&'a KeyStore, Option<OrgKeys>),
+}
+
+impl Ring<'_> {
+    fn get(&mut self) -> &OrgKeys {
+        match self {
+            Ring::Given(k) => k,
+            Ring::Store(store, built) => built.get_or_insert_with(|| OrgKeys::from_store(store)),
+        }
+    }
+}
+
+/// [`process`] with the keys and trust given (built once and shared, tests, fuzz targets).
 #[allow(clippy::too_many_arguments)]
 pub fn process_with(
     inbound: &InboundConfig,
@@ -288,10 +301,33 @@ pub fn process_with(
     message: &[u8],
     now: SystemTime,
 ) -> Processed {
-    let before = keys.unavailable_events();
+    run(
+        inbound,
+        Ring::Given(keys),
+        trust,
+        hostname,
+        sender,
+        recipients,
+        message,
+        now,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    inbound: &InboundConfig,
+    mut keys: Ring<'_>,
+    trust: &Trust<'_>,
+    hostname: &str,
+    sender: &str,
+    recipients: &[String],
+    message: &[u8],
+    now: SystemTime,
+) -> Processed {
     let clean = strip_claims(message, hostname);
-    let groups = open_groups(inbound.decrypt, keys.keys(), trust, recipients, &clean, now);
-    if keys.unavailable_events() != before || groups.iter().any(|g| temporary(&g.opened)) {
+    let (groups, unreachable) =
+        open_groups(inbound.decrypt, &mut keys, trust, recipients, &clean, now);
+    if unreachable || groups.iter().any(|g| temporary(&g.opened)) {
         return Processed {
             verdict: Verdict::Reject(Failure::new(
                 reply::INBOUND_TEMPORARY,
@@ -360,15 +396,15 @@ fn strip_claims(message: &[u8], hostname: &str) -> Vec<u8> {
 }
 
 /// Opens `message` once per set of keys the recipients hold; without encryption (or with
-/// `decrypt` off) once for everyone.
+/// `decrypt` off) once for everyone. True beside the groups when a key could not be reached.
 fn open_groups<'a>(
     decrypt: bool,
-    keys: &[OrgKey],
+    ring: &mut Ring<'_>,
     trust: &Trust<'_>,
     recipients: &'a [String],
     message: &[u8],
     now: SystemTime,
-) -> Vec<Group<'a>> {
+) -> (Vec<Group<'a>>, bool) {
     let limits = Limits::default();
     let probe = smime::open(message, &[], trust, now, &limits);
     let encrypted = probe
@@ -376,12 +412,20 @@ fn open_groups<'a>(
         .iter()
         .any(|l| matches!(l, Layer::Encrypted { .. }));
     let everyone = || recipients.iter().map(String::as_str).collect();
-    if !decrypt || !encrypted || keys.is_empty() {
-        return vec![Group {
+    let ring = if decrypt && encrypted {
+        Some(ring.get())
+    } else {
+        None
+    };
+    let Some(ring) = ring.filter(|r| !r.keys.is_empty()) else {
+        let group = Group {
             recipients: everyone(),
             opened: probe,
-        }];
-    }
+        };
+        return (vec![group], false);
+    };
+    let before = ring.unavailable_events();
+    let keys = ring.keys();
     // Key sets in the order their first recipient came.
     let mut sets: Vec<(Vec<usize>, Vec<&'a str>)> = Vec::new();
     for r in recipients {
@@ -399,7 +443,8 @@ fn open_groups<'a>(
             None => sets.push((mine, vec![r])),
         }
     }
-    sets.into_iter()
+    let groups = sets
+        .into_iter()
         .map(|(set, recipients)| {
             let opened = if set.is_empty() {
                 probe.clone()
@@ -409,7 +454,8 @@ fn open_groups<'a>(
             };
             Group { recipients, opened }
         })
-        .collect()
+        .collect();
+    (groups, ring.unavailable_events() != before)
 }
 
 fn encryption_errors(o: &Opened) -> impl Iterator<Item = &OpenError> {

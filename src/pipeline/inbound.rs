@@ -23,7 +23,10 @@
 //!    copy under `on_undecryptable = hold | reject`, decides for the whole message (an SMTP
 //!    transaction has one end-of-DATA reply; reject wins over hold). A key that cannot be
 //!    reached (token gone) is a temporary `Reject` (451): the sender, or the scheduler, tries
-//!    again later.
+//!    again later. A message an operator releases from hold is processed with [`for_release`].
+//!
+//! Replies it can produce (`reply.rs`): `550 5.7.5` undecryptable, `550 5.7.1` one per rule
+//! requirement (never naming the rule), `451 4.3.0` temporary.
 //!
 //! Decryption oracles: every failure of a decryption gives the same reply text
 //! ([`reply::INBOUND_UNDECRYPTABLE`]) and the same path; the secret-dependent failures are one

@@ -295,6 +295,42 @@ pub const DATA_UNREADABLE: Reply = Reply::new(
     "Local error reading the queued message; will retry",
 );
 
+// Inbound (mail the organisation receives, `pipeline::inbound`): what the internet-facing MTA
+// hears at the end of DATA when a message is refused. One text for every decryption failure,
+// whatever went wrong (no RecipientInfo for us, bad padding, bad tag, malformed structure): the
+// reply must not tell a sender probing for a decryption oracle anything (RFC 3218).
+/// `on_undecryptable = "reject"`: encrypted to a recipient we cannot decrypt for (RFC 3463 X.7.5
+/// "cryptographic failure").
+pub const INBOUND_UNDECRYPTABLE: Reply = Reply::new(
+    550,
+    "5.7.5",
+    "Message could not be decrypted for its recipients",
+);
+/// The organisation's key cannot be reached now (a token that is gone or busy), or the crypto
+/// library failed: the sending MTA keeps the message and tries again.
+pub const INBOUND_TEMPORARY: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "S/MIME processing failed temporarily; try again later",
+);
+/// `[[inbound.rule]]` with `action = "reject"`, one text per requirement not met. The rule itself
+/// (its globs, its position) stays private.
+pub const INBOUND_NOT_SIGNED: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Message refused: mail from this sender must be signed (S/MIME)",
+);
+pub const INBOUND_NO_VALID_SIGNATURE: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Message refused: mail from this sender must carry a valid S/MIME signature",
+);
+pub const INBOUND_NOT_ENCRYPTED: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Message refused: mail from this sender must be encrypted (S/MIME)",
+);
+
 /// A message that stayed in the queue for `max_age` without being delivered: RFC 3463 X.4.7
 /// "delivery time expired", with the last public reply.
 pub fn expired(max_age_secs: u64, last: Option<&str>) -> Reply {

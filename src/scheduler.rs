@@ -24,7 +24,6 @@
 //! read for any other reason (too many open files above all) is a temporary failure: the message
 //! stays where it is and is tried again after the first retry interval, never forgotten.
 
-use crate::config::{InboundAction, InboundConfig, OnUndecryptable};
 use crate::dsn;
 use crate::metrics::Metrics;
 use crate::pipeline;
@@ -518,7 +517,7 @@ async fn deliver_inbound(
             let configured = rt.config.inbound.as_ref().expect("checked above");
             let relaxed;
             let inbound = if released {
-                relaxed = released_config(configured);
+                relaxed = pipeline::inbound::for_release(configured);
                 &relaxed
             } else {
                 configured
@@ -536,6 +535,13 @@ async fn deliver_inbound(
     };
     let copies = match job.await.map(|p| p.verdict) {
         Ok(pipeline::inbound::Verdict::Deliver(copies)) => copies,
+        // A key that cannot be reached now (a token gone): try again later.
+        Ok(pipeline::inbound::Verdict::Reject(f)) if f.is_temporary() => {
+            tracing::warn!(queue_id = %id, failure = %f, "inbound message deferred");
+            defer_all(env, &f);
+            metrics.deferred(pending.len() as u64);
+            return failures;
+        }
         Ok(verdict) => {
             let reason = match verdict {
                 pipeline::inbound::Verdict::Hold(reason) => reason,
@@ -624,18 +630,6 @@ async fn deliver_inbound(
         }
     }
     failures
-}
-
-/// The inbound settings for a message an operator released from hold/: what would hold or
-/// refuse it again tags it (rules) or delivers it as it arrived (`on_undecryptable`) instead.
-/// Verification, decryption and the headers stay as configured.
-fn released_config(inbound: &InboundConfig) -> InboundConfig {
-    let mut relaxed = inbound.clone();
-    relaxed.on_undecryptable = OnUndecryptable::Deliver;
-    for rule in &mut relaxed.rules {
-        rule.action = InboundAction::Tag;
-    }
-    relaxed
 }
 
 /// Writes the envelope's new state: done (removed), deferred, held or expired; sends DSNs.

@@ -482,3 +482,130 @@ pub fn smime_cms(data: &[u8]) {
     }
     open_and_check(&m);
 }
+
+/// The whole inbound step (`pipeline::inbound::process_with`) with Bob's RFC 9216 key. Input:
+/// one byte choosing the configuration (bits: decrypt, verify, subject_tags, on_undecryptable
+/// hold / reject, a rule's action), then the message. Recipients: Bob (holds the key) and Dave
+/// (none). Oracles beyond "no panic": every recipient is served exactly once; a copy starts
+/// with at most one Authentication-Results of ours, as one well-formed field; no copy carries
+/// another field claiming our authserv-id; a refusal is one of the inbound replies.
+pub fn inbound_process(data: &[u8]) {
+    use cachet::config::{InboundAction, InboundRequirement, OnUndecryptable};
+    use cachet::pipeline::inbound::{self, Verdict};
+    let Some((&pick, message)) = data.split_first() else {
+        return;
+    };
+    let w = open_world();
+    let keys = inbound_keys();
+    let mut cfg = inbound_config();
+    cfg.decrypt = pick & 1 != 0;
+    cfg.verify = pick & 2 != 0;
+    cfg.subject_tags = pick & 4 != 0;
+    cfg.on_undecryptable = match (pick >> 3) & 3 {
+        1 => OnUndecryptable::Hold,
+        2 => OnUndecryptable::Reject,
+        _ => OnUndecryptable::Deliver,
+    };
+    let action = match (pick >> 5) & 3 {
+        0 => None,
+        1 => Some(InboundAction::Tag),
+        2 => Some(InboundAction::Hold),
+        _ => Some(InboundAction::Reject),
+    };
+    if let Some(action) = action {
+        let glob = "*@smime.example".to_string();
+        cfg.rules.push(cachet::config::InboundRule {
+            senders: vec![(glob.clone(), wildmatch::WildMatch::new(&glob))],
+            require: if pick & 0x80 != 0 {
+                InboundRequirement::ValidSignature
+            } else {
+                InboundRequirement::Encrypted
+            },
+            action,
+        });
+    }
+    let trust = cachet::smime::Trust {
+        anchors: &w.trust,
+        known: &[],
+    };
+    let host = "gw.example.org";
+    let rcpts = ["bob@smime.example".to_string(), "dave@smime.example".to_string()];
+    let p = inbound::process_with(&cfg, keys, &trust, host, "a@b.example", &rcpts, message, w.now);
+    match p.verdict {
+        Verdict::Deliver(copies) => {
+            let mut served: Vec<&String> = copies.iter().flat_map(|c| &c.recipients).collect();
+            served.sort();
+            assert_eq!(served, rcpts.iter().collect::<Vec<_>>(), "each recipient once");
+            for c in &copies {
+                check_inbound_copy(&c.message, host, cfg.verify);
+            }
+        }
+        Verdict::Hold(_) => {}
+        Verdict::Reject(f) => {
+            let known = [
+                cachet::reply::INBOUND_UNDECRYPTABLE,
+                cachet::reply::INBOUND_TEMPORARY,
+                cachet::reply::INBOUND_NOT_SIGNED,
+                cachet::reply::INBOUND_NO_VALID_SIGNATURE,
+                cachet::reply::INBOUND_NOT_ENCRYPTED,
+            ];
+            assert!(known.contains(&f.reply), "unexpected reply {}", f.reply);
+        }
+    }
+}
+
+/// One delivered copy: our field first (when `verify`), well formed, and the only one.
+fn check_inbound_copy(message: &[u8], host: &str, verify: bool) {
+    let ours = format!("Authentication-Results: {host}");
+    if verify {
+        assert!(message.starts_with(ours.as_bytes()), "our field comes first");
+        let end = (1..message.len())
+            .find(|&i| message[i - 1] == b'\n' && !matches!(message[i], b' ' | b'\t'))
+            .unwrap_or(message.len());
+        let field = &message[..end];
+        assert!(field.ends_with(b"\r\n"));
+        for (i, line) in field[..field.len() - 2].split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            assert!(i == 0 || line.starts_with(b"\t"), "unfolded line in our field");
+            assert!(line.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)));
+        }
+        // Without ours, nothing claims our authserv-id.
+        assert!(cachet::smime::authres::strip(&message[end..], host).is_none());
+    } else {
+        assert!(cachet::smime::authres::strip(message, host).is_none());
+    }
+}
+
+fn inbound_keys() -> &'static cachet::pipeline::inbound::OrgKeys {
+    static KEYS: OnceLock<cachet::pipeline::inbound::OrgKeys> = OnceLock::new();
+    KEYS.get_or_init(|| cachet::pipeline::inbound::OrgKeys::new(open_world().keys.clone()))
+}
+
+fn inbound_config() -> cachet::config::InboundConfig {
+    use cachet::config::*;
+    InboundConfig {
+        listen: Vec::new(),
+        relay_networks: Vec::new(),
+        upstream: UpstreamConfig {
+            url: "smtp://mailstore.internal:25".into(),
+            target: UpstreamTarget::Smtp {
+                host: "mailstore.internal".into(),
+                port: 25,
+                implicit_tls: false,
+            },
+            tls: UpstreamTls::Verify,
+            ca_file: None,
+            username: None,
+            password_file: None,
+            timeout: Duration::from_secs(30),
+            max_connections: 1,
+            helo_name: "gw.example.org".into(),
+        },
+        decrypt: true,
+        verify: true,
+        harvest: false,
+        on_undecryptable: OnUndecryptable::Deliver,
+        subject_tags: false,
+        rules: Vec::new(),
+    }
+}

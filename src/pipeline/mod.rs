@@ -9,6 +9,8 @@
 //!   certificate never shows in a copy others receive), without cryptography;
 //! - [`seal`](seal::seal): signs once per signer and encrypts once per group (one content key
 //!   per copy). CPU work: callers run it off the async threads.
+//! - [`inbound`]: the other direction, mail the organisation receives: verify, decrypt per
+//!   recipient, `Authentication-Results`, `[[inbound.rule]]` -> copies for the internal server.
 
 pub mod capabilities;
 pub mod decide;

@@ -170,7 +170,9 @@ impl Decrypter for LocalDecrypter {
 }
 
 /// One organisation decryption key: its certificate (to match RecipientInfos and name the key
-/// in headers) and the private-key handle.
+/// in headers) and the private-key handle. Cloning shares the handle (the inbound step hands
+/// each group of recipients the subset of keys that are theirs).
+#[derive(Clone)]
 pub struct OrgKey {
     /// SHA-256 of the certificate, lower-case hex.
     pub fingerprint: String,

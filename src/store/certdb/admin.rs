@@ -379,3 +379,167 @@ impl CertStore {
         }))
     }
 }
+
+impl CertStore {
+    /// The store as `cachet certs` opens it from another process: no directory sync, no
+    /// re-validation; the intermediates are read so verdicts match the gateway's.
+    pub fn attach(
+        db: &std::path::Path,
+        trust: &crate::store::TrustAnchors,
+    ) -> Result<CertStore, String> {
+        let pool = super::Pool::open(db)?;
+        let mut store = CertStore {
+            db: Some(pool),
+            intermediates: Vec::new(),
+            trust: crate::store::TrustAnchors {
+                anchors: trust.anchors.clone(),
+                certs: trust.certs.clone(),
+            },
+        };
+        store.reload_intermediates();
+        Ok(store)
+    }
+}
+
+fn day(t: SystemTime) -> String {
+    let s = crate::date::rfc3339(t);
+    s.get(..10).unwrap_or(&s).to_string()
+}
+
+/// The column header of [`list_line`].
+pub const LIST_HEADER: &str =
+    "address\tfingerprint\tsource\ttrust\texpires\tcapabilities\tlast seen";
+
+/// One line of `cachet certs list`: tab-separated columns.
+pub fn list_line(address: &str, e: &Entry) -> String {
+    let caps: Vec<String> = e
+        .capabilities
+        .iter()
+        .map(|c| capability_name(&c.oid))
+        .collect();
+    format!(
+        "{address}\t{}\t{}\t{}\t{}\t{}\t{}",
+        &e.fingerprint[..16.min(e.fingerprint.len())],
+        e.source,
+        e.trust,
+        day(e.not_after),
+        if caps.is_empty() {
+            "-".to_string()
+        } else {
+            caps.join(",")
+        },
+        if e.source.contains("harvested") {
+            crate::date::rfc3339(e.last_seen)
+        } else {
+            "-".into()
+        }
+    )
+}
+
+/// `cachet certs show`: everything about one certificate.
+pub fn show_text(e: &Entry) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "fingerprint:  {}", e.fingerprint);
+    let _ = writeln!(
+        s,
+        "addresses:    {}",
+        if e.emails.is_empty() {
+            "-".to_string()
+        } else {
+            e.emails.join(", ")
+        }
+    );
+    let _ = writeln!(s, "source:       {}", e.source);
+    if !e.files.is_empty() {
+        let _ = writeln!(s, "files:        {}", e.files.join(", "));
+    }
+    let _ = writeln!(s, "trust:        {}", e.trust);
+    let _ = writeln!(
+        s,
+        "valid:        {} to {}",
+        crate::date::rfc3339(e.not_before),
+        crate::date::rfc3339(e.not_after)
+    );
+    let caps: Vec<String> = e
+        .capabilities
+        .iter()
+        .map(|c| capability_name(&c.oid))
+        .collect();
+    let _ = writeln!(
+        s,
+        "capabilities: {}",
+        if caps.is_empty() {
+            "-".to_string()
+        } else {
+            caps.join(", ")
+        }
+    );
+    if let Some(t) = e.signing_time {
+        let _ = writeln!(s, "signing time: {}", crate::date::rfc3339(t));
+    }
+    let _ = writeln!(s, "first seen:   {}", crate::date::rfc3339(e.first_seen));
+    let _ = writeln!(s, "last seen:    {}", crate::date::rfc3339(e.last_seen));
+    if e.chain > 0 {
+        let _ = writeln!(s, "chain:        {} CA certificate(s) from the message", e.chain);
+    }
+    s
+}
+
+/// `cachet certs import FILE...`: every certificate of each file, one line each.
+pub fn import_files(
+    store: &CertStore,
+    files: &[std::path::PathBuf],
+    now: SystemTime,
+) -> (String, bool) {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let mut ok = true;
+    for f in files {
+        let certs = match crate::store::read_certificates(f) {
+            Ok(c) if c.is_empty() => Err("no certificate in file".to_string()),
+            other => other,
+        };
+        let certs = match certs {
+            Ok(c) => c,
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(s, "{}: {e}", f.display());
+                continue;
+            }
+        };
+        for der in certs {
+            let fp = crate::store::hex(&fingerprint(&der));
+            match store.import(&der, now) {
+                Ok(what) => {
+                    let verdict = store
+                        .show(&fp, now)
+                        .ok()
+                        .and_then(|v| v.into_iter().next())
+                        .map(|e| {
+                            if e.is_ca {
+                                "intermediate (used from the next reload)".to_string()
+                            } else {
+                                format!("{}: {}", e.emails.join(", "), e.trust)
+                            }
+                        })
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        s,
+                        "{}: {fp} {} {verdict}",
+                        f.display(),
+                        match what {
+                            Imported::Added => "imported;",
+                            Imported::AlreadyThere => "already imported;",
+                        }
+                    );
+                }
+                Err(e) => {
+                    ok = false;
+                    let _ = writeln!(s, "{}: {fp}: {e}", f.display());
+                }
+            }
+        }
+    }
+    (s, ok)
+}

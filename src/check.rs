@@ -217,7 +217,10 @@ pub fn revocation_warnings(rt: &Runtime) -> Vec<String> {
     // The certificates the refresher starts with (the most recently seen), not all of a
     // large store.
     let mut addrs: Vec<String> = Vec::new();
-    for der in s.certs.recent_certificates(crate::runtime::REVOCATION_PRELOAD) {
+    for der in s
+        .certs
+        .recent_certificates(crate::runtime::REVOCATION_PRELOAD)
+    {
         if let Ok(info) = crate::store::validate::inspect(&der) {
             addrs.extend(info.emails);
         }

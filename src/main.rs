@@ -421,29 +421,29 @@ fn main() -> ExitCode {
 /// `cachet certs lookup ADDRESS`.
 fn certs_lookup(config: PathBuf, address: String) -> ExitCode {
     match Runtime::load(&config) {
-            Ok(rt) => {
-                let dir = rt
-                    .config
-                    .certificates
-                    .as_ref()
-                    .map(|c| c.dir.display().to_string());
-                let (text, found) = tokio::runtime::Runtime::new()
-                    .expect("tokio runtime")
-                    .block_on(async {
-                        use cachet::store::revocation::Status;
-                        // What the gateway would know: one refresh round of CRLs and OCSP
-                        // answers for the loaded certificates (and the cache it keeps).
-                        if let Some(settings) = app::revocation_settings(&rt) {
-                            cachet::store::revocation::refresh::round(
-                                &rt.stores.revocation,
-                                &settings,
-                                rt.stores.revocation_targets(),
-                            )
-                            .await;
-                        }
-                        let in_use = rt.config.policy.revocation_in_use();
-                        let now = std::time::SystemTime::now();
-                        let status = |der: &rustls_pki_types::CertificateDer<'static>,
+        Ok(rt) => {
+            let dir = rt
+                .config
+                .certificates
+                .as_ref()
+                .map(|c| c.dir.display().to_string());
+            let (text, found) = tokio::runtime::Runtime::new()
+                .expect("tokio runtime")
+                .block_on(async {
+                    use cachet::store::revocation::Status;
+                    // What the gateway would know: one refresh round of CRLs and OCSP
+                    // answers for the loaded certificates (and the cache it keeps).
+                    if let Some(settings) = app::revocation_settings(&rt) {
+                        cachet::store::revocation::refresh::round(
+                            &rt.stores.revocation,
+                            &settings,
+                            rt.stores.revocation_targets(),
+                        )
+                        .await;
+                    }
+                    let in_use = rt.config.policy.revocation_in_use();
+                    let now = std::time::SystemTime::now();
+                    let status = |der: &rustls_pki_types::CertificateDer<'static>,
                                       chain: &[rustls_pki_types::CertificateDer<'static>]| {
                             if !in_use {
                                 return Ok("not checked (revocation = \"off\")".to_string());
@@ -461,27 +461,27 @@ fn certs_lookup(config: PathBuf, address: String) -> ExitCode {
                                 )),
                             }
                         };
-                        cachet::store::directory::report::certs_lookup(
-                            &rt.stores.certs,
-                            &rt.stores.directory,
-                            dir.as_deref(),
-                            &address,
-                            &status,
-                        )
-                        .await
-                    });
-                print!("{text}");
-                if found {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
-            }
-            Err(errors) => {
-                eprintln!("{}", app::format_errors(&errors));
-                ExitCode::from(2)
+                    cachet::store::directory::report::certs_lookup(
+                        &rt.stores.certs,
+                        &rt.stores.directory,
+                        dir.as_deref(),
+                        &address,
+                        &status,
+                    )
+                    .await
+                });
+            print!("{text}");
+            if found {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
+        Err(errors) => {
+            eprintln!("{}", app::format_errors(&errors));
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `cachet certs list|show|import|remove|approve`: on the certificate database of `config`,
@@ -496,7 +496,10 @@ fn certs_manage(config: PathBuf, action: CertsAction) -> ExitCode {
         }
     };
     let Some(c) = &cfg.certificates else {
-        eprintln!("cachet certs: {}: no [certificates] section", config.display());
+        eprintln!(
+            "cachet certs: {}: no [certificates] section",
+            config.display()
+        );
         return ExitCode::from(2);
     };
     let (trust, problems) = cachet::store::TrustAnchors::load(&c.trust);

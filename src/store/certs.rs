@@ -342,7 +342,8 @@ impl CertStore {
                     if chain.is_empty() {
                         accept(&der, &self.intermediates)
                     } else {
-                        let all: Vec<_> = self.intermediates.iter().chain(&chain).cloned().collect();
+                        let all: Vec<_> =
+                            self.intermediates.iter().chain(&chain).cloned().collect();
                         accept(&der, &all)
                     }
                     .map(|_| k)

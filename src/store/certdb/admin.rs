@@ -137,10 +137,9 @@ impl CertStore {
             )
             .map_err(|e| e.to_string())?;
         let found: Vec<(i64, Vec<u8>)> = q
-            .query_map(
-                params![low, (!high.is_empty()).then_some(high)],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            )
+            .query_map(params![low, (!high.is_empty()).then_some(high)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
             .map_err(|e| e.to_string())?
             .flatten()
             .filter(|(_, f)| crate::store::hex(f).starts_with(&fp))
@@ -314,8 +313,19 @@ impl CertStore {
             })
             .optional()
             .map_err(e)?;
-        let Some((der, is_ca, imported, harvested, pending, approved, chain, caps, st, first, last)) =
-            row
+        let Some((
+            der,
+            is_ca,
+            imported,
+            harvested,
+            pending,
+            approved,
+            chain,
+            caps,
+            st,
+            first,
+            last,
+        )) = row
         else {
             return Ok(None);
         };
@@ -481,7 +491,11 @@ pub fn show_text(e: &Entry) -> String {
     let _ = writeln!(s, "first seen:   {}", crate::date::rfc3339(e.first_seen));
     let _ = writeln!(s, "last seen:    {}", crate::date::rfc3339(e.last_seen));
     if e.chain > 0 {
-        let _ = writeln!(s, "chain:        {} CA certificate(s) from the message", e.chain);
+        let _ = writeln!(
+            s,
+            "chain:        {} CA certificate(s) from the message",
+            e.chain
+        );
     }
     s
 }

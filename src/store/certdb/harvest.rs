@@ -78,7 +78,9 @@ impl CertStore {
             Err(e) => return Ok(Harvested::Refused(e)),
         };
         if info.is_ca {
-            return Ok(Harvested::Refused("a CA certificate, not a signer's".into()));
+            return Ok(Harvested::Refused(
+                "a CA certificate, not a signer's".into(),
+            ));
         }
         let from = normalize_address(h.from);
         if !info.emails.contains(&from) {
@@ -87,7 +89,9 @@ impl CertStore {
             )));
         }
         if let Err(reason) = validate::check_local(&info, h.seen, Purpose::Encrypt) {
-            return Ok(Harvested::Refused(format!("cannot encrypt to it: {reason}")));
+            return Ok(Harvested::Refused(format!(
+                "cannot encrypt to it: {reason}"
+            )));
         }
         // The CA certificates the message carried, bounded.
         let cas: Vec<&[u8]> = h
@@ -102,12 +106,8 @@ impl CertStore {
             .iter()
             .map(|c| CertificateDer::from(c.to_vec()))
             .collect();
-        let intermediates: Vec<CertificateDer<'static>> = self
-            .intermediates
-            .iter()
-            .chain(&carried)
-            .cloned()
-            .collect();
+        let intermediates: Vec<CertificateDer<'static>> =
+            self.intermediates.iter().chain(&carried).cloned().collect();
         let anchored = h.verified
             && validate::check_path(h.cert, &intermediates, trust, h.seen).is_ok()
             && validate::check_path(h.cert, &intermediates, &self.trust, h.seen).is_ok();
@@ -169,11 +169,7 @@ impl CertStore {
                 if take {
                     tx.execute(
                         "UPDATE certs SET capabilities = ?2, signing_time = ?3 WHERE id = ?1",
-                        params![
-                            id,
-                            encode_capabilities(h.capabilities),
-                            caps_time.flatten()
-                        ],
+                        params![id, encode_capabilities(h.capabilities), caps_time.flatten()],
                     )
                     .map_err(e)?;
                     changed = true;

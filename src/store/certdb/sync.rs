@@ -152,7 +152,8 @@ impl CertStore {
                                 .as_deref()
                                 .map(super::decode_chain)
                                 .unwrap_or_default();
-                            self.judge(&der, &info, &chain, approved, pending, now).err()
+                            self.judge(&der, &info, &chain, approved, pending, now)
+                                .err()
                         }
                         Err(reason) => Some(reason),
                     };

@@ -17,7 +17,7 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
         rt.config.policy.rules.len(),
         rt.config.upstream.url,
         s.keys.iter().count(),
-        s.certs.addresses().len(),
+        s.certs.address_count(),
         s.trust.len()
     )];
     out.extend(s.warnings.iter().map(|w| format!("warning: {w}")));
@@ -58,7 +58,10 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
             crate::date::rfc5322(id.not_after)
         ));
     }
-    for addr in s.certs.addresses() {
+    let expiring = s
+        .certs
+        .expiring_addresses(SystemTime::now(), soon, EXPIRY_LINES + 1);
+    for addr in expiring.iter().take(EXPIRY_LINES) {
         if let Some(c) = s.certs.lookup(addr, SystemTime::now()).cert
             && c.not_after < soon
         {
@@ -69,8 +72,16 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
             ));
         }
     }
+    if expiring.len() > EXPIRY_LINES {
+        out.push(format!(
+            "warning: more recipient certificates expire within 30 days than the {EXPIRY_LINES} shown"
+        ));
+    }
     out
 }
+
+/// Recipient certificates named one by one in `check` and in the expiry gauges.
+const EXPIRY_LINES: usize = 1000;
 
 /// `cachet check` warnings about who may submit: public ranges in `relay_networks` that no
 /// `[[submitter]]` entry narrows (every tenant of a shared platform could send as you).
@@ -146,8 +157,19 @@ pub fn expiry_gauges(stores: &Stores) -> String {
             secs(id.not_after)
         );
     }
-    for addr in stores.certs.addresses() {
-        if let Some(c) = stores.certs.lookup(addr, SystemTime::now()).cert {
+    // Every recipient certificate in use while the store is small; beyond EXPIRY_LINES
+    // addresses only those expiring within 60 days (a store of a million would otherwise be a
+    // million lines per scrape).
+    let now = SystemTime::now();
+    let addrs = if stores.certs.address_count() <= EXPIRY_LINES {
+        stores.certs.addresses()
+    } else {
+        let soon = now + Duration::from_secs(60 * 86400);
+        stores.certs.expiring_addresses(now, soon, EXPIRY_LINES)
+    };
+    for addr in addrs {
+        let addr = addr.as_str();
+        if let Some(c) = stores.certs.lookup(addr, now).cert {
             let _ = writeln!(
                 s,
                 "cachet_certificate_expiry_seconds{{kind=\"recipient\",address=\"{addr}\",fingerprint=\"{}\"}} {}",
@@ -192,7 +214,20 @@ pub fn revocation_warnings(rt: &Runtime) -> Vec<String> {
     let s = &rt.stores;
     let now = SystemTime::now();
     let mut out = Vec::new();
-    for addr in s.certs.addresses() {
+    // The certificates the refresher starts with (the most recently seen), not all of a
+    // large store.
+    let mut addrs: Vec<String> = Vec::new();
+    for der in s
+        .certs
+        .recent_certificates(crate::runtime::REVOCATION_PRELOAD)
+    {
+        if let Ok(info) = crate::store::validate::inspect(&der) {
+            addrs.extend(info.emails);
+        }
+    }
+    addrs.sort();
+    addrs.dedup();
+    for addr in addrs.iter().map(String::as_str) {
         let seen = std::cell::RefCell::new(Vec::new());
         s.certs.lookup_with(addr, now, &|der, chain| {
             let fp = crate::store::hex(

@@ -123,6 +123,28 @@ enum CertsAction {
     /// Ask every source about ADDRESS now and show each certificate with why it is accepted
     /// or refused; exit 0 when a usable certificate is found, 1 when none is.
     Lookup { address: String },
+    /// Every stored certificate (directory files, imported, harvested, pending) by address:
+    /// fingerprint, source, trust, expiry, capabilities, last seen. Works while the gateway runs.
+    List {
+        /// Only this address.
+        address: Option<String>,
+        /// Only certificates waiting for an operator's approval.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// One certificate by fingerprint (or a unique prefix), or every certificate of an address.
+    Show { query: String },
+    /// Add the certificates of PEM or DER files to the store (source "imported"); the running
+    /// gateway uses them at its next lookup.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Remove an imported or harvested certificate (one from certificates.dir: delete the file).
+    Remove { fingerprint: String },
+    /// Vouch for one certificate that does not chain to a trust anchor (a pending harvest):
+    /// it is used from the next lookup, still subject to validity, key usage and revocation.
+    Approve { fingerprint: String },
 }
 
 #[derive(Subcommand)]
@@ -324,68 +346,8 @@ fn main() -> ExitCode {
         Command::Certs {
             config,
             action: CertsAction::Lookup { address },
-        } => match Runtime::load(&config) {
-            Ok(rt) => {
-                let dir = rt
-                    .config
-                    .certificates
-                    .as_ref()
-                    .map(|c| c.dir.display().to_string());
-                let (text, found) = tokio::runtime::Runtime::new()
-                    .expect("tokio runtime")
-                    .block_on(async {
-                        use cachet::store::revocation::Status;
-                        // What the gateway would know: one refresh round of CRLs and OCSP
-                        // answers for the loaded certificates (and the cache it keeps).
-                        if let Some(settings) = app::revocation_settings(&rt) {
-                            cachet::store::revocation::refresh::round(
-                                &rt.stores.revocation,
-                                &settings,
-                                rt.stores.revocation_targets(),
-                            )
-                            .await;
-                        }
-                        let in_use = rt.config.policy.revocation_in_use();
-                        let now = std::time::SystemTime::now();
-                        let status = |der: &rustls_pki_types::CertificateDer<'static>,
-                                      chain: &[rustls_pki_types::CertificateDer<'static>]| {
-                            if !in_use {
-                                return Ok("not checked (revocation = \"off\")".to_string());
-                            }
-                            match rt.stores.revocation.status(der, chain, &rt.stores.trust, now) {
-                                Status::Good(s) => Ok(format!("good ({})", s.name())),
-                                Status::Revoked(s) => Err(format!("revoked ({})", s.name())),
-                                Status::Unknown { reason, pending } => Ok(format!(
-                                    "unknown: {reason}{}",
-                                    if pending {
-                                        " (its first answer is not fetched yet)"
-                                    } else {
-                                        ""
-                                    }
-                                )),
-                            }
-                        };
-                        cachet::store::directory::report::certs_lookup(
-                            &rt.stores.certs,
-                            &rt.stores.directory,
-                            dir.as_deref(),
-                            &address,
-                            &status,
-                        )
-                        .await
-                    });
-                print!("{text}");
-                if found {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
-            }
-            Err(errors) => {
-                eprintln!("{}", app::format_errors(&errors));
-                ExitCode::from(2)
-            }
-        },
+        } => certs_lookup(config, address),
+        Command::Certs { config, action } => certs_manage(config, action),
         Command::Keys { config, action } => {
             let cfg = match config::Config::load(&config) {
                 Ok(c) => c,
@@ -452,6 +414,149 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `cachet certs lookup ADDRESS`.
+fn certs_lookup(config: PathBuf, address: String) -> ExitCode {
+    match Runtime::load(&config) {
+        Ok(rt) => {
+            let dir = rt
+                .config
+                .certificates
+                .as_ref()
+                .map(|c| c.dir.display().to_string());
+            let (text, found) = tokio::runtime::Runtime::new()
+                .expect("tokio runtime")
+                .block_on(async {
+                    use cachet::store::revocation::Status;
+                    // What the gateway would know: one refresh round of CRLs and OCSP
+                    // answers for the loaded certificates (and the cache it keeps).
+                    if let Some(settings) = app::revocation_settings(&rt) {
+                        cachet::store::revocation::refresh::round(
+                            &rt.stores.revocation,
+                            &settings,
+                            rt.stores.revocation_targets(),
+                        )
+                        .await;
+                    }
+                    let in_use = rt.config.policy.revocation_in_use();
+                    let now = std::time::SystemTime::now();
+                    let status = |der: &rustls_pki_types::CertificateDer<'static>,
+                                      chain: &[rustls_pki_types::CertificateDer<'static>]| {
+                            if !in_use {
+                                return Ok("not checked (revocation = \"off\")".to_string());
+                            }
+                            match rt.stores.revocation.status(der, chain, &rt.stores.trust, now) {
+                                Status::Good(s) => Ok(format!("good ({})", s.name())),
+                                Status::Revoked(s) => Err(format!("revoked ({})", s.name())),
+                                Status::Unknown { reason, pending } => Ok(format!(
+                                    "unknown: {reason}{}",
+                                    if pending {
+                                        " (its first answer is not fetched yet)"
+                                    } else {
+                                        ""
+                                    }
+                                )),
+                            }
+                        };
+                    cachet::store::directory::report::certs_lookup(
+                        &rt.stores.certs,
+                        &rt.stores.directory,
+                        dir.as_deref(),
+                        &address,
+                        &status,
+                    )
+                    .await
+                });
+            print!("{text}");
+            if found {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(errors) => {
+            eprintln!("{}", app::format_errors(&errors));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `cachet certs list|show|import|remove|approve`: on the certificate database of `config`,
+/// from this process, while the gateway may be running.
+fn certs_manage(config: PathBuf, action: CertsAction) -> ExitCode {
+    use cachet::store::certdb::admin;
+    let cfg = match config::Config::load(&config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}", app::format_errors(&errors));
+            return ExitCode::from(2);
+        }
+    };
+    let Some(c) = &cfg.certificates else {
+        eprintln!(
+            "cachet certs: {}: no [certificates] section",
+            config.display()
+        );
+        return ExitCode::from(2);
+    };
+    let (trust, problems) = cachet::store::TrustAnchors::load(&c.trust);
+    for p in &problems {
+        eprintln!("warning: {p}");
+    }
+    let store = match cachet::store::CertStore::attach(&c.store, &trust) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cachet certs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let now = std::time::SystemTime::now();
+    let result: Result<String, String> = match action {
+        CertsAction::Lookup { .. } => unreachable!("handled by certs_lookup"),
+        CertsAction::List { address, pending } => {
+            use std::io::Write;
+            let out = std::io::stdout();
+            let mut out = std::io::BufWriter::new(out.lock());
+            let _ = writeln!(out, "{}", admin::LIST_HEADER);
+            let filter = admin::Filter { address, pending };
+            store
+                .entries(&filter, now, &mut |addr, e| {
+                    let _ = writeln!(out, "{}", admin::list_line(addr, &e));
+                })
+                .map(|()| String::new())
+        }
+        CertsAction::Show { query } => store.show(&query, now).and_then(|v| {
+            if v.is_empty() {
+                Err(format!("no certificate for {query}"))
+            } else {
+                Ok(v.iter().map(admin::show_text).collect::<Vec<_>>().join("\n"))
+            }
+        }),
+        CertsAction::Import { files } => {
+            let (text, ok) = admin::import_files(&store, &files, now);
+            if ok { Ok(text) } else { Err(text) }
+        }
+        CertsAction::Remove { fingerprint } => store
+            .remove(&fingerprint)
+            .map(|fp| format!("removed {fp}\n")),
+        CertsAction::Approve { fingerprint } => store.approve(&fingerprint).map(|fp| {
+            format!("approved {fp}: used from the next lookup (validity, key usage and revocation still apply)\n")
+        }),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("cachet certs: {e}");
+            if !e.ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::from(1)
         }
     }
 }

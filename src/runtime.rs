@@ -210,8 +210,12 @@ pub fn key_sources(
     (sources, errors)
 }
 
-/// Signing keys and recipient certificates, loaded at start and on reload; never read from disk
-/// on the hot path.
+/// Recipient certificates handed to the revocation refresher at start, most recently seen
+/// first; the others join when a lookup first asks about them.
+pub const REVOCATION_PRELOAD: usize = 10_000;
+
+/// Signing keys and recipient certificates, loaded at start and on reload; recipient
+/// certificates are read from the certificate database (an indexed query per lookup).
 #[derive(Default)]
 pub struct Stores {
     pub trust: TrustAnchors,
@@ -244,11 +248,18 @@ impl Stores {
             let (trust, problems) = TrustAnchors::load(&c.trust);
             errors.extend(problems.into_iter().map(|p| err("certificates.trust", p)));
             stores.trust = trust;
-            let (certs, problems) = CertStore::load(&c.dir, &stores.trust, now);
-            stores
-                .warnings
-                .extend(problems.iter().map(|p| p.to_string()));
-            stores.certs = certs;
+            // The database is opened (and the directory synced into it) by every load: the
+            // old runtime's store holds only its few connections and intermediates, so a
+            // reload does not double memory.
+            match CertStore::open(&c.store, Some(&c.dir), &stores.trust, now) {
+                Ok((certs, problems)) => {
+                    stores
+                        .warnings
+                        .extend(problems.iter().map(|p| p.to_string()));
+                    stores.certs = certs;
+                }
+                Err(p) => errors.push(err("certificates.store", p)),
+            }
             if let Some(dir) = &c.crl_dir {
                 let problems = stores.revocation.load_dir(dir);
                 stores
@@ -403,12 +414,11 @@ impl Stores {
                 })
                 .map(|ca| (*ca).clone())
         };
-        let mut ders: Vec<(&CertificateDer<'static>, bool)> = self
-            .certs
-            .certificates()
-            .into_iter()
-            .map(|d| (d, true))
-            .collect();
+        // Recipient certificates: the most recently seen ones; any other is added when a
+        // lookup asks for its status (`Revocation::wanted`).
+        let recent = self.certs.recent_certificates(REVOCATION_PRELOAD);
+        let mut ders: Vec<(&CertificateDer<'static>, bool)> =
+            recent.iter().map(|d| (d, true)).collect();
         ders.extend(self.certs.intermediates().iter().map(|d| (d, false)));
         for id in &ids {
             ders.extend(id.chain.iter().enumerate().map(|(i, d)| (d, i == 0)));

@@ -174,6 +174,9 @@ pub struct CertificatesConfig {
     pub trust: Vec<PathBuf>,
     /// Operator-dropped CRLs (DER or PEM).
     pub crl_dir: Option<PathBuf>,
+    /// The certificate database (`store::certdb`): `certificates.store`, by default
+    /// `<spool.dir>/certificates/store.sqlite`.
+    pub store: PathBuf,
     /// One CRL download or OCSP exchange, connect included.
     pub fetch_timeout: std::time::Duration,
     /// Largest CRL or OCSP response accepted, bytes.
@@ -592,6 +595,10 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, p: &mut Problems) -> Confi
                 .crl_dir
                 .as_ref()
                 .map(|v| existing_dir(base, v, "certificates.crl_dir", p)),
+            store: match &c.store {
+                Some(v) => resolve(base, v.get_ref()),
+                None => spool.dir.join("certificates").join("store.sqlite"),
+            },
             fetch_timeout: c.fetch_timeout.0,
             crl_max_size: c.crl_max_size.0,
             revocation_interval: c.revocation_interval.0,

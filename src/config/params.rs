@@ -343,6 +343,14 @@ pub const PARAMS: &[Param] = &[
         "CRLs dropped by the operator (DER or PEM), used besides those fetched from distribution points",
     ),
     p(
+        "certificates.store",
+        None,
+        None,
+        None,
+        "",
+        "the certificate database (directory files, imported and harvested certificates); default <spool.dir>/certificates/store.sqlite",
+    ),
+    p(
         "certificates.fetch_timeout",
         Some(r#""10s""#),
         Some(1),

@@ -170,6 +170,8 @@ pub struct RawCertificates {
     pub trust: Vec<Spanned<PathBuf>>,
     /// Operator-dropped CRLs (DER or PEM), an alternative to fetching them.
     pub crl_dir: Option<Spanned<PathBuf>>,
+    /// The certificate database (files, imported, harvested); default under the spool.
+    pub store: Option<Spanned<PathBuf>>,
     #[serde(default = "default_fetch_timeout")]
     pub fetch_timeout: Dur,
     #[serde(default = "default_crl_max_size")]

@@ -1,16 +1,21 @@
-//! Recipient certificates: the `[certificates] dir`, indexed by email address.
+//! Recipient certificates, indexed by email address, in the certificate database
+//! ([`super::certdb`]): the files of `[certificates] dir` (synced into it at load and reload),
+//! certificates imported with `cachet certs import`, and signers' certificates harvested from
+//! inbound mail ([`CertStore::harvest`]).
 //!
-//! Every `*.pem`, `*.crt`, `*.cer` and `*.der` file in the directory is read (any file name, any
-//! number of certificates per PEM file). CA certificates (basicConstraints cA) serve as
-//! intermediates for the others. End-entity certificates are indexed by each rfc822Name of their
-//! subjectAltName, case-insensitively ([`normalize_address`]). The subject emailAddress is never
-//! used (see [`validate::inspect`]): a certificate without an rfc822Name is reported, not indexed.
+//! Every `*.pem`, `*.crt`, `*.cer` and `*.der` file in the directory is an import source (any
+//! file name, any number of certificates per PEM file). CA certificates (basicConstraints cA)
+//! from the directory serve as intermediates for the others and are held in memory (a handful).
+//! End-entity certificates are indexed by each rfc822Name of their subjectAltName,
+//! case-insensitively ([`normalize_address`]). The subject emailAddress is never used (see
+//! [`validate::inspect`]): a certificate without an rfc822Name is reported, not indexed.
 //!
-//! A certificate is used only when [`validate::check`] accepts it for encryption at lookup time;
-//! of several usable ones the newest (latest notBefore) wins. Lookups never touch the disk: the
-//! store is rebuilt on reload.
+//! A certificate is used only when [`validate::check`] accepts it for encryption at lookup time
+//! (an operator-approved one: [`validate::check_local`], no path to an anchor needed); of
+//! several usable ones the newest (latest notBefore) wins. A lookup is one indexed query plus
+//! the validation of that address's few candidates: memory does not grow with the store, and a
+//! change written by another process (`cachet certs`, a harvest) is seen by the next lookup.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -89,67 +94,70 @@ pub struct CertLookup {
     pub rejected: Vec<(String, String)>,
 }
 
-/// One indexed end-entity certificate.
-#[derive(Debug)]
-struct Candidate {
-    cert: Option<Arc<RecipientCert>>,
-    info: CertInfo,
-    der: CertificateDer<'static>,
-}
-
-/// Recipient certificates by address; immutable once loaded, shared by `Arc`.
+/// Recipient certificates by address, in the certificate database; shared by `Arc`. Lookups
+/// read the database, so what `cachet certs` or a harvest writes is seen at the next lookup.
 #[derive(Debug, Default)]
 pub struct CertStore {
-    by_address: HashMap<String, Vec<Candidate>>,
-    /// CA certificates found in the directory, offered to path building.
-    intermediates: Vec<CertificateDer<'static>>,
+    /// `None`: an empty store (no `[certificates]` configured).
+    pub(crate) db: Option<super::certdb::Pool>,
+    /// CA certificates from the directory (and imported ones), offered to path building; read
+    /// at load.
+    pub(crate) intermediates: Vec<CertificateDer<'static>>,
     /// Copied anchors so lookups need no other reference (reload swaps the whole store).
-    trust: TrustAnchors,
+    pub(crate) trust: TrustAnchors,
+}
+
+/// One candidate row of a lookup.
+struct Row {
+    der: Vec<u8>,
+    chain: Option<Vec<u8>>,
+    capabilities: Option<String>,
+    approved: bool,
+    pending: bool,
 }
 
 impl CertStore {
-    /// Read the directory; report unreadable files and every certificate that does not validate
-    /// for encryption at `now`.
+    /// Open the database at `db` (created when missing), sync `dir` into it (files changed
+    /// since the last sync are read, removed ones dropped; [`super::certdb::sync`]) and report
+    /// unreadable files and every directory certificate that does not validate for encryption
+    /// at `now`. `Err` when the database cannot be opened.
+    pub fn open(
+        db: &Path,
+        dir: Option<&Path>,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> Result<(CertStore, Vec<Problem>), Problem> {
+        let pool = super::certdb::Pool::open(db).map_err(|e| Problem::new(db, e))?;
+        Ok(Self::start(pool, dir, trust, now))
+    }
+
+    /// Read the directory into a private temporary database (tools and tests); as
+    /// [`CertStore::open`].
     pub fn load(dir: &Path, trust: &TrustAnchors, now: SystemTime) -> (CertStore, Vec<Problem>) {
-        let mut problems = Vec::new();
-        let mut loaded: Vec<(std::path::PathBuf, CertificateDer<'static>)> = Vec::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(Problem::new(
-                    dir,
-                    format!("cannot read certificate directory: {e}"),
-                ));
-                return (
-                    CertStore {
-                        trust: clone_trust(trust),
-                        ..Default::default()
-                    },
-                    problems,
-                );
-            }
-        };
-        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths {
-            let ext = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            if !matches!(ext.as_str(), "pem" | "crt" | "cer" | "der") || !path.is_file() {
-                continue;
-            }
-            match super::read_certificates(&path) {
-                Ok(certs) if certs.is_empty() => {
-                    problems.push(Problem::new(&path, "no certificate in file"))
-                }
-                Ok(certs) => loaded.extend(certs.into_iter().map(|c| (path.clone(), c))),
-                Err(reason) => problems.push(Problem::new(&path, reason)),
-            }
+        match super::certdb::Pool::temporary() {
+            Ok(pool) => Self::start(pool, Some(dir), trust, now),
+            Err(e) => (
+                CertStore {
+                    trust: clone_trust(trust),
+                    ..Default::default()
+                },
+                vec![Problem::new(dir, e)],
+            ),
         }
-        let (store, more) = Self::index(loaded, trust, now);
-        problems.extend(more);
+    }
+
+    fn start(
+        pool: super::certdb::Pool,
+        dir: Option<&Path>,
+        trust: &TrustAnchors,
+        now: SystemTime,
+    ) -> (CertStore, Vec<Problem>) {
+        let mut store = CertStore {
+            db: Some(pool),
+            intermediates: Vec::new(),
+            trust: clone_trust(trust),
+        };
+        let problems = store.sync(dir, now);
         (store, problems)
     }
 
@@ -160,84 +168,85 @@ impl CertStore {
         now: SystemTime,
     ) -> (CertStore, Vec<Problem>) {
         let here = std::path::PathBuf::from("<memory>");
-        Self::index(
-            certs.into_iter().map(|c| (here.clone(), c)).collect(),
-            trust,
-            now,
-        )
-    }
-
-    /// Index end-entity certificates by address and keep CA certificates as intermediates;
-    /// every certificate that does not validate for encryption at `now` is reported.
-    fn index(
-        loaded: Vec<(std::path::PathBuf, CertificateDer<'static>)>,
-        trust: &TrustAnchors,
-        now: SystemTime,
-    ) -> (CertStore, Vec<Problem>) {
-        let mut problems = Vec::new();
-        let mut store = CertStore {
-            trust: clone_trust(trust),
-            ..Default::default()
+        let (mut store, mut problems) = match super::certdb::Pool::temporary() {
+            Ok(pool) => Self::start(pool, None, trust, now),
+            Err(e) => return (CertStore::default(), vec![Problem::new(&here, e)]),
         };
-        let mut parsed = Vec::new();
-        for (path, der) in loaded {
+        for der in certs {
             match validate::inspect(&der) {
-                Ok(info) if info.is_ca => store.intermediates.push(der),
-                Ok(info) => parsed.push((path, der, info)),
-                Err(reason) => problems.push(Problem::new(&path, reason)),
-            }
-        }
-        for (path, der, info) in parsed {
-            if info.emails.is_empty() {
-                problems.push(Problem::new(
-                    &path,
+                Ok(info) if info.emails.is_empty() && !info.is_ca => problems.push(Problem::new(
+                    &here,
                     format!(
                         "certificate {}: {}",
                         info.fingerprint,
                         validate::NO_RFC822_NAME
                     ),
-                ));
-                continue;
+                )),
+                Ok(_) => {
+                    if let Err(e) = store.import(&der, now) {
+                        problems.push(Problem::new(&here, e));
+                    }
+                }
+                Err(reason) => problems.push(Problem::new(&here, reason)),
             }
-            if let Err(reason) = store.validate(&der, &info, now) {
-                problems.push(Problem::new(
-                    &path,
-                    format!(
-                        "certificate {} for {}: {reason}",
-                        info.fingerprint,
-                        info.emails.join(", ")
-                    ),
-                ));
-            }
-            let cert = RecipientCert::from_info(der.clone(), &info)
-                .ok()
-                .map(Arc::new);
-            for email in &info.emails {
-                let list = store.by_address.entry(email.clone()).or_default();
-                if !list.iter().any(|c| c.info.fingerprint == info.fingerprint) {
-                    list.push(Candidate {
-                        cert: cert.clone(),
-                        info: info.clone(),
-                        der: der.clone(),
-                    });
+        }
+        store.reload_intermediates();
+        // Report what does not validate, as the directory sync does.
+        if let Some(pool) = &store.db
+            && let Ok(c) = pool.get()
+            && let Ok(mut q) = c.prepare("SELECT der FROM certs WHERE is_ca = 0 ORDER BY id")
+            && let Ok(rows) = q.query_map([], |r| r.get::<_, Vec<u8>>(0))
+        {
+            for der in rows.flatten() {
+                let der = CertificateDer::from(der);
+                if let Ok(info) = validate::inspect(&der)
+                    && let Err(reason) = store.validate_found(&der, &info, &[], now)
+                {
+                    problems.push(Problem::new(
+                        &here,
+                        format!(
+                            "certificate {} for {}: {reason}",
+                            info.fingerprint,
+                            info.emails.join(", ")
+                        ),
+                    ));
                 }
             }
         }
         (store, problems)
     }
 
-    fn validate(
-        &self,
-        der: &CertificateDer<'_>,
-        info: &CertInfo,
-        now: SystemTime,
-    ) -> Result<KeyKind, String> {
-        self.validate_found(der, info, &[], now)
+    /// Re-read the CA certificates the store offers to path building (directory files and
+    /// imported ones).
+    pub(crate) fn reload_intermediates(&mut self) {
+        let Some(pool) = &self.db else { return };
+        let read = || -> Result<Vec<CertificateDer<'static>>, String> {
+            let c = pool.get()?;
+            let mut q = c
+                .prepare(
+                    "SELECT der FROM certs WHERE is_ca = 1 AND (imported = 1
+                     OR EXISTS (SELECT 1 FROM file_certs WHERE cert = certs.id)) ORDER BY id",
+                )
+                .map_err(|e| pool.error(e))?;
+            let rows = q
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(|e| pool.error(e))?;
+            Ok(rows.flatten().map(CertificateDer::from).collect())
+        };
+        match read() {
+            Ok(v) => self.intermediates = v,
+            Err(e) => tracing::warn!(error = %e, "cannot read CA certificates from the store"),
+        }
     }
 
-    /// The one check for every recipient certificate, wherever it was found: this store's
-    /// files, or a directory (`store::directory`), whose bag may bring CA certificates of its
-    /// own (`extra_intermediates`, tried after this store's).
+    /// The database file, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        self.db.as_ref().map(|p| p.path())
+    }
+
+    /// The one check for every recipient certificate, wherever it was found: this store, or a
+    /// directory (`store::directory`), whose bag may bring CA certificates of its own
+    /// (`extra_intermediates`, tried after this store's).
     pub fn validate_found(
         &self,
         der: &CertificateDer<'_>,
@@ -267,8 +276,34 @@ impl CertStore {
         )
     }
 
+    /// The verdict for a stored certificate: an approved one needs no path to an anchor; a
+    /// pending one that still has none says how to approve it.
+    pub(crate) fn judge(
+        &self,
+        der: &CertificateDer<'_>,
+        info: &CertInfo,
+        chain: &[CertificateDer<'static>],
+        approved: bool,
+        pending: bool,
+        now: SystemTime,
+    ) -> Result<KeyKind, String> {
+        if approved {
+            return validate::check_local(info, now, Purpose::Encrypt);
+        }
+        self.validate_found(der, info, chain, now).map_err(|reason| {
+            if pending {
+                format!(
+                    "pending: {reason}; an operator who vouches for it runs `cachet certs approve {}`",
+                    info.fingerprint
+                )
+            } else {
+                reason
+            }
+        })
+    }
+
     /// The newest certificate for `address` that validates for encryption at `now`, and the
-    /// reasons every other candidate was refused. In memory only.
+    /// reasons every other candidate was refused.
     pub fn lookup(&self, address: &str, now: SystemTime) -> CertLookup {
         self.lookup_with(address, now, &|_, _| Ok(()))
     }
@@ -278,41 +313,135 @@ impl CertStore {
     /// `rejected` and the next candidate may win.
     pub fn lookup_with(&self, address: &str, now: SystemTime, accept: &Accept<'_>) -> CertLookup {
         let mut out = CertLookup::default();
-        let Some(cands) = self.by_address.get(&normalize_address(address)) else {
-            return out;
+        let rows = match self.candidates(&normalize_address(address)) {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Counts as "no certificate" (opportunistic: clear; required: on_missing_key).
+                tracing::warn!(error = %e, address, "certificate store lookup failed");
+                out.rejected.push(("-".into(), e));
+                return out;
+            }
         };
-        for c in cands {
-            let verdict = self
-                .validate(&c.der, &c.info, now)
-                .and_then(|k| accept(&c.der, &self.intermediates).map(|_| k));
-            match (verdict, &c.cert) {
-                (Ok(_), Some(cert)) => {
-                    // Several valid certificates: the newest wins (issue 3).
-                    let newer = out.cert.as_ref().is_none_or(|best| {
-                        (cert.not_before, cert.not_after) > (best.not_before, best.not_after)
-                    });
-                    if newer {
-                        out.cert = Some(cert.clone());
-                    }
+        for row in rows {
+            let der = CertificateDer::from(row.der);
+            let info = match validate::inspect(&der) {
+                Ok(i) => i,
+                Err(e) => {
+                    out.rejected.push(("-".into(), e));
+                    continue;
                 }
-                (Err(reason), _) => out.rejected.push((c.info.fingerprint.clone(), reason)),
-                (Ok(_), None) => out
-                    .rejected
-                    .push((c.info.fingerprint.clone(), "unsupported key".into())),
+            };
+            let chain = row
+                .chain
+                .as_deref()
+                .map(super::certdb::decode_chain)
+                .unwrap_or_default();
+            let verdict = self
+                .judge(&der, &info, &chain, row.approved, row.pending, now)
+                .and_then(|k| {
+                    if chain.is_empty() {
+                        accept(&der, &self.intermediates)
+                    } else {
+                        let all: Vec<_> =
+                            self.intermediates.iter().chain(&chain).cloned().collect();
+                        accept(&der, &all)
+                    }
+                    .map(|_| k)
+                });
+            match verdict {
+                Ok(_) => match RecipientCert::from_info(der.clone(), &info) {
+                    Ok(mut cert) => {
+                        cert.capabilities = row
+                            .capabilities
+                            .as_deref()
+                            .map(super::certdb::decode_capabilities)
+                            .unwrap_or_default();
+                        // Several valid certificates: the newest wins (issue 3).
+                        let newer = out.cert.as_ref().is_none_or(|best| {
+                            (cert.not_before, cert.not_after) > (best.not_before, best.not_after)
+                        });
+                        if newer {
+                            out.cert = Some(Arc::new(cert));
+                        }
+                    }
+                    Err(_) => out
+                        .rejected
+                        .push((info.fingerprint.clone(), "unsupported key".into())),
+                },
+                Err(reason) => out.rejected.push((info.fingerprint.clone(), reason)),
             }
         }
         out
     }
 
-    /// Every indexed end-entity certificate (once each), for the revocation refresher.
-    pub fn certificates(&self) -> Vec<&CertificateDer<'static>> {
-        let mut seen = std::collections::HashSet::new();
-        self.by_address
-            .values()
-            .flatten()
-            .filter(|c| seen.insert(c.info.fingerprint.as_str()))
-            .map(|c| &c.der)
+    /// The end-entity rows filed under `address` (already normalised): one indexed query.
+    fn candidates(&self, address: &str) -> Result<Vec<Row>, String> {
+        let Some(pool) = &self.db else {
+            return Ok(Vec::new());
+        };
+        let c = pool.get()?;
+        let mut q = c
+            .prepare_cached(
+                "SELECT c.der, c.chain, c.capabilities, c.approved, c.pending
+                 FROM addresses a JOIN certs c ON c.id = a.cert
+                 WHERE a.address = ?1 AND c.is_ca = 0 ORDER BY c.id",
+            )
+            .map_err(|e| pool.error(e))?;
+        let rows = q
+            .query_map([address], |r| {
+                Ok(Row {
+                    der: r.get(0)?,
+                    chain: r.get(1)?,
+                    capabilities: r.get(2)?,
+                    approved: r.get(3)?,
+                    pending: r.get(4)?,
+                })
+            })
+            .map_err(|e| pool.error(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pool.error(e))
+    }
+
+    /// Every certificate filed under `address`, valid or not (the `known` certificates an
+    /// inbound verification may use for a signer whose message does not carry its own).
+    pub fn certificates_for(&self, address: &str) -> Vec<CertificateDer<'static>> {
+        self.candidates(&normalize_address(address))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| CertificateDer::from(r.der))
             .collect()
+    }
+
+    /// Up to `limit` end-entity certificates, most recently seen first: the revocation
+    /// refresher's start-up targets (a certificate looked up later is added by
+    /// `Revocation::status` itself, so a store of a million needs no million targets).
+    pub fn recent_certificates(&self, limit: usize) -> Vec<CertificateDer<'static>> {
+        self.query_column::<Vec<u8>>(
+            "SELECT der FROM certs WHERE is_ca = 0 ORDER BY last_seen DESC, id LIMIT ?1",
+            limit as i64,
+        )
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect()
+    }
+
+    fn query_column<T: rusqlite::types::FromSql>(&self, sql: &str, arg: i64) -> Vec<T> {
+        let Some(pool) = &self.db else {
+            return Vec::new();
+        };
+        let run = || -> Result<Vec<T>, String> {
+            let c = pool.get()?;
+            let mut q = c.prepare_cached(sql).map_err(|e| pool.error(e))?;
+            let rows = q
+                .query_map([arg], |r| r.get::<_, T>(0))
+                .map_err(|e| pool.error(e))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pool.error(e))
+        };
+        run().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "certificate store query failed");
+            Vec::new()
+        })
     }
 
     /// The CA certificates of the directory, offered to path building.
@@ -320,11 +449,61 @@ impl CertStore {
         &self.intermediates
     }
 
-    /// Addresses with at least one indexed certificate (valid or not), sorted.
-    pub fn addresses(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.by_address.keys().map(String::as_str).collect();
-        v.sort_unstable();
-        v
+    /// Addresses with at least one certificate (valid or not), sorted. Reads the whole index:
+    /// for tools and tests; the gateway uses [`CertStore::address_count`] and
+    /// [`CertStore::expiring_addresses`].
+    pub fn addresses(&self) -> Vec<String> {
+        self.query_column(
+            "SELECT DISTINCT address FROM addresses WHERE ?1 = ?1 ORDER BY address",
+            0,
+        )
+    }
+
+    /// How many addresses have at least one certificate.
+    pub fn address_count(&self) -> usize {
+        self.query_column::<i64>(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT address FROM addresses) WHERE ?1 = ?1",
+            0,
+        )
+        .first()
+        .copied()
+        .unwrap_or(0) as usize
+    }
+
+    /// Up to `limit` addresses with an end-entity certificate without a stored problem whose
+    /// notAfter lies before `before` and not before `now` (from the notAfter index), sorted.
+    pub fn expiring_addresses(
+        &self,
+        now: SystemTime,
+        before: SystemTime,
+        limit: usize,
+    ) -> Vec<String> {
+        let Some(pool) = &self.db else {
+            return Vec::new();
+        };
+        let run = || -> Result<Vec<String>, String> {
+            let c = pool.get()?;
+            let mut q = c
+                .prepare_cached(
+                    "SELECT DISTINCT a.address FROM certs c JOIN addresses a ON a.cert = c.id
+                     WHERE c.problem IS NULL AND c.not_after >= ?1 AND c.not_after < ?2 AND c.is_ca = 0
+                     ORDER BY a.address LIMIT ?3",
+                )
+                .map_err(|e| pool.error(e))?;
+            let rows = q
+                .query_map(
+                    rusqlite::params![
+                        super::certdb::secs(now),
+                        super::certdb::secs(before),
+                        limit as i64
+                    ],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(|e| pool.error(e))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pool.error(e))
+        };
+        run().unwrap_or_default()
     }
 }
 

@@ -23,6 +23,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::TrustAnchor;
 use rustls_pki_types::pem::PemObject;
 
+pub mod certdb;
 pub mod certs;
 pub mod directory;
 pub mod import;
@@ -33,6 +34,7 @@ pub mod private_key;
 pub mod revocation;
 pub mod validate;
 
+pub use certdb::harvest::{Harvest, Harvested};
 pub use certs::{Capability, CertLookup, CertStore, RecipientCert};
 pub use keys::{KeyStore, SigningIdentity};
 

@@ -152,6 +152,8 @@ async fn inbound_mail_for_a_local_recipient_reaches_the_internal_server_over_ver
         outbound.received().is_empty(),
         "inbound mail never goes to [upstream]"
     );
+    // Nothing in this config can reject: the session answered without opening the message.
+    assert!(!gw.logs().contains("judged before 250"), "{}", gw.logs());
     let (_, metrics) = gw.admin_get("/metrics").await;
     for line in [
         "cachet_inbound_messages_accepted_total 1",
@@ -356,6 +358,12 @@ async fn with_rules_that_may_reject_a_message_is_judged_before_250_and_then_rela
         .unwrap();
     assert_eq!(code, 250, "{text}");
     c.quit().await;
+    assert!(
+        gw.wait_log("inbound message judged before 250: deliver", WAIT)
+            .await,
+        "{}",
+        gw.logs()
+    );
     let got = internal.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1, "{}", gw.logs());
     assert_eq!(got[0].data_without_first_received(), msg);

@@ -233,6 +233,34 @@ async fn the_direction_survives_a_restart_and_inbound_mail_goes_to_the_internal_
 }
 
 #[tokio::test]
+async fn each_direction_has_its_own_connection_slots() {
+    let outbound = Upstream::start(UpstreamOptions::starttls()).await;
+    let internal = Upstream::start(UpstreamOptions::starttls()).await;
+    let cfg = config(&outbound, &internal.url(), &internal.pki().ca_pem).with(
+        "server",
+        "max_connections",
+        "1",
+    );
+    let gw = Gateway::start(cfg).await;
+    // One submission client holds the only outbound slot...
+    let (busy, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+    let mut second = SmtpClient::connect(gw.addr()).await.unwrap();
+    let (code, text) = second.read_reply().await.unwrap();
+    assert_eq!(code, 421, "{text}");
+    // ...and the MTA still hands mail in.
+    let msg = message("hank@partner.test", "bob@example.org", "inbound-slots");
+    let (mut c, _) = SmtpClient::connect_ehlo(gw.inbound_addr()).await.unwrap();
+    let (code, text) = c
+        .send_message("hank@partner.test", &["bob@example.org"], &msg)
+        .await
+        .unwrap();
+    assert_eq!(code, 250, "{text}");
+    c.quit().await;
+    assert_eq!(internal.wait_for(1, WAIT).await.len(), 1, "{}", gw.logs());
+    busy.quit().await;
+}
+
+#[tokio::test]
 async fn the_outbound_side_is_unchanged_beside_an_inbound_listener() {
     let outbound = Upstream::start(UpstreamOptions::starttls()).await;
     let internal = Upstream::start(UpstreamOptions::starttls()).await;

@@ -1451,3 +1451,90 @@ fn every_key_transport_failure_is_the_one_undecryptable_error() {
         }
     }
 }
+
+// ---- property: damaged mail, any configuration ----
+
+/// Property: whatever bytes of a signed, an encrypted (AES-GCM to Bob and Carol) or a plain
+/// message are damaged, under any configuration, nothing panics; every recipient is served
+/// exactly once; our Authentication-Results comes first and alone; a copy is either a whole
+/// decryption (the full text) or, with no tags or rules at play, the message exactly as it
+/// arrived below our fields.
+#[test]
+fn damaged_mail_in_any_configuration_keeps_the_promises() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let org = org();
+    let signed = alice_sign(ENTITY, false, Some("hello"));
+    let encrypted = encrypt(
+        &alice_sign(ENTITY, false, None),
+        "-aes-256-gcm",
+        &[(&org.bob_cert, OAEP256), (&org.carol_cert, KDF256)],
+    );
+    let plain = b"From: x@partner.example\r\nSubject: [signed] hi\r\n\r\nHello from the partner.\r\nSecond line.\r\n".to_vec();
+    let bases = [signed, encrypted, plain];
+    let rcpts = [BOB, CAROL, DAVE];
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        any::<u8>(),
+        0..bases.len(),
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+    );
+    runner
+        .run(&strategy, |(pick, which, flips)| {
+            let mut m = bases[which].clone();
+            for (at, byte) in &flips {
+                let i = at.index(m.len());
+                m[i] = *byte;
+            }
+            let mut cfg = config();
+            cfg.decrypt = pick & 1 != 0;
+            cfg.verify = pick & 2 != 0;
+            cfg.subject_tags = pick & 4 != 0;
+            cfg.on_undecryptable = match (pick >> 3) & 3 {
+                1 => OnUndecryptable::Hold,
+                2 => OnUndecryptable::Reject,
+                _ => OnUndecryptable::Deliver,
+            };
+            if pick & 0x20 != 0 {
+                cfg.rules.push(rule(
+                    &["*"],
+                    InboundRequirement::ValidSignature,
+                    InboundAction::Tag,
+                ));
+            }
+            let p = run(&cfg, &org.stores, &rcpts, &m);
+            let Verdict::Deliver(copies) = &p.verdict else {
+                return Ok(());
+            };
+            let mut served: Vec<&str> = copies
+                .iter()
+                .flat_map(|c| c.recipients.iter().map(String::as_str))
+                .collect();
+            served.sort();
+            prop_assert_eq!(served, vec![BOB, CAROL, DAVE]);
+            let untouched_input = !matches!(m.first(), Some(b' ' | b'\t'))
+                && cachet::smime::authres::strip(&m, HOST).is_none()
+                && !text(&m).to_ascii_lowercase().contains("x-cachet-");
+            for c in copies {
+                let ours = format!("Authentication-Results: {HOST};");
+                prop_assert_eq!(c.message.starts_with(ours.as_bytes()), cfg.verify);
+                let below = below_ours(&c.message);
+                prop_assert!(cachet::smime::authres::strip(&below, HOST).is_none());
+                let end = find(&c.message, b"\r\n\r\n").unwrap_or(c.message.len());
+                if text(&c.message[..end]).contains(inbound::DECRYPTED_FIELD) {
+                    prop_assert!(contains(
+                        &c.message,
+                        "Hello from the partner.\r\nSecond line.\r\n"
+                    ));
+                } else if untouched_input && !cfg.subject_tags && cfg.rules.is_empty() {
+                    prop_assert!(below == m, "not as it arrived: {}", text(&c.message));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}

@@ -152,6 +152,8 @@ async fn inbound_mail_for_a_local_recipient_reaches_the_internal_server_over_ver
         outbound.received().is_empty(),
         "inbound mail never goes to [upstream]"
     );
+    // Nothing in this config can reject: the session answered without opening the message.
+    assert!(!gw.logs().contains("judged before 250"), "{}", gw.logs());
     let (_, metrics) = gw.admin_get("/metrics").await;
     for line in [
         "cachet_inbound_messages_accepted_total 1",
@@ -228,6 +230,34 @@ async fn the_direction_survives_a_restart_and_inbound_mail_goes_to_the_internal_
         outbound.received().is_empty(),
         "the recovered inbound message went to [upstream]"
     );
+}
+
+#[tokio::test]
+async fn each_direction_has_its_own_connection_slots() {
+    let outbound = Upstream::start(UpstreamOptions::starttls()).await;
+    let internal = Upstream::start(UpstreamOptions::starttls()).await;
+    let cfg = config(&outbound, &internal.url(), &internal.pki().ca_pem).with(
+        "server",
+        "max_connections",
+        "1",
+    );
+    let gw = Gateway::start(cfg).await;
+    // One submission client holds the only outbound slot...
+    let (busy, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+    let mut second = SmtpClient::connect(gw.addr()).await.unwrap();
+    let (code, text) = second.read_reply().await.unwrap();
+    assert_eq!(code, 421, "{text}");
+    // ...and the MTA still hands mail in.
+    let msg = message("hank@partner.test", "bob@example.org", "inbound-slots");
+    let (mut c, _) = SmtpClient::connect_ehlo(gw.inbound_addr()).await.unwrap();
+    let (code, text) = c
+        .send_message("hank@partner.test", &["bob@example.org"], &msg)
+        .await
+        .unwrap();
+    assert_eq!(code, 250, "{text}");
+    c.quit().await;
+    assert_eq!(internal.wait_for(1, WAIT).await.len(), 1, "{}", gw.logs());
+    busy.quit().await;
 }
 
 #[tokio::test]
@@ -356,6 +386,12 @@ async fn with_rules_that_may_reject_a_message_is_judged_before_250_and_then_rela
         .unwrap();
     assert_eq!(code, 250, "{text}");
     c.quit().await;
+    assert!(
+        gw.wait_log("inbound message judged before 250: deliver", WAIT)
+            .await,
+        "{}",
+        gw.logs()
+    );
     let got = internal.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1, "{}", gw.logs());
     assert_eq!(got[0].data_without_first_received(), msg);

@@ -166,7 +166,10 @@ impl Session {
             }
         };
         match verdict {
-            Verdict::Deliver(_) => Judged::Queued,
+            Verdict::Deliver(_) => {
+                tracing::debug!(queue_id = %id, "inbound message judged before 250: deliver");
+                Judged::Queued
+            }
             Verdict::Reject(failure) => {
                 tracing::info!(queue_id = %id, client = %self.peer, failure = %failure, "inbound message refused at end of DATA");
                 self.ctx.metrics.refused("inbound_rejected");

@@ -513,6 +513,7 @@ async fn deliver_inbound(
             pending.to_vec(),
         );
         let released = env.released;
+        let id_for_job = id.clone();
         tokio::task::spawn_blocking(move || {
             let configured = rt.config.inbound.as_ref().expect("checked above");
             let relaxed;
@@ -522,15 +523,33 @@ async fn deliver_inbound(
             } else {
                 configured
             };
-            pipeline::inbound::process(
+            let now = std::time::SystemTime::now();
+            let processed = pipeline::inbound::process(
                 inbound,
                 &rt.stores,
                 &rt.config.server.hostname,
                 &sender,
                 &pending,
                 &data[..],
-                std::time::SystemTime::now(),
-            )
+                now,
+            );
+            // Learnt at delivery, once per message (not again when the session judged it
+            // before 250): the next outbound message to the signer may be encrypted to it.
+            if inbound.harvest {
+                for (address, fingerprint, outcome) in
+                    pipeline::inbound::learn(&rt.stores, &processed.signers, now)
+                {
+                    match outcome {
+                        Ok(done) => {
+                            tracing::info!(queue_id = %id_for_job, signer = %address, %fingerprint, outcome = ?done, "certificate harvested")
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue_id = %id_for_job, signer = %address, %fingerprint, error = %e, "certificate not harvested")
+                        }
+                    }
+                }
+            }
+            processed
         })
     };
     let copies = match job.await.map(|p| p.verdict) {

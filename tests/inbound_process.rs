@@ -1220,7 +1220,9 @@ fn real_client_and_spec_messages_with_in_process_keys() {
     // Outlook, opaque SHA-1, a root we do not hold: the signature is good, the chain is not.
     let p = go(&[bob_addr], &rw("outlook-opaque-signed.eml"));
     assert!(header_block(&copy_for(&p, bob_addr).message).contains("\tsmime=policy"));
-    assert!(p.signers.is_empty(), "only passing signers are harvested");
+    // Offered to the store for its pending list (an operator may approve it), never as verified.
+    assert_eq!(p.signers.len(), 1, "{:?}", p.signers);
+    assert!(p.signers[0].signature_ok && p.signers[0].result != smime::AuthResult::Pass);
 }
 
 // ---- bad input ----

@@ -97,9 +97,45 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Processed {
     pub verdict: Verdict,
-    /// The signers whose signature passed (`smime=pass`), once each, for certificate
-    /// harvesting; empty when `verify` is off.
+    /// The signers whose signature verified and whose certificate names the From: address,
+    /// once each, for certificate harvesting ([`learn`]): `pass` ones are learnt, the others
+    /// (no path to a trust anchor) kept pending by the store. Empty when `verify` is off.
     pub signers: Vec<Signer>,
+}
+
+/// Certificate harvesting (`inbound.harvest`, docs/inbound.md "Learn"): hands each signer of a
+/// processed message to the certificate store, which keeps a `pass` signer's certificate with
+/// its capabilities for outbound encryption at once, keeps one without a path to a trust anchor
+/// pending for an operator, and refuses the rest (`store::certdb::harvest`). Writes the
+/// database (fsync): call it off the async threads. Returns, per signer, its address, the
+/// certificate fingerprint and what the store did (or why it could not).
+pub fn learn(
+    stores: &Stores,
+    signers: &[Signer],
+    seen: SystemTime,
+) -> Vec<(String, String, Result<crate::store::Harvested, String>)> {
+    let mut out = Vec::new();
+    for s in signers {
+        let (Some(cert), Some(from)) = (&s.certificate, &s.address) else {
+            continue;
+        };
+        let h = crate::store::Harvest {
+            cert,
+            chain: &s.chain,
+            capabilities: &s.capabilities,
+            signing_time: s.signing_time,
+            from,
+            verified: s.result == AuthResult::Pass,
+            seen,
+        };
+        let fingerprint = s.fingerprint.clone().unwrap_or_default();
+        out.push((
+            from.clone(),
+            fingerprint,
+            stores.certs.harvest(&h, &stores.trust),
+        ));
+    }
+    out
 }
 
 /// True when [`process`] may answer `Reject` with a permanent reply under this config: only then
@@ -341,7 +377,7 @@ fn run(
         };
     }
     let signers = if inbound.verify {
-        passed_signers(&groups)
+        harvestable_signers(&groups)
     } else {
         Vec::new()
     };
@@ -656,10 +692,15 @@ fn verdict(
     }
 }
 
-fn passed_signers(groups: &[Group<'_>]) -> Vec<Signer> {
+/// Signers worth showing the certificate store: the signature verified, a certificate address
+/// is the From: address, the certificate is at hand. `pass` ones are learnt; the store keeps the
+/// others pending (an operator may approve them) or refuses them, by its own checks.
+fn harvestable_signers(groups: &[Group<'_>]) -> Vec<Signer> {
     let mut out: Vec<Signer> = Vec::new();
     for s in groups.iter().flat_map(|g| g.opened.signers()) {
-        if s.result == AuthResult::Pass
+        if s.signature_ok
+            && s.from_matches
+            && s.certificate.is_some()
             && !out
                 .iter()
                 .any(|o| o.fingerprint.is_some() && o.fingerprint == s.fingerprint)

@@ -57,6 +57,9 @@ pub struct Signer {
     pub addresses: Vec<String>,
     /// True when a certificate address equals a From: address.
     pub from_matches: bool,
+    /// The signature itself verified with the certificate's key (whatever the chain, the dates
+    /// and the addresses say): what certificate harvesting requires before it keeps anything.
+    pub signature_ok: bool,
     /// SHA-256 of the signer certificate, lower-case hex.
     pub fingerprint: Option<String>,
     /// Serial number, upper-case hex, and issuer DN (RFC 4514 form), for the RFC 7281
@@ -86,6 +89,7 @@ impl Signer {
             address: None,
             addresses: Vec::new(),
             from_matches: false,
+            signature_ok: false,
             fingerprint: None,
             serial: None,
             issuer: None,
@@ -430,6 +434,8 @@ fn check_signer(
             ..s
         };
     }
+
+    s.signature_ok = true;
 
     // Step 5: the certificate, at the signing time.
     let day = Duration::from_secs(86_400);

@@ -757,26 +757,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_released_inbound_message_is_tagged_or_delivered_never_held_again() {
-        let rt = crate::config::Config::parse(
-            std::path::Path::new("/nonexistent/c.toml"),
-            "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"file://o\"\n\
-             [inbound]\nrelay_networks = [\"10.0.0.5\"]\nupstream = \"file://i\"\n\
-             decrypt = false\nverify = false\nharvest = false\non_undecryptable = \"hold\"\n\
-             [[inbound.rule]]\nsenders = [\"*@a.test\"]\nrequire = \"signed\"\naction = \"reject\"\n\
-             [[inbound.rule]]\nsenders = [\"*@b.test\"]\nrequire = \"encrypted\"\naction = \"hold\"\n",
-        )
-        .unwrap_or_else(|e| panic!("{e:?}"));
-        let inbound = rt.inbound.unwrap();
-        assert!(pipeline::inbound::may_reject(&inbound));
-        let relaxed = released_config(&inbound);
-        assert_eq!(relaxed.on_undecryptable, OnUndecryptable::Deliver);
-        assert!(relaxed.rules.iter().all(|r| r.action == InboundAction::Tag));
-        assert_eq!(relaxed.rules[1].require, inbound.rules[1].require);
-        assert!(!pipeline::inbound::may_reject(&relaxed));
-    }
-
-    #[test]
     fn memory_units_scale_with_size_within_the_budget() {
         assert_eq!(memory_units(0), 1);
         assert_eq!(memory_units(10 * 1024), 1);

@@ -901,6 +901,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_released_inbound_message_is_tagged_or_delivered_never_held_again() {
+        let rt = crate::config::Config::parse(
+            std::path::Path::new("/nonexistent/c.toml"),
+            "[server]\nlocal_domains = [\"example.org\"]\n[upstream]\nurl = \"file://o\"\n\
+             [inbound]\nrelay_networks = [\"10.0.0.5\"]\nupstream = \"file://i\"\n\
+             decrypt = false\nverify = false\nharvest = false\non_undecryptable = \"hold\"\n\
+             [[inbound.rule]]\nsenders = [\"*@a.test\"]\nrequire = \"signed\"\naction = \"reject\"\n\
+             [[inbound.rule]]\nsenders = [\"*@b.test\"]\nrequire = \"encrypted\"\naction = \"hold\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let inbound = rt.inbound.unwrap();
+        assert!(may_reject(&inbound));
+        let relaxed = for_release(&inbound);
+        assert_eq!(relaxed.on_undecryptable, OnUndecryptable::Deliver);
+        assert!(relaxed.rules.iter().all(|r| r.action == InboundAction::Tag));
+        assert_eq!(relaxed.rules[1].require, inbound.rules[1].require);
+        assert!(!may_reject(&relaxed));
+    }
+
+    #[test]
     fn tags_go_before_encoded_words_and_are_not_doubled() {
         let m = b"From: a@x.example\r\nSubject: =?UTF-8?B?w6TDtsO8?=\r\n\r\nbody\r\n".to_vec();
         let out = add_tags(m, &[TAG_SIGNED]);

@@ -322,6 +322,18 @@ fn mail_encrypted_to_decryption_keys_opens_in_the_inbound_step() {
     }
 }
 
+/// Bytes as SMTP carries them: CRLF line ends (openssl writes LF outside the CMS).
+fn crlf(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() + m.len() / 40);
+    for (i, &b) in m.iter().enumerate() {
+        if b == b'\n' && (i == 0 || m[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
 /// `cachet <args> --config <config>`: (success, stdout + stderr).
 fn cachet(config: &Path, args: &[&str]) -> (bool, String) {
     let out = cachet_command()
@@ -426,4 +438,162 @@ fn keys_list_and_check_show_decryption_keys_and_name_their_problems() {
         "{out}"
     );
     assert!(out.contains("not in server.local_domains"), "{out}");
+}
+
+/// A decryption key on a PKCS#11 token (SoftHSM): `cachet keys import` puts RFC 9216 Bob's
+/// decryption key and an EC P-256 one on the token without CKA_SIGN; the key store matches them
+/// to their encryption certificates by a test decryption (a test signature would be refused),
+/// `cachet keys list` shows them, and the real gateway decrypts inbound mail with them: RSA
+/// PKCS#1 v1.5 and OAEP (SHA-1: what SoftHSM 2.6 implements) on `C_Decrypt`, ECDH on
+/// `C_DeriveKey`.
+#[tokio::test]
+async fn decryption_keys_on_a_token_open_inbound_mail() {
+    use common::{SoftHsm, USER_PIN, Upstream, UpstreamOptions, toml_str};
+    let hsm = SoftHsm::new("cachet");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let pkcs11 = hsm.keys_toml(&hsm.pin_file(USER_PIN));
+    let cli_config = dir.join("cli.toml");
+    std::fs::write(dir.join("ca.pem"), read("ca.rsa.crt")).unwrap();
+    std::fs::write(
+        &cli_config,
+        format!(
+            "[server]\nlocal_domains = [\"smime.example\"]\n[upstream]\nurl = \"file://{}/out\"\n\
+             [certificates]\ndir = {}\ntrust = [{}]\n[keys]\ndir = {}\n{pkcs11}",
+            dir.display(),
+            toml_str(&dir.display().to_string()),
+            toml_str(&dir.join("ca.pem").display().to_string()),
+            toml_str(&keys.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let with_token = |args: &[&str]| -> (bool, String) {
+        let out = cachet_command()
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .args(args)
+            .arg("--config")
+            .arg(&cli_config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let erin = ec_encryption_leaf(ERIN);
+    for (name, pem) in [
+        (
+            "bob.pem",
+            format!("{}{}", read("bob.decrypt.key"), read("bob.encrypt.crt")),
+        ),
+        ("erin.pem", format!("{}{}", erin.1, erin.0)),
+    ] {
+        let f = write(dir, name, pem);
+        chmod(&f, 0o600);
+        let (ok, out) = with_token(&["keys", "import", f.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains(", decryption key, certificate ") && out.contains("into token \"cachet\""),
+            "{out}"
+        );
+    }
+    // On the token the keys may decrypt (or derive) but not sign.
+    let objects = run_ok(hsm.tool().arg("--list-objects"));
+    let objects = String::from_utf8_lossy(&objects.stdout).into_owned();
+    let usages: Vec<&str> = objects
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Usage:"))
+        .collect();
+    assert!(!usages.is_empty(), "{objects}");
+    assert!(usages.iter().all(|u| !u.contains("sign")), "{objects}");
+
+    let (ok, list) = with_token(&["keys", "list"]);
+    assert!(ok, "{list}");
+    for (who, alg) in [(BOB, "RSA-2048"), (ERIN, "EC-P256")] {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&format!("{who}  {alg}  expires ")))
+            .unwrap_or_else(|| panic!("{who} not listed:\n{list}"));
+        assert!(
+            line.contains("token \"cachet\" id ")
+                && line.ends_with("decrypt (inbound mail only, never signs)"),
+            "{line}"
+        );
+    }
+
+    // The gateway: inbound mail encrypted to the token's keys is decrypted on the token.
+    let internal = Upstream::start(UpstreamOptions::plain()).await;
+    let gw = common::Gateway::start(
+        GatewayConfig::new()
+            .env("SOFTHSM2_CONF", hsm.conf.to_str().unwrap())
+            .with_inbound()
+            .with("inbound", "relay_networks", r#"["127.0.0.0/8"]"#)
+            .with("inbound", "upstream", &toml_str(&internal.url()))
+            .with("inbound", "tls", &toml_str("none"))
+            .with("inbound", "decrypt", "true")
+            .with("inbound", "verify", "true")
+            .with("inbound", "harvest", "false")
+            .file("trust/ca.pem", read("ca.rsa.crt"))
+            .raw(&format!(
+                "[certificates]\ndir = \"trust\"\ntrust = [\"trust/ca.pem\"]\n[keys]\ndir = {}\n{pkcs11}",
+                toml_str(&keys.display().to_string()),
+            )),
+    )
+    .await;
+    let oaep1 = [
+        "-keyopt",
+        "rsa_padding_mode:oaep",
+        "-keyopt",
+        "rsa_oaep_md:sha1",
+    ];
+    let cases: Vec<(&str, String, Vec<&str>, &str)> = vec![
+        (
+            BOB,
+            read("bob.encrypt.crt"),
+            vec![],
+            "aes-256-cbc/rsa-pkcs1",
+        ),
+        (
+            BOB,
+            read("bob.encrypt.crt"),
+            oaep1.to_vec(),
+            "aes-256-cbc/rsa-oaep-sha1",
+        ),
+        (
+            ERIN,
+            erin.0.clone(),
+            vec!["-keyopt", "ecdh_kdf_md:sha256"],
+            "aes-256-cbc/ecdh-p256-sha256kdf",
+        ),
+    ];
+    for (n, (rcpt, cert, opts, algorithm)) in cases.into_iter().enumerate() {
+        let m = crlf(&cms_encrypt(dir, &cert, "-aes-256-cbc", &opts));
+        let (mut c, _) = common::SmtpClient::connect_ehlo(gw.inbound_addr())
+            .await
+            .unwrap();
+        let r = c
+            .send_message("partner@partner.test", &[rcpt], &m)
+            .await
+            .unwrap();
+        assert_eq!(r.0, 250, "{r:?}\n{}", gw.logs());
+        c.quit().await;
+        let got = internal.wait_for(n + 1, Duration::from_secs(30)).await;
+        assert_eq!(got.len(), n + 1, "{}", gw.logs());
+        let h = header_block(&got[n].data);
+        assert!(
+            h.contains(&format!(
+                "X-Cachet-Decrypted: for=<{rcpt}>;\r\n\tkey=sha256:{}; algorithm={algorithm}",
+                fingerprint(&cert)
+            )),
+            "{h}\n{}",
+            gw.logs()
+        );
+        assert!(String::from_utf8_lossy(&got[n].data).contains("Only for the decryption key."));
+    }
 }

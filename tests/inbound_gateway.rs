@@ -296,6 +296,20 @@ async fn wait_listed(gw: &Gateway, address: &str) -> String {
     }
 }
 
+/// (recipient, certificate file, openssl cipher, -keyopt arguments, certificate PEM, the
+/// algorithm `X-Cachet-Decrypted` names).
+type EncryptCase<'a> = (&'a str, &'a Path, &'a str, Vec<String>, String, &'a str);
+
+/// (what, message, recipient, expected `smime=` result (None: unsigned), the key that decrypts
+/// it (certificate PEM) and the algorithm named).
+type SampleCase = (
+    &'static str,
+    Vec<u8>,
+    &'static str,
+    Option<&'static str>,
+    Option<(String, &'static str)>,
+);
+
 #[tokio::test]
 async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt() {
     let internal = Upstream::start(UpstreamOptions::plain()).await;
@@ -341,7 +355,7 @@ async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt(
             format!("rsa_mgf1_md:{md}"),
         ]
     };
-    let cases: Vec<(&str, &Path, &str, Vec<String>, String, &str)> = vec![
+    let cases: Vec<EncryptCase<'_>> = vec![
         (
             BOB,
             &bob_enc,
@@ -520,7 +534,7 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
     let benny_crt = interop_text("realworld/keys/sjm_smime_test_user.crt");
     let mut total = 0;
     // (message, recipient, expected smime= result or None for no signature, decrypted by key)
-    let cases: Vec<(&str, Vec<u8>, &str, Option<&str>, Option<(String, &str)>)> = vec![
+    let cases: Vec<SampleCase> = vec![
         // Thunderbird 52: signed (SHA-512), encrypted (3DES) and both, to the SJM user's key.
         (
             "tb52 signed",

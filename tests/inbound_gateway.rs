@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use smime_common::{Alg, Gpgsm, Leaf, header_block, read, run_with_input, write};
+use smime_common::{Alg, Gpgsm, Leaf, find, header_block, read, run_with_input, write};
 
 const WAIT: Duration = Duration::from_secs(30);
 const HOST: &str = "cachet.test";
@@ -254,12 +254,12 @@ fn ossl_encrypt(input: &[u8], cipher: &str, recips: &[(&Path, &[&str])]) -> Vec<
     openssl_cms(&args, input)
 }
 
-/// A whole message around DER CMS (gpgsm's output).
-fn p7m_message(der: &[u8], smime_type: &str) -> Vec<u8> {
+/// A whole message from `from` around DER CMS (gpgsm's output, the examples-cms samples).
+fn p7m_message(der: &[u8], smime_type: &str, from: &str) -> Vec<u8> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut m = format!(
-        "From: carol@partner.test\r\nTo: {BOB}\r\nSubject: from gpgsm\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        "From: {from}\r\nTo: {BOB}\r\nSubject: a CMS object\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
     )
     .into_bytes();
     for chunk in b64.as_bytes().chunks(76) {
@@ -439,7 +439,7 @@ async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt(
         &gw,
         &internal,
         &[BOB],
-        &p7m_message(&der, "enveloped-data"),
+        &p7m_message(&der, "enveloped-data", CAROL),
         total,
     )
     .await;
@@ -525,6 +525,12 @@ async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt(
     assert!(ok, "approved, the certificate is used:\n{out}");
 }
 
+/// An examples-cms DER object as a message from RFC 9216 Alice.
+fn cms_sample(name: &str, smime_type: &str) -> Vec<u8> {
+    let der = std::fs::read(interop("samples/examples-cms").join(name)).unwrap();
+    p7m_message(&der, smime_type, ALICE)
+}
+
 #[tokio::test]
 async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_held() {
     let internal = Upstream::start(UpstreamOptions::plain()).await;
@@ -597,6 +603,38 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
             Some("fail"),
             None,
         ),
+        // RFC 4134: DSA signatures, an algorithm cachet does not verify.
+        (
+            "rfc4134 4.8 multipart/signed DSA",
+            std::fs::read(interop("samples/rfc4134/4.8.eml")).unwrap(),
+            ALICE,
+            Some("permerror"),
+            None,
+        ),
+        (
+            "rfc4134 4.9 opaque DSA",
+            std::fs::read(interop("samples/rfc4134/4.9.eml")).unwrap(),
+            ALICE,
+            Some("permerror"),
+            None,
+        ),
+        // examples-cms: RFC 9216 Alice's RSA and RSA-PSS signatures. (Its EnvelopedData samples
+        // hold bare text, not a MIME entity, which the decryption would splice into the header:
+        // reported, not asserted here.)
+        (
+            "examples-cms signedByAliceRSA",
+            cms_sample("signedByAliceRSA.p7m", "signed-data"),
+            ALICE,
+            Some("pass"),
+            None,
+        ),
+        (
+            "examples-cms signedByAliceRSAPSS",
+            cms_sample("signedByAliceRSAPSS.p7m", "signed-data"),
+            ALICE,
+            Some("pass"),
+            None,
+        ),
         // RFC 9788: enveloped(signed) to RFC 9216 Alice and Bob: Bob's decryption key opens it.
         (
             "rfc9788 enc-signed",
@@ -610,6 +648,11 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
         total += 1;
         let got = deliver(&gw, &internal, &[rcpt], &m, total).await;
         let c = &got[0];
+        assert!(
+            find(&c.data, b"\r\n\r\n").is_some(),
+            "{what}: {}",
+            text(&c.data)
+        );
         let h = head(c);
         match result {
             Some(r) => assert!(h.contains(&format!("\tsmime={r}")), "{what}: {h}"),
@@ -649,6 +692,11 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
             "test@example.com",
         ),
         ("nss env", nss("alice.env.eml"), "bob@example.com"),
+        (
+            "rfc4134 5.3 (3DES to RSA-1024)",
+            std::fs::read(interop("samples/rfc4134/5.3.eml")).unwrap(),
+            "user2@example.com",
+        ),
         (
             "openssl oaep to fran",
             nss("fran-oaep_ossl.env"),

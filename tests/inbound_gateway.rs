@@ -675,6 +675,15 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
             None => assert!(!h.contains("X-Cachet-Decrypted"), "{what}: {h}"),
         }
     }
+    // The decryption keys' certificates are watched like the signing ones.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "cachet_certificate_expiry_seconds{{kind=\"decryption\",address=\"{BOB}\",fingerprint=\"{}\"}} ",
+            fingerprint(&read("bob.encrypt.crt"))
+        )),
+        "{metrics}"
+    );
     // The Thunderbird signer (valid chain, From: = SAN) was learnt.
     assert!(wait_listed(&gw, BENNY).await.contains("harvested"));
 

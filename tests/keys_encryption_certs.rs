@@ -371,6 +371,19 @@ fn keys_list_and_check_show_decryption_keys_and_name_their_problems() {
         ),
         0o600,
     );
+    // A decryption key that expires soon, with no newer one for the address: worth a warning.
+    let mut soon = Leaf::new("grace@smime.example", Alg::Rsa2048);
+    soon.key_usages = vec![rcgen::KeyUsagePurpose::KeyEncipherment];
+    soon.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let (soon_crt, soon_key) = soon.issue();
+    chmod(
+        &write(
+            &keys,
+            "grace@smime.example.pem",
+            format!("{soon_key}{soon_crt}"),
+        ),
+        0o600,
+    );
     let mut cfg = GatewayConfig::new()
         .raw("[keys]\ndir = \"keys\"\n[certificates]\ndir = \"recipients\"\ntrust = [\"ca.pem\"]\n")
         .file("recipients/README", "none\n")
@@ -406,6 +419,14 @@ fn keys_list_and_check_show_decryption_keys_and_name_their_problems() {
     let (ok, out) = cachet(&config, &["check"]);
     assert!(ok, "{out}");
     assert!(out.contains("1 signing key(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "warning: decryption key grace@smime.example ({}) expires within 30 days",
+            fingerprint(&soon_crt)
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("warning: decryption key bob@"), "{out}");
     for who in [ALICE, BOB] {
         assert!(
             out.contains(&format!("decryption key {who}: RSA-2048 in file ")),

@@ -880,8 +880,8 @@ fn key_matches(key: &TokenKey, rsa: bool) -> bool {
 }
 
 /// Whether `key` is the private half of an encryption certificate's public key, by a test
-/// decryption: RSA, a random block wrapped in-process with the certificate's key (PKCS#1 v1.5)
-/// must come back; EC P-256, the token's ECDH with a fresh ephemeral key must give the shared
+/// decryption: RSA, a random block wrapped in-process with the certificate's key (PKCS#1 v1.5,
+/// else OAEP with SHA-1) must come back; EC P-256, the token's ECDH with a fresh ephemeral key must give the shared
 /// secret computed in-process from the certificate's point.
 fn key_decrypts(key: &TokenKey, spki_der: &[u8], rsa: bool) -> bool {
     use aws_lc_rs::rand::SecureRandom;
@@ -901,8 +901,29 @@ fn key_decrypts(key: &TokenKey, spki_der: &[u8], rsa: bool) -> bool {
         let Ok(ct) = public.encrypt(&probe, &mut out) else {
             return false;
         };
-        key.decrypt(Decrypt::RsaPkcs1(ct))
+        if key
+            .decrypt(Decrypt::RsaPkcs1(ct))
             .is_ok_and(|p| p[..] == probe[..])
+        {
+            return true;
+        }
+        // A module that refuses PKCS#1 v1.5 decryption (FIPS mode) may still do OAEP.
+        use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey};
+        let Some(public) = PublicEncryptingKey::from_der(spki_der)
+            .ok()
+            .and_then(|k| OaepPublicEncryptingKey::new(k).ok())
+        else {
+            return false;
+        };
+        let mut out = vec![0u8; public.ciphertext_size()];
+        let Ok(ct) = public.encrypt(&OAEP_SHA1_MGF1SHA1, &probe, &mut out, None) else {
+            return false;
+        };
+        key.decrypt(Decrypt::RsaOaep {
+            ciphertext: ct,
+            hash: OaepHash::Sha1,
+        })
+        .is_ok_and(|p| p[..] == probe[..])
     } else {
         use aws_lc_rs::agreement::{self, ECDH_P256, UnparsedPublicKey};
         let Ok(eph) = agreement::PrivateKey::generate(&ECDH_P256) else {

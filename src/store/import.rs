@@ -1,10 +1,12 @@
-//! `cachet keys list` and `cachet keys import FILE`: the operator's view of the signing keys.
+//! `cachet keys list` and `cachet keys import FILE`: the operator's view of the organisation's
+//! keys (signing identities and decryption keys).
 //!
-//! `list` prints every identity loaded (address, algorithm, where the key lives, certificate
-//! expiry; which one signs when several exist for an address). `import` takes a private key with
-//! its certificate (PEM, encrypted PEM or PKCS#12), checks it like the key store would, and puts
-//! it into the token when `[keys.pkcs11]` is configured (private key CKA_SENSITIVE, never
-//! extractable, CKA_ID = the certificate's subjectKeyIdentifier or SHA-1 of its public key,
+//! `list` prints every key loaded (address, algorithm, where the key lives, certificate expiry,
+//! its use: `sign`, `sign (standby ...)` when a newer certificate signs for the address, or
+//! `decrypt`). `import` takes a private key with its certificate (PEM, encrypted PEM or
+//! PKCS#12), checks it like the key store would, and puts it into the token when
+//! `[keys.pkcs11]` is configured (private key CKA_SENSITIVE, never extractable, CKA_SIGN only for
+//! a signing key, CKA_ID = the certificate's subjectKeyIdentifier or SHA-1 of its public key,
 //! CKA_LABEL = the address; certificates beside it) or into `keys.dir` otherwise (mode 0600,
 //! never overwriting: a second certificate for an address becomes `<address>+<fingerprint>.pem`).
 //!

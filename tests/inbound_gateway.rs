@@ -836,3 +836,41 @@ async fn on_undecryptable_reject_answers_550_and_hold_waits_for_release() {
     assert!(h.contains("X-Cachet-Undecryptable: reason=no-key"), "{h}");
     assert!(as_arrived(&got[0], &m));
 }
+
+/// The decryption keys are built once per loaded key store: a key added by a reload opens the
+/// next message (the running store's keys are not kept past the reload), without a restart.
+#[tokio::test]
+async fn a_decryption_key_added_by_reload_opens_the_next_message() {
+    let internal = Upstream::start(UpstreamOptions::plain()).await;
+    let gw = Gateway::start(org_config(&internal, &erin())).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut leaf = Leaf::new(DAVE, Alg::Rsa2048);
+    leaf.key_usages = vec![rcgen::KeyUsagePurpose::KeyEncipherment];
+    let (dave_crt, dave_key) = leaf.issue();
+    let m = ossl_encrypt(
+        ENTITY,
+        "-aes256",
+        &[(&write(work.path(), "dave.crt", &dave_crt), &[])],
+    );
+    // Before: encrypted mail for Dave is delivered as it arrived.
+    let got = deliver(&gw, &internal, &[DAVE], &m, 1).await;
+    assert!(head(&got[0]).contains("X-Cachet-Undecryptable: reason=no-key"));
+
+    // Dave's decryption key appears beside the others; the gateway reloads.
+    let key = gw.dir().join(format!("keys/{DAVE}+decrypt.pem"));
+    write(
+        &gw.dir().join("keys"),
+        &format!("{DAVE}+decrypt.pem"),
+        format!("{dave_key}{dave_crt}"),
+    );
+    smime_common::chmod(&key, 0o600);
+    gw.sighup();
+    assert!(
+        gw.wait_log("configuration reloaded", WAIT).await,
+        "{}",
+        gw.logs()
+    );
+    let got = deliver(&gw, &internal, &[DAVE], &m, 2).await;
+    assert_decrypted(&got[0], DAVE, &dave_crt, "aes-256-cbc/rsa-pkcs1");
+    assert!(text(&got[0].data).contains("Quarterly figures"));
+}

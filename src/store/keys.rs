@@ -197,16 +197,6 @@ pub enum KeyUse {
     Decrypt,
 }
 
-impl KeyUse {
-    /// What `cachet keys list` and `cachet check` call it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyUse::Sign => "sign",
-            KeyUse::Decrypt => "decrypt",
-        }
-    }
-}
-
 /// Whether a certificate is an encryption certificate: keyUsage present, without
 /// digitalSignature, with keyEncipherment or keyAgreement (RFC 8550 §4.4.2).
 pub fn is_encryption_certificate(info: &CertInfo) -> bool {

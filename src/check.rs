@@ -58,6 +58,22 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
             crate::date::rfc5322(id.not_after)
         ));
     }
+    // A decryption key about to expire matters when no newer one for the address outlives it
+    // (partners stop encrypting to an expired certificate).
+    let decryption = s.keys.decryption_keys();
+    for id in decryption.iter().filter(|id| {
+        id.not_after < soon
+            && !decryption
+                .iter()
+                .any(|o| o.email == id.email && o.not_after >= soon)
+    }) {
+        out.push(format!(
+            "warning: decryption key {} ({}) expires within 30 days ({})",
+            id.email,
+            id.fingerprint,
+            crate::date::rfc5322(id.not_after)
+        ));
+    }
     let expiring = s
         .certs
         .expiring_addresses(SystemTime::now(), soon, EXPIRY_LINES + 1);
@@ -137,7 +153,8 @@ fn is_private(net: &ipnet::IpNet) -> bool {
     }
 }
 
-/// Prometheus gauges for certificate expiry (one per signing key and recipient certificate).
+/// Prometheus gauges for certificate expiry (one per signing key, decryption key and recipient
+/// certificate).
 pub fn expiry_gauges(stores: &Stores) -> String {
     use std::fmt::Write;
     let mut s = String::from(
@@ -152,6 +169,15 @@ pub fn expiry_gauges(stores: &Stores) -> String {
         let _ = writeln!(
             s,
             "cachet_certificate_expiry_seconds{{kind=\"signing\",address=\"{}\",fingerprint=\"{}\"}} {}",
+            id.email,
+            id.fingerprint,
+            secs(id.not_after)
+        );
+    }
+    for id in stores.keys.decryption_keys() {
+        let _ = writeln!(
+            s,
+            "cachet_certificate_expiry_seconds{{kind=\"decryption\",address=\"{}\",fingerprint=\"{}\"}} {}",
             id.email,
             id.fingerprint,
             secs(id.not_after)

@@ -149,7 +149,7 @@ enum CertsAction {
 
 #[derive(Subcommand)]
 enum KeysAction {
-    /// Every signing identity: address, algorithm, expiry, where the key lives.
+    /// Every key: address, algorithm, expiry, where the key lives, its use (sign / decrypt).
     List,
     /// Import a private key with its certificate (PEM, encrypted PEM or PKCS#12): into the
     /// token when [keys.pkcs11] is configured, else into keys.dir with mode 0600.

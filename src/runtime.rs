@@ -282,8 +282,13 @@ impl Stores {
                         line: None,
                         key: "keys.dir".into(),
                         message: format!(
-                            "signing key for {} ({}): its domain is not in server.local_domains; cachet signs only the organisation's own addresses",
-                            id.email, id.fingerprint
+                            "{} key for {} ({}): its domain is not in server.local_domains; cachet holds keys only for the organisation's own addresses",
+                            match id.usage {
+                                crate::store::keys::KeyUse::Sign => "signing",
+                                crate::store::keys::KeyUse::Decrypt => "decryption",
+                            },
+                            id.email,
+                            id.fingerprint
                         ),
                     });
                 }

@@ -38,8 +38,8 @@
 //! Secrets: private keys only through [`SigningIdentity::decrypt`] (file or PKCS#11 token),
 //! adapted to `smime::Decrypter` by [`IdentityDecrypter`]; nothing here holds key material.
 
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
@@ -203,37 +203,38 @@ fn known_certificates(
     known
 }
 
-/// The organisation's decryption keys and a counter of "key unreachable" events (a token that
-/// is gone): such a failure must not look like a bad ciphertext (a permanent refusal) but must
-/// not change the secret-dependent path either, so the adapter counts it on the side.
+thread_local! {
+    /// "Key unreachable" events (a token that is gone) on this thread: such a failure must not
+    /// look like a bad ciphertext (a permanent refusal) but must not change the
+    /// secret-dependent path either, so the adapter counts it on the side. Per thread, because
+    /// one ring serves every message and `smime::open` runs on the caller's thread: a token
+    /// outage while one message opens never makes another message's verdict temporary.
+    static UNAVAILABLE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The organisation's decryption keys: signing identities and decryption keys of `[keys]`.
 #[derive(Default, Clone)]
 pub struct OrgKeys {
     keys: Vec<OrgKey>,
-    unavailable: Arc<AtomicU64>,
 }
 
 impl OrgKeys {
     /// Keys held in this process (tools, tests, the fuzz targets).
     pub fn new(keys: Vec<OrgKey>) -> OrgKeys {
-        OrgKeys {
-            keys,
-            unavailable: Arc::default(),
-        }
+        OrgKeys { keys }
     }
 
     /// Every identity of the key store (older certificates too, so mail encrypted before a
-    /// rotation still opens): its certificate, and its own encryption certificate when that
-    /// carries the same public key (a separate encryption key is not held by the store).
-    /// Parses each certificate: [`process`] builds it only for mail that arrived encrypted;
-    /// with many identities, build it once per loaded key store and share it
-    /// ([`process_with`]).
+    /// rotation still opens): each signing identity's certificate, and its own encryption
+    /// certificate when that carries the same public key; each decryption key's encryption
+    /// certificate ([`crate::store::keys::KeyUse::Decrypt`], RFC 9216's `*.encrypt.crt` with `*.decrypt.key`).
+    /// Parses each certificate: [`process`] takes it from [`OrgKeys::shared`], built once per
+    /// loaded key store.
     pub fn from_store(store: &KeyStore) -> OrgKeys {
-        let unavailable: Arc<AtomicU64> = Arc::default();
         let mut keys: Vec<OrgKey> = Vec::new();
         for id in store.all() {
             let decrypter: Arc<dyn Decrypter> = Arc::new(IdentityDecrypter {
                 identity: id.clone(),
-                unavailable: unavailable.clone(),
             });
             let Ok(own) = validate::inspect(id.certificate()) else {
                 continue;
@@ -252,7 +253,13 @@ impl OrgKeys {
                 }
             }
         }
-        OrgKeys { keys, unavailable }
+        OrgKeys { keys }
+    }
+
+    /// [`OrgKeys::from_store`], built on first use and kept with the key store it came from
+    /// (a reload loads a new store, so a new ring): no certificate is parsed per message.
+    pub fn shared(store: &KeyStore) -> Arc<OrgKeys> {
+        store.derived(OrgKeys::from_store)
     }
 
     pub fn keys(&self) -> &[OrgKey] {
@@ -260,7 +267,7 @@ impl OrgKeys {
     }
 
     fn unavailable_events(&self) -> u64 {
-        self.unavailable.load(Ordering::SeqCst)
+        UNAVAILABLE.with(Cell::get)
     }
 }
 
@@ -269,14 +276,13 @@ impl OrgKeys {
 /// decryptor expects; an unreachable key is also counted, for the temporary verdict.
 pub struct IdentityDecrypter {
     identity: Arc<SigningIdentity>,
-    unavailable: Arc<AtomicU64>,
 }
 
 impl IdentityDecrypter {
     fn run(&self, op: Decrypt<'_>) -> Result<Zeroizing<Vec<u8>>, KeyOpFailed> {
         self.identity.decrypt(op).map_err(|e| {
             if e.is_temporary() {
-                self.unavailable.fetch_add(1, Ordering::SeqCst);
+                UNAVAILABLE.with(|n| n.set(n.get() + 1));
             }
             KeyOpFailed
         })
@@ -293,10 +299,8 @@ impl Decrypter for IdentityDecrypter {
             RsaPadding::Pkcs1v15 => return self.run(Decrypt::RsaPkcs1(ciphertext)),
             RsaPadding::OaepSha1 => OaepHash::Sha1,
             RsaPadding::OaepSha256 => OaepHash::Sha256,
+            RsaPadding::OaepSha384 => OaepHash::Sha384,
             RsaPadding::OaepSha512 => OaepHash::Sha512,
-            // The key store's seam offers no OAEP-SHA-384 (store/private_key.rs): a failure
-            // like any other, on the same path.
-            RsaPadding::OaepSha384 => return Err(KeyOpFailed),
         };
         self.run(Decrypt::RsaOaep { ciphertext, hash })
     }
@@ -312,18 +316,18 @@ struct Group<'a> {
     opened: Opened,
 }
 
-/// Where the decryption keys come from: given, or built from the key store only when a
-/// message turns out to be encrypted (most mail is not, and building parses every certificate).
+/// Where the decryption keys come from: given, or the key store's shared ring, fetched only
+/// when a message turns out to be encrypted (most mail is not; the first one builds it).
 enum Ring<'a> {
     Given(&'a OrgKeys),
-    Store(&'a KeyStore, Option<OrgKeys>),
+    Store(&'a KeyStore, Option<Arc<OrgKeys>>),
 }
 
 impl Ring<'_> {
     fn get(&mut self) -> &OrgKeys {
         match self {
             Ring::Given(k) => k,
-            Ring::Store(store, built) => built.get_or_insert_with(|| OrgKeys::from_store(store)),
+            Ring::Store(store, got) => got.get_or_insert_with(|| OrgKeys::shared(store)),
         }
     }
 }

@@ -1,10 +1,12 @@
-//! `cachet keys list` and `cachet keys import FILE`: the operator's view of the signing keys.
+//! `cachet keys list` and `cachet keys import FILE`: the operator's view of the organisation's
+//! keys (signing identities and decryption keys).
 //!
-//! `list` prints every identity loaded (address, algorithm, where the key lives, certificate
-//! expiry; which one signs when several exist for an address). `import` takes a private key with
-//! its certificate (PEM, encrypted PEM or PKCS#12), checks it like the key store would, and puts
-//! it into the token when `[keys.pkcs11]` is configured (private key CKA_SENSITIVE, never
-//! extractable, CKA_ID = the certificate's subjectKeyIdentifier or SHA-1 of its public key,
+//! `list` prints every key loaded (address, algorithm, where the key lives, certificate expiry,
+//! its use: `sign`, `sign (standby ...)` when a newer certificate signs for the address, or
+//! `decrypt`). `import` takes a private key with its certificate (PEM, encrypted PEM or
+//! PKCS#12), checks it like the key store would, and puts it into the token when
+//! `[keys.pkcs11]` is configured (private key CKA_SENSITIVE, never extractable, CKA_SIGN only for
+//! a signing key, CKA_ID = the certificate's subjectKeyIdentifier or SHA-1 of its public key,
 //! CKA_LABEL = the address; certificates beside it) or into `keys.dir` otherwise (mode 0600,
 //! never overwriting: a second certificate for an address becomes `<address>+<fingerprint>.pem`).
 //!
@@ -18,13 +20,14 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
-use super::keys::{KeySource, SigningIdentity};
+use super::keys::{KeySource, KeyUse, SigningIdentity};
 use super::pkcs11::{ImportKey, import_templates};
 use super::{KeyKind, TrustAnchors, keyfile, validate};
 use crate::config::Config;
 use crate::runtime::Stores;
 
-/// `cachet keys list`: one line per identity, and the load problems after them.
+/// `cachet keys list`: one line per key (signing identities and decryption keys, each with its
+/// use), and the load problems after them.
 pub fn list(config: &Config) -> (String, Vec<String>) {
     let (stores, errors) = Stores::load(config);
     let mut out = String::new();
@@ -33,18 +36,18 @@ pub fn list(config: &Config) -> (String, Vec<String>) {
         let active = keys
             .get(&id.email)
             .is_some_and(|a| a.fingerprint == id.fingerprint);
+        let usage = match (id.usage, active) {
+            (KeyUse::Decrypt, _) => "decrypt (inbound mail only, never signs)",
+            (KeyUse::Sign, true) => "sign",
+            (KeyUse::Sign, false) => "sign (standby: a newer certificate signs)",
+        };
         out.push_str(&format!(
-            "{}  {}  expires {}  {}  {}{}\n",
+            "{}  {}  expires {}  {}  {}  {usage}\n",
             id.email,
             algorithm(id.key),
             crate::date::rfc3339(id.not_after),
             id.source,
             &id.fingerprint[..16],
-            if active {
-                ""
-            } else {
-                "  (standby: a newer certificate signs)"
-            }
         ));
     }
     let mut problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -59,22 +62,30 @@ pub fn algorithm(k: KeyKind) -> String {
     }
 }
 
-/// `cachet check`'s list: every address with a usable key and where the key lives.
+/// `cachet check`'s list: every address with a usable key and where the key lives; then the
+/// decryption keys.
 pub fn check_lines(stores: &Stores) -> Vec<String> {
-    stores
-        .keys
-        .iter()
-        .map(|id| {
-            format!(
-                "key {}: {} in {}, certificate {} valid until {}",
-                id.email,
-                algorithm(id.key),
-                id.source,
-                &id.fingerprint[..16],
-                crate::date::rfc3339(id.not_after)
-            )
-        })
-        .collect()
+    let signing = stores.keys.iter().map(|id| {
+        format!(
+            "key {}: {} in {}, certificate {} valid until {}",
+            id.email,
+            algorithm(id.key),
+            id.source,
+            &id.fingerprint[..16],
+            crate::date::rfc3339(id.not_after)
+        )
+    });
+    let decryption = stores.keys.decryption_keys().into_iter().map(|id| {
+        format!(
+            "decryption key {}: {} in {}, encryption certificate {} valid until {}",
+            id.email,
+            algorithm(id.key),
+            id.source,
+            &id.fingerprint[..16],
+            crate::date::rfc3339(id.not_after)
+        )
+    });
+    signing.chain(decryption).collect()
 }
 
 /// A key file read for import: private key DER (PKCS#8 or PKCS#1/SEC1) and certificates.
@@ -131,8 +142,8 @@ fn read_material(file: &Path, password: Option<&[u8]>) -> Result<Material, Strin
     })
 }
 
-/// The address the material signs for: the first rfc822Name of its end-entity certificate
-/// that validates as a signing identity.
+/// The address the material is for: the first rfc822Name of its end-entity certificate that
+/// validates as a signing identity (or, for an encryption certificate, a decryption key).
 fn validate(m: &Material, trust: &TrustAnchors) -> Result<SigningIdentity, String> {
     let mut emails = Vec::new();
     for c in &m.certs {
@@ -251,9 +262,13 @@ pub fn import(
             .unwrap_or_default(),
     );
     let id = validate(&m, &trust).map_err(|e| format!("{}: {e}", file.display()))?;
+    let kind = match id.usage {
+        KeyUse::Sign => "",
+        KeyUse::Decrypt => ", decryption key",
+    };
     if !config.submitters.is_local(&id.email) {
         return Err(format!(
-            "{} is not in server.local_domains: cachet signs only the organisation's own addresses",
+            "{} is not in server.local_domains: cachet holds keys only for the organisation's own addresses",
             id.email
         ));
     }
@@ -288,12 +303,19 @@ pub fn import(
             certs.push((c.to_vec(), subject_der(c)?));
         }
         token
-            .create(&import_templates(&key, &cka_id, &id.email, &certs))
+            .create(&import_templates(
+                &key,
+                &cka_id,
+                &id.email,
+                &certs,
+                id.usage == KeyUse::Sign,
+            ))
             .map_err(|e| e.to_string())?;
         return Ok(format!(
-            "imported {} ({}, certificate {}) into token {:?} as CKA_ID {}; {} is no longer needed: remove it (shred -u)",
+            "imported {} ({}{}, certificate {}) into token {:?} as CKA_ID {}; {} is no longer needed: remove it (shred -u)",
             id.email,
             algorithm(id.key),
+            kind,
             &id.fingerprint[..16],
             token.label,
             super::hex(&cka_id),
@@ -328,9 +350,10 @@ pub fn import(
         KeySource::File(target.clone())
     };
     Ok(format!(
-        "imported {} ({}, certificate {}) as {source}; reload cachet (SIGHUP) to use it",
+        "imported {} ({}{}, certificate {}) as {source}; reload cachet (SIGHUP) to use it",
         id.email,
         algorithm(id.key),
+        kind,
         &id.fingerprint[..16],
     ))
 }

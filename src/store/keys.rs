@@ -15,6 +15,14 @@
 //! become the identity's own encryption certificate, announced in SMIMEEncryptionKeyPreference
 //! (RFC 8551 §2.5.3) and usable for encrypt-to-self (RFC 8551 §3.3).
 //!
+//! Decryption keys: a key file (or token key) whose certificate is an *encryption certificate*
+//! (keyUsage present, without digitalSignature, with keyEncipherment or keyAgreement: RFC 9216's
+//! `alice.encrypt.crt`) loads as a [`KeyUse::Decrypt`] identity, validated with
+//! [`Purpose::Encrypt`]: inbound mail encrypted to it opens, it is never asked to sign
+//! ([`KeyStore::get`] skips it, [`SigningIdentity::sign`] refuses) and never refused for "cannot
+//! sign". It usually sits beside the signing key as `<address>+<tag>.pem`. On a token such a key
+//! is matched to its certificate by a test decryption instead of a test signature.
+//!
 //! Secrets: a private key is reached only through [`PrivateKey`] (sign; decrypt for the inbound
 //! path): in this process (aws-lc-rs) or on the token ([`super::pkcs11`]); it is never logged,
 //! and the [`std::fmt::Debug`] output of an identity omits it. Everything else that held key
@@ -23,9 +31,10 @@
 //! copies the `p12-keystore` crate makes while decrypting a `.p12` (it offers no way to), which
 //! is one more reason to prefer the `.pem` form.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use aws_lc_rs::rand::SystemRandom;
@@ -107,6 +116,7 @@ impl PrivateKey for LocalKey {
                 let alg = match hash {
                     OaepHash::Sha1 => &rsa::OAEP_SHA1_MGF1SHA1,
                     OaepHash::Sha256 => &rsa::OAEP_SHA256_MGF1SHA256,
+                    OaepHash::Sha384 => &rsa::OAEP_SHA384_MGF1SHA384,
                     OaepHash::Sha512 => &rsa::OAEP_SHA512_MGF1SHA512,
                 };
                 let mut out = Zeroizing::new(vec![0u8; key.min_output_size()]);
@@ -176,7 +186,28 @@ impl std::fmt::Display for KeySource {
     }
 }
 
-/// A sender that can sign: certificate chain plus a handle to the private key.
+/// What an identity's private key is used for, decided by its certificate's keyUsage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// A signing certificate: signs outbound mail (and decrypts mail encrypted to it, as it
+    /// always did when its keyUsage allows that too).
+    Sign,
+    /// An encryption certificate (keyEncipherment or keyAgreement, no digitalSignature): only
+    /// decrypts inbound mail; never signs.
+    Decrypt,
+}
+
+/// Whether a certificate is an encryption certificate: keyUsage present, without
+/// digitalSignature, with keyEncipherment or keyAgreement (RFC 8550 §4.4.2).
+pub fn is_encryption_certificate(info: &CertInfo) -> bool {
+    info.key_usage
+        .as_ref()
+        .is_some_and(|ku| !ku.digital_signature() && (ku.key_encipherment() || ku.key_agreement()))
+}
+
+/// An organisation key: certificate chain plus a handle to the private key. A signing identity
+/// (`usage = Sign`) signs for its address; a decryption key (`usage = Decrypt`) only opens
+/// inbound mail encrypted to its certificate.
 pub struct SigningIdentity {
     /// The address this identity signs for, from the file name, lower-cased
     /// ([`normalize_address`]): `Alice@Example.org.pem` signs for `alice@example.org`.
@@ -197,6 +228,8 @@ pub struct SigningIdentity {
     pub encryption_cert: Option<Arc<RecipientCert>>,
     /// Where the private key lives (file, encrypted file, token).
     pub source: KeySource,
+    /// Signing identity or decryption-only key (from the certificate's keyUsage).
+    pub usage: KeyUse,
     signer: Arc<dyn PrivateKey>,
 }
 
@@ -207,6 +240,7 @@ impl std::fmt::Debug for SigningIdentity {
             .field("fingerprint", &self.fingerprint)
             .field("key", &self.key)
             .field("source", &self.source)
+            .field("usage", &self.usage)
             .field("chain_len", &self.chain.len())
             .field(
                 "encryption_cert",
@@ -217,8 +251,15 @@ impl std::fmt::Debug for SigningIdentity {
 }
 
 impl SigningIdentity {
-    /// Sign with the identity's private key.
+    /// Sign with the identity's private key. A decryption key never signs: its certificate
+    /// says the key is not for signatures, and a signature nobody can verify helps no one.
     pub fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if self.usage == KeyUse::Decrypt {
+            return Err(KeyError::Failed(format!(
+                "{} is a decryption key (certificate {}): it never signs",
+                self.email, self.fingerprint
+            )));
+        }
         self.signer.sign(scheme, message)
     }
 
@@ -358,9 +399,19 @@ impl SigningIdentity {
                 }
             ));
         }
-        let kind = validate::check(cert, info, &intermediates, trust, now, Purpose::Sign)
-            .map_err(|reason| format!("signing certificate {}: {reason}", info.fingerprint))?;
-        let encryption_cert = own_encryption_cert(&address, &infos, &intermediates, trust, now);
+        // An encryption certificate makes a decryption key: validated for what it will do,
+        // never for signing.
+        let (usage, purpose, what) = if is_encryption_certificate(info) {
+            (KeyUse::Decrypt, Purpose::Encrypt, "encryption")
+        } else {
+            (KeyUse::Sign, Purpose::Sign, "signing")
+        };
+        let kind = validate::check(cert, info, &intermediates, trust, now, purpose)
+            .map_err(|reason| format!("{what} certificate {}: {reason}", info.fingerprint))?;
+        let encryption_cert = match usage {
+            KeyUse::Sign => own_encryption_cert(&address, &infos, &intermediates, trust, now),
+            KeyUse::Decrypt => None,
+        };
         let mut chain = vec![cert.clone()];
         chain.extend(
             intermediates
@@ -376,6 +427,7 @@ impl SigningIdentity {
             key: kind,
             encryption_cert,
             source,
+            usage,
             signer: key,
         })
     }
@@ -426,11 +478,17 @@ pub struct KeySources {
     pub token_expected: bool,
 }
 
-/// Signing identities by sender address; immutable once loaded, shared by `Arc`.
+/// Signing identities and decryption keys by address; immutable once loaded, shared by `Arc`.
 #[derive(Debug, Default)]
 pub struct KeyStore {
     /// Newest first (notBefore, then notAfter): rotation adds a newer one beside the old.
+    /// Decryption keys ([`KeyUse::Decrypt`]) are here too; [`KeyStore::get`] never returns one.
     by_address: HashMap<String, Vec<Arc<SigningIdentity>>>,
+    /// One value derived from the loaded keys and kept as long as they are (the inbound
+    /// decryption ring, `pipeline::inbound::OrgKeys`, built on first use instead of per
+    /// message); typed by the caller so this module needs no upward import. Cleared by every
+    /// change ([`KeyStore::insert`], [`KeyStore::retain`]).
+    derived: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 /// What a key-directory file name says: the address, and whether it is PKCS#12.
@@ -567,22 +625,49 @@ impl KeyStore {
         self.get_at(address, SystemTime::now())
     }
 
-    /// [`KeyStore::get`] at `now`: the newest identity valid then, else the newest.
+    /// [`KeyStore::get`] at `now`: the newest signing identity valid then, else the newest
+    /// signing identity. Decryption keys are never returned.
     pub fn get_at(&self, address: &str, now: SystemTime) -> Option<Arc<SigningIdentity>> {
         let list = self.by_address.get(&normalize_address(address))?;
-        list.iter()
+        let mut signing = list.iter().filter(|id| id.usage == KeyUse::Sign);
+        signing
+            .clone()
             .find(|id| id.not_before <= now && now < id.not_after)
-            .or_else(|| list.first())
+            .or_else(|| signing.next())
             .cloned()
     }
 
-    /// The identities that sign now, one per address, in no particular order.
+    /// The decryption keys ([`KeyUse::Decrypt`]), sorted by address, newest first.
+    pub fn decryption_keys(&self) -> Vec<Arc<SigningIdentity>> {
+        self.all()
+            .into_iter()
+            .filter(|id| id.usage == KeyUse::Decrypt)
+            .collect()
+    }
+
+    /// A value derived from the loaded keys, built by `build` on first use and shared until
+    /// the store changes. One slot: a caller asking for another type gets a fresh build each
+    /// time (correct, only not cached).
+    pub fn derived<T: Any + Send + Sync>(&self, build: impl FnOnce(&KeyStore) -> T) -> Arc<T> {
+        if let Some(v) = self.derived.get() {
+            return match v.clone().downcast::<T>() {
+                Ok(v) => v,
+                Err(_) => Arc::new(build(self)),
+            };
+        }
+        let built = Arc::new(build(self));
+        // Two threads may build at once: the first stored wins, both built the same thing.
+        let _ = self.derived.set(built.clone());
+        built
+    }
+
+    /// The signing identities valid now, one per address, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = Arc<SigningIdentity>> + '_ {
         self.by_address.keys().filter_map(|a| self.get(a))
     }
 
-    /// Every identity loaded, including those a newer one replaces; sorted by address, newest
-    /// first.
+    /// Every identity loaded (signing identities, including those a newer one replaces, and
+    /// decryption keys); sorted by address, newest first.
     pub fn all(&self) -> Vec<Arc<SigningIdentity>> {
         let mut addresses: Vec<&String> = self.by_address.keys().collect();
         addresses.sort();
@@ -595,6 +680,7 @@ impl KeyStore {
     /// Add an identity built in memory (tools, tests); beside others for the same address, kept
     /// newest first (one with the same certificate is replaced).
     pub fn insert(&mut self, id: SigningIdentity) {
+        self.derived = OnceLock::new();
         let list = self.by_address.entry(id.email.clone()).or_default();
         list.retain(|old| old.fingerprint != id.fingerprint);
         list.push(Arc::new(id));
@@ -607,6 +693,7 @@ impl KeyStore {
 
     /// Keep only the identities `keep` accepts.
     pub fn retain(&mut self, keep: impl Fn(&SigningIdentity) -> bool) {
+        self.derived = OnceLock::new();
         for list in self.by_address.values_mut() {
             list.retain(|id| keep(id));
         }
@@ -704,6 +791,9 @@ fn token_identities(
             candidates = keys.iter().collect();
         }
         let rsa = matches!(info.key, Some(KeyKind::Rsa { .. }));
+        // A decryption key need not be allowed to sign (CKA_SIGN false): it is matched by a
+        // test decryption instead.
+        let decrypt_only = is_encryption_certificate(&info);
         let Some(key) = candidates.into_iter().find(|k| {
             let tk = TokenKey {
                 token: token.clone(),
@@ -711,7 +801,11 @@ fn token_identities(
                 rsa,
                 public: info.public_key.clone(),
             };
-            key_matches(&tk, rsa)
+            if decrypt_only {
+                key_decrypts(&tk, &info.spki_der, rsa)
+            } else {
+                key_matches(&tk, rsa)
+            }
         }) else {
             if path.is_some() || !cert_id.is_empty() {
                 problems.push(Problem::new(
@@ -773,6 +867,74 @@ fn key_matches(key: &TokenKey, rsa: bool) -> bool {
         SignatureScheme::EcdsaP256Sha256
     };
     key.sign(scheme, b"cachet key match").is_ok()
+}
+
+/// Whether `key` is the private half of an encryption certificate's public key, by a test
+/// decryption: RSA, a random block wrapped in-process with the certificate's key (PKCS#1 v1.5,
+/// else OAEP with SHA-1) must come back; EC P-256, the token's ECDH with a fresh ephemeral key must give the shared
+/// secret computed in-process from the certificate's point.
+fn key_decrypts(key: &TokenKey, spki_der: &[u8], rsa: bool) -> bool {
+    use aws_lc_rs::rand::SecureRandom;
+    if rsa {
+        use aws_lc_rs::rsa::{Pkcs1PublicEncryptingKey, PublicEncryptingKey};
+        let mut probe = [0u8; 32];
+        if SystemRandom::new().fill(&mut probe).is_err() {
+            return false;
+        }
+        let Some(public) = PublicEncryptingKey::from_der(spki_der)
+            .ok()
+            .and_then(|k| Pkcs1PublicEncryptingKey::new(k).ok())
+        else {
+            return false;
+        };
+        let mut out = vec![0u8; public.ciphertext_size()];
+        let Ok(ct) = public.encrypt(&probe, &mut out) else {
+            return false;
+        };
+        if key
+            .decrypt(Decrypt::RsaPkcs1(ct))
+            .is_ok_and(|p| p[..] == probe[..])
+        {
+            return true;
+        }
+        // A module that refuses PKCS#1 v1.5 decryption (FIPS mode) may still do OAEP.
+        use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey};
+        let Some(public) = PublicEncryptingKey::from_der(spki_der)
+            .ok()
+            .and_then(|k| OaepPublicEncryptingKey::new(k).ok())
+        else {
+            return false;
+        };
+        let mut out = vec![0u8; public.ciphertext_size()];
+        let Ok(ct) = public.encrypt(&OAEP_SHA1_MGF1SHA1, &probe, &mut out, None) else {
+            return false;
+        };
+        key.decrypt(Decrypt::RsaOaep {
+            ciphertext: ct,
+            hash: OaepHash::Sha1,
+        })
+        .is_ok_and(|p| p[..] == probe[..])
+    } else {
+        use aws_lc_rs::agreement::{self, ECDH_P256, UnparsedPublicKey};
+        let Ok(eph) = agreement::PrivateKey::generate(&ECDH_P256) else {
+            return false;
+        };
+        let Ok(eph_public) = eph.compute_public_key() else {
+            return false;
+        };
+        let Ok(z) = agreement::agree(
+            &eph,
+            UnparsedPublicKey::new(&ECDH_P256, &key.public),
+            (),
+            |z| Ok(Zeroizing::new(z.to_vec())),
+        ) else {
+            return false;
+        };
+        key.decrypt(Decrypt::EcdhP256 {
+            peer_point: eph_public.as_ref(),
+        })
+        .is_ok_and(|mine| mine[..] == z[..])
+    }
 }
 
 /// The subjectKeyIdentifier of a certificate, if it has one (the usual CKA_ID).

@@ -687,6 +687,7 @@ impl PrivateKey for TokenKey {
                     let (h, mgf) = match hash {
                         OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
                         OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+                        OaepHash::Sha384 => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384),
                         OaepHash::Sha512 => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512),
                     };
                     let params = PkcsOaepParams::new(h, mgf, PkcsOaepSource::empty());
@@ -728,12 +729,14 @@ impl PrivateKey for TokenKey {
 pub const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 /// Templates for `cachet keys import`: the private key (sensitive, never extractable) and its
-/// certificates, all with `id`; the label is the address.
+/// certificates, all with `id`; the label is the address. `sign` is false for a decryption key
+/// (an encryption certificate's key): the token then refuses to sign with it (CKA_SIGN false).
 pub fn import_templates(
     key: &ImportKey,
     id: &[u8],
     label: &str,
     certs: &[(Vec<u8>, Vec<u8>)],
+    sign: bool,
 ) -> Vec<Vec<Attribute>> {
     let mut private = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -741,7 +744,7 @@ pub fn import_templates(
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
-        Attribute::Sign(true),
+        Attribute::Sign(sign),
         Attribute::Id(id.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
     ];

@@ -44,6 +44,7 @@ impl std::fmt::Display for KeyError {
 pub enum OaepHash {
     Sha1,
     Sha256,
+    Sha384,
     Sha512,
 }
 

@@ -618,9 +618,16 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
             Some("permerror"),
             None,
         ),
-        // examples-cms: RFC 9216 Alice's RSA and RSA-PSS signatures. (Its EnvelopedData samples
-        // hold bare text, not a MIME entity, which the decryption would splice into the header:
-        // reported, not asserted here.)
+        // examples-cms: RFC 9216 Alice's RSA and RSA-PSS signatures, and EnvelopedData to Bob
+        // (RSA-OAEP, AES-128-CBC) whose content is bare text, not a MIME entity: it must end up
+        // below the header, not inside it (checked after the table).
+        (
+            "examples-cms encryptedForBobRSAOaep",
+            cms_sample("encryptedForBobRSAOaep.p7m", "enveloped-data"),
+            BOB,
+            None,
+            Some((read("bob.encrypt.crt"), "aes-128-cbc/rsa-oaep")),
+        ),
         (
             "examples-cms signedByAliceRSA",
             cms_sample("signedByAliceRSA.p7m", "signed-data"),
@@ -675,6 +682,25 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
             None => assert!(!h.contains("X-Cachet-Decrypted"), "{what}: {h}"),
         }
     }
+    // Bare decrypted content is the body of the message, below one MIME-Version.
+    total += 1;
+    let got = deliver(
+        &gw,
+        &internal,
+        &[BOB],
+        &cms_sample("encryptedForBobRSAOaep.p7m", "enveloped-data"),
+        total,
+    )
+    .await;
+    let (h, body) = text(&got[0].data)
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap();
+    assert_eq!(h.matches("MIME-Version:").count(), 1, "{h}");
+    assert!(
+        body.contains("This is some sample content."),
+        "decrypted text belongs to the body:\n{h}\n\n{body}"
+    );
     // The decryption keys' certificates are watched like the signing ones.
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(

@@ -179,7 +179,17 @@ pub fn open(
     let (out, decrypted) = match peeled {
         Some(inner) => {
             let mut m = outer;
-            m.extend_from_slice(b"MIME-Version: 1.0\r\n");
+            let (head, _) = head_body(&inner);
+            let entity_has_fields = starts_with_field(&inner);
+            // One MIME-Version: the inner entity's when it has one (openssl writes it).
+            if !(entity_has_fields && field_value(head, "MIME-Version").is_some()) {
+                m.extend_from_slice(b"MIME-Version: 1.0\r\n");
+            }
+            if !entity_has_fields && !inner.starts_with(b"\r\n") && !inner.starts_with(b"\n") {
+                // Bare content without header fields (RFC 5652 allows it; text/plain by
+                // default): it must not continue our header block.
+                m.extend_from_slice(b"\r\n");
+            }
             m.extend_from_slice(&inner);
             (m, true)
         }
@@ -273,6 +283,17 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// Whether `entity` starts with a header field (`name:` with a printable name), rather than
+/// with its blank line or bare content.
+fn starts_with_field(entity: &[u8]) -> bool {
+    let line_end = memchr::memchr(b'\n', entity).unwrap_or(entity.len());
+    let line = &entity[..line_end];
+    match memchr::memchr(b':', line) {
+        Some(colon) if colon > 0 => line[..colon].iter().all(|b| (33..=126).contains(b)),
+        _ => false,
+    }
 }
 
 /// Split an entity at its blank line. CRLF is the rule; a decrypted or encapsulated entity

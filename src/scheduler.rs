@@ -769,9 +769,17 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:?}"));
         let inbound = rt.inbound.unwrap();
         assert!(pipeline::inbound::may_reject(&inbound));
-        let relaxed = released_config(&inbound);
-        assert_eq!(relaxed.on_undecryptable, OnUndecryptable::Deliver);
-        assert!(relaxed.rules.iter().all(|r| r.action == InboundAction::Tag));
+        let relaxed = pipeline::inbound::for_release(&inbound);
+        assert_eq!(
+            relaxed.on_undecryptable,
+            crate::config::OnUndecryptable::Deliver
+        );
+        assert!(
+            relaxed
+                .rules
+                .iter()
+                .all(|r| r.action == crate::config::InboundAction::Tag)
+        );
         assert_eq!(relaxed.rules[1].require, inbound.rules[1].require);
         assert!(!pipeline::inbound::may_reject(&relaxed));
     }

@@ -1,7 +1,7 @@
 //! `[admin]`: the address of the `/metrics` and `/healthz` listener (empty: none).
 
+use super::problems::{Problems, socket_addrs};
 use super::raw::RawAdmin;
-use super::{Problems, socket_addrs};
 use std::net::SocketAddr;
 
 pub(super) fn admin_listen(admin: &RawAdmin, p: &mut Problems) -> Option<SocketAddr> {

@@ -2,8 +2,9 @@
 //! the certificate database (`store`, by default under the spool) and the revocation refresher's
 //! limits.
 
+use super::problems::{Problems, bounded, existing_dir, existing_file, resolve};
 use super::raw::RawCertificates;
-use super::{Problems, SpoolConfig, bounded, existing_dir, existing_file, resolve};
+use super::spool::SpoolConfig;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]

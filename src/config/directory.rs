@@ -1,7 +1,9 @@
 //! `[[directory]]`: LDAP directories asked for recipient certificates (`store::directory`).
 //! Key names in problems are `directory #N: <key>`.
 
-use super::{Problems, existing_file, params, raw};
+use super::params;
+use super::problems::{Problems, existing_file};
+use super::raw;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;

@@ -4,10 +4,12 @@
 //! relay borrows `[upstream]`'s limits (never its credentials), decrypting needs `[keys]`,
 //! verifying and harvesting need trust anchors from `[certificates]`.
 
+use super::certificates::CertificatesConfig;
+use super::keys::KeysConfig;
+use super::problems::{Problems, existing_file, networks, sender_globs, socket_addrs};
 use super::raw::{self, RawInbound};
+use super::server::ServerConfig;
 use super::upstream::{UpstreamConfig, UpstreamTarget, parse_upstream_url, upstream_tls};
-use super::{CertificatesConfig, KeysConfig, Problems, ServerConfig};
-use super::{existing_file, networks, sender_globs, socket_addrs};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use toml::Spanned;

@@ -2,8 +2,8 @@
 //! Only paths and values are checked here; the keys themselves are read by `store` when the
 //! runtime loads (`cachet check` runs that too).
 
+use super::problems::{Problems, bounded, existing_dir, existing_file};
 use super::raw::RawKeys;
-use super::{Problems, bounded, existing_dir, existing_file};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! `[log]`: log format and level, and the audit trail's file.
 
+use super::problems::{Problems, resolve};
 use super::raw::RawLog;
-use super::{Problems, resolve};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! domains (`local_domains`, which `[[submitter]]` and `[inbound]` read). Key names in problems
 //! are `server.<key>`.
 
+use super::problems::{Problems, bounded, existing_file, networks, socket_addrs};
 use super::raw::RawServer;
-use super::{Problems, bounded, existing_file, networks, socket_addrs};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! `[spool]`: where accepted mail waits (`dir`, relative to the config file's folder), the retry
 //! timetable, the maximum age and the number of deliveries in flight.
 
+use super::problems::{Problems, bounded, resolve};
 use super::raw::RawSpool;
-use super::{Problems, bounded, resolve};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -2,8 +2,9 @@
 //! with `server.local_domains` and `server.relay_networks`. Key names in problems are
 //! `submitter "<name>": <key>` (`submitter #N` when unnamed).
 
+use super::problems::{Problems, networks, sender_globs};
 use super::raw;
-use super::{Problems, ServerConfig, networks, sender_globs};
+use super::server::ServerConfig;
 use toml::Spanned;
 
 /// `[[submitter]]` entries, checked: each names at least one way to recognise the client and

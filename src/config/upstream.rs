@@ -2,8 +2,9 @@
 //! connections, EHLO name). The url and TLS checks are shared with `[inbound]`'s `upstream` and
 //! `tls` (`parse_upstream_url`, `upstream_tls`).
 
+use super::problems::{Problems, bounded, existing_file, resolve};
 use super::raw::RawUpstream;
-use super::{Problems, ServerConfig, bounded, existing_file, resolve};
+use super::server::ServerConfig;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;

@@ -12,8 +12,8 @@
 //! read for any other reason (too many open files above all) is a temporary failure: the message
 //! stays where it is and is tried again after the first retry interval, never forgotten.
 
-use super::reschedule::{Unsaved, reschedule};
-use super::{Due, inbound, memory_units, now_ms};
+use super::inbound;
+use super::reschedule::{Due, Unsaved, now_ms, reschedule};
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::relay::{MailParams, Outcome};
@@ -25,6 +25,19 @@ use crate::spool::{
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
+
+/// Memory for messages being sealed and relayed, in MiB. A delivery holds its message several
+/// times over (data, canonical, signed, base64, encrypted copies), so it reserves
+/// `COPIES_HELD x size` of this budget: small messages run `spool.workers` at once, large ones
+/// queue up instead of multiplying the process's memory.
+pub(super) const MEMORY_BUDGET_MIB: u32 = 160;
+const COPIES_HELD: u64 = 6;
+
+/// Budget units (MiB) a message of `size` bytes reserves; at least 1, at most the whole budget.
+fn memory_units(size: u64) -> u32 {
+    let mib = (size.saturating_mul(COPIES_HELD)).div_ceil(1 << 20);
+    mib.clamp(1, MEMORY_BUDGET_MIB as u64) as u32
+}
 
 /// When a message is locked by an operator action, try again this much later (the action is
 /// a rename or two).
@@ -329,5 +342,18 @@ async fn relay_copy(
                 failures.push((rcpt.clone(), f.reply));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_units_scale_with_size_within_the_budget() {
+        assert_eq!(memory_units(0), 1);
+        assert_eq!(memory_units(10 * 1024), 1);
+        assert_eq!(memory_units(10 << 20), 60);
+        assert_eq!(memory_units(1 << 30), MEMORY_BUDGET_MIB);
     }
 }

@@ -5,12 +5,15 @@
 //!
 //! Both directions share this timetable; the envelope's `direction` picks the path inside one
 //! attempt:
-//! - `attempt.rs`: one delivery attempt (lock, load, read) and the outbound direction (seal,
-//!   relay to `[upstream]`, record each recipient's outcome);
+//! - `attempt.rs`: one delivery attempt (lock, load, reserve its share of the memory budget,
+//!   read) and the outbound direction (seal, relay to `[upstream]`, record each recipient's
+//!   outcome);
 //! - `inbound.rs`: the inbound direction (`pipeline::inbound::process`, learn signers, relay to
 //!   `inbound.upstream`);
-//! - `reschedule.rs`: what follows every attempt (expire, DSN, defer, hold or remove) and the
-//!   outcomes kept in memory when an envelope cannot be rewritten.
+//! - `reschedule.rs`: what follows every attempt (expire, DSN, defer, hold or remove), when to
+//!   try again ([`Due`]), and the outcomes kept in memory when an envelope cannot be rewritten.
+//!
+//! The files import downwards only: `mod.rs` -> `attempt.rs` -> `inbound.rs`, `reschedule.rs`.
 //!
 //! An ID is never scheduled while it is in flight, and the periodic pickup of incoming/ leaves
 //! alone what the timetable already has from incoming/.
@@ -23,26 +26,13 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::spool::{Queue, Spool};
 use arc_swap::ArcSwap;
-use attempt::attempt;
-use reschedule::Unsaved;
+use attempt::{MEMORY_BUDGET_MIB, attempt};
+use reschedule::{Due, Unsaved, now_ms};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
-
-/// Memory for messages being sealed and relayed, in MiB. A delivery holds its message several
-/// times over (data, canonical, signed, base64, encrypted copies), so it reserves
-/// `COPIES_HELD x size` of this budget: small messages run `spool.workers` at once, large ones
-/// queue up instead of multiplying the process's memory.
-const MEMORY_BUDGET_MIB: u32 = 160;
-const COPIES_HELD: u64 = 6;
-
-/// Budget units (MiB) a message of `size` bytes reserves; at least 1, at most the whole budget.
-fn memory_units(size: u64) -> u32 {
-    let mib = (size.saturating_mul(COPIES_HELD)).div_ceil(1 << 20);
-    mib.clamp(1, MEMORY_BUDGET_MIB as u64) as u32
-}
 
 /// How often incoming/ is scanned for messages released or retried by the queue CLI.
 const PICKUP_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,20 +41,6 @@ pub struct Scheduler {
     pub spool: Spool,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
-}
-
-/// When to try a message again, and from which queue.
-struct Due {
-    at_ms: u64,
-    id: String,
-    queue: Queue,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 /// The timetable: when each queued ID is due and from which queue. The heap orders the due
@@ -254,13 +230,5 @@ mod tests {
         assert_eq!(t.wait(0), PICKUP_INTERVAL);
         t.insert(3, "c".into(), Queue::Incoming);
         assert_eq!(t.wait(1), Duration::from_millis(2));
-    }
-
-    #[test]
-    fn memory_units_scale_with_size_within_the_budget() {
-        assert_eq!(memory_units(0), 1);
-        assert_eq!(memory_units(10 * 1024), 1);
-        assert_eq!(memory_units(10 << 20), 60);
-        assert_eq!(memory_units(1 << 30), MEMORY_BUDGET_MIB);
     }
 }

@@ -1,13 +1,13 @@
 //! After an attempt: the envelope's new state, written once. Expired recipients fail; what
 //! failed permanently gets a DSN (`dsn::send`, back into the spool from `<>`); then the message
 //! is deferred with the retry timetable (`spool.retry`, the last interval repeating), moved to
-//! hold/ (a recipient held by policy or by the inbound rules), or removed (all done).
+//! hold/ (a recipient held by policy or by the inbound rules), or removed (all done). The answer
+//! is when to try again, if ever ([`Due`]), for the timetable.
 //!
 //! When the envelope cannot be rewritten (disk full), the outcomes live on in memory
 //! ([`Unsaved`]) and the next attempt starts from them, never from the stale file: recipients
 //! already served are not served again.
 
-use super::{Due, now_ms};
 use crate::dsn;
 use crate::metrics::Metrics;
 use crate::reply::{self, Reply};
@@ -15,6 +15,20 @@ use crate::runtime::Runtime;
 use crate::spool::{Envelope, Queue, RcptStatus, Spool, now_secs};
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// When to try a message again, and from which queue.
+pub(super) struct Due {
+    pub(super) at_ms: u64,
+    pub(super) id: String,
+    pub(super) queue: Queue,
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
 
 /// Delivery state that exists only in memory: envelopes whose rewrite failed (disk full, I/O
 /// error), by queue ID. The file on disk is older than what happened; the next attempt merges

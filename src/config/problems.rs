@@ -84,29 +84,34 @@ pub(super) fn existing_file(
     key: &str,
     p: &mut Problems,
 ) -> PathBuf {
-    let path = resolve(base, v.get_ref());
-    if !path.is_file() {
-        p.at(
-            v.span(),
-            key,
-            format!("file {} does not exist", path.display()),
-        );
-    }
-    path
+    existing(base, v, key, p, "file", Path::is_file)
 }
 
+/// A path that must name an existing directory.
 pub(super) fn existing_dir(
     base: &Path,
     v: &Spanned<PathBuf>,
     key: &str,
     p: &mut Problems,
 ) -> PathBuf {
+    existing(base, v, key, p, "directory", Path::is_dir)
+}
+
+/// `v` resolved from the config file's folder; a problem when it is not an existing `what`.
+fn existing(
+    base: &Path,
+    v: &Spanned<PathBuf>,
+    key: &str,
+    p: &mut Problems,
+    what: &str,
+    is: fn(&Path) -> bool,
+) -> PathBuf {
     let path = resolve(base, v.get_ref());
-    if !path.is_dir() {
+    if !is(&path) {
         p.at(
             v.span(),
             key,
-            format!("directory {} does not exist", path.display()),
+            format!("{what} {} does not exist", path.display()),
         );
     }
     path

@@ -3,7 +3,7 @@
 //! Defaults come from the parameter table ([`super::params`]). The policy module itself holds
 //! only the loaded types and the pure decision, so it needs nothing from `config`.
 
-use super::Problems;
+use super::problems::Problems;
 use super::raw::{RawPolicy, RawRule};
 use crate::policy::{
     Cipher, Digest, KeyTransport, Mode, OnMissing, Overrides, Policy, Revocation, Rule,

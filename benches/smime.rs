@@ -173,6 +173,77 @@ fn target_rows(
     );
 }
 
+/// The pieces of a 10 KB sign+encrypt, each alone: microseconds per call (CPU time).
+fn pieces(alice: &SigningIdentity, one: &[Arc<RecipientCert>]) {
+    use aws_lc_rs::rsa::{Pkcs1PublicEncryptingKey, PublicEncryptingKey};
+    let budget = Duration::from_millis(500);
+    let us = |r: f64| 1e6 / r;
+    let msg = message(10 * 1024);
+    let signed = smime::sign(&msg, alice, &SignOptions::default()).unwrap();
+    let spki = &one[0].spki_der;
+    let parsed =
+        Pkcs1PublicEncryptingKey::new(PublicEncryptingKey::from_der(spki).unwrap()).unwrap();
+    let mut ct = vec![0u8; 256];
+    let key =
+        aws_lc_rs::cipher::UnboundCipherKey::new(&aws_lc_rs::cipher::AES_256, &[1u8; 32]).unwrap();
+    let key = aws_lc_rs::cipher::EncryptingKey::cbc(key).unwrap();
+    let mut buf = vec![0u8; signed.len() / 16 * 16 + 16];
+    let rows: Vec<(&str, f64)> = vec![
+        (
+            "smime::sign 10 KB",
+            cpu_rate(budget, || {
+                std::hint::black_box(smime::sign(&msg, alice, &SignOptions::default()).unwrap());
+            }),
+        ),
+        (
+            "smime::encrypt (signed 10 KB)",
+            cpu_rate(budget, || {
+                std::hint::black_box(
+                    smime::encrypt(&signed, one, &EncryptOptions::default()).unwrap(),
+                );
+            }),
+        ),
+        (
+            "sha-256 of 10 KB",
+            cpu_rate(budget, || {
+                std::hint::black_box(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &msg));
+            }),
+        ),
+        (
+            "aes-256-cbc of the signed message",
+            cpu_rate(budget, || {
+                key.encrypt(&mut buf).unwrap();
+            }),
+        ),
+        (
+            "rsa public key: parse + encrypt",
+            cpu_rate(budget, || {
+                let k = Pkcs1PublicEncryptingKey::new(PublicEncryptingKey::from_der(spki).unwrap())
+                    .unwrap();
+                k.encrypt(&[3u8; 32], &mut ct).unwrap();
+            }),
+        ),
+        ("base64 lines of 100 KB", {
+            let big = message(100 * 1024);
+            let mut out = Vec::new();
+            cpu_rate(budget, || {
+                out.clear();
+                smime::base64_lines_into(&big, &mut out);
+                std::hint::black_box(&out);
+            })
+        }),
+        (
+            "rsa public key: encrypt only",
+            cpu_rate(budget, || {
+                parsed.encrypt(&[3u8; 32], &mut ct).unwrap();
+            }),
+        ),
+    ];
+    for (what, r) in rows {
+        println!("| {what:<40} | {:>8.1} us |", us(r));
+    }
+}
+
 fn sh(script: &str) {
     let st = Command::new("sh")
         .arg("-c")
@@ -310,13 +381,36 @@ fn main() {
     } else {
         (Duration::ZERO, 1)
     };
-    // `cargo bench --bench smime -- profile`: 100 KB sign+encrypt for 10 s, for `perf record`.
-    if std::env::args().any(|a| a == "profile") {
-        let msg = message(100 * 1024);
+    // `cargo bench --bench smime -- profile` (100 KB) or `-- profile10` (10 KB): sign+encrypt
+    // for 10 s and nothing else, for `perf record`.
+    let profile = std::env::args().find_map(|a| match a.as_str() {
+        "profile" => Some(100 * 1024),
+        "profile10" => Some(10 * 1024),
+        _ => None,
+    });
+    if let Some(size) = profile {
+        let msg = message(size);
         rate(Duration::from_secs(10), || {
             let s = smime::sign(&msg, &alice, &SignOptions::default()).unwrap();
             std::hint::black_box(smime::encrypt(&s, &one, &EncryptOptions::default()).unwrap());
         });
+        return;
+    }
+    // `cargo bench --bench smime -- pieces`: what one 10 KB sign+encrypt is made of, each
+    // piece alone (per CPU-second), to see where the time beyond the signature goes.
+    if std::env::args().any(|a| a == "rsapub") {
+        use aws_lc_rs::rsa::{Pkcs1PublicEncryptingKey, PublicEncryptingKey};
+        let k =
+            Pkcs1PublicEncryptingKey::new(PublicEncryptingKey::from_der(&one[0].spki_der).unwrap())
+                .unwrap();
+        let mut ct = vec![0u8; 256];
+        rate(Duration::from_secs(5), || {
+            k.encrypt(&[3u8; 32], &mut ct).unwrap();
+        });
+        return;
+    }
+    if std::env::args().any(|a| a == "pieces") {
+        pieces(&alice, &one);
         return;
     }
     if only_target {

@@ -188,7 +188,21 @@ fn pieces(alice: &SigningIdentity, one: &[Arc<RecipientCert>]) {
         aws_lc_rs::cipher::UnboundCipherKey::new(&aws_lc_rs::cipher::AES_256, &[1u8; 32]).unwrap();
     let key = aws_lc_rs::cipher::EncryptingKey::cbc(key).unwrap();
     let mut buf = vec![0u8; signed.len() / 16 * 16 + 16];
+    let signer = {
+        let pem = read("alice.sign.key");
+        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+        aws_lc_rs::rsa::KeyPair::from_pkcs8(der.secret_der()).unwrap()
+    };
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let mut sig = vec![0u8; 256];
     let rows: Vec<(&str, f64)> = vec![
+        (
+            "bare RSA-2048 signature",
+            cpu_rate(budget, || {
+                let alg = &aws_lc_rs::signature::RSA_PKCS1_SHA256;
+                signer.sign(alg, &rng, &[7u8; 200], &mut sig).unwrap();
+            }),
+        ),
         (
             "smime::sign 10 KB",
             cpu_rate(budget, || {

@@ -132,9 +132,12 @@ pub(crate) fn to_crlf(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Octets per block of the vectorised checks ([`is_crlf_clean`], [`is_7bit_safe`]).
+const SCAN_BLOCK: usize = 512;
+
 /// True when every CR is followed by LF and every LF follows a CR (the message needs no
-/// [`to_crlf`]). One pass without early exit, so it vectorises; 64-byte blocks keep the
-/// comparison cheap to stop at the first bad block.
+/// [`to_crlf`]). One pass without early exit inside a block, so it vectorises; a block is
+/// large enough that the per-block reduction costs little and small enough to stop early.
 pub(crate) fn is_crlf_clean(input: &[u8]) -> bool {
     let (Some(&first), Some(&last)) = (input.first(), input.last()) else {
         return true;
@@ -145,7 +148,7 @@ pub(crate) fn is_crlf_clean(input: &[u8]) -> bool {
     // For each adjacent pair (a, b): a is CR exactly when b is LF.
     let mut i = 0;
     while i + 1 < input.len() {
-        let end = (i + 64).min(input.len() - 1);
+        let end = (i + SCAN_BLOCK).min(input.len() - 1);
         let (a, b) = (&input[i..end], &input[i + 1..end + 1]);
         let bad = a.iter().zip(b).fold(0u8, |acc, (&x, &y)| {
             acc | ((x == b'\r') ^ (y == b'\n')) as u8
@@ -317,8 +320,8 @@ fn transfer_encoding(fields: &[Field]) -> String {
 /// True when the body can cross any 7-bit relay untouched.
 fn is_7bit_safe(body: &[u8]) -> bool {
     // NUL and 8-bit octets: `b - 1` wraps NUL to 0xff, so one comparison catches both. Blocks
-    // of 64 without early exit inside, so the compiler vectorises the block.
-    for block in body.chunks(64) {
+    // without early exit inside, so the compiler vectorises the block.
+    for block in body.chunks(SCAN_BLOCK) {
         if block
             .iter()
             .fold(0u8, |acc, &b| acc | (b.wrapping_sub(1) >= 0x7f) as u8)

@@ -5,6 +5,10 @@
 //! bare RSA-2048 signature of the same key, interleaved) and the PKCS#11 token row.
 //!
 //! Without `--bench` (e.g. `cargo test --benches`) every row runs once as a smoke test.
+//!
+//! Modes (arguments after `--`): `target` only issue 12's rows (~10 s); `pieces` what a 10 KB
+//! sign+encrypt is made of, each piece alone in microseconds; `profile` / `profile10` a 10 s
+//! loop of 100 KB / 10 KB sign+encrypt for `perf record` (docs/performance.md).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -412,17 +416,6 @@ fn main() {
     }
     // `cargo bench --bench smime -- pieces`: what one 10 KB sign+encrypt is made of, each
     // piece alone (per CPU-second), to see where the time beyond the signature goes.
-    if std::env::args().any(|a| a == "rsapub") {
-        use aws_lc_rs::rsa::{Pkcs1PublicEncryptingKey, PublicEncryptingKey};
-        let k =
-            Pkcs1PublicEncryptingKey::new(PublicEncryptingKey::from_der(&one[0].spki_der).unwrap())
-                .unwrap();
-        let mut ct = vec![0u8; 256];
-        rate(Duration::from_secs(5), || {
-            k.encrypt(&[3u8; 32], &mut ct).unwrap();
-        });
-        return;
-    }
     if std::env::args().any(|a| a == "pieces") {
         pieces(&alice, &one);
         return;

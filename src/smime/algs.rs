@@ -106,9 +106,20 @@ pub fn put_header(out: &mut Vec<u8>, tag: u8, len: usize) {
     }
 }
 
-/// One DER TLV at the start of `input`: (tag, the whole TLV, its content, what follows).
-/// Single-octet tags and definite lengths only, which is all certificates use.
-pub fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER TLV read from the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tlv<'a> {
+    pub tag: u8,
+    /// The whole TLV: header and content.
+    pub whole: &'a [u8],
+    pub content: &'a [u8],
+    /// What follows it.
+    pub rest: &'a [u8],
+}
+
+/// One DER TLV at the start of `input`. Single-octet tags and definite lengths only, which is
+/// all certificates use.
+pub fn read_tlv(input: &[u8]) -> Option<Tlv<'_>> {
     let (&tag, rest) = input.split_first()?;
     if tag & 0x1f == 0x1f {
         return None;
@@ -130,7 +141,12 @@ pub fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
         return None;
     }
     let head = input.len() - rest.len();
-    Some((tag, &input[..head + len], &rest[..len], &rest[len..]))
+    Some(Tlv {
+        tag,
+        whole: &input[..head + len],
+        content: &rest[..len],
+        rest: &rest[len..],
+    })
 }
 
 /// The issuer `Name` and `serialNumber` of a DER certificate as the TLVs it holds (RFC 5280
@@ -138,25 +154,18 @@ pub fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
 /// Copied, not parsed and re-encoded: a walk over four headers instead of a certificate parse
 /// per message, and the bytes are exactly the certificate's.
 pub fn cert_issuer_serial(cert: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (0x30, _, cert, _) = read_tlv(cert)? else {
-        return None;
-    };
-    let (0x30, _, tbs, _) = read_tlv(cert)? else {
-        return None;
-    };
-    let (tag, _, _, after) = read_tlv(tbs)?;
+    fn expect(input: &[u8], tag: u8) -> Option<Tlv<'_>> {
+        read_tlv(input).filter(|t| t.tag == tag)
+    }
+    let cert = expect(cert, 0x30)?.content;
+    let tbs = expect(cert, 0x30)?.content;
     // version [0] EXPLICIT is absent in v1 certificates.
-    let rest = if tag == 0xa0 { after } else { tbs };
-    let (0x02, serial, _, rest) = read_tlv(rest)? else {
-        return None;
-    };
-    let (0x30, _, _, rest) = read_tlv(rest)? else {
-        return None;
-    };
-    let (0x30, issuer, _, _) = read_tlv(rest)? else {
-        return None;
-    };
-    Some((issuer, serial))
+    let first = read_tlv(tbs)?;
+    let rest = if first.tag == 0xa0 { first.rest } else { tbs };
+    let serial = expect(rest, 0x02)?;
+    let signature = expect(serial.rest, 0x30)?;
+    let issuer = expect(signature.rest, 0x30)?;
+    Some((issuer.whole, serial.whole))
 }
 
 /// DER IssuerAndSerialNumber (RFC 5652 §10.2.4) of a certificate, with `tag` as its outer
@@ -268,7 +277,7 @@ mod tests {
             let v = tlv(0x04, &vec![0u8; n]);
             assert_eq!(v.len(), tlv_len(n), "{n}");
             assert_eq!(
-                read_tlv(&v).map(|(t, all, c, rest)| (t, all.len(), c.len(), rest.len())),
+                read_tlv(&v).map(|t| (t.tag, t.whole.len(), t.content.len(), t.rest.len())),
                 Some((0x04, v.len(), n, 0))
             );
             let any = der::asn1::OctetString::new(vec![0u8; n])

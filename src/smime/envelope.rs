@@ -452,7 +452,7 @@ mod tests {
     fn frame_writer_equals_the_cms_encoding() {
         let (bob, alice) = (cert("bob.encrypt.crt"), cert("alice.encrypt.crt"));
         let rsa = alg_null(algs::RSA_ENCRYPTION).to_der().unwrap();
-        let infos = vec![
+        let infos = [
             ktri(&issuer_and_serial(&bob, 0x30).unwrap(), &rsa, &[1u8; 256]),
             ktri(&issuer_and_serial(&alice, 0x30).unwrap(), &rsa, &[2u8; 256]),
             ktri(&issuer_and_serial(&alice, 0x30).unwrap(), &rsa, &[0u8; 256]),

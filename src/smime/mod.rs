@@ -351,6 +351,7 @@ pub fn encrypt(
         (split.outer, split.entity)
     };
     let (der, smime_type) = envelope::envelope(&entity.pieces(), recipients, opts)?;
+    // A canonicalised copy of a large message is freed before the output is allocated.
     drop(entity);
     let mut out = outer_with(
         &outer,

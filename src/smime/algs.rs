@@ -72,18 +72,111 @@ pub fn alg_with(oid: Oid, params_der: &[u8]) -> Result<AlgorithmIdentifierOwned,
 
 /// DER tag-length-value.
 pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = content.len();
-    if n < 0x80 {
-        out.push(n as u8);
+    let mut out = Vec::with_capacity(tlv_len(content.len()));
+    put_header(&mut out, tag, content.len());
+    out.extend_from_slice(content);
+    out
+}
+
+/// Octets of a DER header (one tag octet and the length) for `len` content octets.
+pub fn header_len(len: usize) -> usize {
+    if len < 0x80 {
+        2
     } else {
-        let bytes = n.to_be_bytes();
+        2 + (usize::BITS - len.leading_zeros()).div_ceil(8) as usize
+    }
+}
+
+/// Octets of a whole TLV with `len` content octets.
+pub fn tlv_len(len: usize) -> usize {
+    header_len(len) + len
+}
+
+/// Appends a DER tag and definite length (X.690 §8.1.3, shortest form as DER requires).
+/// How the S/MIME writers frame content they write themselves, with lengths known in advance.
+pub fn put_header(out: &mut Vec<u8>, tag: u8, len: usize) {
+    out.push(tag);
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
         let skip = bytes.iter().take_while(|&&b| b == 0).count();
         out.push(0x80 | (bytes.len() - skip) as u8);
         out.extend_from_slice(&bytes[skip..]);
     }
-    out.extend_from_slice(content);
-    out
+}
+
+/// One DER TLV read from the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tlv<'a> {
+    pub tag: u8,
+    /// The whole TLV: header and content.
+    pub whole: &'a [u8],
+    pub content: &'a [u8],
+    /// What follows it.
+    pub rest: &'a [u8],
+}
+
+/// One DER TLV at the start of `input`. Single-octet tags and definite lengths only, which is
+/// all certificates use.
+pub fn read_tlv(input: &[u8]) -> Option<Tlv<'_>> {
+    let (&tag, rest) = input.split_first()?;
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let head = input.len() - rest.len();
+    Some(Tlv {
+        tag,
+        whole: &input[..head + len],
+        content: &rest[..len],
+        rest: &rest[len..],
+    })
+}
+
+/// The issuer `Name` and `serialNumber` of a DER certificate as the TLVs it holds (RFC 5280
+/// §4.1.1.2): what IssuerAndSerialNumber (RFC 5652 §10.2.4) and ESS IssuerSerial are made of.
+/// Copied, not parsed and re-encoded: a walk over four headers instead of a certificate parse
+/// per message, and the bytes are exactly the certificate's.
+pub fn cert_issuer_serial(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+    fn expect(input: &[u8], tag: u8) -> Option<Tlv<'_>> {
+        read_tlv(input).filter(|t| t.tag == tag)
+    }
+    let cert = expect(cert, 0x30)?.content;
+    let tbs = expect(cert, 0x30)?.content;
+    // version [0] EXPLICIT is absent in v1 certificates.
+    let first = read_tlv(tbs)?;
+    let rest = if first.tag == 0xa0 { first.rest } else { tbs };
+    let serial = expect(rest, 0x02)?;
+    let signature = expect(serial.rest, 0x30)?;
+    let issuer = expect(signature.rest, 0x30)?;
+    Some((issuer.whole, serial.whole))
+}
+
+/// DER IssuerAndSerialNumber (RFC 5652 §10.2.4) of a certificate, with `tag` as its outer
+/// tag (0x30, or 0xa0 where a CHOICE puts it under [0] IMPLICIT).
+pub fn issuer_and_serial_der(cert: &[u8], tag: u8) -> Option<Vec<u8>> {
+    let (issuer, serial) = cert_issuer_serial(cert)?;
+    let mut out = Vec::with_capacity(tlv_len(issuer.len() + serial.len()));
+    put_header(&mut out, tag, issuer.len() + serial.len());
+    out.extend_from_slice(issuer);
+    out.extend_from_slice(serial);
+    Some(out)
 }
 
 /// The hash AlgorithmIdentifier inside RSASSA-PSS / RSAES-OAEP parameters and MGF1 (RFC 4055
@@ -180,6 +273,48 @@ mod tests {
     fn tlv_long_length() {
         let v = tlv(0x04, &[0u8; 300]);
         assert_eq!(&v[..4], &[0x04, 0x82, 0x01, 0x2c]);
+        for n in [0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0x123456] {
+            let v = tlv(0x04, &vec![0u8; n]);
+            assert_eq!(v.len(), tlv_len(n), "{n}");
+            assert_eq!(
+                read_tlv(&v).map(|t| (t.tag, t.whole.len(), t.content.len(), t.rest.len())),
+                Some((0x04, v.len(), n, 0))
+            );
+            let any = der::asn1::OctetString::new(vec![0u8; n])
+                .unwrap()
+                .to_der()
+                .unwrap();
+            assert_eq!(v, any, "{n}");
+        }
+    }
+
+    #[test]
+    fn issuer_and_serial_are_the_certificates_own_bytes() {
+        use rustls_pki_types::pem::PemObject;
+        use x509_cert::Certificate;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/interop/rfc9216");
+        for name in [
+            "alice.sign.crt",
+            "bob.encrypt.crt",
+            "ca.rsa.crt",
+            "ca.25519.crt",
+        ] {
+            let pem = std::fs::read(dir.join(name)).unwrap();
+            let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+            let cert = Certificate::from_der(&der).unwrap();
+            let ias = cms::cert::IssuerAndSerialNumber {
+                issuer: cert.tbs_certificate().issuer().clone(),
+                serial_number: cert.tbs_certificate().serial_number().clone(),
+            };
+            assert_eq!(
+                issuer_and_serial_der(&der, 0x30).unwrap(),
+                ias.to_der().unwrap(),
+                "{name}"
+            );
+        }
+        assert_eq!(cert_issuer_serial(b"\x30\x03\x30\x01"), None);
+        assert_eq!(cert_issuer_serial(&[]), None);
     }
 
     #[test]

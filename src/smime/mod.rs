@@ -238,9 +238,10 @@ fn new_boundary() -> String {
     format!("----=_cachet_{}", crate::store::hex(&r))
 }
 
-/// Outer fields + our MIME-Version + the new content fields + CRLF.
-fn outer_with(outer: &[u8], content_fields: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(outer.len() + content_fields.len() + 32);
+/// Outer fields + our MIME-Version + the new content fields + CRLF, in a buffer with room for
+/// `more` octets after them.
+fn outer_with(outer: &[u8], content_fields: &str, more: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(outer.len() + content_fields.len() + 21 + more);
     out.extend_from_slice(outer);
     out.extend_from_slice(b"MIME-Version: 1.0\r\n");
     out.extend_from_slice(content_fields.as_bytes());
@@ -252,10 +253,19 @@ fn outer_with(outer: &[u8], content_fields: &str) -> Vec<u8> {
 /// makes it. Public for the fuzz targets and tools; the pipeline calls [`sign`]/[`encrypt`].
 pub fn canonical_entity(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let split = mime::split_message(message, true);
-    (split.outer, split.entity)
+    (split.outer, split.entity.to_vec())
+}
+
+/// Base64 in 76-column CRLF lines (RFC 2045 §6.8) appended to `out`: how every CMS body
+/// leaves cachet. Public for `benches/smime.rs`.
+pub fn base64_lines_into(data: &[u8], out: &mut Vec<u8>) {
+    mime::base64_lines_into(data, out);
 }
 
 /// Sign `message` with `id` (RFC 8551 §3.5). The result verifies with `openssl cms -verify`.
+///
+/// Speed (issue 12): the canonical entity is digested in one pass and copied once, into the
+/// output; the signature's base64 is written into the output directly.
 pub fn sign(
     message: &[u8],
     id: &SigningIdentity,
@@ -265,45 +275,52 @@ pub fn sign(
     let entity = split.entity;
     match opts.form {
         SignForm::Detached => {
-            let p7s = sign::signed_data(&entity, id, opts, true)?;
+            let p7s = sign::signed_data(&entity.pieces(), id, opts, true)?;
             let (_, micalg) = sign::effective_digest(id.key, opts);
             let mut boundary = new_boundary();
-            while memchr::memmem::find(&entity, boundary.as_bytes()).is_some() {
+            while entity.contains(boundary.as_bytes()) {
                 boundary = new_boundary();
             }
+            const PREAMBLE: &[u8] =
+                b"This is a cryptographically signed message in MIME format.\r\n\r\n";
+            const P7S_FIELDS: &[u8] =
+                b"Content-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n\
+                  Content-Transfer-Encoding: base64\r\n\
+                  Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\
+                  Content-Description: S/MIME Cryptographic Signature\r\n\r\n";
+            let more = PREAMBLE.len()
+                + entity.len()
+                + P7S_FIELDS.len()
+                + mime::base64_lines_len(p7s.len())
+                + 3 * (boundary.len() + 8);
             let mut out = outer_with(
                 &split.outer,
                 &format!(
                     "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; micalg={micalg};\r\n\tboundary=\"{boundary}\"\r\n"
                 ),
+                more,
             );
-            out.extend_from_slice(
-                b"This is a cryptographically signed message in MIME format.\r\n\r\n",
-            );
+            out.extend_from_slice(PREAMBLE);
             out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
             // RFC 8551 §3.5.3: the first part is exactly the signed entity; the CRLF before
             // the next delimiter belongs to the delimiter (RFC 2046 §5.1.1).
-            out.extend_from_slice(&entity);
+            entity.write_to(&mut out);
             out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
-            out.extend_from_slice(
-                b"Content-Type: application/pkcs7-signature; name=\"smime.p7s\"\r\n\
-                  Content-Transfer-Encoding: base64\r\n\
-                  Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\
-                  Content-Description: S/MIME Cryptographic Signature\r\n\r\n",
-            );
-            out.extend_from_slice(&mime::base64_lines(&p7s));
+            out.extend_from_slice(P7S_FIELDS);
+            mime::base64_lines_into(&p7s, &mut out);
             out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
             Ok(out)
         }
         SignForm::Opaque => {
-            let p7m = sign::signed_data(&entity, id, opts, false)?;
+            let p7m = sign::signed_data(&entity.pieces(), id, opts, false)?;
             let mut out = outer_with(
                 &split.outer,
                 "Content-Type: application/pkcs7-mime; smime-type=signed-data; name=\"smime.p7m\"\r\n\
                  Content-Transfer-Encoding: base64\r\n\
                  Content-Disposition: attachment; filename=\"smime.p7m\"\r\n",
+                mime::base64_lines_len(p7m.len()),
             );
-            out.extend_from_slice(&mime::base64_lines(&p7m));
+            mime::base64_lines_into(&p7m, &mut out);
             Ok(out)
         }
     }
@@ -312,6 +329,10 @@ pub fn sign(
 /// Encrypt `message` to `recipients` (RFC 8551 §3.3/§3.4): one content key, one RecipientInfo
 /// per certificate. Callers pass only certificates the store validated, and split Bcc
 /// recipients into their own calls.
+///
+/// Speed (issue 12): a message that is CRLF already (all of them from SMTP, and every output
+/// of [`sign`]) is not copied before encryption; the entity goes straight into the DER buffer
+/// where it is encrypted in place, and the base64 lines go straight into the output.
 pub fn encrypt(
     message: &[u8],
     recipients: &[Arc<RecipientCert>],
@@ -320,26 +341,29 @@ pub fn encrypt(
     // An already signed or enveloped entity is encrypted byte for byte (only line ends fixed),
     // so its signature keeps verifying after decryption.
     let probe = mime::split_message(message, false);
-    let head_end = memchr::memmem::find(&probe.entity, b"\r\n\r\n").unwrap_or(probe.entity.len());
-    let head = String::from_utf8_lossy(&probe.entity[..head_end]).to_ascii_lowercase();
-    let already_smime =
-        head.contains("multipart/signed") || head.contains("application/pkcs7-mime");
-    let entity = if already_smime {
-        probe.entity
+    let head = probe.entity.head.to_ascii_lowercase();
+    let already_smime = memchr::memmem::find(&head, b"multipart/signed").is_some()
+        || memchr::memmem::find(&head, b"application/pkcs7-mime").is_some();
+    let (outer, entity) = if already_smime {
+        (probe.outer, probe.entity)
     } else {
-        mime::split_message(message, true).entity
+        let split = mime::split_message(message, true);
+        (split.outer, split.entity)
     };
-    let (der, smime_type) = envelope::envelope(&entity, recipients, opts)?;
+    let (der, smime_type) = envelope::envelope(&entity.pieces(), recipients, opts)?;
+    // A canonicalised copy of a large message is freed before the output is allocated.
+    drop(entity);
     let mut out = outer_with(
-        &probe.outer,
+        &outer,
         &format!(
             "Content-Type: application/pkcs7-mime; smime-type={smime_type}; name=\"smime.p7m\"\r\n\
              Content-Transfer-Encoding: base64\r\n\
              Content-Disposition: attachment; filename=\"smime.p7m\"\r\n\
              Content-Description: S/MIME Encrypted Message\r\n"
         ),
+        mime::base64_lines_len(der.len()),
     );
-    out.extend_from_slice(&mime::base64_lines(&der));
+    mime::base64_lines_into(&der, &mut out);
     Ok(out)
 }
 

@@ -325,7 +325,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let password = password.trim_end_matches(['\r', '\n']);
-            match cachet::session::auth::hash_line(&user, password) {
+            match cachet::users::hash_line(&user, password) {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS

@@ -25,7 +25,7 @@ pub struct Runtime {
     /// swapped with the outbound one on reload. `None` without `[inbound]`.
     pub inbound_relay: Option<crate::relay::Relay>,
     /// `server.auth_users`: who may relay after AUTH.
-    pub users: Option<crate::session::auth::Users>,
+    pub users: Option<crate::users::Users>,
     /// `log.audit_file`, opened for appending.
     pub audit: Option<crate::audit::Audit>,
 }
@@ -37,7 +37,7 @@ impl Runtime {
         let config = Config::load(path)?;
         let mut errors = Vec::new();
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) => match crate::listener::tls::tls_acceptor(
+            (Some(cert), Some(key)) => match crate::tls::tls_acceptor(
                 cert,
                 key,
                 config
@@ -100,7 +100,7 @@ impl Runtime {
             }
         }
         let users = match &config.server.auth_users {
-            Some(path) => crate::session::auth::Users::load(path)
+            Some(path) => crate::users::Users::load(path)
                 .map(Some)
                 .unwrap_or_else(|problems| {
                     errors.extend(problems.into_iter().map(|p| ConfigError {

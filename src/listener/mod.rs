@@ -18,9 +18,8 @@
 //! the session is told which (`session/inbound.rs`). The caller gives each direction its own
 //! connection limit, so a flood on one side cannot lock the other out.
 
-pub mod tls;
-
-pub use tls::tls_acceptor;
+use crate::tls;
+pub use crate::tls::tls_acceptor;
 
 use crate::reply;
 use crate::session::{Ending, Session, SessionCtx};

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS files(
     mtime INTEGER NOT NULL,
     problem TEXT
 );
+CREATE INDEX IF NOT EXISTS files_problem ON files(name) WHERE problem IS NOT NULL;
 CREATE TABLE IF NOT EXISTS file_certs(
     file INTEGER NOT NULL,
     cert INTEGER NOT NULL,

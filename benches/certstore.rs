@@ -31,7 +31,10 @@ fn address(i: usize) -> String {
 fn generate(dir: &Path, n: usize) {
     let marker = dir.join(format!("generated-{n}"));
     if marker.exists() {
-        eprintln!("certstore bench: reusing {n} certificates in {}", dir.display());
+        eprintln!(
+            "certstore bench: reusing {n} certificates in {}",
+            dir.display()
+        );
         return;
     }
     let _ = std::fs::remove_dir_all(dir.join("recipients"));
@@ -62,7 +65,9 @@ fn generate(dir: &Path, n: usize) {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection];
         p.not_before = now - time::Duration::days(1);
         p.not_after = now + time::Duration::days(730);
-        p.serial_number = Some(rcgen::SerialNumber::from((i as u64 + 1).to_be_bytes().to_vec()));
+        p.serial_number = Some(rcgen::SerialNumber::from(
+            (i as u64 + 1).to_be_bytes().to_vec(),
+        ));
         p.is_ca = IsCa::ExplicitNoCa;
         let cert = p.signed_by(&leaf_key, &issuer).unwrap();
         std::fs::write(dir.join(format!("recipients/r{i}.pem")), cert.pem()).unwrap();
@@ -214,11 +219,9 @@ fn serve(dir: &Path, config: &Path, port: u16) -> Served {
 fn lookups(dir: &Path, n: usize, secs: u64) -> (f64, usize) {
     let (trust, problems) = cachet::store::TrustAnchors::load(&[dir.join("trust/ca.pem")]);
     assert!(problems.is_empty(), "{problems:?}");
-    let store = cachet::store::CertStore::attach(
-        &dir.join("spool/certificates/store.sqlite"),
-        &trust,
-    )
-    .unwrap();
+    let store =
+        cachet::store::CertStore::attach(&dir.join("spool/certificates/store.sqlite"), &trust)
+            .unwrap();
     let now = SystemTime::now();
     let t = Instant::now();
     let (mut done, mut found) = (0usize, 0usize);
@@ -274,17 +277,59 @@ fn main() {
         .sum();
     let mib = |k: u64| k as f64 / 1024.0;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "certificate store, N = {n} (one file each in certificates.dir)");
-    let _ = writeln!(out, "  first cachet check (imports the directory) {:>8.2} s", import.as_secs_f64());
-    let _ = writeln!(out, "  cachet check, directory unchanged           {:>8.2} s", again.as_secs_f64());
-    let _ = writeln!(out, "  cachet serve: listening after               {:>8.2} s", served.start.as_secs_f64());
-    let _ = writeln!(out, "  resident memory idle                        {:>8.1} MiB", mib(served.idle_kib));
-    let _ = writeln!(out, "  SIGHUP reload took                          {:>8.2} s", served.reload.as_secs_f64());
-    let _ = writeln!(out, "  resident memory peak during reload          {:>8.1} MiB", mib(served.reload_peak_kib));
-    let _ = writeln!(out, "  resident memory after reload                {:>8.1} MiB", mib(served.after_reload_kib));
-    let _ = writeln!(out, "  resident memory high-water mark (VmHWM)     {:>8.1} MiB", mib(served.hwm_kib));
-    let _ = writeln!(out, "  lookups per second (1 thread, 1/4 misses)   {rate:>8.0}");
-    let _ = writeln!(out, "  database size                               {:>8.1} MiB", db_bytes as f64 / 1048576.0);
+    let _ = writeln!(
+        out,
+        "certificate store, N = {n} (one file each in certificates.dir)"
+    );
+    let _ = writeln!(
+        out,
+        "  first cachet check (imports the directory) {:>8.2} s",
+        import.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "  cachet check, directory unchanged           {:>8.2} s",
+        again.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "  cachet serve: listening after               {:>8.2} s",
+        served.start.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "  resident memory idle                        {:>8.1} MiB",
+        mib(served.idle_kib)
+    );
+    let _ = writeln!(
+        out,
+        "  SIGHUP reload took                          {:>8.2} s",
+        served.reload.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "  resident memory peak during reload          {:>8.1} MiB",
+        mib(served.reload_peak_kib)
+    );
+    let _ = writeln!(
+        out,
+        "  resident memory after reload                {:>8.1} MiB",
+        mib(served.after_reload_kib)
+    );
+    let _ = writeln!(
+        out,
+        "  resident memory high-water mark (VmHWM)     {:>8.1} MiB",
+        mib(served.hwm_kib)
+    );
+    let _ = writeln!(
+        out,
+        "  lookups per second (1 thread, 1/4 misses)   {rate:>8.0}"
+    );
+    let _ = writeln!(
+        out,
+        "  database size                               {:>8.1} MiB",
+        db_bytes as f64 / 1048576.0
+    );
     let _ = writeln!(
         out,
         "CERTSTORE_SUMMARY {{\"n\":{n},\"first_check_s\":{:.3},\"check_s\":{:.3},\"serve_start_s\":{:.3},\"idle_mib\":{:.1},\"reload_s\":{:.3},\"reload_peak_mib\":{:.1},\"after_reload_mib\":{:.1},\"hwm_mib\":{:.1},\"lookups_per_s\":{rate:.0},\"db_mib\":{:.1}}}",

@@ -417,7 +417,7 @@ impl CertStore {
     /// `Revocation::status` itself, so a store of a million needs no million targets).
     pub fn recent_certificates(&self, limit: usize) -> Vec<CertificateDer<'static>> {
         self.query_column::<Vec<u8>>(
-            "SELECT der FROM certs WHERE is_ca = 0 ORDER BY last_seen DESC, id LIMIT ?1",
+            "SELECT der FROM certs WHERE is_ca = 0 ORDER BY last_seen DESC, id DESC LIMIT ?1",
             limit as i64,
         )
         .into_iter()

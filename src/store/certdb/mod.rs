@@ -255,7 +255,7 @@ impl Pool {
         // is on disk when it returns (the harvest promise). Temporary stores need neither.
         let sync = if self.temporary { "OFF" } else { "FULL" };
         c.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{CACHE_KIB}; PRAGMA temp_store = MEMORY;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{CACHE_KIB};"
         ))
         .map_err(|e| self.error(e))?;
         Ok(Conn {

@@ -294,6 +294,21 @@ fn sync_files(
         known.retain(|k| collided.binary_search(&k.id).is_err());
     }
     let mut seen = vec![false; known.len()];
+    // A radix index over the sorted hashes (the top bits pick a bucket, about one entry
+    // each): a lookup is two memory reads instead of a 20-step binary search.
+    let bits = (usize::BITS - known.len().max(1).leading_zeros()).min(22);
+    let bucket = |h: u64| (h >> (64 - bits)) as usize;
+    let mut starts = vec![0u32; (1usize << bits) + 1];
+    for k in &known {
+        starts[bucket(k.hash) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let find = |h: u64| -> Option<usize> {
+        let b = bucket(h);
+        (starts[b] as usize..starts[b + 1] as usize).find(|&i| known[i].hash == h)
+    };
     let now_s = secs(now);
     let mut batch = 0usize;
     let mut tx = c.transaction().map_err(e)?;
@@ -326,7 +341,7 @@ fn sync_files(
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
         let h = name_hash(&name);
-        if let Ok(i) = known.binary_search_by_key(&h, |k| k.hash) {
+        if let Some(i) = find(h) {
             seen[i] = true;
             if known[i].size == size && known[i].mtime == mtime {
                 continue;
@@ -341,6 +356,7 @@ fn sync_files(
         }
     }
     // Removed files (and names whose hash collided: kept only if still there).
+    drop(starts);
     let gone: Vec<i64> = known
         .iter()
         .zip(&seen)

@@ -219,8 +219,13 @@ impl Pool {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            // Public certificates, but the harvest record says who wrote to whom: 0600.
-            let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600));
+            // Public certificates, but the harvest record says who wrote to whom: 0600 (the
+            // WAL files were created before the database had its mode; later ones copy it).
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
         }
         Ok(())
     }

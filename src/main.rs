@@ -343,10 +343,6 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Certs {
-            config,
-            action: CertsAction::Lookup { address },
-        } => certs_lookup(config, address),
         Command::Certs { config, action } => certs_manage(config, action),
         Command::Keys { config, action } => {
             let cfg = match config::Config::load(&config) {
@@ -484,10 +480,15 @@ fn certs_lookup(config: PathBuf, address: String) -> ExitCode {
     }
 }
 
-/// `cachet certs list|show|import|remove|approve`: on the certificate database of `config`,
-/// from this process, while the gateway may be running.
+/// `cachet certs ...`: `lookup` asks every source through a loaded runtime; `list`, `show`,
+/// `import`, `remove` and `approve` work on the certificate database of `config`, from this
+/// process, while the gateway may be running.
 fn certs_manage(config: PathBuf, action: CertsAction) -> ExitCode {
     use cachet::store::certdb::admin;
+    let action = match action {
+        CertsAction::Lookup { address } => return certs_lookup(config, address),
+        other => other,
+    };
     let cfg = match config::Config::load(&config) {
         Ok(c) => c,
         Err(errors) => {
@@ -515,7 +516,7 @@ fn certs_manage(config: PathBuf, action: CertsAction) -> ExitCode {
     };
     let now = std::time::SystemTime::now();
     let result: Result<String, String> = match action {
-        CertsAction::Lookup { .. } => unreachable!("handled by certs_lookup"),
+        CertsAction::Lookup { address } => return certs_lookup(config, address),
         CertsAction::List { address, pending } => {
             use std::io::Write;
             let out = std::io::stdout();

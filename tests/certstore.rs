@@ -509,3 +509,55 @@ async fn import_and_approve_from_a_second_process_encrypt_the_next_message() {
     let got = up.wait_for(5, WAIT).await;
     assert!(String::from_utf8_lossy(&got[4].data).contains(CANARY));
 }
+
+#[test]
+fn the_intermediates_a_message_carried_are_kept_with_the_harvested_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (int_cert, int_key) = smime_common::intermediate_ca();
+    let mut leaf = Leaf::new("ivy@partner.example", Alg::EcP256);
+    leaf.intermediate = Some((int_cert.clone(), int_key));
+    let cert = der(&leaf.issue().0);
+    let chain = [der(&int_cert)];
+    let now = SystemTime::now();
+    let got = store
+        .harvest(
+            &Harvest {
+                cert: &cert,
+                chain: &chain,
+                capabilities: &caps(&[AES256_GCM]),
+                signing_time: Some(now),
+                from: "ivy@partner.example",
+                verified: true,
+                seen: now,
+            },
+            &trust(),
+        )
+        .unwrap();
+    // The directory holds no intermediate: the path exists only through what the message
+    // carried, and later lookups (here from a reopened store) still build it.
+    assert_eq!(got, Harvested::Added);
+    drop(store);
+    let store = open(dir.path());
+    let c = store
+        .lookup("ivy@partner.example", now)
+        .cert
+        .expect("chained by the kept intermediate");
+    assert_eq!(oids(&c.capabilities), [AES256_GCM]);
+    assert_eq!(store.show("ivy@partner.example", now).unwrap()[0].chain, 1);
+    // Without the chain the same certificate would have been pending.
+    let other = tempfile::tempdir().unwrap();
+    let bare = open(other.path());
+    assert_eq!(
+        harvest(
+            &bare,
+            &cert,
+            "ivy@partner.example",
+            &[],
+            Some(now),
+            true,
+            &trust()
+        ),
+        Harvested::Pending
+    );
+}

@@ -417,7 +417,7 @@ impl CertStore {
     /// `Revocation::status` itself, so a store of a million needs no million targets).
     pub fn recent_certificates(&self, limit: usize) -> Vec<CertificateDer<'static>> {
         self.query_column::<Vec<u8>>(
-            "SELECT der FROM certs WHERE is_ca = 0 ORDER BY last_seen DESC, id LIMIT ?1",
+            "SELECT der FROM certs WHERE is_ca = 0 ORDER BY last_seen DESC, id DESC LIMIT ?1",
             limit as i64,
         )
         .into_iter()
@@ -459,7 +459,19 @@ impl CertStore {
         )
     }
 
-    /// How many addresses have at least one certificate.
+    /// How many addresses have at least one certificate, counting no further than `limit`
+    /// (cheap whatever the size of the store).
+    pub fn address_count_up_to(&self, limit: usize) -> usize {
+        self.query_column::<i64>(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT address FROM addresses LIMIT ?1)",
+            limit as i64,
+        )
+        .first()
+        .copied()
+        .unwrap_or(0) as usize
+    }
+
+    /// How many addresses have at least one certificate (reads the whole address index).
     pub fn address_count(&self) -> usize {
         self.query_column::<i64>(
             "SELECT COUNT(*) FROM (SELECT DISTINCT address FROM addresses) WHERE ?1 = ?1",

@@ -231,13 +231,23 @@ impl CertStore {
         let c = pool.get()?;
         let e = |x: rusqlite::Error| pool.error(x);
         let address = filter.address.as_deref().map(normalize_address);
-        let mut q = c
-            .prepare(
+        // Three shapes, each served by an index: one address (the primary key), the pending
+        // ones (a partial index, then a small sort), everything (the primary key in order).
+        let sql = match (&address, filter.pending) {
+            (Some(_), _) => {
                 "SELECT a.address, a.cert FROM addresses a JOIN certs c ON c.id = a.cert
-                 WHERE (?1 IS NULL OR a.address = ?1) AND (?2 = 0 OR c.pending = 1)
-                 ORDER BY a.address, a.cert",
-            )
-            .map_err(e)?;
+                 WHERE a.address = ?1 AND (?2 = 0 OR c.pending = 1) ORDER BY a.cert"
+            }
+            (None, true) => {
+                "SELECT a.address, a.cert FROM certs c JOIN addresses a ON a.cert = c.id
+                 WHERE c.pending = 1 AND ?1 IS NULL AND ?2 = 1 ORDER BY a.address, a.cert"
+            }
+            (None, false) => {
+                "SELECT a.address, a.cert FROM addresses a
+                 WHERE ?1 IS NULL AND ?2 = 0 ORDER BY a.address, a.cert"
+            }
+        };
+        let mut q = c.prepare(sql).map_err(e)?;
         let mut rows = q.query(params![address, filter.pending]).map_err(e)?;
         while let Some(r) = rows.next().map_err(e)? {
             let addr: String = r.get(0).map_err(e)?;

@@ -32,6 +32,9 @@ const MAX_CHAIN: usize = 8;
 /// Largest CA certificate kept from a message.
 const MAX_CA_SIZE: usize = 16 * 1024;
 
+/// A stored certificate's (id, pending, approved, signingTime, capabilities).
+type Known = (i64, bool, bool, Option<i64>, Option<String>);
+
 /// One verified signature's certificate, as the inbound path found it.
 #[derive(Debug, Clone)]
 pub struct Harvest<'a> {
@@ -124,7 +127,7 @@ impl CertStore {
         let tx = c
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(e)?;
-        let existing: Option<(i64, bool, bool, Option<i64>, Option<String>)> = tx
+        let existing: Option<Known> = tx
             .query_row(
                 "SELECT id, pending, approved, signing_time, capabilities
                  FROM certs WHERE fingerprint = ?1",

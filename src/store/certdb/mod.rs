@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS files(
     mtime INTEGER NOT NULL,
     problem TEXT
 );
+CREATE INDEX IF NOT EXISTS files_problem ON files(name) WHERE problem IS NOT NULL;
 CREATE TABLE IF NOT EXISTS file_certs(
     file INTEGER NOT NULL,
     cert INTEGER NOT NULL,
@@ -218,8 +219,13 @@ impl Pool {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            // Public certificates, but the harvest record says who wrote to whom: 0600.
-            let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600));
+            // Public certificates, but the harvest record says who wrote to whom: 0600 (the
+            // WAL files were created before the database had its mode; later ones copy it).
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
         }
         Ok(())
     }
@@ -254,7 +260,7 @@ impl Pool {
         // is on disk when it returns (the harvest promise). Temporary stores need neither.
         let sync = if self.temporary { "OFF" } else { "FULL" };
         c.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{CACHE_KIB}; PRAGMA temp_store = MEMORY;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{CACHE_KIB};"
         ))
         .map_err(|e| self.error(e))?;
         Ok(Conn {

@@ -2,7 +2,7 @@
 //! that have not changed.
 //!
 //! A file is known by its name, size and mtime (nanoseconds). The database's file list is read
-//! into memory as a hash of the name plus size and mtime (about 40 bytes a file), the directory
+//! into memory as a sorted array of name hashes with size and mtime (32 bytes a file), the directory
 //! is read once: an unchanged file costs one `stat`; a new or changed one is parsed and its
 //! certificates (re)linked, in transactions of [`BATCH`] files; a file no longer there drops its
 //! links, and a certificate that nothing holds any more (no file, not imported, not harvested)
@@ -11,7 +11,6 @@
 //! the trust anchors or intermediates changed. The stored problems are what `cachet check` and
 //! the load log report; lookups always validate afresh.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -27,10 +26,10 @@ const BATCH: usize = 2000;
 
 /// What the file list held for one name.
 struct Known {
+    hash: u64,
     id: i64,
     size: i64,
     mtime: i64,
-    seen: bool,
 }
 
 /// FNV-1a, 64 bits: a stable hash of a file name (the file list in memory holds no names).
@@ -242,7 +241,11 @@ fn sync_files(
         std::fs::read_dir(dir).map_err(|e| format!("cannot read certificate directory: {e}"))?;
     let mut c = pool.get()?;
     let e = |x: rusqlite::Error| pool.error(x);
-    let dir_name = dir.display().to_string();
+    // By its canonical name, so `--config cachet.toml` and an absolute path agree.
+    let dir_name = std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string();
     let last_dir: Option<String> = c
         .query_row("SELECT value FROM meta WHERE key = 'dir'", [], |r| r.get(0))
         .optional()
@@ -257,9 +260,12 @@ fn sync_files(
         )
         .map_err(e)?;
     }
-    // The file list, by name hash; two names with one hash are both read again.
-    let mut known: HashMap<u64, Known> = HashMap::new();
-    let mut collided: Vec<i64> = Vec::new();
+    // The file list as a sorted array of name hashes (32 bytes a file, no names held); two
+    // names with one hash are both read again.
+    let count: i64 = c
+        .query_row("SELECT COUNT(*) FROM files", [], |r| r.get(0))
+        .map_err(e)?;
+    let mut known: Vec<Known> = Vec::with_capacity(count.max(0) as usize);
     {
         let mut q = c
             .prepare("SELECT id, name, size, mtime FROM files")
@@ -267,17 +273,42 @@ fn sync_files(
         let mut rows = q.query([]).map_err(e)?;
         while let Some(r) = rows.next().map_err(e)? {
             let name = r.get_ref(1).map_err(e)?.as_str().unwrap_or("");
-            let k = Known {
+            known.push(Known {
+                hash: name_hash(name),
                 id: r.get(0).map_err(e)?,
                 size: r.get(2).map_err(e)?,
                 mtime: r.get(3).map_err(e)?,
-                seen: false,
-            };
-            if let Some(other) = known.insert(name_hash(name), k) {
-                collided.push(other.id);
-            }
+            });
         }
     }
+    known.sort_unstable_by_key(|k| k.hash);
+    let mut collided: Vec<i64> = Vec::new();
+    for w in known.windows(2) {
+        if w[0].hash == w[1].hash {
+            collided.extend([w[0].id, w[1].id]);
+        }
+    }
+    if !collided.is_empty() {
+        collided.sort_unstable();
+        collided.dedup();
+        known.retain(|k| collided.binary_search(&k.id).is_err());
+    }
+    let mut seen = vec![false; known.len()];
+    // A radix index over the sorted hashes (the top bits pick a bucket, about one entry
+    // each): a lookup is two memory reads instead of a 20-step binary search.
+    let bits = (usize::BITS - known.len().max(1).leading_zeros()).min(22);
+    let bucket = |h: u64| (h >> (64 - bits)) as usize;
+    let mut starts = vec![0u32; (1usize << bits) + 1];
+    for k in &known {
+        starts[bucket(k.hash) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let find = |h: u64| -> Option<usize> {
+        let b = bucket(h);
+        (starts[b] as usize..starts[b + 1] as usize).find(|&i| known[i].hash == h)
+    };
     let now_s = secs(now);
     let mut batch = 0usize;
     let mut tx = c.transaction().map_err(e)?;
@@ -290,8 +321,13 @@ fn sync_files(
             continue;
         }
         let path = entry.path();
-        // Follows symbolic links, as reading the file does.
-        let Ok(meta) = std::fs::metadata(&path) else {
+        // One fstatat on the directory's descriptor; a symbolic link is followed, as reading
+        // the file does.
+        let meta = match entry.file_type() {
+            Ok(t) if t.is_symlink() => std::fs::metadata(&path),
+            _ => entry.metadata(),
+        };
+        let Ok(meta) = meta else {
             continue;
         };
         if !meta.is_file() {
@@ -304,9 +340,10 @@ fn sync_files(
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        if let Some(k) = known.get_mut(&name_hash(&name)) {
-            k.seen = true;
-            if k.size == size && k.mtime == mtime {
+        let h = name_hash(&name);
+        if let Some(i) = find(h) {
+            seen[i] = true;
+            if known[i].size == size && known[i].mtime == mtime {
                 continue;
             }
         }
@@ -319,13 +356,16 @@ fn sync_files(
         }
     }
     // Removed files (and names whose hash collided: kept only if still there).
+    drop(starts);
     let gone: Vec<i64> = known
-        .values()
-        .filter(|k| !k.seen)
-        .map(|k| k.id)
+        .iter()
+        .zip(&seen)
+        .filter(|(_, seen)| !**seen)
+        .map(|(k, _)| k.id)
         .chain(collided)
         .collect();
     drop(known);
+    drop(seen);
     for id in gone {
         let name: Option<String> = tx
             .query_row("SELECT name FROM files WHERE id = ?1", [id], |r| r.get(0))

@@ -16,6 +16,7 @@
 //! the validation of that address's few candidates: memory does not grow with the store, and a
 //! change written by another process (`cachet certs`, a harvest) is seen by the next lookup.
 
+use super::capability::Capability;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -29,16 +30,6 @@ use super::{KeyKind, Problem, TrustAnchors, normalize_address};
 /// `Err(reason)` passes it over. Used for revocation ([`CertStore::lookup_with`]).
 pub type Accept<'a> =
     dyn Fn(&CertificateDer<'static>, &[CertificateDer<'static>]) -> Result<(), String> + 'a;
-
-/// One SMIMECapability (RFC 8551 §2.5.2): what a correspondent said it can decrypt, kept in the
-/// correspondent's order of preference. Read from signatures (`smime::verify`), stored with
-/// harvested certificates, and consulted when choosing how to encrypt to them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capability {
-    pub oid: const_oid::ObjectIdentifier,
-    /// DER of the parameters, when present.
-    pub parameters: Option<Vec<u8>>,
-}
 
 /// A certificate we may encrypt to (or one that was considered and rejected).
 #[derive(Debug, Clone)]

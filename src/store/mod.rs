@@ -1,10 +1,14 @@
-//! Signing keys and recipient certificates, loaded from disk once and looked up in memory
-//! (directory answers too: [`directory`] fetches them ahead of time, lookups read its cache).
+//! Keys and certificates: the organisation's keys (signing identities and decryption keys,
+//! loaded once per start or reload and held in memory) and recipient certificates, looked up
+//! by address from one SQLite database ([`certdb`], `certificates.store`) that holds the files of
+//! `certificates.dir` (synced by stat at load), imported certificates and the ones harvested
+//! from inbound signed mail, with their announced [`Capability`] lists; directory answers too
+//! ([`directory`] fetches them ahead of time, lookups read its cache).
 //!
-//! Owns, on disk: the `[keys] dir` (one `<address>.pem` or `<address>.p12` per signing identity),
-//! the `[certificates] dir` (recipient certificates, any file names) and the trust anchor files.
-//! Everything is read by [`keys::KeyStore::load`], [`certs::CertStore::load`] and
-//! [`TrustAnchors::load`] at start and on reload; each returns the store *and* a list of
+//! Owns, on disk: the `[keys] dir` (one `<address>.pem` or `<address>.p12` per identity), the
+//! `[certificates] dir` (recipient certificates, any file names), the certificate database and
+//! the trust anchor files. [`keys::KeyStore::load`], [`certs::CertStore::open`] and
+//! [`TrustAnchors::load`] run at start and on reload; each returns the store *and* a list of
 //! [`Problem`]s, one line each in `cachet check`. A bad file never stops the others from loading,
 //! and a certificate that fails validation is reported and never used.
 //!
@@ -23,6 +27,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::TrustAnchor;
 use rustls_pki_types::pem::PemObject;
 
+pub mod capability;
 pub mod certdb;
 pub mod certs;
 pub mod directory;
@@ -34,8 +39,9 @@ pub mod private_key;
 pub mod revocation;
 pub mod validate;
 
+pub use capability::Capability;
 pub use certdb::harvest::{Harvest, Harvested};
-pub use certs::{Capability, CertLookup, CertStore, RecipientCert};
+pub use certs::{CertLookup, CertStore, RecipientCert};
 pub use keys::{KeyStore, SigningIdentity};
 
 /// One thing `cachet check` reports: which file, and why it (or a certificate in it) is not used.

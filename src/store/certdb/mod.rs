@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::certs::Capability;
+use super::capability::Capability;
 
 /// Connections kept open when idle; more are opened under load and closed afterwards.
 const IDLE_CONNECTIONS: usize = 4;

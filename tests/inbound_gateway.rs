@@ -18,12 +18,13 @@
 mod common;
 mod smime_common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use smime_common::{Alg, Gpgsm, Leaf, find, header_block, read, run_with_input, write};
+use smime_common::{
+    Alg, Gpgsm, Leaf, find, header_block, interop, openssl_cms, path_str, read, write,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const HOST: &str = "cachet.test";
@@ -33,10 +34,6 @@ const ERIN: &str = "erin@smime.example";
 const DAVE: &str = "dave@smime.example";
 const BENNY: &str = "benny@bennybottema.com";
 const CAROL: &str = "carol@partner.test";
-
-fn interop(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/interop")).join(rel)
-}
 
 fn interop_text(rel: &str) -> String {
     std::fs::read_to_string(interop(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -200,22 +197,6 @@ fn assert_decrypted(r: &Received, rcpt: &str, key_pem: &str, algorithm: &str) {
 const ENTITY: &[u8] =
     b"Content-Type: text/plain; charset=us-ascii\r\n\r\nQuarterly figures, for our eyes only.\r\n";
 
-fn openssl_cms(args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut cmd = Command::new("openssl");
-    cmd.arg("cms").args(args);
-    let out = run_with_input(&mut cmd, input);
-    assert!(
-        out.status.success(),
-        "openssl cms {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `openssl cms -sign` by `cert`/`key`; a whole message (From: `from`) when `from` is given.
 fn ossl_sign(cert: &Path, key: &Path, input: &[u8], from: Option<&str>) -> Vec<u8> {
     let mut args = vec![
@@ -223,9 +204,9 @@ fn ossl_sign(cert: &Path, key: &Path, input: &[u8], from: Option<&str>) -> Vec<u
         "-binary",
         "-crlfeol",
         "-signer",
-        s(cert),
+        path_str(cert),
         "-inkey",
-        s(key),
+        path_str(key),
     ];
     if let Some(f) = from {
         args.extend(["-from", f, "-to", ALICE, "-subject", "signed by openssl"]);
@@ -248,7 +229,7 @@ fn ossl_encrypt(input: &[u8], cipher: &str, recips: &[(&Path, &[&str])]) -> Vec<
         "encrypted by openssl",
     ];
     for (cert, opts) in recips {
-        args.extend(["-recip", s(cert)]);
+        args.extend(["-recip", path_str(cert)]);
         args.extend_from_slice(opts);
     }
     openssl_cms(&args, input)
@@ -428,10 +409,17 @@ async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt(
 
     // gpgsm: encrypted (BER, AES-256-CBC, RSA PKCS#1 v1.5) to Bob's encryption certificate.
     let g = Gpgsm::new();
-    g.run_ok(&["--import", s(&bob_enc)]);
+    g.run_ok(&["--import", path_str(&bob_enc)]);
     let input = write(dir, "entity", ENTITY);
     let out = dir.join("gpgsm.p7m");
-    g.run_ok(&["--encrypt", "-r", BOB, "--output", s(&out), s(&input)]);
+    g.run_ok(&[
+        "--encrypt",
+        "-r",
+        BOB,
+        "--output",
+        path_str(&out),
+        path_str(&input),
+    ]);
     let der = std::fs::read(&out).unwrap();
     assert_eq!(&der[..2], &[0x30, 0x80], "gpgsm writes BER");
     total += 1;

@@ -9,7 +9,6 @@
 mod smime_common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use cachet::config::{
@@ -27,10 +26,6 @@ use cachet::store::keys::{KeyStore, SigningIdentity};
 use smime_common::*;
 
 const HOST: &str = "gw.org.example";
-
-fn interop(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/interop")).join(rel)
-}
 
 fn config() -> InboundConfig {
     InboundConfig {
@@ -201,22 +196,6 @@ fn subject(m: &[u8]) -> String {
 
 const ENTITY: &[u8] = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nHello from the partner.\r\nSecond line.\r\n";
 
-fn openssl_cms(args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut cmd = Command::new("openssl");
-    cmd.arg("cms").args(args);
-    let out = run_with_input(&mut cmd, input);
-    assert!(
-        out.status.success(),
-        "openssl cms {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 /// Signed by RFC 9216 Alice (RSA) with `openssl cms`, with a message header when `headers`.
 fn alice_sign(input: &[u8], opaque: bool, subject: Option<&str>) -> Vec<u8> {
     let (cert, key) = (
@@ -228,9 +207,9 @@ fn alice_sign(input: &[u8], opaque: bool, subject: Option<&str>) -> Vec<u8> {
         "-binary",
         "-crlfeol",
         "-signer",
-        p(&cert),
+        path_str(&cert),
         "-inkey",
-        p(&key),
+        path_str(&key),
     ];
     if opaque {
         args.push("-nodetach");
@@ -263,7 +242,7 @@ fn encrypt(input: &[u8], cipher: &str, recips: &[(&Path, &[&str])]) -> Vec<u8> {
         "quarterly",
     ];
     for (cert, opts) in recips {
-        args.extend(["-recip", p(cert)]);
+        args.extend(["-recip", path_str(cert)]);
         args.extend_from_slice(opts);
     }
     openssl_cms(&args, input)
@@ -754,9 +733,9 @@ fn bank_signed(dir: &Path, subject: &str) -> Vec<u8> {
             "-binary",
             "-crlfeol",
             "-signer",
-            p(&c),
+            path_str(&c),
             "-inkey",
-            p(&k),
+            path_str(&k),
             "-from",
             "CEO <ceo@bank.example>",
             "-to",
@@ -1266,7 +1245,7 @@ fn bad_input_is_delivered_untouched_with_permerror_or_held_as_configured() {
                 "-aes128",
                 "-outform",
                 "DER",
-                p(&org.bob_cert),
+                path_str(&org.bob_cert),
             ],
             &nested,
         );
@@ -1350,10 +1329,17 @@ fn gpgsm_encrypted_mail_decrypts_for_its_recipient() {
     let org = org();
     let g = Gpgsm::new();
     let dir = tempfile::tempdir().unwrap();
-    g.run_ok(&["--import", p(&org.bob_cert)]);
+    g.run_ok(&["--import", path_str(&org.bob_cert)]);
     let input = write(dir.path(), "entity", ENTITY);
     let out = dir.path().join("enc.p7m");
-    g.run_ok(&["--encrypt", "-r", BOB, "--output", p(&out), p(&input)]);
+    g.run_ok(&[
+        "--encrypt",
+        "-r",
+        BOB,
+        "--output",
+        path_str(&out),
+        path_str(&input),
+    ]);
     let der = std::fs::read(&out).unwrap();
     assert_eq!(&der[..2], &[0x30, 0x80], "gpgsm writes BER");
     let m = p7m_message(&der, "enveloped-data");

@@ -20,10 +20,6 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use smime_common::*;
 
-fn interop(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/interop")).join(rel)
-}
-
 fn anchors(files: &[PathBuf]) -> TrustAnchors {
     let (t, problems) = TrustAnchors::load(files);
     assert!(problems.is_empty(), "{problems:?}");
@@ -103,23 +99,6 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 const ENTITY: &[u8] = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nHello from the partner.\r\nSecond line.\r\n";
 
-/// `openssl cms <args>` on `input`; returns stdout.
-fn openssl_cms(args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut cmd = Command::new("openssl");
-    cmd.arg("cms").args(args);
-    let out = run_with_input(&mut cmd, input);
-    assert!(
-        out.status.success(),
-        "openssl cms {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 fn alice_sign(input: &[u8], opaque: bool, headers: bool) -> Vec<u8> {
     let cert = rfc9216().join("alice.sign.crt");
     let key = rfc9216().join("alice.sign.key");
@@ -128,9 +107,9 @@ fn alice_sign(input: &[u8], opaque: bool, headers: bool) -> Vec<u8> {
         "-binary",
         "-crlfeol",
         "-signer",
-        p(&cert),
+        path_str(&cert),
         "-inkey",
-        p(&key),
+        path_str(&key),
     ];
     if opaque {
         args.push("-nodetach");
@@ -161,7 +140,7 @@ fn encrypt_to(input: &[u8], cert: &Path, extra: &[&str], headers: bool) -> Vec<u
         ]);
     }
     // -keyopt applies to the -recip before it.
-    args.extend(["-recip", p(cert)]);
+    args.extend(["-recip", path_str(cert)]);
     args.extend_from_slice(extra);
     openssl_cms(&args, input)
 }
@@ -512,7 +491,7 @@ fn gpgsm_encrypted_and_signed_messages_open() {
     let g = Gpgsm::new();
     let dir = tempfile::tempdir().unwrap();
     let trust = anchors(&[ca_cert_path()]);
-    g.run_ok(&["--import", p(&rfc9216().join("bob.encrypt.crt"))]);
+    g.run_ok(&["--import", path_str(&rfc9216().join("bob.encrypt.crt"))]);
     let input = write(dir.path(), "entity", ENTITY);
     let out = dir.path().join("enc.p7m");
     g.run_ok(&[
@@ -520,8 +499,8 @@ fn gpgsm_encrypted_and_signed_messages_open() {
         "-r",
         "bob@smime.example",
         "--output",
-        p(&out),
-        p(&input),
+        path_str(&out),
+        path_str(&input),
     ]);
     let der = std::fs::read(&out).unwrap();
     assert_eq!(&der[..2], &[0x30, 0x80], "gpgsm writes BER");
@@ -548,9 +527,9 @@ fn gpgsm_encrypted_and_signed_messages_open() {
         "-u",
         "alice@smime.example",
         "--output",
-        p(&sig),
+        path_str(&sig),
         "--detach-sign",
-        p(&input),
+        path_str(&input),
     ]);
     let r = run_with_input(&mut cmd, b"test\n");
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -873,7 +852,14 @@ fn fifty_nested_layers_stop_at_the_depth_limit() {
     let mut m = ENTITY.to_vec();
     for _ in 0..50 {
         let der = openssl_cms(
-            &["-encrypt", "-binary", "-aes128", "-outform", "DER", p(&bob)],
+            &[
+                "-encrypt",
+                "-binary",
+                "-aes128",
+                "-outform",
+                "DER",
+                path_str(&bob),
+            ],
             &m,
         );
         m = b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: binary\r\n\r\n".to_vec();
@@ -1027,11 +1013,11 @@ fn certificate_loop_ends_without_pass() {
             "-binary",
             "-crlfeol",
             "-signer",
-            p(&cert_path),
+            path_str(&cert_path),
             "-inkey",
-            p(&key_path),
+            path_str(&key_path),
             "-certfile",
-            p(&chain_path),
+            path_str(&chain_path),
             "-from",
             "loop@smime.example",
         ],
@@ -1061,9 +1047,9 @@ fn validity_is_judged_at_signing_time_unless_that_is_in_the_future() {
             "-binary",
             "-crlfeol",
             "-signer",
-            p(&cert_path),
+            path_str(&cert_path),
             "-inkey",
-            p(&key_path),
+            path_str(&key_path),
             "-from",
             "erin@smime.example",
         ],
@@ -1151,9 +1137,9 @@ fn ecdsa_p256_and_p384_and_key_id_signatures_pass() {
             "-md",
             md,
             "-signer",
-            p(cert),
+            path_str(cert),
             "-inkey",
-            p(key),
+            path_str(key),
             "-from",
             "erin@smime.example",
         ];

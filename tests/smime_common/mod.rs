@@ -301,6 +301,29 @@ pub fn openssl_verify(message: &[u8], extra_ca: Option<&Path>) -> Vec<u8> {
     out.stdout
 }
 
+/// A file of ../shared/interop (RFC samples, real client messages, their keys).
+pub fn interop(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/interop")).join(rel)
+}
+
+/// `openssl cms <args>` on `input`; returns stdout, fails the test with openssl's stderr.
+pub fn openssl_cms(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("cms").args(args);
+    let out = run_with_input(&mut cmd, input);
+    assert!(
+        out.status.success(),
+        "openssl cms {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A path as the `&str` a command line argument list wants.
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 test path")
+}
+
 /// `openssl cms -decrypt` with a recipient certificate and key file; returns the plaintext.
 pub fn openssl_decrypt(message: &[u8], cert: &Path, key: &Path) -> Vec<u8> {
     let mut cmd = Command::new("openssl");

@@ -1206,31 +1206,6 @@ fn real_client_and_spec_messages_with_in_process_keys() {
 
 // ---- bad input ----
 
-/// Rebuild `der` with the SET at `path` (child indexes from the root) replaced by `n` copies
-/// of its first element, or with `extra` appended to it.
-fn grow_set(der: &[u8], path: &[usize], n: usize, extra: Option<Vec<u8>>) -> Vec<u8> {
-    use cachet::smime::ber::{self, Node, Value};
-    fn walk<'a>(node: &mut Node<'a>, path: &[usize], n: usize, extra: &'a Option<Vec<u8>>) {
-        let Value::Constructed(kids) = &mut node.value else {
-            panic!("not constructed")
-        };
-        if let Some((first, rest)) = path.split_first() {
-            return walk(&mut kids[*first], rest, n, extra);
-        }
-        match extra {
-            Some(raw) => kids.push(ber::parse(raw, 1 << 20).unwrap()),
-            None => {
-                let one = kids[0].clone();
-                kids.clear();
-                kids.extend(std::iter::repeat_n(one, n));
-            }
-        }
-    }
-    let mut root = ber::parse(der, 1 << 22).unwrap();
-    walk(&mut root, path, n, &extra);
-    root.to_der()
-}
-
 #[test]
 fn bad_input_is_delivered_untouched_with_permerror_or_held_as_configured() {
     let org = org();

@@ -889,32 +889,6 @@ fn fifty_nested_layers_stop_at_the_depth_limit() {
     assert!(!o.decrypted);
 }
 
-/// Rebuild the DER of `der` with the SET at `path` (child indexes from the root) replaced
-/// by `n` copies of its first element, or with `extra` appended to it.
-fn grow_set(der: &[u8], path: &[usize], n: usize, extra: Option<Vec<u8>>) -> Vec<u8> {
-    use cachet::smime::ber::{self, Node, Value};
-    fn walk<'a>(node: &mut Node<'a>, path: &[usize], n: usize, extra: &'a Option<Vec<u8>>) {
-        let Value::Constructed(kids) = &mut node.value else {
-            panic!("not constructed")
-        };
-        if let Some((first, rest)) = path.split_first() {
-            return walk(&mut kids[*first], rest, n, extra);
-        }
-        match extra {
-            Some(raw) => kids.push(ber::parse(raw, 1 << 20).unwrap()),
-            None => {
-                let one = kids[0].clone();
-                kids.clear();
-                kids.extend(std::iter::repeat_n(one, n));
-            }
-        }
-    }
-    let mut root = ber::parse(der, 1 << 22).unwrap();
-    walk(&mut root, path, n, &extra);
-    // Leak-free: the tree borrows `der`, so serialise before returning.
-    root.to_der()
-}
-
 #[test]
 fn ten_thousand_recipient_infos_are_refused() {
     let trust = anchors(&[ca_cert_path()]);

@@ -301,6 +301,33 @@ pub fn openssl_verify(message: &[u8], extra_ca: Option<&Path>) -> Vec<u8> {
     out.stdout
 }
 
+/// Rebuild the DER of `der` with the SET at `path` (child indexes from the root) replaced
+/// by `n` copies of its first element, or with `extra` appended to it: the hostile inputs of
+/// the bad-input tests (10,000 RecipientInfos, a 20 MB certificate bag).
+pub fn grow_set(der: &[u8], path: &[usize], n: usize, extra: Option<Vec<u8>>) -> Vec<u8> {
+    use cachet::smime::ber::{self, Node, Value};
+    fn walk<'a>(node: &mut Node<'a>, path: &[usize], n: usize, extra: &'a Option<Vec<u8>>) {
+        let Value::Constructed(kids) = &mut node.value else {
+            panic!("not constructed")
+        };
+        if let Some((first, rest)) = path.split_first() {
+            return walk(&mut kids[*first], rest, n, extra);
+        }
+        match extra {
+            Some(raw) => kids.push(ber::parse(raw, 1 << 20).unwrap()),
+            None => {
+                let one = kids[0].clone();
+                kids.clear();
+                kids.extend(std::iter::repeat_n(one, n));
+            }
+        }
+    }
+    let mut root = ber::parse(der, 1 << 22).unwrap();
+    walk(&mut root, path, n, &extra);
+    // The tree borrows `der`: serialise before returning.
+    root.to_der()
+}
+
 /// A file of ../shared/interop (RFC samples, real client messages, their keys).
 pub fn interop(rel: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/interop")).join(rel)

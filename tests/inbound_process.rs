@@ -1141,8 +1141,8 @@ fn thunderbird_mail_decrypts_through_the_key_store_and_verifies() {
 
 #[test]
 fn real_client_and_spec_messages_with_in_process_keys() {
-    // RFC 9216 Bob keeps a separate encryption key, which a `[keys]` identity cannot hold:
-    // the in-process form of the same step (`process_with`).
+    // RFC 9216 Bob's separate encryption key, held in process (`process_with`); the same key
+    // through the key store is tests/keys_encryption_certs.rs and tests/inbound_gateway.rs.
     let bob = {
         let mut pem = std::fs::read(rfc9216().join("bob.encrypt.crt")).unwrap();
         pem.extend(std::fs::read(rfc9216().join("bob.decrypt.key")).unwrap());

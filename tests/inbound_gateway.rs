@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use smime_common::{
-    Alg, Gpgsm, Leaf, find, header_block, interop, openssl_cms, path_str, read, write,
+    Alg, Gpgsm, Leaf, crlf, find, header_block, interop, openssl_cms, p7m_message, path_str,
+    pem_fingerprint, read, text, write,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -37,29 +38,6 @@ const CAROL: &str = "carol@partner.test";
 
 fn interop_text(rel: &str) -> String {
     std::fs::read_to_string(interop(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn fingerprint(pem: &str) -> String {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-    cachet::store::validate::inspect(&der).unwrap().fingerprint
-}
-
-/// Bytes as SMTP carries them: CRLF line ends (files from disk and openssl output may use LF).
-fn crlf(m: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.len() + m.len() / 40);
-    for (i, &b) in m.iter().enumerate() {
-        if b == b'\n' && (i == 0 || m[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
-}
-
-fn text(m: &[u8]) -> String {
-    String::from_utf8_lossy(m).into_owned()
 }
 
 /// Erin's EC P-256 encryption certificate (keyAgreement only) and key, made once per test.
@@ -185,7 +163,7 @@ fn assert_decrypted(r: &Received, rcpt: &str, key_pem: &str, algorithm: &str) {
     assert!(
         h.contains(&format!(
             "X-Cachet-Decrypted: for=<{rcpt}>;\r\n\tkey=sha256:{}; algorithm={algorithm}",
-            fingerprint(key_pem)
+            pem_fingerprint(key_pem)
         )),
         "{h}"
     );
@@ -233,21 +211,6 @@ fn ossl_encrypt(input: &[u8], cipher: &str, recips: &[(&Path, &[&str])]) -> Vec<
         args.extend_from_slice(opts);
     }
     openssl_cms(&args, input)
-}
-
-/// A whole message from `from` around DER CMS (gpgsm's output, the examples-cms samples).
-fn p7m_message(der: &[u8], smime_type: &str, from: &str) -> Vec<u8> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut m = format!(
-        "From: {from}\r\nTo: {BOB}\r\nSubject: a CMS object\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-    )
-    .into_bytes();
-    for chunk in b64.as_bytes().chunks(76) {
-        m.extend_from_slice(chunk);
-        m.extend_from_slice(b"\r\n");
-    }
-    m
 }
 
 /// `cachet certs list ADDRESS`: the one line for the address.
@@ -323,7 +286,7 @@ async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt(
     );
     let line = wait_listed(&gw, CAROL).await;
     assert!(line.contains("harvested"), "{line}");
-    assert!(line.contains(&fingerprint(&carol_crt)[..16]), "{line}");
+    assert!(line.contains(&pem_fingerprint(&carol_crt)[..16]), "{line}");
 
     // openssl: encrypted with each cipher and key transport, to each kind of organisation key.
     let oaep = |md: &'static str| -> Vec<String> {
@@ -435,7 +398,7 @@ async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt(
     assert!(
         h.contains(&format!(
             "key=sha256:{}",
-            fingerprint(&read("bob.encrypt.crt"))
+            pem_fingerprint(&read("bob.encrypt.crt"))
         )),
         "{h}"
     );
@@ -506,7 +469,7 @@ async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt(
     assert!(line.contains("pending"), "{line}");
     let (ok, out) = gw.cli(&["certs", "lookup", "dan@elsewhere.test"]);
     assert!(!ok, "a pending certificate is not used:\n{out}");
-    let (ok, out) = gw.cli(&["certs", "approve", &fingerprint(&dan_crt)]);
+    let (ok, out) = gw.cli(&["certs", "approve", &pem_fingerprint(&dan_crt)]);
     assert!(ok, "{out}");
     assert!(certs_line(&gw, "dan@elsewhere.test").contains("approved"));
     let (ok, out) = gw.cli(&["certs", "lookup", "dan@elsewhere.test"]);
@@ -658,7 +621,7 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
                 assert!(
                     h.contains(&format!(
                         "X-Cachet-Decrypted: for=<{rcpt}>;\r\n\tkey=sha256:{}; algorithm={alg}",
-                        fingerprint(&pem)
+                        pem_fingerprint(&pem)
                     )),
                     "{what}: {h}"
                 );
@@ -694,7 +657,7 @@ async fn real_client_messages_get_the_right_results_and_decrypt_where_a_key_is_h
     assert!(
         metrics.contains(&format!(
             "cachet_certificate_expiry_seconds{{kind=\"decryption\",address=\"{BOB}\",fingerprint=\"{}\"}} ",
-            fingerprint(&read("bob.encrypt.crt"))
+            pem_fingerprint(&read("bob.encrypt.crt"))
         )),
         "{metrics}"
     );

@@ -145,14 +145,6 @@ fn copy_for<'a>(p: &'a Processed, rcpt: &str) -> &'a InboundCopy {
         .unwrap_or_else(|| panic!("no copy for {rcpt}: {:?}", p.verdict))
 }
 
-fn text(m: &[u8]) -> String {
-    String::from_utf8_lossy(m).into_owned()
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    find(hay, needle.as_bytes()).is_some()
-}
-
 /// The message below the header fields cachet put on top: our Authentication-Results and
 /// our X-Cachet-* fields, as long as they lead.
 fn below_ours(m: &[u8]) -> Vec<u8> {
@@ -173,18 +165,6 @@ fn below_ours(m: &[u8]) -> Vec<u8> {
         }
         rest = &rest[i..];
     }
-}
-
-/// A file from disk as SMTP delivers it: CRLF line ends.
-fn crlf(m: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.len() + m.len() / 40);
-    for (i, &b) in m.iter().enumerate() {
-        if b == b'\n' && (i == 0 || m[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
 }
 
 fn subject(m: &[u8]) -> String {
@@ -257,21 +237,6 @@ const OAEP256: &[&str] = &[
     "rsa_mgf1_md:sha256",
 ];
 const KDF256: &[&str] = &["-keyopt", "ecdh_kdf_md:sha256"];
-
-/// A whole message around a DER CMS object.
-fn p7m_message(der: &[u8], smime_type: &str) -> Vec<u8> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut m = format!(
-        "From: alice@smime.example\r\nTo: {BOB}\r\nSubject: t\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-    )
-    .into_bytes();
-    for chunk in b64.as_bytes().chunks(76) {
-        m.extend_from_slice(chunk);
-        m.extend_from_slice(b"\r\n");
-    }
-    m
-}
 
 // ---- Authentication-Results ----
 
@@ -654,7 +619,7 @@ fn every_decryption_failure_gets_the_same_answer() {
                 &cfg,
                 &org.stores,
                 &[BOB],
-                &p7m_message(der, "enveloped-data"),
+                &p7m_message(der, "enveloped-data", "alice@smime.example"),
             );
             verdicts.push((what, p.verdict));
         }
@@ -688,7 +653,12 @@ fn every_decryption_failure_gets_the_same_answer() {
         }
         // Public failures: the same reply to the sender; only the private reason differs.
         for (what, der, smime_type) in &public {
-            let p = run(&cfg, &org.stores, &[BOB], &p7m_message(der, smime_type));
+            let p = run(
+                &cfg,
+                &org.stores,
+                &[BOB],
+                &p7m_message(der, smime_type, "alice@smime.example"),
+            );
             match (&p.verdict, mode) {
                 (Verdict::Reject(f), OnUndecryptable::Reject) => {
                     assert_eq!(f.reply, reply::INBOUND_UNDECRYPTABLE, "{what}")
@@ -706,7 +676,7 @@ fn every_decryption_failure_gets_the_same_answer() {
         (&public[1].1, "authEnveloped-data", "unsupported"),
         (&public[2].1, "enveloped-data", "malformed"),
     ] {
-        let m = p7m_message(der, t);
+        let m = p7m_message(der, t, "alice@smime.example");
         let p = run(&cfg, &org.stores, &[BOB], &m);
         let c = copy_for(&p, BOB);
         assert!(
@@ -1235,6 +1205,7 @@ fn bad_input_is_delivered_untouched_with_permerror_or_held_as_configured() {
     let many = p7m_message(
         &grow_set(&p7m_der(&enc), &[1, 0, 1], 10_000, None),
         "enveloped-data",
+        "alice@smime.example",
     );
     // A 20 MB "certificate" in a signature's certificate bag.
     let signed = smime::sign(
@@ -1255,13 +1226,19 @@ fn bad_input_is_delivered_untouched_with_permerror_or_held_as_configured() {
     let bag = p7m_message(
         &grow_set(&p7m_der(&signed), &[1, 0, 3], 0, Some(blob)),
         "signed-data",
+        "alice@smime.example",
     );
     // Truncated base64, malformed CMS, an algorithm we do not implement.
     let truncated = b"From: a@b.example\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\nA\r\n".to_vec();
-    let malformed = p7m_message(&[0x30, 0x80, 0x06, 0x09, 0x2a, 0x86], "signed-data");
+    let malformed = p7m_message(
+        &[0x30, 0x80, 0x06, 0x09, 0x2a, 0x86],
+        "signed-data",
+        "alice@smime.example",
+    );
     let ed25519 = p7m_message(
         &std::fs::read(interop("samples/examples-cms/signedByCarlosEd25519.p7m")).unwrap(),
         "signed-data",
+        "alice@smime.example",
     );
     // (name, message, encrypted: held under on_undecryptable = "hold")
     let cases: [(&str, &[u8], bool); 6] = [
@@ -1317,7 +1294,7 @@ fn gpgsm_encrypted_mail_decrypts_for_its_recipient() {
     ]);
     let der = std::fs::read(&out).unwrap();
     assert_eq!(&der[..2], &[0x30, 0x80], "gpgsm writes BER");
-    let m = p7m_message(&der, "enveloped-data");
+    let m = p7m_message(&der, "enveloped-data", "alice@smime.example");
     let p = run(&config(), &org.stores, &[BOB, CAROL], &m);
     let c = copy_for(&p, BOB);
     assert!(header_block(&c.message).contains(&format!("key=sha256:{}", org.bob_fp)));

@@ -17,20 +17,15 @@ use cachet::config::{InboundConfig, OnUndecryptable, UpstreamConfig, UpstreamTar
 use cachet::pipeline::inbound::{OrgKeys, Verdict, process};
 use cachet::runtime::Stores;
 use cachet::store::keys::{Decrypt, KeyStore, KeyUse, OaepHash, SignatureScheme};
-use cachet::store::validate;
 use common::{GatewayConfig, cachet_command};
-use smime_common::{Alg, Leaf, chmod, header_block, read, run_ok, run_with_input, trust, write};
+use smime_common::{
+    Alg, Leaf, chmod, crlf, header_block, pem_fingerprint, read, run_ok, run_with_input, trust,
+    write,
+};
 
 const ALICE: &str = "alice@smime.example";
 const BOB: &str = "bob@smime.example";
 const ERIN: &str = "erin@smime.example";
-
-fn fingerprint(pem: &str) -> String {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-    validate::inspect(&der).unwrap().fingerprint
-}
 
 /// An EC P-256 encryption certificate (keyAgreement only) from the RFC 9216 CA: (cert, key).
 fn ec_encryption_leaf(email: &str) -> (String, String) {
@@ -104,7 +99,7 @@ fn an_encryption_certificate_makes_a_decryption_key_that_never_signs() {
     // Alice signs with her signing certificate, never with the encryption one.
     let alice = store.get(ALICE).expect("alice signs");
     assert_eq!(alice.usage, KeyUse::Sign);
-    assert_eq!(alice.fingerprint, fingerprint(&read("alice.sign.crt")));
+    assert_eq!(alice.fingerprint, pem_fingerprint(&read("alice.sign.crt")));
     // Bob and Erin have no signing identity at all: nothing signs as them.
     assert!(store.get(BOB).is_none());
     assert!(store.get(ERIN).is_none());
@@ -121,9 +116,9 @@ fn an_encryption_certificate_makes_a_decryption_key_that_never_signs() {
     assert_eq!(
         got,
         vec![
-            (ALICE.into(), fingerprint(&read("alice.encrypt.crt"))),
-            (BOB.into(), fingerprint(&read("bob.encrypt.crt"))),
-            (ERIN.into(), fingerprint(&erin.0)),
+            (ALICE.into(), pem_fingerprint(&read("alice.encrypt.crt"))),
+            (BOB.into(), pem_fingerprint(&read("bob.encrypt.crt"))),
+            (ERIN.into(), pem_fingerprint(&erin.0)),
         ]
     );
     for id in &dec {
@@ -144,7 +139,7 @@ fn an_encryption_certificate_makes_a_decryption_key_that_never_signs() {
         read("bob.encrypt.crt"),
         erin.0.clone(),
     ] {
-        assert!(fps.contains(&fingerprint(&pem).as_str()), "{fps:?}");
+        assert!(fps.contains(&pem_fingerprint(&pem).as_str()), "{fps:?}");
     }
     // A store that changes gets a new ring.
     let mut changed = store;
@@ -311,7 +306,7 @@ fn mail_encrypted_to_decryption_keys_opens_in_the_inbound_step() {
         assert!(
             h.contains(&format!(
                 "X-Cachet-Decrypted: for=<{rcpt}>;\r\n\tkey=sha256:{}; algorithm={algorithm}",
-                fingerprint(&cert)
+                pem_fingerprint(&cert)
             )),
             "{rcpt}: {h}"
         );
@@ -320,18 +315,6 @@ fn mail_encrypted_to_decryption_keys_opens_in_the_inbound_step() {
             "{rcpt}"
         );
     }
-}
-
-/// Bytes as SMTP carries them: CRLF line ends (openssl writes LF outside the CMS).
-fn crlf(m: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.len() + m.len() / 40);
-    for (i, &b) in m.iter().enumerate() {
-        if b == b'\n' && (i == 0 || m[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
 }
 
 /// `cachet <args> --config <config>`: (success, stdout + stderr).
@@ -400,7 +383,7 @@ fn keys_list_and_check_show_decryption_keys_and_name_their_problems() {
     };
     assert!(
         line(&format!("{ALICE}  RSA-2048  expires "), "  sign")
-            .contains(&fingerprint(&read("alice.sign.crt"))[..16])
+            .contains(&pem_fingerprint(&read("alice.sign.crt"))[..16])
     );
     let decrypt = "  decrypt (inbound mail only, never signs)";
     assert!(
@@ -422,7 +405,7 @@ fn keys_list_and_check_show_decryption_keys_and_name_their_problems() {
     assert!(
         out.contains(&format!(
             "warning: decryption key grace@smime.example ({}) expires within 30 days",
-            fingerprint(&soon_crt)
+            pem_fingerprint(&soon_crt)
         )),
         "{out}"
     );
@@ -610,7 +593,7 @@ async fn decryption_keys_on_a_token_open_inbound_mail() {
         assert!(
             h.contains(&format!(
                 "X-Cachet-Decrypted: for=<{rcpt}>;\r\n\tkey=sha256:{}; algorithm={algorithm}",
-                fingerprint(&cert)
+                pem_fingerprint(&cert)
             )),
             "{h}\n{}",
             gw.logs()

@@ -93,10 +93,6 @@ fn assert_pass(o: &Opened, what: &str) {
     );
 }
 
-fn contains(hay: &[u8], needle: &str) -> bool {
-    find(hay, needle.as_bytes()).is_some()
-}
-
 const ENTITY: &[u8] = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nHello from the partner.\r\nSecond line.\r\n";
 
 fn alice_sign(input: &[u8], opaque: bool, headers: bool) -> Vec<u8> {
@@ -201,21 +197,6 @@ fn openssl_signature_over_other_content_fails() {
     let msg = p7m_message(&der2, "signed-data", "alice@smime.example");
     let o = open_with(&msg, &[], &trust, &[]);
     assert_eq!(results(&o)[0].0, AuthResult::Fail, "{:?}", results(&o));
-}
-
-/// A whole message around a DER CMS object.
-fn p7m_message(der: &[u8], smime_type: &str, from: &str) -> Vec<u8> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut m = format!(
-        "From: {from}\r\nTo: bob@smime.example\r\nSubject: t\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-    )
-    .into_bytes();
-    for chunk in b64.as_bytes().chunks(76) {
-        m.extend_from_slice(chunk);
-        m.extend_from_slice(b"\r\n");
-    }
-    m
 }
 
 #[test]

@@ -653,3 +653,48 @@ pub fn aia_ocsp(url: &str) -> rcgen::CustomExtension {
     }]);
     rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], aia.to_der().unwrap())
 }
+
+/// A whole message from `from` to Bob (RFC 9216) around a DER CMS object:
+/// `application/pkcs7-mime` with the given `smime-type`, base64 in 76-character lines.
+pub fn p7m_message(der: &[u8], smime_type: &str, from: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut m = format!(
+        "From: {from}\r\nTo: bob@smime.example\r\nSubject: t\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in b64.as_bytes().chunks(76) {
+        m.extend_from_slice(chunk);
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+/// Bytes as SMTP carries them: CRLF line ends (files from disk and openssl output may use LF).
+pub fn crlf(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() + m.len() / 40);
+    for (i, &b) in m.iter().enumerate() {
+        if b == b'\n' && (i == 0 || m[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Bytes as text, for assertions and their messages.
+pub fn text(m: &[u8]) -> String {
+    String::from_utf8_lossy(m).into_owned()
+}
+
+/// Whether `hay` contains `needle`.
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    find(hay, needle.as_bytes()).is_some()
+}
+
+/// SHA-256 fingerprint (lower-case hex) of the first certificate of a PEM text, as cachet
+/// names certificates in headers, logs and `cachet certs`.
+pub fn pem_fingerprint(pem: &str) -> String {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    validate::inspect(&der).unwrap().fingerprint
+}

@@ -21,11 +21,7 @@ use crate::policy::{Cipher, KeyTransport};
 use crate::store::{Capability, KeyKind, RecipientCert};
 use const_oid::ObjectIdentifier as Oid;
 
-const AES256_CBC: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.42");
-const AES128_GCM: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.6");
-const AES256_GCM: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.1.46");
-const RSAES_OAEP: Oid = Oid::new_unwrap("1.2.840.113549.1.1.7");
-const SHA256: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.1");
+use crate::smime::algs::{AES128_GCM, AES256_CBC, AES256_GCM, ID_RSAES_OAEP as RSAES_OAEP, SHA256};
 /// Content-encryption algorithms cachet recognises in a capability list but does not produce:
 /// their presence still means "this recipient announced what it reads".
 const OTHER_CIPHERS: &[Oid] = &[
@@ -62,16 +58,32 @@ fn announces_ciphers(caps: &[Capability]) -> bool {
         .any(|c| cipher_of(c).is_some() || OTHER_CIPHERS.contains(&c.oid))
 }
 
-/// RSAES-OAEP with SHA-256 (the hash found anywhere in its parameters: RFC 4055 writes it as
-/// the hashFunc and in the MGF1 parameters).
+/// RSAES-OAEP with SHA-256 as cachet writes it: RSAES-OAEP-params (RFC 4055 §4.1) whose
+/// hashFunc and MGF1 hash are both SHA-256. Absent fields mean SHA-1 (the defaults), which
+/// cachet does not produce.
 pub fn announces_oaep_sha256(caps: &[Capability]) -> bool {
-    let sha256 = SHA256.as_bytes();
     caps.iter().any(|c| {
-        c.oid == RSAES_OAEP
-            && c.parameters
-                .as_deref()
-                .is_some_and(|p| p.windows(sha256.len()).any(|w| w == sha256))
+        c.oid == RSAES_OAEP && c.parameters.as_deref().is_some_and(oaep_params_are_sha256)
     })
+}
+
+fn oaep_params_are_sha256(params: &[u8]) -> bool {
+    use crate::smime::ber::{self, Node};
+    let Ok(seq) = ber::parse(params, 64) else {
+        return false;
+    };
+    let oid_is_sha256 = |alg: Option<&Node<'_>>| {
+        alg.and_then(|a| a.children().first())
+            .and_then(Node::primitive)
+            .is_some_and(|b| b == SHA256.as_bytes())
+    };
+    let field = |tag: u8| seq.children().iter().find(|n| n.tag == [tag]);
+    // [0] hashFunc AlgorithmIdentifier; [1] maskGenFunc { id-mgf1, AlgorithmIdentifier }.
+    let hash = field(0xa0).and_then(|f| f.children().first());
+    let mgf_hash = field(0xa1)
+        .and_then(|f| f.children().first())
+        .and_then(|mgf| mgf.children().get(1));
+    oid_is_sha256(hash) && oid_is_sha256(mgf_hash)
 }
 
 /// How one copy is encrypted, and why.
@@ -382,5 +394,18 @@ mod tests {
         assert!(announces_oaep_sha256(&[oaep_sha256()]));
         assert!(!announces_oaep_sha256(&[cap(RSAES_OAEP)]));
         assert!(!announces_oaep_sha256(&[cap(AES256_CBC)]));
+        // SHA-1 hashFunc (the default, left out) with MGF1-SHA-256: not what cachet writes.
+        let mgf_only = {
+            let mut der = crate::smime::algs::oaep_sha256_params();
+            let full = der.clone();
+            // Drop the [0] hashFunc field: SEQUENCE { [1] maskGen }.
+            let hash_len = 2 + full[3] as usize;
+            der = crate::smime::algs::tlv(0x30, &full[2 + hash_len..]);
+            Capability {
+                oid: RSAES_OAEP,
+                parameters: Some(der),
+            }
+        };
+        assert!(!announces_oaep_sha256(&[mgf_only]));
     }
 }

@@ -340,7 +340,7 @@ impl CertStore {
                     .map(|_| k)
                 });
             match verdict {
-                Ok(_) => match RecipientCert::from_info(der.clone(), &info) {
+                Ok(_) => match RecipientCert::from_info(der, &info) {
                     Ok(mut cert) => {
                         cert.capabilities = row
                             .capabilities
@@ -464,13 +464,7 @@ impl CertStore {
 
     /// How many addresses have at least one certificate (reads the whole address index).
     pub fn address_count(&self) -> usize {
-        self.query_column::<i64>(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT address FROM addresses) WHERE ?1 = ?1",
-            0,
-        )
-        .first()
-        .copied()
-        .unwrap_or(0) as usize
+        self.address_count_up_to(i64::MAX as usize)
     }
 
     /// Up to `limit` addresses with an end-entity certificate without a stored problem whose

@@ -133,10 +133,12 @@ impl CertStore {
                 "{fp:?} is not a certificate fingerprint (SHA-256 hex, at least 8 digits)"
             ));
         }
-        let even = &fp[..fp.len() / 2 * 2];
-        let low = unhex(even).unwrap_or_default();
-        let mut high = low.clone();
-        // The smallest blob greater than every blob starting with `low`.
+        // Every fingerprint starting with `fp` lies in [fp000..., fpfff...]: an odd last digit
+        // is padded both ways, so the range holds exactly the matches.
+        let pad = |d: &str| if fp.len() % 2 == 1 { format!("{fp}{d}") } else { fp.clone() };
+        let low = unhex(&pad("0")).unwrap_or_default();
+        let mut high = unhex(&pad("f")).unwrap_or_default();
+        // The smallest blob greater than every blob starting with `high`.
         while let Some(last) = high.pop() {
             if last < 0xff {
                 high.push(last + 1);

@@ -62,9 +62,8 @@ fn announces_ciphers(caps: &[Capability]) -> bool {
 /// hashFunc and MGF1 hash are both SHA-256. Absent fields mean SHA-1 (the defaults), which
 /// cachet does not produce.
 pub fn announces_oaep_sha256(caps: &[Capability]) -> bool {
-    caps.iter().any(|c| {
-        c.oid == RSAES_OAEP && c.parameters.as_deref().is_some_and(oaep_params_are_sha256)
-    })
+    caps.iter()
+        .any(|c| c.oid == RSAES_OAEP && c.parameters.as_deref().is_some_and(oaep_params_are_sha256))
 }
 
 fn oaep_params_are_sha256(params: &[u8]) -> bool {

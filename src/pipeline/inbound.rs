@@ -158,9 +158,7 @@ pub fn for_release(inbound: &InboundConfig) -> InboundConfig {
     let mut released = inbound.clone();
     released.on_undecryptable = OnUndecryptable::Deliver;
     for rule in &mut released.rules {
-        if rule.action != InboundAction::Tag {
-            rule.action = InboundAction::Tag;
-        }
+        rule.action = InboundAction::Tag;
     }
     released
 }
@@ -188,12 +186,16 @@ pub fn process(
 }
 
 /// Certificates known from elsewhere: the directory's intermediates, and the stored
-/// certificate of each `From:` address (for clients that send none, e.g. KMail).
+/// certificate of each `From:` address (for clients that send none, e.g. KMail). None for
+/// mail without S/MIME, which no signature check reads: no lookup per plain message.
 fn known_certificates(
     stores: &Stores,
     message: &[u8],
     now: SystemTime,
 ) -> Vec<CertificateDer<'static>> {
+    if !smime::open::carries_smime(message) {
+        return Vec::new();
+    }
     let mut known = stores.certs.intermediates().to_vec();
     for author in headers::authors(message) {
         if let Some(c) = stores.certs.lookup(&author, now).cert {
@@ -425,7 +427,8 @@ fn run(
 
 /// Removes what only cachet may say: `Authentication-Results` with our authserv-id and our own
 /// header fields.
-fn strip_claims(message: &[u8], hostname: &str) -> Vec<u8> {
+fn strip_claims<'a>(message: &'a [u8], hostname: &str) -> std::borrow::Cow<'a, [u8]> {
+    use std::borrow::Cow;
     // Continuation lines before the first field belong to no field; left in place they would
     // become part of the field we put on top (an injected `smime=pass`).
     let mut start = 0;
@@ -433,9 +436,10 @@ fn strip_claims(message: &[u8], hostname: &str) -> Vec<u8> {
         start = memchr::memchr(b'\n', &message[start..]).map_or(message.len(), |i| start + i + 1);
     }
     let message = &message[start..];
-    let m = authres::strip(message, hostname).unwrap_or_else(|| message.to_vec());
+    // Nothing to remove (the common case): no copy of the message.
+    let m = authres::strip(message, hostname).map_or(Cow::Borrowed(message), Cow::Owned);
     let own: Vec<String> = OWN_FIELDS.iter().map(|s| s.to_string()).collect();
-    headers::remove_fields(&m, &own).unwrap_or(m)
+    headers::remove_fields(&m, &own).map_or(m, Cow::Owned)
 }
 
 /// Opens `message` once per set of keys the recipients hold; without encryption (or with
@@ -475,10 +479,8 @@ fn open_groups<'a>(
         let addr = normalize_address(r);
         let mine: Vec<usize> = (0..keys.len())
             .filter(|&i| {
-                keys[i]
-                    .addresses
-                    .iter()
-                    .any(|a| normalize_address(a) == addr)
+                // Certificate addresses are normalised when the certificate is read.
+                keys[i].addresses.contains(&addr)
             })
             .collect();
         match sets.iter_mut().find(|(s, _)| *s == mine) {
@@ -726,7 +728,7 @@ fn build_copy(
     let o = &g.opened;
     let mut message = if o.decrypted {
         // The decrypted entity's fields join the header: they may claim to be us too.
-        strip_claims(&one_mime_version(&o.message), hostname)
+        strip_claims(&o.message, hostname).into_owned()
     } else {
         o.message.clone()
     };
@@ -755,32 +757,6 @@ fn build_copy(
     let mut out = Vec::with_capacity(top.len() + message.len());
     out.extend_from_slice(top.as_bytes());
     out.extend_from_slice(&message);
-    out
-}
-
-/// A decryption carries the outer header, `MIME-Version` and the inner entity's fields; an
-/// entity that had its own `MIME-Version` (openssl writes one) would show it twice. The first
-/// stays.
-fn one_mime_version(message: &[u8]) -> Vec<u8> {
-    let end = headers::header_len(message);
-    let mut out = Vec::with_capacity(message.len());
-    let mut seen = false;
-    let mut skipping = false;
-    for line in message[..end].split_inclusive(|&b| b == b'\n') {
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            if !skipping {
-                out.extend_from_slice(line);
-            }
-            continue;
-        }
-        let is_mv = line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"mime-version:");
-        skipping = is_mv && seen;
-        seen |= is_mv;
-        if !skipping {
-            out.extend_from_slice(line);
-        }
-    }
-    out.extend_from_slice(&message[end..]);
     out
 }
 
@@ -944,15 +920,6 @@ mod tests {
     }
 
     #[test]
-    fn a_second_mime_version_goes() {
-        let m = b"Subject: s\r\nMIME-Version: 1.0\r\nMIME-Version: 1.0\r\n (comment)\r\nContent-Type: text/plain\r\n\r\nMIME-Version: body\r\n";
-        assert_eq!(
-            one_mime_version(m),
-            b"Subject: s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nMIME-Version: body\r\n"
-        );
-    }
-
-    #[test]
     fn unearned_status_tags_are_removed() {
         let m = b"Subject: Re: [signed] [decrypted] offer\r\n\r\nx".to_vec();
         let out = subject_tags(m, &[]);
@@ -967,7 +934,7 @@ mod tests {
         let m = b"Authentication-Results: gw.example.org; smime=pass\r\nAuthentication-Results: mx.example.net; dkim=pass\r\nX-Cachet-Decrypted: for=<x@y>; key=sha256:00\r\nx-cachet-inbound-rule: rule=1\r\nSubject: s\r\n\r\nX-Cachet-Decrypted: body\r\n";
         let out = strip_claims(m, "gw.example.org");
         assert_eq!(
-            out,
+            &*out,
             b"Authentication-Results: mx.example.net; dkim=pass\r\nSubject: s\r\n\r\nX-Cachet-Decrypted: body\r\n"
         );
         // Folding with no field before it cannot continue the field we add.
@@ -975,6 +942,6 @@ mod tests {
             b"\tsmime=pass\r\n more\r\nSubject: s\r\n\r\nx",
             "gw.example.org",
         );
-        assert_eq!(out, b"Subject: s\r\n\r\nx");
+        assert_eq!(&*out, b"Subject: s\r\n\r\nx");
     }
 }

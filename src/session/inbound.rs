@@ -50,12 +50,7 @@ impl Session {
 
     /// RCPT on the inbound listener: local recipients only, the same limits as outbound.
     pub(super) fn inbound_rcpt(&mut self, address: &str) -> Reply {
-        let domain = address
-            .rsplit_once('@')
-            .map(|(_, d)| crate::store::normalize_domain(d))
-            .unwrap_or_default();
-        let local_domains = &self.runtime.config.server.local_domains;
-        if !local_domains.contains(&domain) {
+        if !self.runtime.config.submitters.is_local(address) {
             tracing::warn!(client = %self.peer, rcpt = address, "inbound recipient refused: not in server.local_domains");
             self.ctx.metrics.refused("inbound_not_local");
             return reply::INBOUND_NOT_LOCAL;

@@ -183,7 +183,7 @@ fn split_head_body(msg: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-fn looks_like_field(line: &[u8]) -> bool {
+pub(crate) fn looks_like_field(line: &[u8]) -> bool {
     let end = line.iter().position(|&b| b == b'\r').unwrap_or(line.len());
     let line = &line[..end];
     match line.iter().position(|&b| b == b':') {

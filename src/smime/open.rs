@@ -180,7 +180,8 @@ pub fn open(
         Some(inner) => {
             let mut m = outer;
             let (head, _) = head_body(&inner);
-            let entity_has_fields = starts_with_field(&inner);
+            let entity_has_fields =
+                mime::looks_like_field(inner.split(|&b| b == b'\n').next().unwrap_or_default());
             // One MIME-Version: the inner entity's when it has one (openssl writes it).
             if !(entity_has_fields && field_value(head, "MIME-Version").is_some()) {
                 m.extend_from_slice(b"MIME-Version: 1.0\r\n");
@@ -285,17 +286,6 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Whether `entity` starts with a header field (`name:` with a printable name), rather than
-/// with its blank line or bare content.
-fn starts_with_field(entity: &[u8]) -> bool {
-    let line_end = memchr::memchr(b'\n', entity).unwrap_or(entity.len());
-    let line = &entity[..line_end];
-    match memchr::memchr(b':', line) {
-        Some(colon) if colon > 0 => line[..colon].iter().all(|b| (33..=126).contains(b)),
-        _ => false,
-    }
-}
-
 /// Split an entity at its blank line. CRLF is the rule; a decrypted or encapsulated entity
 /// with LF line ends only is split at its first empty line too. The body is never rewritten.
 fn head_body(entity: &[u8]) -> (&[u8], &[u8]) {
@@ -379,6 +369,12 @@ fn field_value(head: &[u8], name: &str) -> Option<String> {
         }
     }
     value
+}
+
+/// Whether the message's top-level entity is an S/MIME layer (signed or encrypted): what
+/// [`open`] would start peeling. Reads only the header.
+pub fn carries_smime(message: &[u8]) -> bool {
+    kind(message).is_some()
 }
 
 fn kind(entity: &[u8]) -> Option<Kind> {

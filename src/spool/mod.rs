@@ -631,30 +631,30 @@ impl Draft {
         let spool = self.spool.clone();
         let path = self.path.clone();
         let id = self.id.clone();
-        let written = env.clone();
-        let held = tokio::task::spawn_blocking(move || -> io::Result<Option<MessageLock>> {
-            file.sync_all()?;
-            drop(file);
-            // flock(2) locks the file, not the name: taken on tmp/, it holds on data/ID.
-            let held = if lock {
-                let f = File::open(&path)?;
-                f.lock()?;
-                Some(MessageLock { _file: f })
-            } else {
-                None
-            };
-            fs::rename(&path, spool.data_path(&id))?;
-            let committed = fsync_dir(&spool.root.join("data"))
-                .and_then(|()| spool.save_blocking(&env, Queue::Incoming, None));
-            if committed.is_err() {
-                // Envelope first, as in a removal: never an envelope without its data.
-                let _ = fs::remove_file(spool.envelope_path(Queue::Incoming, &id));
-                let _ = fs::remove_file(spool.data_path(&id));
-            }
-            committed.map(|()| held)
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let (written, held) =
+            tokio::task::spawn_blocking(move || -> io::Result<(Envelope, Option<MessageLock>)> {
+                file.sync_all()?;
+                drop(file);
+                // flock(2) locks the file, not the name: taken on tmp/, it holds on data/ID.
+                let held = if lock {
+                    let f = File::open(&path)?;
+                    f.lock()?;
+                    Some(MessageLock { _file: f })
+                } else {
+                    None
+                };
+                fs::rename(&path, spool.data_path(&id))?;
+                let committed = fsync_dir(&spool.root.join("data"))
+                    .and_then(|()| spool.save_blocking(&env, Queue::Incoming, None));
+                if committed.is_err() {
+                    // Envelope first, as in a removal: never an envelope without its data.
+                    let _ = fs::remove_file(spool.envelope_path(Queue::Incoming, &id));
+                    let _ = fs::remove_file(spool.data_path(&id));
+                }
+                committed.map(|()| (env, held))
+            })
+            .await
+            .map_err(io::Error::other)??;
         self.path = PathBuf::new();
         Ok((written, held))
     }

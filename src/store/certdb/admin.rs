@@ -135,7 +135,13 @@ impl CertStore {
         }
         // Every fingerprint starting with `fp` lies in [fp000..., fpfff...]: an odd last digit
         // is padded both ways, so the range holds exactly the matches.
-        let pad = |d: &str| if fp.len() % 2 == 1 { format!("{fp}{d}") } else { fp.clone() };
+        let pad = |d: &str| {
+            if fp.len() % 2 == 1 {
+                format!("{fp}{d}")
+            } else {
+                fp.clone()
+            }
+        };
         let low = unhex(&pad("0")).unwrap_or_default();
         let mut high = unhex(&pad("f")).unwrap_or_default();
         // The smallest blob greater than every blob starting with `high`.

@@ -63,7 +63,7 @@ async fn one(spool: &Spool, body: &[u8]) {
         .await
         .unwrap()
         .expect("envelope");
-    let data = spool.read_checked(&env).await.unwrap();
+    let data = spool.read_checked(Queue::Incoming, &env).await.unwrap();
     assert_eq!(data.len(), body.len());
     spool.remove(Queue::Incoming, &id).await.unwrap();
     drop(lock);
@@ -79,7 +79,13 @@ fn main() {
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
     let body: Arc<Vec<u8>> = Arc::new(
         (0..size)
-            .map(|i| if i % 78 == 77 { b'\n' } else { b'a' + (i % 26) as u8 })
+            .map(|i| {
+                if i % 78 == 77 {
+                    b'\n'
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            })
             .collect(),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()

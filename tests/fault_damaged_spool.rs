@@ -1,7 +1,9 @@
-//! Faults, against the real binary (issue 14): a damaged spool. With the gateway down, one message
-//! gets a truncated envelope, one a data file of garbage, one loses its data file and one loses its
-//! envelope. After the restart each damaged one goes to `corrupt/` (the orphan data file is
-//! removed: it was never acknowledged, or already delivered) with one log line naming it, and every
+//! Faults, against the real binary (issue 14): a damaged spool. With the gateway down, one queue
+//! file is cut inside its message data, one gets garbage over its message data, one is emptied (what a disk can
+//! give back after a crash), and one loses the end of its last envelope record (a crash during a
+//! rewrite); a data file of the older layout that no envelope names is left in data/. After the
+//! restart each damaged one goes to `corrupt/` with one log line naming it, the orphan is removed,
+//! the torn record is skipped (its message is delivered from the record before it) and every
 //! other message is delivered.
 
 mod common;
@@ -37,8 +39,8 @@ async fn damaged_spool_entries_go_to_corrupt_and_the_rest_is_delivered() {
     let names = [
         "truncated",
         "garbage",
-        "nodata",
-        "noenvelope",
+        "emptied",
+        "torn",
         "intact1",
         "intact2",
     ];
@@ -57,34 +59,42 @@ async fn damaged_spool_entries_go_to_corrupt_and_the_rest_is_delivered() {
     }
     gw.kill_9();
 
-    let [truncated, garbage, nodata, noenvelope, ..] = &ids[..] else {
+    let [truncated, garbage, emptied, torn, ..] = &ids[..] else {
         unreachable!()
     };
-    let env_path = |id: &str| spool.join("deferred").join(id);
-    let data_path = |id: &str| spool.join("data").join(id);
-    // Half an envelope: what a disk gives back after losing the end of a file.
-    let env = std::fs::read(env_path(truncated)).unwrap();
-    std::fs::write(env_path(truncated), &env[..env.len() / 2]).unwrap();
-    // Garbage of exactly the same length: zeroed or scrambled blocks after a crash.
-    let len = std::fs::metadata(data_path(garbage)).unwrap().len() as usize;
-    let junk: Vec<u8> = (0..len).map(|i| (i * 7 + 13) as u8).collect();
-    std::fs::write(data_path(garbage), junk).unwrap();
-    std::fs::remove_file(data_path(nodata)).unwrap();
-    std::fs::remove_file(env_path(noenvelope)).unwrap();
+    let path = |id: &str| spool.join("deferred").join(id);
+    // Cut inside the message data: what a disk gives back after losing the end of a file.
+    let header = cachet::spool::file::HEADER_LEN as usize;
+    let whole = std::fs::read(path(truncated)).unwrap();
+    std::fs::write(path(truncated), &whole[..header + 40]).unwrap();
+    // Garbage of exactly the same length over the message data: scrambled blocks.
+    let mut file = std::fs::read(path(garbage)).unwrap();
+    for (i, b) in file[header..header + 64].iter_mut().enumerate() {
+        *b = (i * 7 + 13) as u8;
+    }
+    std::fs::write(path(garbage), file).unwrap();
+    std::fs::write(path(emptied), b"").unwrap();
+    // Half of one more envelope record: a crash while the next rewrite was being written.
+    let mut file = std::fs::read(path(torn)).unwrap();
+    file.extend_from_slice(b"E00000100\n{\"id\":\"");
+    std::fs::write(path(torn), file).unwrap();
+    // A data file of the older spool layout that no envelope names.
+    let orphan = "00000000000000000000FF";
+    std::fs::create_dir_all(spool.join("data")).unwrap();
+    std::fs::write(spool.join("data").join(orphan), b"Subject: lost\r\n\r\n").unwrap();
 
     up.faults().clear();
     gw.restart().await;
-    let got = gw.expect_upstream(&up, 2).await;
+    let got = gw.expect_upstream(&up, 3).await;
     let counts = token_counts(&got);
     assert_eq!(
         counts.keys().collect::<Vec<_>>(),
-        ["intact1", "intact2"],
+        ["intact1", "intact2", "torn"],
         "{}",
         gw.logs()
     );
-    // The damaged ones are in corrupt/ (the orphan data file is gone) once the scheduler has looked
-    // at each of them.
-    let mut expect = vec![truncated.clone(), garbage.clone(), nodata.clone()];
+    // The damaged ones are in corrupt/ once the scheduler has looked at each of them.
+    let mut expect = vec![truncated.clone(), garbage.clone(), emptied.clone()];
     expect.sort();
     let deadline = Instant::now() + WAIT;
     while queue_ids(&spool, "corrupt") != expect {
@@ -96,7 +106,10 @@ async fn damaged_spool_entries_go_to_corrupt_and_the_rest_is_delivered() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!data_path(noenvelope).exists(), "orphan data file left");
+    assert!(
+        !spool.join("data").join(orphan).exists(),
+        "orphan data file left"
+    );
     for q in ["incoming", "deferred", "hold"] {
         assert!(
             queue_ids(&spool, q).is_empty(),
@@ -107,18 +120,19 @@ async fn damaged_spool_entries_go_to_corrupt_and_the_rest_is_delivered() {
     }
     // One clear line each, naming the message and what is wrong with it.
     for (id, what) in [
-        (truncated, "envelope"),
-        (garbage, "data"),
-        (nodata, "data"),
-        (noenvelope, "without an envelope"),
+        (truncated.as_str(), "cut short"),
+        (garbage, "SHA-256"),
+        (emptied, "shorter than its header"),
+        (orphan, "without an envelope"),
     ] {
         let lines = complaints(&gw, id);
         assert_eq!(lines.len(), 1, "{id}: {lines:#?}\n{}", gw.logs());
         assert!(lines[0].contains(what), "{id}: {}", lines[0]);
     }
+    assert!(complaints(&gw, torn).is_empty(), "{}", gw.logs());
     // Nothing was delivered twice, and nothing damaged was delivered at all.
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
     println!(
-        "damaged spool: 4 damaged entries (truncated envelope, garbage data, missing data, missing envelope), 3 in corrupt/, 1 orphan removed, 2 of 2 intact delivered"
+        "damaged spool: 3 damaged queue files (cut short, garbage data, emptied) in corrupt/, 1 torn record skipped and its message delivered, 1 orphan data file removed, 2 of 2 intact delivered"
     );
 }

@@ -115,9 +115,8 @@ async fn every_acknowledged_message_survives_a_kill_9_storm() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // And nothing is left behind: no envelope, no orphan data file (a kill between the two renames
-    // of a commit, or the two unlinks of a removal, leaves one; the next start removes it), and
-    // nothing in corrupt/ (every rewrite is a rename: a kill never leaves half an envelope).
+    // And nothing is left behind: no queue file, nothing in corrupt/ (a kill during a rewrite
+    // leaves at most an incomplete last record, which readers skip), no data/ (the older layout).
     let spool = gw.spool_dir();
     let left = || -> Vec<String> {
         ["incoming", "deferred", "hold", "corrupt", "data"]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use cachet::spool::file::compose;
 use cachet::spool::{Envelope, Queue, Spool};
 use common::*;
 use std::time::Duration;
@@ -62,12 +63,12 @@ fn recovery_moves_an_envelope_naming_another_message_to_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let id = "00000000000000000000A1";
-    std::fs::write(spool.data_path(id), b"Subject: x\r\n\r\nbody\r\n").unwrap();
+    let queue_file = |json: Vec<u8>| compose(b"Subject: x\r\n\r\nbody\r\n", &json);
     for claimed in ["00000000000000000000B2", "../../../etc/passwd", ""] {
         let file = dir.path().join("incoming").join(id);
         std::fs::write(
             &file,
-            envelope_json(id, |v| v["id"] = serde_json::json!(claimed)),
+            queue_file(envelope_json(id, |v| v["id"] = serde_json::json!(claimed))),
         )
         .unwrap();
         let found = spool
@@ -89,7 +90,7 @@ fn recovery_moves_an_envelope_naming_another_message_to_corrupt() {
     // The real thing still recovers.
     std::fs::write(
         dir.path().join("incoming").join(id),
-        envelope_json(id, |_| {}),
+        queue_file(envelope_json(id, |_| {})),
     )
     .unwrap();
     let found = spool.scan(&[Queue::Incoming]).unwrap().found;
@@ -111,17 +112,21 @@ async fn recovery_delivers_past_an_envelope_due_at_the_end_of_time() {
     };
     let gw = Gateway::start(
         GatewayConfig::new()
-            .file(format!("spool/data/{damaged}"), data("damaged"))
             .file(
                 format!("spool/incoming/{damaged}"),
-                envelope_json(damaged, |v| {
-                    v["next_attempt"] = serde_json::json!(u64::MAX / 10);
-                }),
+                compose(
+                    data("damaged").as_bytes(),
+                    &envelope_json(damaged, |v| {
+                        v["next_attempt"] = serde_json::json!(u64::MAX / 10);
+                    }),
+                ),
             )
-            .file(format!("spool/data/{good}"), data("good"))
             .file(
                 format!("spool/incoming/{good}"),
-                envelope_json(good, |v| v["attempts"] = serde_json::json!(u32::MAX)),
+                compose(
+                    data("good").as_bytes(),
+                    &envelope_json(good, |v| v["attempts"] = serde_json::json!(u32::MAX)),
+                ),
             ),
     )
     .await;
@@ -157,11 +162,17 @@ async fn rewriting_an_envelope_at_the_last_sequence_number_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let id = "00000000000000000000C3";
-    let mut env: Envelope = serde_json::from_slice(&envelope_json(id, |v| {
-        v["seq"] = serde_json::json!(u64::MAX)
-    }))
+    let json = envelope_json(id, |v| v["seq"] = serde_json::json!(u64::MAX));
+    let mut env: Envelope = serde_json::from_slice(&json).unwrap();
+    std::fs::write(
+        spool.queue_path(Queue::Incoming, id),
+        compose(b"x\r\n", &json),
+    )
     .unwrap();
-    spool.save(&mut env, Queue::Deferred, None).await.unwrap();
+    spool
+        .save(&mut env, Queue::Deferred, Queue::Incoming)
+        .await
+        .unwrap();
     let (q, back) = spool.find(id).unwrap().expect("saved");
     assert_eq!((q, back.seq), (Queue::Deferred, u64::MAX));
 }

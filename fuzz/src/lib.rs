@@ -203,7 +203,8 @@ pub fn config_load(data: &[u8]) {
 /// Spool recovery on a damaged envelope: the scan never panics and never deletes a file it
 /// cannot read (it goes to corrupt/), what it returns is named by its file, and the DSN for
 /// it can be built.
-/// Input: envelope bytes; after a 0xFF byte, a second copy for deferred/ (a crash mid-move).
+/// Input: envelope bytes (one record of a queue file); after a 0xFF byte, a second copy for
+/// deferred/ (the same message in two queues).
 pub fn spool_recover(data: &[u8]) {
     use cachet::spool::{Queue, Spool};
     static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
@@ -213,11 +214,12 @@ pub fn spool_recover(data: &[u8]) {
     let _: Result<cachet::spool::Envelope, _> = serde_json::from_slice(data);
     let (first, second) = split_at_byte(data, 0xFF);
     let id = "0000000000000000000000";
-    std::fs::write(root.join("data").join(id), b"Subject: x\r\n\r\nbody\r\n").unwrap();
-    std::fs::write(root.join("incoming").join(id), first).unwrap();
+    let queue_file =
+        |json: &[u8]| cachet::spool::file::compose(b"Subject: x\r\n\r\nbody\r\n", json);
+    std::fs::write(root.join("incoming").join(id), queue_file(first)).unwrap();
     let two = data.contains(&0xFF);
     if two {
-        std::fs::write(root.join("deferred").join(id), second).unwrap();
+        std::fs::write(root.join("deferred").join(id), queue_file(second)).unwrap();
     }
     let found = spool
         .scan(&[Queue::Incoming, Queue::Deferred])

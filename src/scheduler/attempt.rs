@@ -7,7 +7,7 @@
 //! S/MIME) on the blocking pool, each copy relayed to `[upstream]`, each recipient's outcome
 //! recorded in the envelope and the audit trail. The inbound direction is `super::inbound`.
 //!
-//! A message that is damaged (envelope unparsable, data file missing or not what was committed)
+//! A message that is damaged (queue file unparsable, its data cut short or not what was committed)
 //! goes to corrupt/ with one log line (`Spool::quarantine`). A file that cannot be opened or
 //! read for any other reason (too many open files above all) is a temporary failure: the message
 //! stays where it is and is tried again after the first retry interval, never forgotten.
@@ -74,7 +74,7 @@ pub(super) async fn attempt(
         .await
         .expect("never closed");
     // Shared, not copied, between the sealing job and the DSN builder.
-    let data = match spool.read_checked(&env).await {
+    let data = match spool.read_checked(queue, &env).await {
         Ok(d) => Arc::new(d),
         Err(DataError::Damaged(reason)) => {
             spool.quarantine(queue, id, &reason);
@@ -128,7 +128,7 @@ fn lock_and_load(
                 queue,
             }));
         }
-        // No data file: the envelope is gone too, or the load below sends it to corrupt/.
+        // No queue file in a live queue: the load below finds nothing (or another queue).
         Ok(TryLock::Gone) => None,
         Err(e) => {
             tracing::error!(queue_id = id, error = %e, "cannot lock the message; will retry");

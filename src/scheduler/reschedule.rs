@@ -118,7 +118,7 @@ pub(super) async fn reschedule(
         let step = (env.attempts.max(1) as usize - 1).min(cfg.retry.len() - 1);
         let delay = cfg.retry[step];
         env.next_attempt = now + delay.as_secs().max(1);
-        match spool.save(&mut env, Queue::Deferred, Some(queue)).await {
+        match spool.save(&mut env, Queue::Deferred, queue).await {
             Ok(()) => {
                 unsaved.forget(&id);
                 Some(Due {
@@ -145,7 +145,7 @@ pub(super) async fn reschedule(
             .find(|r| r.status == RcptStatus::Held)
             .and_then(|r| r.reply.clone());
         metrics.held();
-        match spool.save(&mut env, Queue::Hold, Some(queue)).await {
+        match spool.save(&mut env, Queue::Hold, queue).await {
             Ok(()) => unsaved.forget(&id),
             Err(e) => {
                 // Left where it was: the next attempt holds it again, without re-sending.

@@ -123,7 +123,7 @@ impl Session {
     /// Runs `process` on a message committed under `lock` (see the module header).
     async fn judge(&self, mut env: Envelope, lock: crate::spool::MessageLock) -> Judged {
         let id = env.id.clone();
-        let data = match self.ctx.spool.read_checked(&env).await {
+        let data = match self.ctx.spool.read_checked(Queue::Incoming, &env).await {
             Ok(d) => d,
             Err(e) => {
                 // Committed and durable: the scheduler reads (or quarantines) it in its turn.
@@ -188,7 +188,7 @@ impl Session {
                 if let Err(e) = self
                     .ctx
                     .spool
-                    .save(&mut env, Queue::Hold, Some(Queue::Incoming))
+                    .save(&mut env, Queue::Hold, Queue::Incoming)
                     .await
                 {
                     // Still in incoming/: the scheduler processes it and holds it then.

@@ -33,12 +33,9 @@ impl Session {
         // dropped, and the reply says why.
         let mut write_error: Option<io::Error> = None;
         let mut total: u64 = 0;
-        if let Some(d) = &mut draft {
-            let received = self.received_header(d.id.as_str(), &tx);
-            if let Err(e) = d.write(received.as_bytes()).await {
-                tracing::error!(error = %e, "spool write failed");
-                write_error = Some(e);
-            }
+        // The Received: field goes out with the first piece of the body: one write, not two.
+        if let Some(d) = &draft {
+            body.extend_from_slice(self.received_header(d.id.as_str(), &tx).as_bytes());
         }
         // The first bytes of the message, for the end-of-DATA checks on From: (who may send as
         // whom, and whether a required signature is possible).

@@ -88,7 +88,7 @@ async fn pipelined_transaction_is_spooled_with_received_header() {
     assert!(out.contains("250-PIPELINING\r\n250-SIZE 1024\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"), "{out}");
     let id = f.queued.try_recv().expect("scheduler was told");
     assert!(out.contains(&format!("250 2.0.0 Ok: queued as {id}")));
-    let data = std::fs::read(f.ctx.spool.data_path(&id)).unwrap();
+    let data = f.ctx.spool.read_data(Queue::Incoming, &id).unwrap();
     let text = String::from_utf8(data).unwrap();
     assert!(
         text.starts_with(

@@ -1,6 +1,6 @@
 //! Operator actions on a spool, safe beside a live gateway (`cachet queue ...`, like
-//! postqueue/postsuper). Every change is an envelope rewrite by rename, so the gateway sees
-//! either the old or the new state, and every change is made under the message lock (see the
+//! postqueue/postsuper). Every change appends an envelope record (and renames the queue file
+//! between queues), so the gateway sees either the old or the new state, and every change is made under the message lock (see the
 //! spool header): an action on a message being delivered waits for the attempt to end, then
 //! applies to the envelope that attempt wrote, so recipients already served stay served and a
 //! hold is never overwritten by the delivery.
@@ -70,8 +70,8 @@ fn find(spool: &Spool, id: &str) -> Result<(Queue, super::Envelope), String> {
         .ok_or_else(|| format!("no message {id} in incoming, deferred or hold"))
 }
 
-/// The message lock, then the envelope as it is under the lock. `None` for the lock when the data
-/// file is gone (a corrupt message: nothing delivers it, so nothing races).
+/// The message lock, then the envelope as it is under the lock. `None` for the lock when the
+/// queue file went meanwhile (delivered, or moved to corrupt/: nothing delivers it then).
 fn locked(
     spool: &Spool,
     id: &str,
@@ -86,7 +86,7 @@ fn locked(
 
 pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
     let (q, env) = find(spool, id)?;
-    let data = std::fs::read(spool.data_path(id)).map_err(|e| e.to_string())?;
+    let data = spool.read_data(q, id).map_err(|e| e.to_string())?;
     let headers_end = memchr::memmem::find(&data, b"\r\n\r\n")
         .map(|i| i + 2)
         .unwrap_or(data.len());
@@ -106,7 +106,7 @@ pub fn hold(spool: &Spool, id: &str) -> Result<String, String> {
     env.hold_reason = Some("held by operator".into());
     env.seq += 1;
     spool
-        .save_blocking(&env, Queue::Hold, Some(q))
+        .save_blocking(&env, Queue::Hold, q)
         .map_err(|e| e.to_string())?;
     Ok(format!("{id} held"))
 }
@@ -131,7 +131,7 @@ pub fn release(spool: &Spool, id: &str) -> Result<String, String> {
     env.next_attempt = 0;
     env.seq += 1;
     spool
-        .save_blocking(&env, Queue::Incoming, Some(q))
+        .save_blocking(&env, Queue::Incoming, q)
         .map_err(|e| e.to_string())?;
     Ok(format!("{id} released"))
 }
@@ -145,7 +145,7 @@ pub fn retry(spool: &Spool, id: &str) -> Result<String, String> {
     env.next_attempt = 0;
     env.seq += 1;
     spool
-        .save_blocking(&env, Queue::Incoming, Some(q))
+        .save_blocking(&env, Queue::Incoming, q)
         .map_err(|e| e.to_string())?;
     Ok(format!("{id} scheduled for immediate delivery"))
 }

@@ -1,57 +1,65 @@
 //! The spool: where stages meet, and the only place a message lives between `250` and delivery.
 //!
-//! On disk (under `[spool] dir`), a message is two files, and the directory holding its envelope
-//! is its state (the Postfix lesson):
+//! On disk (under `[spool] dir`), a message is one queue file, and the directory holding it is
+//! its state (the Postfix lesson):
 //!
 //! ```text
-//! tmp/          drafts being received and envelope rewrites in progress (cleared at start)
-//! data/ID       the message bytes, written once, never changed; also the message's lock (below)
-//! incoming/ID   envelope of a message not yet attempted — renamed in last: the commit marker
-//! deferred/ID   envelope waiting for its next attempt (next_attempt inside)
-//! hold/ID       envelope held by policy or by an operator (`cachet queue hold`)
-//! corrupt/ID    an envelope that could not be read; kept for a human, never deleted
+//! tmp/          drafts being received (cleared at start)
+//! incoming/ID   a message not yet attempted: renamed in from tmp/, the commit marker
+//! deferred/ID   waiting for its next attempt (next_attempt inside)
+//! hold/ID       held by policy or by an operator (`cachet queue hold`)
+//! corrupt/ID    a queue file that could not be read; kept for a human, never deleted
 //! ```
 //!
-//! Commit (before the session answers `250`): fsync the data file, rename it into data/, write the
-//! envelope to tmp/, fsync, rename it into incoming/, fsync both directories. After `kill -9`,
-//! recovery is "scan the directories": every envelope in incoming/ or deferred/ is delivered again
-//! (duplicates are possible, losses are not). Envelope rewrites go tmp/ -> target dir by rename;
-//! a crash between the rename and the unlink of the old copy leaves two copies, and the higher
-//! `seq` wins. The envelope is JSON so `cachet queue show` and a human can read it.
+//! The queue file ([`file`]) holds the message bytes and, after them, the envelope as records
+//! appended in place: the newest complete record is the envelope. So a message costs one file
+//! created and one unlinked, and a deferral appends a record and renames the file, where two
+//! files (data and envelope) were created, rewritten and unlinked before.
 //!
-//! Damage (issue 14): an envelope that does not parse (or names another message), or whose data
-//! file is missing, or whose data file no longer matches the length and SHA-256 the envelope
-//! recorded at commit, moves to corrupt/ with one log line ([`Spool::quarantine`]); its data file
-//! stays for a human. Envelopes from before the digest existed are checked for a data file only.
-//! A data file without an envelope in any queue was never acknowledged (a crash between the two
-//! renames of the commit) or was already delivered (a crash between the two unlinks of a
-//! removal): it is removed at start, with one log line. Errors that say nothing about the files
-//! (`EMFILE`, `ENFILE`, `ENOMEM`, `EIO` on a read) are temporary: the message stays where it is
-//! and is tried again later. If a commit fails (a full disk), whatever it already wrote is
-//! removed, so nothing half-written is left for the scheduler or a restart to find.
+//! Commit (before the session answers `250`): write the header and the first envelope record
+//! behind the data, fsync the file, rename it from tmp/ into incoming/, fsync incoming/ (one
+//! directory fsync serves every commit that renamed before it started: group commit, see
+//! [`DirSync`]). After `kill -9`, recovery is "scan the directories": every queue file in
+//! incoming/ or deferred/ is delivered again (duplicates are possible, losses are not). A
+//! rewrite appends a record and fsyncs the file, then renames it if the queue changes and fsyncs
+//! both directories; a crash during the append leaves an incomplete record that readers skip.
+//! The envelope is JSON so `cachet queue show` and a human can read it.
 //!
-//! Who may rewrite an envelope: whoever holds the message lock, an exclusive `flock(2)` on
-//! `data/ID` ([`Spool::try_lock`], [`MessageLock`]). The scheduler takes it (without waiting) for
-//! a whole delivery attempt, from reading the envelope to writing its new state; `cachet queue
-//! hold|release|retry|delete` takes it too, waiting for an attempt in flight to end. So an
-//! operator's rewrite and a delivery never interleave, and two copies with equal `seq` cannot
-//! arise (the alternative, comparing `seq` before every rename, still loses one side's changes).
-//! The lock dies with the process (no stale lock files after `kill -9`); a human moving files by
-//! hand bypasses it, as with Postfix.
+//! Damage (issue 14): a queue file whose header or envelope records do not parse (or whose
+//! envelope names another message), or whose data is cut short, or no longer matches the
+//! length and SHA-256 the envelope recorded at commit, moves to corrupt/ with one log line
+//! ([`Spool::quarantine`]). Errors that say nothing about the files (`EMFILE`, `ENFILE`,
+//! `ENOMEM`, `EIO` on a read) are temporary: the message stays where it is and is tried again
+//! later. If a commit fails (a full disk), whatever it already wrote is removed, so nothing
+//! half-written is left for the scheduler or a restart to find.
+//!
+//! Spools written by an older cachet (data/ID plus a JSON envelope file in the queue
+//! directories) are converted when the gateway opens them ([`Spool::open`]): each pair becomes
+//! one queue file (written in tmp/, renamed over the old envelope, then data/ID removed).
+//!
+//! Who may rewrite an envelope: whoever holds the message lock, an exclusive `flock(2)` on the
+//! queue file ([`Spool::try_lock`], [`MessageLock`]); `flock` follows the file through renames.
+//! The scheduler takes it (without waiting) for a whole delivery attempt, from reading the
+//! envelope to writing its new state; `cachet queue hold|release|retry|delete` takes it too,
+//! waiting for an attempt in flight to end. So an operator's rewrite and a delivery never
+//! interleave. The lock dies with the process (no stale lock files after `kill -9`); a human
+//! moving files by hand bypasses it, as with Postfix.
 //!
 //! Modes: the spool holds plaintext, so directories are 0700 and files 0600 whatever the umask
 //! (created with explicit modes; existing ones are tightened by [`Spool::open`]).
 
 pub mod admin;
 mod envelope;
+pub mod file;
 pub mod modes;
 pub use envelope::{Direction, Envelope, RcptStatus, Recipient};
 
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// What [`Spool::scan`] found in the live queues.
 #[derive(Debug, Default)]
@@ -109,6 +117,8 @@ impl Queue {
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    /// Group commit of incoming/'s fsync, shared by every clone (every session).
+    incoming_sync: Arc<DirSync>,
 }
 
 static ID_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -129,8 +139,10 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// The spool's subdirectories.
-const SUBDIRS: [&str; 6] = ["tmp", "data", "incoming", "deferred", "hold", "corrupt"];
+/// The spool's subdirectories. `data/` belongs to the layout before queue files: it is only
+/// looked at (converted, then emptied) when it exists.
+const SUBDIRS: [&str; 5] = ["tmp", "incoming", "deferred", "hold", "corrupt"];
+const OLD_DATA_DIR: &str = "data";
 
 /// Creates a file for writing, readable by the gateway's user only.
 fn create_private(path: &Path) -> io::Result<File> {
@@ -153,44 +165,138 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
+/// Group commit of one directory's fsync: every caller returns only after an fsync of the
+/// directory that *started* after the caller asked (so after its rename), but concurrent
+/// callers share one. Under load, twenty sessions committing at once cost one or two directory
+/// fsyncs instead of twenty; alone, a caller pays exactly one, as before. Never skipped: no
+/// session answers `250` before its rename is durable.
+#[derive(Debug, Default)]
+struct DirSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// An fsync is running.
+    running: bool,
+    /// The callers who asked since the running fsync started: the next fsync serves them.
+    next: Arc<Batch>,
+}
+
+/// The callers one fsync serves, and its result once it ran.
+#[derive(Debug, Default)]
+struct Batch {
+    result: std::sync::OnceLock<Result<(), (io::ErrorKind, String)>>,
+}
+
+impl DirSync {
+    fn sync(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = st.next.clone();
+        loop {
+            if let Some(result) = mine.result.get() {
+                return result
+                    .clone()
+                    .map_err(|(kind, msg)| io::Error::new(kind, msg));
+            }
+            if !st.running {
+                // Our batch has not run and nothing runs: lead it. Every caller that joined it
+                // renamed before this fsync starts.
+                st.running = true;
+                let batch = std::mem::take(&mut st.next);
+                drop(st);
+                let result = fsync_dir(dir).map_err(|e| (e.kind(), e.to_string()));
+                let _ = batch.result.set(result);
+                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.running = false;
+                self.done.notify_all();
+                continue;
+            }
+            st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 impl Spool {
     /// Opens (creating if needed) the spool at `root` and clears leftovers in tmp/.
     /// Drafts in tmp/ were never acknowledged with `250`, so removing them loses nothing.
-    /// Directories become 0700 and files 0600, however they were created before.
+    /// Directories become 0700 and files 0600, however they were created before. A spool of
+    /// the older two-file layout is converted (see the module header).
     pub fn open(root: &Path) -> io::Result<Spool> {
         modes::private_dir(root)?;
         for sub in SUBDIRS {
             modes::private_dir(&root.join(sub))?;
         }
-        let spool = Spool {
-            root: root.to_path_buf(),
-        };
+        let spool = Spool::at(root);
         for entry in fs::read_dir(root.join("tmp"))? {
             let _ = fs::remove_file(entry?.path());
         }
-        for sub in SUBDIRS {
+        for sub in SUBDIRS.iter().chain([&OLD_DATA_DIR]) {
             modes::tighten_files(&root.join(sub));
         }
-        spool.remove_orphan_data()?;
+        if root.join(OLD_DATA_DIR).is_dir() {
+            modes::private_dir(&root.join(OLD_DATA_DIR))?;
+            spool.convert_old_layout()?;
+        }
         Ok(spool)
     }
 
-    /// Removes data files that no queue has an envelope for. Only at start, before any session
-    /// runs: a live commit has its data file in data/ a moment before its envelope.
-    fn remove_orphan_data(&self) -> io::Result<()> {
-        for id in self.ids_in("data")? {
-            let owned = Queue::ALL
-                .iter()
-                .any(|q| self.envelope_path(*q, &id).symlink_metadata().is_ok());
-            if !owned {
-                match fs::remove_file(self.data_path(&id)) {
-                    Ok(()) => tracing::warn!(
-                        queue_id = %id,
-                        "data file without an envelope removed (never acknowledged, or already delivered)"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(queue_id = %id, error = %e, "data file without an envelope could not be removed")
-                    }
+    fn at(root: &Path) -> Spool {
+        Spool {
+            root: root.to_path_buf(),
+            incoming_sync: Arc::new(DirSync::default()),
+        }
+    }
+
+    /// The older layout: data/ID beside a JSON envelope in a queue directory. Each live pair
+    /// becomes one queue file (an envelope without its data is left to the scan, which moves it
+    /// to corrupt/ as unreadable); data files no live envelope names (never acknowledged, or already delivered) are removed, except
+    /// those of messages in corrupt/, kept for a human. Only at start, before any session runs.
+    fn convert_old_layout(&self) -> io::Result<()> {
+        let old_data = |id: &str| self.root.join(OLD_DATA_DIR).join(id);
+        for q in [Queue::Incoming, Queue::Deferred, Queue::Hold] {
+            for id in self.ids(q)? {
+                // Only a pair is converted: a file without data/ID is the scan's to judge (an
+                // old envelope whose data is gone is "not a queue file" there, and goes to
+                // corrupt/ like any other unreadable file).
+                let data = match fs::read(old_data(&id)) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                let path = self.queue_path(q, &id);
+                let Ok(old) = fs::read(&path) else { continue };
+                if old.starts_with(file::MAGIC) {
+                    continue;
+                }
+                let tmp = self.root.join("tmp").join(&id);
+                let mut f = create_private(&tmp)?;
+                // The old envelope's bytes as they are: a damaged one is found by the scan.
+                f.write_all(&file::compose(&data, &old))?;
+                f.sync_all()?;
+                drop(f);
+                fs::rename(&tmp, &path)?;
+                fsync_dir(&self.root.join(q.dir_name()))?;
+                fs::remove_file(old_data(&id))?;
+                tracing::info!(queue_id = %id, queue = q.dir_name(), "converted to a queue file");
+            }
+        }
+        for id in self.ids_in(OLD_DATA_DIR)? {
+            if self
+                .queue_path(Queue::Corrupt, &id)
+                .symlink_metadata()
+                .is_ok()
+            {
+                continue;
+            }
+            match fs::remove_file(old_data(&id)) {
+                Ok(()) => tracing::warn!(
+                    queue_id = %id,
+                    "data file without an envelope removed (never acknowledged, or already delivered)"
+                ),
+                Err(e) => {
+                    tracing::warn!(queue_id = %id, error = %e, "data file without an envelope could not be removed")
                 }
             }
         }
@@ -205,35 +311,33 @@ impl Spool {
                 format!("{} is not a cachet spool", root.display()),
             ));
         }
-        Ok(Spool {
-            root: root.to_path_buf(),
-        })
+        Ok(Spool::at(root))
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn envelope_path(&self, q: Queue, id: &str) -> PathBuf {
+    /// The queue file of message `id` in queue `q`.
+    pub fn queue_path(&self, q: Queue, id: &str) -> PathBuf {
         self.root.join(q.dir_name()).join(id)
     }
 
-    pub fn data_path(&self, id: &str) -> PathBuf {
-        self.root.join("data").join(id)
-    }
-
-    /// Starts receiving a message: bytes go straight to tmp/ (memory stays bounded).
+    /// Starts receiving a message: bytes go straight to tmp/ (memory stays bounded), after room
+    /// for the header, which the commit writes.
     pub async fn draft(&self) -> io::Result<Draft> {
         let id = new_id();
-        let path = self.root.join("tmp").join(format!("{id}.data"));
+        let path = self.root.join("tmp").join(&id);
         let file = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
-                fs::OpenOptions::new()
+                let mut f = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(modes::FILE_MODE)
-                    .open(&path)
+                    .open(&path)?;
+                f.seek(io::SeekFrom::Start(file::HEADER_LEN))?;
+                Ok::<_, io::Error>(f)
             })
             .await
             .map_err(io::Error::other)??
@@ -248,8 +352,9 @@ impl Spool {
         })
     }
 
-    /// Writes `env` durably into queue `to`; if `from` differs, removes the old copy afterwards.
-    pub async fn save(&self, env: &mut Envelope, to: Queue, from: Option<Queue>) -> io::Result<()> {
+    /// Writes `env` durably as the message's envelope and moves the message from queue `from`
+    /// to `to` (if they differ).
+    pub async fn save(&self, env: &mut Envelope, to: Queue, from: Queue) -> io::Result<()> {
         env.seq = env.seq.saturating_add(1);
         let this = self.clone();
         let env = env.clone();
@@ -258,31 +363,18 @@ impl Spool {
             .map_err(io::Error::other)?
     }
 
-    /// The caller holds the message lock (or the message is new and nobody else knows its ID).
-    /// On failure (a full disk) nothing changed on disk: the old envelope is still in place.
-    pub fn save_blocking(&self, env: &Envelope, to: Queue, from: Option<Queue>) -> io::Result<()> {
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.env{}", env.id, env.seq));
-        let written = (|| {
-            let mut f = create_private(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(env).map_err(io::Error::other)?)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, self.envelope_path(to, &env.id))
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        fsync_dir(&self.root.join(to.dir_name()))?;
-        if let Some(from) = from.filter(|&f| f != to) {
-            match fs::remove_file(self.envelope_path(from, &env.id)) {
-                Ok(()) => fsync_dir(&self.root.join(from.dir_name()))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+    /// The caller holds the message lock. On failure (a full disk) before the rename, the old
+    /// envelope still stands.
+    pub fn save_blocking(&self, env: &Envelope, to: Queue, from: Queue) -> io::Result<()> {
+        let path = self.queue_path(from, &env.id);
+        let f = fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let end = file::read(&f)?.end;
+        file::append(&f, end, &file::record(env)?)?;
+        drop(f);
+        if from != to {
+            fs::rename(&path, self.queue_path(to, &env.id))?;
+            fsync_dir(&self.root.join(to.dir_name()))?;
+            fsync_dir(&self.root.join(from.dir_name()))?;
         }
         Ok(())
     }
@@ -297,13 +389,19 @@ impl Spool {
 
     /// Reads an envelope from queue `q`. `Ok(None)` when it is not there (moved by an operator).
     pub fn load(&self, q: Queue, id: &str) -> io::Result<Option<Envelope>> {
-        match fs::read(self.envelope_path(q, id)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("envelope {id}: {e}"))
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let f = match File::open(self.queue_path(q, id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        file::read(&f)
+            .map(|p| Some(p.envelope))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidData => {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("queue file {id}: {e}"))
+                }
+                _ => e,
+            })
     }
 
     /// Finds a message in any queue.
@@ -319,16 +417,13 @@ impl Spool {
         Ok(None)
     }
 
-    /// Removes a finished message: envelope first (so a crash leaves an orphan data file, never
-    /// an envelope without data), then the data.
+    /// Removes a finished message.
     pub fn remove_blocking(&self, q: Queue, id: &str) -> io::Result<()> {
-        match fs::remove_file(self.envelope_path(q, id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        match fs::remove_file(self.queue_path(q, id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
-        let _ = fs::remove_file(self.data_path(id));
-        Ok(())
     }
 
     pub async fn remove(&self, q: Queue, id: &str) -> io::Result<()> {
@@ -354,10 +449,10 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Every readable envelope in the live queues. Damaged ones (unparsable, or without their
-    /// data file) move to corrupt/ with one log line each; envelopes that cannot be read for a
-    /// passing reason are reported in `unread` and left alone. Duplicates left by a crash during
-    /// a move are resolved by `seq`.
+    /// Every readable envelope in the live queues. Damaged queue files (unparsable, data cut
+    /// short) move to corrupt/ with one log line each; files that cannot be read for a passing
+    /// reason are reported in `unread` and left alone. A message found in two queues (moved by
+    /// hand) is taken from the copy with the higher `seq`.
     pub fn scan(&self, queues: &[Queue]) -> io::Result<Scanned> {
         let mut found: std::collections::HashMap<String, (Queue, Envelope)> = Default::default();
         let mut unread = Vec::new();
@@ -380,29 +475,17 @@ impl Spool {
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(queue_id = %id, queue = q.dir_name(), error = %e, "cannot read the envelope now; will try again");
+                        tracing::warn!(queue_id = %id, queue = q.dir_name(), error = %e, "cannot read the queue file now; will try again");
                         unread.push((q, id));
                         continue;
                     }
                 };
-                match fs::symlink_metadata(self.data_path(&id)) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        self.quarantine(q, &id, "data file missing");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(queue_id = %id, queue = q.dir_name(), error = %e, "cannot look at the data file now; will try again");
-                        unread.push((q, id));
-                        continue;
-                    }
-                }
                 match found.get(&id) {
                     Some((_, old)) if old.seq >= env.seq => {
-                        let _ = fs::remove_file(self.envelope_path(q, &id));
+                        let _ = fs::remove_file(self.queue_path(q, &id));
                     }
                     Some((old_q, _)) => {
-                        let _ = fs::remove_file(self.envelope_path(*old_q, &id));
+                        let _ = fs::remove_file(self.queue_path(*old_q, &id));
                         found.insert(id, (q, env));
                     }
                     None => {
@@ -416,13 +499,10 @@ impl Spool {
         Ok(Scanned { found, unread })
     }
 
-    /// Moves a damaged message's envelope from `q` to corrupt/, with one log line saying why.
-    /// The data file (if any) stays in data/ for a human; nothing is deleted.
+    /// Moves a damaged message's queue file from `q` to corrupt/, with one log line saying why.
+    /// Nothing is deleted.
     pub fn quarantine(&self, q: Queue, id: &str, reason: &str) {
-        match fs::rename(
-            self.envelope_path(q, id),
-            self.envelope_path(Queue::Corrupt, id),
-        ) {
+        match fs::rename(self.queue_path(q, id), self.queue_path(Queue::Corrupt, id)) {
             Ok(()) => {
                 let _ = fsync_dir(&self.root.join(Queue::Corrupt.dir_name()));
                 tracing::error!(queue_id = %id, queue = q.dir_name(), reason, "damaged message moved to corrupt/");
@@ -434,42 +514,75 @@ impl Spool {
         }
     }
 
+    /// The message bytes of `id` in queue `q`, unchecked (for `cachet queue show` and tests).
+    pub fn read_data(&self, q: Queue, id: &str) -> io::Result<Vec<u8>> {
+        let f = File::open(self.queue_path(q, id))?;
+        let size = file::read(&f)?.size;
+        let mut data = vec![0; size as usize];
+        f.read_exact_at(&mut data, file::HEADER_LEN)?;
+        Ok(data)
+    }
+
     /// The message bytes, checked against what the envelope recorded at commit (length and
     /// SHA-256; envelopes without a digest are not checked). Reads and hashes on the blocking
     /// pool.
-    pub async fn read_checked(&self, env: &Envelope) -> Result<Vec<u8>, DataError> {
+    pub async fn read_checked(&self, q: Queue, env: &Envelope) -> Result<Vec<u8>, DataError> {
         let this = self.clone();
         let (id, size, sha) = (env.id.clone(), env.size, env.data_sha256.clone());
-        tokio::task::spawn_blocking(move || this.read_checked_blocking(&id, size, sha.as_deref()))
-            .await
-            .map_err(|e| DataError::Io(io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || {
+            this.read_checked_blocking(q, &id, size, sha.as_deref())
+        })
+        .await
+        .map_err(|e| DataError::Io(io::Error::other(e)))?
     }
 
     fn read_checked_blocking(
         &self,
+        q: Queue,
         id: &str,
         size: u64,
         sha256: Option<&str>,
     ) -> Result<Vec<u8>, DataError> {
-        let data = match fs::read(self.data_path(id)) {
-            Ok(d) => d,
+        let f = match File::open(self.queue_path(q, id)) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(DataError::Damaged("data file missing".into()));
+                return Err(DataError::Damaged("queue file missing".into()));
             }
             Err(e) => return Err(DataError::Io(e)),
         };
-        // Envelopes written before the digest existed (or by hand) are taken as they are.
-        if let Some(want) = sha256 {
-            if data.len() as u64 != size {
-                return Err(DataError::Damaged(format!(
-                    "data file is {} bytes, the envelope says {size}",
-                    data.len()
-                )));
+        let mut head = [0u8; file::HEADER_LEN as usize];
+        let len = match f.metadata().and_then(|m| {
+            f.read_exact_at(&mut head, 0)?;
+            Ok(m.len())
+        }) {
+            Ok(len) => len,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(DataError::Damaged("queue file cut short".into()));
             }
+            Err(e) => return Err(DataError::Io(e)),
+        };
+        let stored = file::parse_header(&head)
+            .ok_or_else(|| DataError::Damaged("queue file header damaged".into()))?;
+        // Envelopes written by hand (no digest) are taken as they are.
+        if sha256.is_some() && stored != size {
+            return Err(DataError::Damaged(format!(
+                "message data is {stored} bytes, the envelope says {size}"
+            )));
+        }
+        if file::HEADER_LEN + stored > len {
+            return Err(DataError::Damaged(format!(
+                "message data cut short: {} of {stored} bytes",
+                len.saturating_sub(file::HEADER_LEN)
+            )));
+        }
+        let mut data = vec![0; stored as usize];
+        f.read_exact_at(&mut data, file::HEADER_LEN)
+            .map_err(DataError::Io)?;
+        if let Some(want) = sha256 {
             let got = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data).as_ref());
             if !got.eq_ignore_ascii_case(want) {
                 return Err(DataError::Damaged(
-                    "data file does not match the SHA-256 the envelope recorded".into(),
+                    "message data does not match the SHA-256 the envelope recorded".into(),
                 ));
             }
         }
@@ -498,8 +611,8 @@ impl Spool {
     }
 }
 
-/// The right to rewrite one message's envelope: an exclusive `flock(2)` on `data/ID`, released
-/// when this is dropped (or the process dies). See the module header.
+/// The right to rewrite one message's envelope: an exclusive `flock(2)` on its queue file,
+/// released when this is dropped (or the process dies). See the module header.
 #[derive(Debug)]
 pub struct MessageLock {
     _file: File,
@@ -511,35 +624,56 @@ pub enum TryLock {
     Locked(MessageLock),
     /// Another process or task holds it (an operator action, a delivery attempt).
     Busy,
-    /// No data file: the message is gone (deleted, delivered) or corrupt.
+    /// No queue file in incoming/, deferred/ or hold/: the message is gone (deleted,
+    /// delivered) or corrupt.
     Gone,
 }
 
 impl Spool {
-    /// Takes the message lock without waiting.
+    /// Takes the message lock without waiting. The lock is on the file, wherever a lock holder
+    /// moves it; if it moved while we waited, we look again.
     pub fn try_lock(&self, id: &str) -> io::Result<TryLock> {
+        use std::os::unix::fs::MetadataExt;
         if !valid_id(id) {
             return Ok(TryLock::Gone);
         }
-        let file = match File::open(self.data_path(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TryLock::Gone),
-            Err(e) => return Err(e),
-        };
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Ok(TryLock::Busy),
-            Err(fs::TryLockError::Error(e)) => return Err(e),
+        for _ in 0..3 {
+            let mut opened = None;
+            for q in [Queue::Incoming, Queue::Deferred, Queue::Hold] {
+                match File::open(self.queue_path(q, id)) {
+                    Ok(f) => {
+                        opened = Some((q, f));
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some((q, file)) = opened else {
+                return Ok(TryLock::Gone);
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(TryLock::Busy),
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            }
+            // Still there under that name? A lock on a file since unlinked is worth nothing.
+            let ours = file.metadata()?;
+            match fs::symlink_metadata(self.queue_path(q, id)) {
+                Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {
+                    return Ok(TryLock::Locked(MessageLock { _file: file }));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
-        // Deleted while we waited for the lock: the lock is on an unlinked file, worth nothing.
-        if !self.data_path(id).is_file() {
-            return Ok(TryLock::Gone);
-        }
-        Ok(TryLock::Locked(MessageLock { _file: file }))
+        Ok(TryLock::Gone)
     }
 
     /// Takes the message lock, waiting up to `patience` for a delivery attempt in flight to end
-    /// (every network wait of an attempt has a deadline, so it does end). `Ok(None)`: no data file.
+    /// (every network wait of an attempt has a deadline, so it does end). `Ok(None)`: no queue
+    /// file.
     pub fn lock_waiting(
         &self,
         id: &str,
@@ -602,13 +736,13 @@ impl Draft {
     }
 
     /// Makes the message durable and queued; only after this returns may the session say `250`.
-    /// On failure (a full disk) nothing of the message is left: no data file without an
-    /// envelope, no envelope the scheduler could pick up after the client was told `4xx`.
+    /// On failure (a full disk) nothing of the message is left: no queue file the scheduler
+    /// could pick up after the client was told `4xx`.
     pub async fn commit(self, env: Envelope) -> io::Result<String> {
         Ok(self.commit_inner(env, false).await?.0.id)
     }
 
-    /// Commits like [`Draft::commit`], holding the message lock from before the envelope
+    /// Commits like [`Draft::commit`], holding the message lock from before the message
     /// appears in incoming/ until the returned [`MessageLock`] is dropped: the scheduler (which
     /// also scans incoming/) cannot start a delivery meanwhile. The inbound session uses it to
     /// judge a message it already made durable before answering (reject removes it, hold moves
@@ -631,27 +765,36 @@ impl Draft {
         let spool = self.spool.clone();
         let path = self.path.clone();
         let id = self.id.clone();
+        let size = self.size;
         let (written, held) =
             tokio::task::spawn_blocking(move || -> io::Result<(Envelope, Option<MessageLock>)> {
-                file.sync_all()?;
-                drop(file);
-                // flock(2) locks the file, not the name: taken on tmp/, it holds on data/ID.
-                let held = if lock {
-                    let f = File::open(&path)?;
-                    f.lock()?;
-                    Some(MessageLock { _file: f })
-                } else {
-                    None
-                };
-                fs::rename(&path, spool.data_path(&id))?;
-                let committed = fsync_dir(&spool.root.join("data"))
-                    .and_then(|()| spool.save_blocking(&env, Queue::Incoming, None));
-                if committed.is_err() {
-                    // Envelope first, as in a removal: never an envelope without its data.
-                    let _ = fs::remove_file(spool.envelope_path(Queue::Incoming, &id));
-                    let _ = fs::remove_file(spool.data_path(&id));
+                let queued = spool.queue_path(Queue::Incoming, &id);
+                let committed = (|| {
+                    file.write_all_at(&file::header(size), 0)?;
+                    file.write_all_at(&file::record(&env)?, file::HEADER_LEN + size)?;
+                    file.sync_all()?;
+                    // flock(2) locks the file, not the name: taken on tmp/, it holds in incoming/.
+                    let held = if lock {
+                        file.lock()?;
+                        Some(MessageLock { _file: file })
+                    } else {
+                        drop(file);
+                        None
+                    };
+                    fs::rename(&path, &queued)?;
+                    spool
+                        .incoming_sync
+                        .sync(&spool.root.join(Queue::Incoming.dir_name()))?;
+                    Ok(held)
+                })();
+                match committed {
+                    Ok(held) => Ok((env, held)),
+                    Err(e) => {
+                        let _ = fs::remove_file(&queued);
+                        let _ = fs::remove_file(&path);
+                        Err(e)
+                    }
                 }
-                committed.map(|()| (env, held))
             })
             .await
             .map_err(io::Error::other)??;
@@ -685,27 +828,33 @@ mod tests {
         )
     }
 
+    async fn committed(spool: &Spool, body: &[u8]) -> String {
+        let mut d = spool.draft().await.unwrap();
+        d.write(body).await.unwrap();
+        d.commit(env("a@x", &["b@y"])).await.unwrap()
+    }
+
+    fn tmp_is_empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir.join("tmp")).unwrap().next().is_none()
+    }
+
     #[tokio::test]
-    async fn commit_makes_data_and_envelope_durable() {
+    async fn commit_makes_one_durable_queue_file() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut d = spool.draft().await.unwrap();
-        d.write(b"Subject: hi\r\n\r\nbody\r\n").await.unwrap();
-        let id = d.commit(env("a@x", &["b@y"])).await.unwrap();
+        let id = committed(&spool, b"Subject: hi\r\n\r\nbody\r\n").await;
         assert_eq!(
-            std::fs::read(spool.data_path(&id)).unwrap(),
+            spool.read_data(Queue::Incoming, &id).unwrap(),
             b"Subject: hi\r\n\r\nbody\r\n"
         );
+        let raw = std::fs::read(spool.queue_path(Queue::Incoming, &id)).unwrap();
+        assert!(raw.starts_with(file::MAGIC));
         let (q, e) = spool.find(&id).unwrap().unwrap();
         assert_eq!(q, Queue::Incoming);
         assert_eq!(e.recipients[0].address, "b@y");
         assert_eq!(e.size, 21);
-        assert!(
-            std::fs::read_dir(dir.path().join("tmp"))
-                .unwrap()
-                .next()
-                .is_none()
-        );
+        assert!(tmp_is_empty(dir.path()));
+        assert!(!dir.path().join("data").exists(), "no data/ in a new spool");
     }
 
     #[tokio::test]
@@ -715,31 +864,60 @@ mod tests {
         let mut d = spool.draft().await.unwrap();
         d.write(b"x").await.unwrap();
         drop(d);
-        assert!(
-            std::fs::read_dir(dir.path().join("tmp"))
-                .unwrap()
-                .next()
-                .is_none()
-        );
+        assert!(tmp_is_empty(dir.path()));
         assert!(spool.scan(&Queue::ALL).unwrap().found.is_empty());
+    }
+
+    #[tokio::test]
+    async fn rewrites_append_records_and_a_torn_one_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = committed(&spool, b"Subject: hi\r\n\r\nbody\r\n").await;
+        let (_, mut e) = spool.find(&id).unwrap().unwrap();
+        e.attempts = 1;
+        spool
+            .save(&mut e, Queue::Deferred, Queue::Incoming)
+            .await
+            .unwrap();
+        assert!(!spool.queue_path(Queue::Incoming, &id).exists());
+        let path = spool.queue_path(Queue::Deferred, &id);
+        let two = std::fs::read(&path).unwrap();
+        // A crash in the middle of the next append: the record is cut, the last whole one stands.
+        e.attempts = 2;
+        let rec = file::record(&e).unwrap();
+        let mut torn = two.clone();
+        torn.extend_from_slice(&rec[..rec.len() / 2]);
+        std::fs::write(&path, &torn).unwrap();
+        let (q, back) = spool.find(&id).unwrap().unwrap();
+        assert_eq!((q, back.attempts, back.seq), (Queue::Deferred, 1, 2));
+        // The next rewrite goes over the torn tail, so it is the one read back.
+        e.attempts = 3;
+        spool
+            .save(&mut e, Queue::Deferred, Queue::Deferred)
+            .await
+            .unwrap();
+        assert_eq!(spool.find(&id).unwrap().unwrap().1.attempts, 3);
+        let three = std::fs::read(&path).unwrap();
+        assert_eq!(three.len(), two.len() + file::record(&e).unwrap().len());
+        assert_eq!(spool.read_data(Queue::Deferred, &id).unwrap().len(), 21);
     }
 
     #[tokio::test]
     async fn scan_keeps_newest_copy_and_quarantines_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut d = spool.draft().await.unwrap();
-        d.write(b"x\r\n").await.unwrap();
-        let id = d.commit(env("a@x", &["b@y"])).await.unwrap();
-        // Simulate a crash between rename into deferred/ and unlink from incoming/.
+        let id = committed(&spool, b"x\r\n").await;
+        // The same message in two queues (copied by hand): the higher seq wins.
         let (_, mut e) = spool.find(&id).unwrap().unwrap();
+        let deferred = spool.queue_path(Queue::Deferred, &id);
+        std::fs::copy(spool.queue_path(Queue::Incoming, &id), &deferred).unwrap();
         e.seq += 1;
         e.attempts = 1;
-        std::fs::write(
-            dir.path().join("deferred").join(&id),
-            serde_json::to_vec(&e).unwrap(),
-        )
-        .unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&deferred)
+            .unwrap();
+        f.write_all(&file::record(&e).unwrap()).unwrap();
         std::fs::write(dir.path().join("incoming").join("GARBAGE1"), b"{not json").unwrap();
         let found = spool
             .scan(&[Queue::Incoming, Queue::Deferred])
@@ -748,42 +926,129 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, Queue::Deferred);
         assert_eq!(found[0].1.attempts, 1);
-        assert!(!dir.path().join("incoming").join(&id).exists());
+        assert!(!spool.queue_path(Queue::Incoming, &id).exists());
         assert!(dir.path().join("corrupt").join("GARBAGE1").exists());
     }
 
     #[tokio::test]
-    async fn data_is_checked_against_the_envelope_and_orphans_go_at_open() {
+    async fn data_is_checked_against_the_envelope() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut d = spool.draft().await.unwrap();
-        d.write(b"Subject: hi\r\n\r\nbody\r\n").await.unwrap();
-        let id = d.commit(env("a@x", &["b@y"])).await.unwrap();
-        let (_, e) = spool.find(&id).unwrap().unwrap();
-        assert_eq!(spool.read_checked(&e).await.unwrap().len(), 21);
+        let id = committed(&spool, b"Subject: hi\r\n\r\nbody\r\n").await;
+        let (q, e) = spool.find(&id).unwrap().unwrap();
+        assert_eq!(spool.read_checked(q, &e).await.unwrap().len(), 21);
+        let path = spool.queue_path(q, &id);
+        let good = std::fs::read(&path).unwrap();
         // Same length, other bytes: only the digest can tell.
-        std::fs::write(spool.data_path(&id), b"Subject: ho\r\n\r\nbody\r\n").unwrap();
+        let at = file::HEADER_LEN as usize + 10;
+        let mut flipped = good.clone();
+        flipped[at] ^= 0x01;
+        std::fs::write(&path, &flipped).unwrap();
         assert!(matches!(
-            spool.read_checked(&e).await,
+            spool.read_checked(q, &e).await,
             Err(DataError::Damaged(r)) if r.contains("SHA-256")
         ));
-        std::fs::write(spool.data_path(&id), b"short").unwrap();
+        std::fs::write(&path, &good[..at]).unwrap();
         assert!(matches!(
-            spool.read_checked(&e).await,
-            Err(DataError::Damaged(r)) if r.contains("5 bytes")
+            spool.read_checked(q, &e).await,
+            Err(DataError::Damaged(r)) if r.contains("cut short")
         ));
-        std::fs::remove_file(spool.data_path(&id)).unwrap();
+        let err = spool.load(q, &id).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("cut short"), "{err}");
+        std::fs::remove_file(&path).unwrap();
         assert!(matches!(
-            spool.read_checked(&e).await,
+            spool.read_checked(q, &e).await,
             Err(DataError::Damaged(r)) if r.contains("missing")
         ));
-        // A data file no queue knows is removed when the spool is opened; one in corrupt/ stays.
-        std::fs::write(spool.data_path("ORPHAN1"), b"x").unwrap();
-        std::fs::write(spool.data_path("KEPT1"), b"x").unwrap();
-        std::fs::write(dir.path().join("corrupt").join("KEPT1"), b"{").unwrap();
+    }
+
+    /// A spool of the older layout (data/ID beside a JSON envelope) is converted at open: live
+    /// pairs become queue files, an envelope without data goes to corrupt/, orphan data files go,
+    /// data of messages already in corrupt/ stays.
+    #[test]
+    fn the_older_two_file_layout_is_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
         Spool::open(dir.path()).unwrap();
-        assert!(!spool.data_path("ORPHAN1").exists());
-        assert!(spool.data_path("KEPT1").exists());
+        let root = dir.path();
+        std::fs::create_dir(root.join("data")).unwrap();
+        let mut old = env("a@x", &["b@y"]);
+        old.id = "OLD1".into();
+        old.attempts = 2;
+        std::fs::write(root.join("data/OLD1"), b"Subject: old\r\n\r\nbody\r\n").unwrap();
+        std::fs::write(
+            root.join("deferred/OLD1"),
+            serde_json::to_vec_pretty(&old).unwrap(),
+        )
+        .unwrap();
+        old.id = "NODATA1".into();
+        std::fs::write(
+            root.join("incoming/NODATA1"),
+            serde_json::to_vec_pretty(&old).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(root.join("data/ORPHAN1"), b"x").unwrap();
+        std::fs::write(root.join("data/KEPT1"), b"x").unwrap();
+        std::fs::write(root.join("corrupt/KEPT1"), b"{").unwrap();
+        let spool = Spool::open(root).unwrap();
+        let (q, e) = spool.find("OLD1").unwrap().unwrap();
+        assert_eq!((q, e.attempts), (Queue::Deferred, 2));
+        assert_eq!(
+            spool.read_data(q, "OLD1").unwrap(),
+            b"Subject: old\r\n\r\nbody\r\n"
+        );
+        assert!(!root.join("data/OLD1").exists());
+        // An old envelope without its data is no queue file: the scan sends it to corrupt/.
+        assert!(spool.scan(&[Queue::Incoming]).unwrap().found.is_empty());
+        assert!(root.join("corrupt/NODATA1").exists());
+        assert!(!root.join("data/ORPHAN1").exists());
+        assert!(root.join("data/KEPT1").exists());
+        // Opening again changes nothing.
+        Spool::open(root).unwrap();
+        assert_eq!(spool.find("OLD1").unwrap().unwrap().1.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn the_lock_follows_the_file_between_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = committed(&spool, b"x\r\n").await;
+        let TryLock::Locked(lock) = spool.try_lock(&id).unwrap() else {
+            panic!("not locked")
+        };
+        let (_, mut e) = spool.find(&id).unwrap().unwrap();
+        spool
+            .save(&mut e, Queue::Hold, Queue::Incoming)
+            .await
+            .unwrap();
+        assert!(matches!(spool.try_lock(&id).unwrap(), TryLock::Busy));
+        drop(lock);
+        assert!(matches!(spool.try_lock(&id).unwrap(), TryLock::Locked(_)));
+        spool.remove(Queue::Hold, &id).await.unwrap();
+        assert!(matches!(spool.try_lock(&id).unwrap(), TryLock::Gone));
+    }
+
+    /// Concurrent commits share directory fsyncs and every one of them returns only after one.
+    #[test]
+    fn group_commit_serves_every_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = Arc::new(DirSync::default());
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (sync, dir) = (sync.clone(), dir.path().to_path_buf());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        sync.sync(&dir).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // A failing fsync (no such directory) reaches its caller.
+        assert!(sync.sync(&dir.path().join("missing")).is_err());
+        assert!(sync.sync(dir.path()).is_ok());
     }
 
     #[test]

@@ -1,0 +1,203 @@
+//! The queue file: one file per message, holding the message bytes and, after them, the envelope
+//! as records appended in place (Postfix's queue file, in our terms).
+//!
+//! ```text
+//! offset 0    header, 32 bytes: "CACHETQ1", the data length as 16 hex digits, spaces, "\n"
+//! offset 32   the message bytes, exactly as received (data length of them)
+//! then        envelope records, each "E" + 8 hex digits (JSON length) + "\n" + JSON + "\n"
+//! ```
+//!
+//! The newest complete record is the envelope. A rewrite appends a record and syncs the file
+//! (no new file, no rename within a queue); a move between queues is then one rename. A crash
+//! during an append leaves an incomplete last record, which readers skip: the previous record,
+//! the last one made durable, stands. The next append writes over such a tail (and truncates
+//! whatever lies beyond), so a torn record never hides a later one.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+use super::Envelope;
+
+pub const MAGIC: &[u8; 8] = b"CACHETQ1";
+pub const HEADER_LEN: u64 = 32;
+/// "E" + 8 hex digits + "\n" before the JSON, "\n" after it.
+const RECORD_OVERHEAD: usize = 11;
+/// An envelope larger than this is not an envelope (a damaged length field).
+const MAX_RECORD: usize = 64 << 20;
+
+/// The header for `size` bytes of message data.
+pub fn header(size: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [b' '; HEADER_LEN as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..24].copy_from_slice(format!("{size:016x}").as_bytes());
+    h[31] = b'\n';
+    h
+}
+
+/// The data length a header records; `None` when it is not a queue file's header.
+pub fn parse_header(h: &[u8]) -> Option<u64> {
+    if h.len() < HEADER_LEN as usize || &h[..8] != MAGIC || h[31] != b'\n' {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&h[8..24]).ok()?, 16).ok()
+}
+
+/// One envelope record around already serialised JSON.
+pub fn record_of(json: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(json.len() + RECORD_OVERHEAD);
+    let _ = writeln!(r, "E{:08x}", json.len());
+    r.extend_from_slice(json);
+    r.push(b'\n');
+    r
+}
+
+/// A whole queue file: `data` and one envelope record of `envelope_json` (as it is, parsable
+/// or not). For converting the older layout, and for tests that build damaged spools.
+pub fn compose(data: &[u8], envelope_json: &[u8]) -> Vec<u8> {
+    [
+        &header(data.len() as u64)[..],
+        data,
+        &record_of(envelope_json),
+    ]
+    .concat()
+}
+
+pub fn record(env: &Envelope) -> io::Result<Vec<u8>> {
+    Ok(record_of(
+        &serde_json::to_vec(env).map_err(io::Error::other)?,
+    ))
+}
+
+/// The complete records in `tail` (the bytes after the data), in order, and the offset in
+/// `tail` just after the last of them.
+fn records(tail: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut found = Vec::new();
+    let mut pos = 0;
+    while let Some(head) = tail.get(pos..pos + RECORD_OVERHEAD - 1) {
+        let len = match (head[0], std::str::from_utf8(&head[1..9]), head[9]) {
+            (b'E', Ok(hex), b'\n') => match usize::from_str_radix(hex, 16) {
+                Ok(n) if n <= MAX_RECORD => n,
+                _ => break,
+            },
+            _ => break,
+        };
+        let start = pos + RECORD_OVERHEAD - 1;
+        match tail.get(start..start + len + 1) {
+            Some(body) if body[len] == b'\n' => found.push(&body[..len]),
+            _ => break,
+        }
+        pos = start + len + 1;
+    }
+    (found, pos)
+}
+
+/// What a queue file holds apart from the data.
+pub struct Parsed {
+    /// The data length from the header.
+    pub size: u64,
+    /// The newest envelope record that parses.
+    pub envelope: Envelope,
+    /// File offset just after the newest complete record: where the next one goes.
+    pub end: u64,
+}
+
+/// Reads a queue file's header and records (not the data). `InvalidData` names what is wrong:
+/// not a queue file, data cut short, no readable envelope record.
+pub fn read(file: &File) -> io::Result<Parsed> {
+    let mut head = [0u8; HEADER_LEN as usize];
+    let len = file.metadata()?.len();
+    if len < HEADER_LEN {
+        return Err(invalid(format!(
+            "the queue file is {len} bytes, shorter than its header"
+        )));
+    }
+    file.read_exact_at(&mut head, 0)?;
+    let size = parse_header(&head).ok_or_else(|| {
+        invalid("not a queue file (no CACHETQ1 header; written by hand or by an older cachet?)")
+    })?;
+    let data_end = HEADER_LEN.checked_add(size).filter(|&e| e <= len);
+    let Some(data_end) = data_end else {
+        return Err(invalid(format!(
+            "message data cut short: the header says {size} bytes, the file holds {}",
+            len - HEADER_LEN
+        )));
+    };
+    let mut tail = vec![0u8; (len - data_end) as usize];
+    file.read_exact_at(&mut tail, data_end)?;
+    let (found, end) = records(&tail);
+    // The newest record that parses; an older one if the newest is damaged (a duplicate
+    // delivery is possible then, a loss is not).
+    let mut last_error = None;
+    for json in found.iter().rev() {
+        match serde_json::from_slice::<Envelope>(json) {
+            Ok(envelope) => {
+                return Ok(Parsed {
+                    size,
+                    envelope,
+                    end: data_end + end as u64,
+                });
+            }
+            Err(e) => last_error = last_error.or(Some(e.to_string())),
+        }
+    }
+    Err(invalid(match last_error {
+        Some(e) => format!("no envelope record parses: {e}"),
+        None => "no complete envelope record".to_string(),
+    }))
+}
+
+/// Appends `rec` at `end` (the end of the last complete record), cuts anything beyond, and
+/// makes it durable. On failure the file is cut back to `end`: readers see the old envelope.
+pub fn append(file: &File, end: u64, rec: &[u8]) -> io::Result<()> {
+    let written = (|| {
+        file.write_all_at(rec, end)?;
+        let new_end = end + rec.len() as u64;
+        if file.metadata()?.len() > new_end {
+            file.set_len(new_end)?;
+        }
+        file.sync_data()
+    })();
+    if written.is_err() {
+        let _ = file.set_len(end);
+    }
+    written
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_stop_at_a_torn_tail() {
+        let a = record_of(b"{\"a\":1}");
+        let b = record_of(b"{\"b\":2}");
+        let mut tail = [a.clone(), b.clone()].concat();
+        let (found, end) = records(&tail);
+        assert_eq!(found, [&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
+        assert_eq!(end, tail.len());
+        tail.truncate(tail.len() - 3);
+        let (found, end) = records(&tail);
+        assert_eq!(found, [&b"{\"a\":1}"[..]]);
+        assert_eq!(end, a.len());
+        // A length field of garbage, or one too long for the file, ends the list too.
+        let (found, _) = records(b"Ezzzzzzzz\n{}\n");
+        assert!(found.is_empty());
+        let (found, _) = records(b"E000000ff\n{}\n");
+        assert!(found.is_empty());
+    }
+
+    #[test]
+    fn header_round_trip() {
+        assert_eq!(parse_header(&header(0)), Some(0));
+        assert_eq!(parse_header(&header(10 << 20)), Some(10 << 20));
+        assert_eq!(
+            parse_header(b"{\"id\": \"x\"}                     \n"),
+            None
+        );
+    }
+}

@@ -119,7 +119,28 @@ pub struct Spool {
     root: PathBuf,
     /// Group commit of incoming/'s fsync, shared by every clone (every session).
     incoming_sync: Arc<DirSync>,
+    /// Emptied queue files of delivered messages, reused for new drafts (gateway only: `None`
+    /// for the queue CLI). See [`Recycled`].
+    recycled: Option<Arc<Recycled>>,
 }
+
+/// Queue files of delivered messages, emptied and kept in tmp/ for the next drafts.
+///
+/// Creating a file allocates an inode, and on ext4 without a journal that means skipping every
+/// inode freed in the last 30 seconds (`recently_deleted`): under sustained load thousands,
+/// ~9% of the gateway's CPU per message in the profile. A delivered message's file is instead
+/// renamed to `tmp/free-N` and truncated to nothing (no message bytes stay behind), and the
+/// next draft is written into it where it is (the commit renames it into incoming/ as
+/// always). A file whose message lock is still held (the attempt that emptied it has not
+/// ended) waits its turn. At most [`RECYCLED_MAX`] wait; tmp/ is cleared at start.
+#[derive(Debug, Default)]
+struct Recycled {
+    /// Oldest first: the oldest is the likeliest to be unlocked already.
+    free: Mutex<std::collections::VecDeque<PathBuf>>,
+    names: AtomicU32,
+}
+
+const RECYCLED_MAX: usize = 64;
 
 static ID_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -228,7 +249,8 @@ impl Spool {
         for sub in SUBDIRS {
             modes::private_dir(&root.join(sub))?;
         }
-        let spool = Spool::at(root);
+        let mut spool = Spool::at(root);
+        spool.recycled = Some(Arc::new(Recycled::default()));
         for entry in fs::read_dir(root.join("tmp"))? {
             let _ = fs::remove_file(entry?.path());
         }
@@ -246,6 +268,7 @@ impl Spool {
         Spool {
             root: root.to_path_buf(),
             incoming_sync: Arc::new(DirSync::default()),
+            recycled: None,
         }
     }
 
@@ -327,17 +350,23 @@ impl Spool {
     /// for the header, which the commit writes.
     pub async fn draft(&self) -> io::Result<Draft> {
         let id = new_id();
-        let path = self.root.join("tmp").join(&id);
-        let file = {
-            let path = path.clone();
+        let (path, file) = {
+            let this = self.clone();
+            let path = self.root.join("tmp").join(&id);
             tokio::task::spawn_blocking(move || {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(modes::FILE_MODE)
-                    .open(&path)?;
+                let (path, mut f) = match this.reuse() {
+                    Some(reused) => reused,
+                    None => {
+                        let f = fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(modes::FILE_MODE)
+                            .open(&path)?;
+                        (path, f)
+                    }
+                };
                 f.seek(io::SeekFrom::Start(file::HEADER_LEN))?;
-                Ok::<_, io::Error>(f)
+                Ok::<_, io::Error>((path, f))
             })
             .await
             .map_err(io::Error::other)??
@@ -417,12 +446,80 @@ impl Spool {
         Ok(None)
     }
 
-    /// Removes a finished message.
+    /// Removes a finished message (in the gateway, its emptied file waits for a next draft).
     pub fn remove_blocking(&self, q: Queue, id: &str) -> io::Result<()> {
-        match fs::remove_file(self.queue_path(q, id)) {
+        let path = self.queue_path(q, id);
+        if let Some(r) = &self.recycled
+            && r.free.lock().unwrap_or_else(|e| e.into_inner()).len() < RECYCLED_MAX
+        {
+            let n = r.names.fetch_add(1, Ordering::Relaxed);
+            let free = self.root.join("tmp").join(format!("free-{n}"));
+            match fs::rename(&path, &free) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            // Out of the queue either way; only an emptied file may be reused.
+            let emptied = fs::OpenOptions::new()
+                .write(true)
+                .open(&free)
+                .and_then(|f| f.set_len(0));
+            match emptied {
+                Ok(()) => r
+                    .free
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(free),
+                Err(_) => {
+                    let _ = fs::remove_file(&free);
+                }
+            }
+            return Ok(());
+        }
+        match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// An emptied file in tmp/ for a new draft, if one is waiting and nobody holds it.
+    fn reuse(&self) -> Option<(PathBuf, File)> {
+        let recycled = self.recycled.as_ref()?;
+        let free = recycled
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()?;
+        let f = match fs::OpenOptions::new().write(true).open(&free) {
+            Ok(f) => f,
+            Err(_) => {
+                let _ = fs::remove_file(&free);
+                return None;
+            }
+        };
+        // Still locked by the attempt that emptied it: the new message would look locked.
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                recycled
+                    .free
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(free);
+                return None;
+            }
+            Err(fs::TryLockError::Error(_)) => {
+                let _ = fs::remove_file(&free);
+                return None;
+            }
+        }
+        match f.unlock() {
+            Ok(()) => Some((free, f)),
+            Err(_) => {
+                let _ = fs::remove_file(&free);
+                None
+            }
         }
     }
 
@@ -1026,6 +1123,50 @@ mod tests {
         assert!(matches!(spool.try_lock(&id).unwrap(), TryLock::Locked(_)));
         spool.remove(Queue::Hold, &id).await.unwrap();
         assert!(matches!(spool.try_lock(&id).unwrap(), TryLock::Gone));
+    }
+
+    /// A delivered message's file is emptied and reused for the next draft, never while its
+    /// message lock is still held; the CLI's spool handle (attach) does not recycle.
+    #[tokio::test]
+    async fn delivered_files_are_emptied_and_reused_once_unlocked() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = committed(&spool, b"Subject: secret\r\n\r\nsecret body\r\n").await;
+        let ino = std::fs::metadata(spool.queue_path(Queue::Incoming, &id))
+            .unwrap()
+            .ino();
+        let TryLock::Locked(lock) = spool.try_lock(&id).unwrap() else {
+            panic!("not locked")
+        };
+        spool.remove(Queue::Incoming, &id).await.unwrap();
+        assert!(spool.find(&id).unwrap().is_none());
+        let free: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(free.len(), 1, "{free:?}");
+        assert_eq!(std::fs::metadata(&free[0]).unwrap().len(), 0, "emptied");
+        // Locked still: a new draft gets a new file.
+        let busy = committed(&spool, b"x\r\n").await;
+        let busy_ino = std::fs::metadata(spool.queue_path(Queue::Incoming, &busy))
+            .unwrap()
+            .ino();
+        assert_ne!(busy_ino, ino);
+        drop(lock);
+        let next = committed(&spool, b"Subject: next\r\n\r\n").await;
+        let path = spool.queue_path(Queue::Incoming, &next);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "reused");
+        assert_eq!(
+            spool.read_data(Queue::Incoming, &next).unwrap(),
+            b"Subject: next\r\n\r\n"
+        );
+        assert!(matches!(spool.try_lock(&next).unwrap(), TryLock::Locked(_)));
+        // The CLI removes for good.
+        let cli = Spool::attach(dir.path()).unwrap();
+        cli.remove_blocking(Queue::Incoming, &next).unwrap();
+        assert!(!path.exists());
+        assert!(tmp_is_empty(dir.path()));
     }
 
     /// Concurrent commits share directory fsyncs and every one of them returns only after one.

@@ -117,10 +117,7 @@ pub fn build(hostname: &str, env: &Envelope, original: &[u8], failures: &[Failur
     );
     let mut out = m.into_bytes();
     // RFC 3462: the headers of the original, enough to identify it, without its content.
-    let header_end = memchr::memmem::find(original, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .unwrap_or(original.len());
-    out.extend_from_slice(&original[..header_end]);
+    out.extend_from_slice(crate::message::head(original));
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
 }

@@ -4,6 +4,7 @@
 //! per-message triggers. [`strip_triggers`] removes the trigger header and subject tag before
 //! anything is signed, judging the tag on the same decoded Subject text that raised it.
 
+pub use crate::message::header_len;
 use mail_parser::{HeaderValue, MessageParser};
 
 #[derive(Debug, Default, Clone)]
@@ -29,16 +30,6 @@ fn addresses(v: Option<&mail_parser::Address>) -> Vec<String> {
             .collect()
     })
     .unwrap_or_default()
-}
-
-/// Header end: offset just past the blank line (or the whole message when there is none).
-pub fn header_len(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 2;
-    }
-    memchr::memmem::find(message, b"\r\n\r\n")
-        .map(|i| i + 4)
-        .unwrap_or(message.len())
 }
 
 pub fn read(message: &[u8], encrypt_header: Option<&str>) -> Headers {

@@ -22,6 +22,7 @@
 
 use super::open::{Layer, Opened};
 use super::verify::Signer;
+use crate::message::header_len;
 
 pub use super::opening::AuthResult;
 
@@ -120,14 +121,6 @@ fn value(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// Header end: offset just past the blank line (or the whole message when there is none).
-fn header_len(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 2;
-    }
-    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4)
 }
 
 /// The authserv-id an Authentication-Results value starts with (RFC 8601 §2.2), after any

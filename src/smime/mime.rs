@@ -172,11 +172,8 @@ pub(crate) fn crlf_form(input: &[u8]) -> Cow<'_, [u8]> {
 
 /// Split header block and body at the first empty line; input must be CRLF already.
 fn split_head_body(msg: &[u8]) -> (&[u8], &[u8]) {
-    if msg.starts_with(b"\r\n") {
-        return (&[], &msg[2..]);
-    }
-    match memchr::memmem::find(msg, b"\r\n\r\n") {
-        Some(p) => (&msg[..p + 2], &msg[p + 4..]),
+    match crate::message::split(msg) {
+        Some((head, body)) => (&msg[..head], &msg[body..]),
         // Only headers, or a body without any header: decide by whether the first line is a field.
         None if looks_like_field(msg) => (msg, &[]),
         None => (&[], msg),

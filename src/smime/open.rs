@@ -219,7 +219,7 @@ enum Kind {
 
 /// The From: addresses, normalised like the stores' lookups.
 fn from_addresses(message: &[u8]) -> Vec<String> {
-    let end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4);
+    let end = crate::message::header_len(message);
     let Some(m) = mail_parser::MessageParser::default().parse_headers(&message[..end]) else {
         return Vec::new();
     };

@@ -87,14 +87,11 @@ fn locked(
 pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
     let (q, env) = find(spool, id)?;
     let data = spool.read_data(q, id).map_err(|e| e.to_string())?;
-    let headers_end = memchr::memmem::find(&data, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .unwrap_or(data.len());
     Ok(format!(
         "queue: {}\n{}\n--- headers ---\n{}",
         q.dir_name(),
         serde_json::to_string_pretty(&env).unwrap_or_default(),
-        String::from_utf8_lossy(&data[..headers_end])
+        String::from_utf8_lossy(crate::message::head(&data))
     ))
 }
 

@@ -51,6 +51,7 @@ pub mod http;
 
 // Shared vocabulary.
 pub mod date;
+pub mod hex;
 pub mod message;
 pub mod reply;
 

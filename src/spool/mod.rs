@@ -61,6 +61,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::hex::lower as hex;
+
 /// What [`Spool::scan`] found in the live queues.
 #[derive(Debug, Default)]
 pub struct Scanned {
@@ -78,11 +80,6 @@ pub enum DataError {
     Damaged(String),
     /// Could not be read now (too many open files, ...): try again later.
     Io(io::Error),
-}
-
-/// Lowercase hex of a digest.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A queue: the directory an envelope is in.

@@ -200,15 +200,7 @@ pub fn normalize_glob(glob: &str) -> String {
 }
 
 /// Lower-case hex, for fingerprints.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
+pub(crate) use crate::hex::lower as hex;
 
 #[cfg(test)]
 mod tests {

@@ -196,6 +196,15 @@ pub fn seal(
     // Signed entity per signer fingerprint, made once and shared by every group it signs.
     type Signed = Result<Arc<Vec<u8>>, smime::SmimeError>;
     let mut signed: Vec<(String, Signed)> = Vec::new();
+    // Groups still to come per signer: the last one takes the signed entity out of `signed`,
+    // so that encrypting it can free it before the encrypted copy is written out.
+    let mut signs_left: Vec<(String, usize)> = Vec::new();
+    for fp in plan.groups.iter().filter_map(|g| g.key.signer.as_ref()) {
+        match signs_left.iter_mut().find(|(f, _)| f == fp) {
+            Some((_, n)) => *n += 1,
+            None => signs_left.push((fp.clone(), 1)),
+        }
+    }
     for g in plan.groups {
         let rcpts = g.recipients();
         let first = &g.decisions[0];
@@ -215,30 +224,46 @@ pub fn seal(
                 ));
             }
         };
-        let body: Arc<Vec<u8>> = match (&g.key.signer, &first.signer) {
+        // The signed entity, or `None`: the message goes as `base`.
+        let body: Option<Arc<Vec<u8>>> = match (&g.key.signer, &first.signer) {
             (Some(fp), Some(id)) => {
-                let made = match signed.iter().position(|(f, _)| f == fp) {
-                    Some(i) => &signed[i].1,
+                let i = match signed.iter().position(|(f, _)| f == fp) {
+                    Some(i) => i,
                     None => {
                         signed.push((
                             fp.clone(),
                             smime::sign(base, id, &sign_options(p)).map(Arc::new),
                         ));
-                        &signed[signed.len() - 1].1
+                        signed.len() - 1
                     }
                 };
-                match made {
+                let last = signs_left
+                    .iter_mut()
+                    .find(|(f, _)| f == fp)
+                    .is_none_or(|(_, n)| {
+                        *n = n.saturating_sub(1);
+                        *n == 0
+                    });
+                let b = match &signed[i].1 {
                     Ok(b) => Arc::clone(b),
                     Err(e) => {
                         fail(&mut sealed, e);
                         continue;
                     }
+                };
+                if last {
+                    drop(signed.swap_remove(i));
                 }
+                Some(b)
             }
-            _ => Arc::new(base.to_vec()),
+            _ => None,
         };
         let (message, encrypted_to, algorithm) = match &g.choice {
-            None => (body, Vec::new(), None),
+            None => (
+                body.unwrap_or_else(|| Arc::new(base.to_vec())),
+                Vec::new(),
+                None,
+            ),
             Some(choice) => {
                 let mut certs: Vec<Arc<RecipientCert>> =
                     g.decisions.iter().filter_map(|d| d.cert.clone()).collect();
@@ -250,7 +275,12 @@ pub fn seal(
                 {
                     certs.push(own);
                 }
-                match smime::encrypt(&body, &certs, &encrypt_options(choice)) {
+                let opts = encrypt_options(choice);
+                let encrypted = match body {
+                    Some(signed) => smime::encrypt_shared(signed, &certs, &opts),
+                    None => smime::encrypt(base, &certs, &opts),
+                };
+                match encrypted {
                     Ok(m) => (
                         Arc::new(m),
                         certs.iter().map(|c| c.fingerprint.clone()).collect(),

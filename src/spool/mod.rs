@@ -320,6 +320,9 @@ impl Spool {
                 }
             }
         }
+        // Empty now (unless corrupt/ messages keep data there): gone, so later starts skip
+        // the conversion instead of looking for a data file per queued message.
+        let _ = fs::remove_dir(self.root.join(OLD_DATA_DIR));
         Ok(())
     }
 
@@ -1097,9 +1100,13 @@ mod tests {
         assert!(root.join("corrupt/NODATA1").exists());
         assert!(!root.join("data/ORPHAN1").exists());
         assert!(root.join("data/KEPT1").exists());
-        // Opening again changes nothing.
+        // Opening again changes nothing; data/ stays while it holds what corrupt/ needs.
         Spool::open(root).unwrap();
         assert_eq!(spool.find("OLD1").unwrap().unwrap().1.attempts, 2);
+        assert!(root.join("data/KEPT1").exists());
+        std::fs::remove_file(root.join("corrupt/KEPT1")).unwrap();
+        Spool::open(root).unwrap();
+        assert!(!root.join("data").exists(), "an emptied data/ is removed");
     }
 
     #[tokio::test]

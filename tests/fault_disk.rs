@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::faults::{Tmpfs, queue_ids, token_counts, token_message};
+use common::faults::{Tmpfs, pad_lines, queue_ids, token_counts, token_message};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,7 @@ async fn send_padded(gw: &Gateway, token: &str, pad: usize) -> (u16, String) {
         .await
         .expect("connect to the gateway");
     let mut message = token_message(token);
-    for line in 0..pad / 64 {
-        message.extend_from_slice(format!("{line:062}\r\n").as_bytes());
-    }
+    pad_lines(&mut message, pad / 64);
     let r = c
         .send_message("a@example.org", &["b@x.example"], &message)
         .await

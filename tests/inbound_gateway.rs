@@ -371,19 +371,7 @@ async fn mail_made_by_openssl_gpgsm_and_cachet_is_verified_decrypted_and_learnt(
     assert_authres(&got[0], "pass");
 
     // gpgsm: encrypted (BER, AES-256-CBC, RSA PKCS#1 v1.5) to Bob's encryption certificate.
-    let g = Gpgsm::new();
-    g.run_ok(&["--import", path_str(&bob_enc)]);
-    let input = write(dir, "entity", ENTITY);
-    let out = dir.join("gpgsm.p7m");
-    g.run_ok(&[
-        "--encrypt",
-        "-r",
-        BOB,
-        "--output",
-        path_str(&out),
-        path_str(&input),
-    ]);
-    let der = std::fs::read(&out).unwrap();
+    let der = Gpgsm::new().encrypt_to(&bob_enc, BOB, ENTITY, dir);
     assert_eq!(&der[..2], &[0x30, 0x80], "gpgsm writes BER");
     total += 1;
     let got = deliver(

@@ -1279,20 +1279,8 @@ fn bad_input_is_delivered_untouched_with_permerror_or_held_as_configured() {
 #[test]
 fn gpgsm_encrypted_mail_decrypts_for_its_recipient() {
     let org = org();
-    let g = Gpgsm::new();
     let dir = tempfile::tempdir().unwrap();
-    g.run_ok(&["--import", path_str(&org.bob_cert)]);
-    let input = write(dir.path(), "entity", ENTITY);
-    let out = dir.path().join("enc.p7m");
-    g.run_ok(&[
-        "--encrypt",
-        "-r",
-        BOB,
-        "--output",
-        path_str(&out),
-        path_str(&input),
-    ]);
-    let der = std::fs::read(&out).unwrap();
+    let der = Gpgsm::new().encrypt_to(&org.bob_cert, BOB, ENTITY, dir.path());
     assert_eq!(&der[..2], &[0x30, 0x80], "gpgsm writes BER");
     let m = p7m_message(&der, "enveloped-data", "alice@smime.example");
     let p = run(&config(), &org.stores, &[BOB, CAROL], &m);

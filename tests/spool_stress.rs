@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::faults::Tmpfs;
+use common::faults::{Tmpfs, pad_lines};
 use common::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -57,9 +57,7 @@ async fn full_disk_keeps_delivery_state_in_memory_and_never_resends() {
     // which the full tmpfs does not have. (A record that fits the file's last page is written
     // even on a full disk; that is not the case under test.)
     let mut full = message("full");
-    for line in 0..PADDING_LINES {
-        full.extend_from_slice(format!("{line:062}\r\n").as_bytes());
-    }
+    pad_lines(&mut full, PADDING_LINES);
     let id = gw
         .send_ok("a@example.org", &["a@x.example", "b@x.example"], &full)
         .await;

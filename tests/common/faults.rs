@@ -99,6 +99,14 @@ pub fn token_message(token: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Appends `lines` body lines of 64 bytes (62 digits and CRLF) to `message`: a size the spool
+/// tests can steer to a page boundary.
+pub fn pad_lines(message: &mut Vec<u8>, lines: usize) {
+    for line in 0..lines {
+        message.extend_from_slice(format!("{line:062}\r\n").as_bytes());
+    }
+}
+
 /// The token (Subject) of a received message.
 pub fn token_of(r: &Received) -> Option<String> {
     String::from_utf8_lossy(&r.data)

@@ -353,18 +353,16 @@ pub fn path_str(path: &Path) -> &str {
 
 /// `openssl cms -decrypt` with a recipient certificate and key file; returns the plaintext.
 pub fn openssl_decrypt(message: &[u8], cert: &Path, key: &Path) -> Vec<u8> {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["cms", "-decrypt", "-recip"])
-        .arg(cert)
-        .arg("-inkey")
-        .arg(key);
-    let out = run_with_input(&mut cmd, message);
-    assert!(
-        out.status.success(),
-        "openssl cms -decrypt failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    openssl_cms(
+        &[
+            "-decrypt",
+            "-recip",
+            path_str(cert),
+            "-inkey",
+            path_str(key),
+        ],
+        message,
+    )
 }
 
 /// `openssl cms -cmsout -print` of the CMS structure in an S/MIME message.
@@ -544,6 +542,23 @@ impl Gpgsm {
 
     pub fn run_ok(&self, args: &[&str]) -> std::process::Output {
         run_ok(self.cmd().args(args))
+    }
+
+    /// `entity` encrypted by gpgsm to `recipient` (whose certificate `cert` is imported first):
+    /// the EnvelopedData, BER as gpgsm writes it. Files go in `dir`.
+    pub fn encrypt_to(&self, cert: &Path, recipient: &str, entity: &[u8], dir: &Path) -> Vec<u8> {
+        self.run_ok(&["--import", path_str(cert)]);
+        let input = write(dir, "gpgsm-entity", entity);
+        let out = dir.join("gpgsm-enc.p7m");
+        self.run_ok(&[
+            "--encrypt",
+            "-r",
+            recipient,
+            "--output",
+            path_str(&out),
+            path_str(&input),
+        ]);
+        std::fs::read(&out).unwrap()
     }
 
     /// Import a private key + certificate. gpgsm 2.2 cannot parse RFC 9216's own .p12 files, so

@@ -102,9 +102,10 @@ pub struct Parsed {
     pub end: u64,
 }
 
-/// Reads a queue file's header and records (not the data). `InvalidData` names what is wrong:
-/// not a queue file, data cut short, no readable envelope record.
-pub fn read(file: &File) -> io::Result<Parsed> {
+/// The data length a queue file's header records and the file's length, once the file is
+/// known to hold that much data. `InvalidData` names what is wrong: shorter than a header, not
+/// a queue file, data cut short.
+pub fn extent(file: &File) -> io::Result<(u64, u64)> {
     let mut head = [0u8; HEADER_LEN as usize];
     let len = file.metadata()?.len();
     if len < HEADER_LEN {
@@ -116,13 +117,20 @@ pub fn read(file: &File) -> io::Result<Parsed> {
     let size = parse_header(&head).ok_or_else(|| {
         invalid("not a queue file (no CACHETQ1 header; written by hand or by an older cachet?)")
     })?;
-    let data_end = HEADER_LEN.checked_add(size).filter(|&e| e <= len);
-    let Some(data_end) = data_end else {
+    if HEADER_LEN.checked_add(size).is_none_or(|end| end > len) {
         return Err(invalid(format!(
             "message data cut short: the header says {size} bytes, the file holds {}",
             len - HEADER_LEN
         )));
-    };
+    }
+    Ok((size, len))
+}
+
+/// Reads a queue file's header and records (not the data). `InvalidData` names what is wrong:
+/// those of [`extent`], or no readable envelope record.
+pub fn read(file: &File) -> io::Result<Parsed> {
+    let (size, len) = extent(file)?;
+    let data_end = HEADER_LEN + size;
     let mut tail = vec![0u8; (len - data_end) as usize];
     file.read_exact_at(&mut tail, data_end)?;
     let (found, end) = records(&tail);

@@ -614,7 +614,7 @@ impl Spool {
     /// The message bytes of `id` in queue `q`, unchecked (for `cachet queue show` and tests).
     pub fn read_data(&self, q: Queue, id: &str) -> io::Result<Vec<u8>> {
         let f = File::open(self.queue_path(q, id))?;
-        let size = file::read(&f)?.size;
+        let (size, _) = file::extent(&f)?;
         let mut data = vec![0; size as usize];
         f.read_exact_at(&mut data, file::HEADER_LEN)?;
         Ok(data)
@@ -647,29 +647,16 @@ impl Spool {
             }
             Err(e) => return Err(DataError::Io(e)),
         };
-        let mut head = [0u8; file::HEADER_LEN as usize];
-        let len = match f.metadata().and_then(|m| {
-            f.read_exact_at(&mut head, 0)?;
-            Ok(m.len())
-        }) {
-            Ok(len) => len,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(DataError::Damaged("queue file cut short".into()));
+        let (stored, _) = file::extent(&f).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+                DataError::Damaged(e.to_string())
             }
-            Err(e) => return Err(DataError::Io(e)),
-        };
-        let stored = file::parse_header(&head)
-            .ok_or_else(|| DataError::Damaged("queue file header damaged".into()))?;
+            _ => DataError::Io(e),
+        })?;
         // Envelopes written by hand (no digest) are taken as they are.
         if sha256.is_some() && stored != size {
             return Err(DataError::Damaged(format!(
                 "message data is {stored} bytes, the envelope says {size}"
-            )));
-        }
-        if file::HEADER_LEN + stored > len {
-            return Err(DataError::Damaged(format!(
-                "message data cut short: {} of {stored} bytes",
-                len.saturating_sub(file::HEADER_LEN)
             )));
         }
         let mut data = vec![0; stored as usize];

@@ -17,9 +17,11 @@
 //! change written by another process (`cachet certs`, a harvest) is seen by the next lookup.
 
 use super::capability::Capability;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 
@@ -96,6 +98,110 @@ pub struct CertStore {
     pub(crate) intermediates: Vec<CertificateDer<'static>>,
     /// Copied anchors so lookups need no other reference (reload swaps the whole store).
     pub(crate) trust: TrustAnchors,
+    /// Certificates lookups parsed and path-checked before ([`Checked`]).
+    checked: Checked,
+}
+
+/// What lookups learned about the certificates they met, so that a busy address is not parsed
+/// and path-checked again for every message (issue 12: with one signature verification per
+/// chain link, that was a tenth of the gateway's CPU at 10 KB). Keyed by the DER, so a row that
+/// changes (another certificate, another chain) is a different entry.
+///
+/// * The parse ([`CertInfo`]) is a function of the bytes: kept as long as the entry.
+/// * A **passed** path check is reused while `now` lies in `[checked, until)`: `until` is the
+///   earliest notAfter of every intermediate the check could have used (the store's and the
+///   row's chain), and at most [`PATH_REUSE`] after the check. Everything else the verdict
+///   depends on is checked at every lookup as before: the certificate's own validity, key usage
+///   and size ([`validate::check_local`]), approval state and revocation. A refused path is
+///   never kept, so a fixed problem is seen at the next lookup.
+/// * The trust anchors never change within one store (a reload builds a new one); re-reading
+///   the intermediates ([`CertStore::reload_intermediates`]) forgets every entry.
+#[derive(Debug, Default)]
+struct Checked {
+    seen: Mutex<HashMap<Vec<u8>, Seen>>,
+    /// Path checks actually run (not reused): for tests.
+    path_checks: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Seen {
+    info: Arc<CertInfo>,
+    path: Option<PathPassed>,
+}
+
+#[derive(Debug)]
+struct PathPassed {
+    /// The row's own chain the check used (`None`: the store's intermediates only).
+    chain: Option<Vec<u8>>,
+    checked: SystemTime,
+    until: SystemTime,
+}
+
+/// Longest reuse of a passed path check.
+const PATH_REUSE: Duration = Duration::from_secs(300);
+/// Entries kept; past it the map starts again (a store of many addresses costs a parse and a
+/// path check per certificate every so often, as before this cache).
+const CHECKED_MAX: usize = 4096;
+
+impl Checked {
+    /// The parse of `der`, from an earlier lookup or now; and whether a path check that passed
+    /// with this `chain` still stands at `now`.
+    fn info(
+        &self,
+        der: &[u8],
+        chain: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Result<(Arc<CertInfo>, bool), String> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = seen.get(der) {
+            let passed = s
+                .path
+                .as_ref()
+                .is_some_and(|p| p.chain.as_deref() == chain && p.checked <= now && now < p.until);
+            return Ok((s.info.clone(), passed));
+        }
+        drop(seen);
+        let info = Arc::new(validate::inspect(der)?);
+        seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= CHECKED_MAX {
+            seen.clear();
+        }
+        seen.insert(
+            der.to_vec(),
+            Seen {
+                info: info.clone(),
+                path: None,
+            },
+        );
+        Ok((info, false))
+    }
+
+    /// Record a path check that passed at `now` for `der` with `chain`, the intermediates it
+    /// could use being `intermediates`.
+    fn passed(
+        &self,
+        der: &[u8],
+        chain: Option<&[u8]>,
+        intermediates: &[CertificateDer<'static>],
+        now: SystemTime,
+    ) {
+        let mut until = now + PATH_REUSE;
+        for ca in intermediates {
+            match validate::not_after(ca) {
+                Some(t) => until = until.min(t),
+                // Cannot tell when it expires: do not reuse the verdict.
+                None => return,
+            }
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = seen.get_mut(der) {
+            s.path = Some(PathPassed {
+                chain: chain.map(<[u8]>::to_vec),
+                checked: now,
+                until,
+            });
+        }
+    }
 }
 
 /// One candidate row of a lookup.
@@ -137,17 +243,23 @@ impl CertStore {
         }
     }
 
+    /// A store over `pool` trusting `trust`, before any sync or intermediates.
+    pub(crate) fn with_pool(pool: super::certdb::Pool, trust: &TrustAnchors) -> CertStore {
+        CertStore {
+            db: Some(pool),
+            intermediates: Vec::new(),
+            trust: clone_trust(trust),
+            checked: Checked::default(),
+        }
+    }
+
     fn start(
         pool: super::certdb::Pool,
         dir: Option<&Path>,
         trust: &TrustAnchors,
         now: SystemTime,
     ) -> (CertStore, Vec<Problem>) {
-        let mut store = CertStore {
-            db: Some(pool),
-            intermediates: Vec::new(),
-            trust: clone_trust(trust),
-        };
+        let mut store = Self::with_pool(pool, trust);
         let problems = store.sync(dir, now);
         (store, problems)
     }
@@ -228,6 +340,7 @@ impl CertStore {
             Ok(v) => self.intermediates = v,
             Err(e) => tracing::warn!(error = %e, "cannot read CA certificates from the store"),
         }
+        self.checked = Checked::default();
     }
 
     /// The database file, when there is one.
@@ -314,31 +427,38 @@ impl CertStore {
             }
         };
         for row in rows {
-            let der = CertificateDer::from(row.der);
-            let info = match validate::inspect(&der) {
+            let (info, path_passed) = match self.checked.info(&row.der, row.chain.as_deref(), now) {
                 Ok(i) => i,
                 Err(e) => {
                     out.rejected.push(("-".into(), e));
                     continue;
                 }
             };
+            let der = CertificateDer::from(row.der);
             let chain = row
                 .chain
                 .as_deref()
                 .map(super::certdb::decode_chain)
                 .unwrap_or_default();
-            let verdict = self
-                .judge(&der, &info, &chain, row.approved, row.pending, now)
-                .and_then(|k| {
-                    if chain.is_empty() {
-                        accept(&der, &self.intermediates)
-                    } else {
-                        let all: Vec<_> =
-                            self.intermediates.iter().chain(&chain).cloned().collect();
-                        accept(&der, &all)
+            let usable: std::borrow::Cow<'_, [CertificateDer<'static>]> = if chain.is_empty() {
+                std::borrow::Cow::Borrowed(&self.intermediates)
+            } else {
+                std::borrow::Cow::Owned(self.intermediates.iter().chain(&chain).cloned().collect())
+            };
+            let judged = if path_passed && !row.approved {
+                validate::check_local(&info, now, Purpose::Encrypt)
+            } else {
+                let v = self.judge(&der, &info, &chain, row.approved, row.pending, now);
+                if !row.approved {
+                    self.checked.path_checks.fetch_add(1, Ordering::Relaxed);
+                    if v.is_ok() {
+                        self.checked
+                            .passed(&der, row.chain.as_deref(), &usable, now);
                     }
-                    .map(|_| k)
-                });
+                }
+                v
+            };
+            let verdict = judged.and_then(|k| accept(&der, &usable).map(|_| k));
             match verdict {
                 Ok(_) => match RecipientCert::from_info(der, &info) {
                     Ok(mut cert) => {
@@ -542,5 +662,134 @@ mod tests {
             assert_eq!(rows, 1);
             assert_eq!(q.get_status(rusqlite::StatementStatus::RePrepare), 0);
         }
+    }
+
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+
+    fn params(cn: &str, ca: bool, until: SystemTime) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        p.not_after = time::OffsetDateTime::from(until);
+        if ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        } else {
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.key_usages = vec![KeyUsagePurpose::KeyAgreement];
+            p.subject_alt_names = vec![SanType::Rfc822Name(cn.try_into().unwrap())];
+        }
+        p
+    }
+
+    fn key() -> KeyPair {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+    }
+
+    /// A root, and under it: `direct@x.example` (no intermediate), and, when
+    /// `intermediate_until` is given, `chained@x.example` through an intermediate CA that
+    /// expires then. The store holds the leaves and the intermediate; the root is the anchor.
+    fn store(now: SystemTime, intermediate_until: Option<SystemTime>) -> CertStore {
+        let year = now + Duration::from_secs(365 * 86_400);
+        let root_key = key();
+        let root = params("Root", true, year).self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(params("Root", true, year), root_key);
+        let direct_key = key();
+        let mut certs = vec![
+            params("direct@x.example", false, year)
+                .signed_by(&direct_key, &root_issuer)
+                .unwrap()
+                .der()
+                .clone(),
+        ];
+        if let Some(until) = intermediate_until {
+            let int_key = key();
+            let int = params("Intermediate", true, until)
+                .signed_by(&int_key, &root_issuer)
+                .unwrap();
+            let int_issuer = Issuer::new(params("Intermediate", true, until), int_key);
+            let leaf_key = key();
+            certs.push(int.der().clone());
+            certs.push(
+                params("chained@x.example", false, year)
+                    .signed_by(&leaf_key, &int_issuer)
+                    .unwrap()
+                    .der()
+                    .clone(),
+            );
+        }
+        let (trust, problems) = TrustAnchors::from_certs(vec![root.der().clone()]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (store, problems) = CertStore::from_certs(certs, &trust, now);
+        assert!(problems.is_empty(), "{problems:?}");
+        store
+    }
+
+    fn checks(store: &CertStore) -> u64 {
+        store.checked.path_checks.load(Ordering::Relaxed)
+    }
+
+    /// A passed path check serves later lookups, for at most PATH_REUSE.
+    #[test]
+    fn a_passed_path_check_is_reused_for_a_while() {
+        let now = SystemTime::now();
+        let store = store(now, None);
+        assert!(store.lookup("direct@x.example", now).cert.is_some());
+        assert_eq!(checks(&store), 1);
+        let later = now + PATH_REUSE - Duration::from_secs(1);
+        assert!(store.lookup("Direct@X.example", later).cert.is_some());
+        assert_eq!(checks(&store), 1, "reused within PATH_REUSE");
+        let after = now + PATH_REUSE + Duration::from_secs(1);
+        assert!(store.lookup("direct@x.example", after).cert.is_some());
+        assert_eq!(checks(&store), 2, "checked again after PATH_REUSE");
+        // A clock that went back does not reuse a check made "in the future".
+        assert!(store.lookup("direct@x.example", now).cert.is_some());
+        assert_eq!(checks(&store), 3);
+    }
+
+    /// The reuse ends when an intermediate the check could have used expires: the lookup
+    /// after that refuses the certificate, as one without the cache would.
+    #[test]
+    fn reuse_ends_when_an_intermediate_expires() {
+        let now = SystemTime::now();
+        let store = store(now, Some(now + Duration::from_secs(60)));
+        assert!(store.lookup("chained@x.example", now).cert.is_some());
+        assert!(
+            store
+                .lookup("chained@x.example", now + Duration::from_secs(30))
+                .cert
+                .is_some()
+        );
+        assert_eq!(checks(&store), 1);
+        let expired = store.lookup("chained@x.example", now + Duration::from_secs(120));
+        assert!(expired.cert.is_none(), "{expired:?}");
+        assert!(
+            expired.rejected[0].1.contains("expired"),
+            "{:?}",
+            expired.rejected
+        );
+        // The directly issued certificate's reuse is bounded by the same intermediate (any
+        // intermediate could have been on its path).
+        assert!(store.lookup("direct@x.example", now).cert.is_some());
+        assert_eq!(checks(&store), 3);
+        assert!(
+            store
+                .lookup("direct@x.example", now + Duration::from_secs(30))
+                .cert
+                .is_some()
+        );
+        assert_eq!(checks(&store), 3, "reused before the intermediate expires");
+        assert!(
+            store
+                .lookup("direct@x.example", now + Duration::from_secs(120))
+                .cert
+                .is_some()
+        );
+        assert_eq!(checks(&store), 4, "checked again after it expired");
     }
 }

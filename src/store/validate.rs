@@ -136,6 +136,12 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
     })
 }
 
+/// A certificate's notAfter, without the rest of [`inspect`]; `None` when it does not parse.
+pub fn not_after(der: &[u8]) -> Option<SystemTime> {
+    let cert = Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate().validity().not_after.to_system_time())
+}
+
 fn classify_key(
     alg: ObjectIdentifier,
     spki: &x509_cert::spki::SubjectPublicKeyInfoOwned,

@@ -429,14 +429,7 @@ impl CertStore {
         trust: &crate::store::TrustAnchors,
     ) -> Result<CertStore, String> {
         let pool = super::Pool::open(db)?;
-        let mut store = CertStore {
-            db: Some(pool),
-            intermediates: Vec::new(),
-            trust: crate::store::TrustAnchors {
-                anchors: trust.anchors.clone(),
-                certs: trust.certs.clone(),
-            },
-        };
+        let mut store = CertStore::with_pool(pool, trust);
         store.reload_intermediates();
         Ok(store)
     }

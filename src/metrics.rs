@@ -23,6 +23,10 @@ pub struct Metrics {
     inbound_relayed: AtomicU64,
     inbound_held: AtomicU64,
     inbound_rejected: AtomicU64,
+    /// Arrivals that waited for the scheduler (spool::inflow), and those of them that went in
+    /// after the whole `in_flow_delay`.
+    paced: AtomicU64,
+    paced_full: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     encrypted: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -67,6 +71,13 @@ impl Metrics {
     }
     pub fn inbound_rejected(&self) {
         self.inbound_rejected.fetch_add(1, Relaxed);
+    }
+    /// An arrival waited for the scheduler; `full`: for the whole delay, in without a token.
+    pub fn arrival_paced(&self, full: bool) {
+        self.paced.fetch_add(1, Relaxed);
+        if full {
+            self.paced_full.fetch_add(1, Relaxed);
+        }
     }
     pub fn refused(&self, reason: &'static str) {
         *self.refused.lock().unwrap().entry(reason).or_default() += 1;
@@ -113,6 +124,18 @@ impl Metrics {
             "cachet_messages_accepted_total",
             "Messages accepted (250 after spooling).",
             self.accepted.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_arrivals_paced_total",
+            "Messages whose DATA waited for the deliveries to catch up (spool.in_flow_delay).",
+            self.paced.load(Relaxed),
+        );
+        counter(
+            &mut s,
+            "cachet_arrivals_paced_full_delay_total",
+            "Of those, messages that waited the whole spool.in_flow_delay and went in anyway.",
+            self.paced_full.load(Relaxed),
         );
         counter(
             &mut s,

@@ -227,3 +227,60 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
     );
     assert_eq!(up.wait_for(1, WAIT).await.len(), 1);
 }
+
+/// Arrival pacing (`spool.in_flow_delay`, as Postfix's `in_flow_delay`): with the only delivery
+/// worker stuck on an upstream that does not greet, the first messages go in at once (the
+/// credit of 64 ahead of the scheduler); past it a DATA waits for the scheduler (at most the
+/// delay) and still gets `354` and `250`. Nothing is refused or lost: once the stuck attempt
+/// times out, every message is delivered.
+#[tokio::test]
+async fn arrivals_are_paced_when_deliveries_lag() {
+    const MESSAGES: usize = 70;
+    let up = Upstream::start(
+        UpstreamOptions::starttls().fault(
+            Stage::Greeting,
+            Fault::stall(Some(1), Duration::from_secs(600)),
+        ),
+    )
+    .await;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .upstream(&up)
+            .with("spool", "workers", "1")
+            // Long enough to outlast the 64 quick arrivals on a loaded machine, short enough
+            // that every message is delivered within expect_upstream's wait after the sends.
+            .with("upstream", "timeout", &toml_str("15s")),
+    )
+    .await;
+    let (mut c, _) = SmtpClient::connect_ehlo(gw.addr()).await.unwrap();
+    for i in 0..MESSAGES {
+        let r = c
+            .send_message("a@example.org", &["b@x.example"], &msg(&format!("p{i}")))
+            .await
+            .unwrap();
+        assert_eq!(r.0, 250, "message {i}: {r:?}\n{}", gw.logs());
+    }
+    c.quit().await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        counter(&metrics, "cachet_arrivals_paced_total") >= 1,
+        "{MESSAGES} messages against one stuck worker and a credit of 64, none paced:\n{metrics}"
+    );
+    assert!(
+        counter(&metrics, "cachet_arrivals_paced_total")
+            >= counter(&metrics, "cachet_arrivals_paced_full_delay_total")
+    );
+    let got = gw.expect_upstream(&up, MESSAGES).await;
+    let mut subjects: Vec<String> = got
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8_lossy(&r.data).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+                .unwrap_or_default()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), MESSAGES, "each message once");
+}

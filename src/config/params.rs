@@ -199,6 +199,14 @@ pub const PARAMS: &[Param] = &[
         "in flight at once (default: 4 x CPU cores)",
     ),
     p(
+        "spool.in_flow_delay",
+        Some(r#""1s""#),
+        Some(0),
+        Some(10),
+        "seconds",
+        "longest pause before accepting a message while deliveries lag (Postfix's in_flow_delay); 0: never",
+    ),
+    p(
         "upstream.url",
         None,
         None,

@@ -112,6 +112,8 @@ pub struct RawSpool {
     pub max_age: Dur,
     #[serde(default = "default_workers")]
     pub workers: usize,
+    #[serde(default = "default_in_flow_delay")]
+    pub in_flow_delay: Dur,
 }
 
 impl Default for RawSpool {
@@ -121,6 +123,7 @@ impl Default for RawSpool {
             retry: default_retry(),
             max_age: default_max_age(),
             workers: default_workers(),
+            in_flow_delay: default_in_flow_delay(),
         }
     }
 }
@@ -345,6 +348,9 @@ fn default_retry() -> Vec<Dur> {
 }
 fn default_max_age() -> Dur {
     P::default("spool.max_age")
+}
+fn default_in_flow_delay() -> Dur {
+    P::default("spool.in_flow_delay")
 }
 /// Not a literal: it depends on the machine (the table documents it).
 fn default_workers() -> usize {

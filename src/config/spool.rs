@@ -1,5 +1,5 @@
 //! `[spool]`: where accepted mail waits (`dir`, relative to the config file's folder), the retry
-//! timetable, the maximum age and the number of deliveries in flight.
+//! timetable, the maximum age, the number of deliveries in flight and the arrival pacing.
 
 use super::problems::{Problems, bounded, resolve};
 use super::raw::RawSpool;
@@ -15,6 +15,9 @@ pub struct SpoolConfig {
     pub max_age: Duration,
     /// Deliveries in flight at once.
     pub workers: usize,
+    /// Longest pause before a session accepts a message while the scheduler is behind
+    /// (`crate::spool::inflow`); zero: never.
+    pub in_flow_delay: Duration,
 }
 
 pub(super) fn spool(sp: RawSpool, base: &Path, p: &mut Problems) -> SpoolConfig {
@@ -23,10 +26,12 @@ pub(super) fn spool(sp: RawSpool, base: &Path, p: &mut Problems) -> SpoolConfig 
     }
     bounded(p, "spool.workers", sp.workers as u64);
     bounded(p, "spool.max_age", sp.max_age.0.as_secs());
+    bounded(p, "spool.in_flow_delay", sp.in_flow_delay.0.as_secs());
     SpoolConfig {
         dir: resolve(base, &sp.dir),
         retry: sp.retry.iter().map(|d| d.0).collect(),
         max_age: sp.max_age.0,
         workers: sp.workers,
+        in_flow_delay: sp.in_flow_delay.0,
     }
 }

@@ -127,6 +127,9 @@ impl Scheduler {
                     break;
                 };
                 timetable.start(&id);
+                if queue == Queue::Incoming {
+                    self.spool.in_flow().started();
+                }
                 in_flight.insert(id.clone());
                 let spool = self.spool.clone();
                 let rt = self.runtime.load_full();

@@ -3,6 +3,7 @@
 //! durable commit.
 
 use super::*;
+use crate::spool::inflow::Admitted;
 
 impl Session {
     /// DATA: 354, stream into a spool draft, commit, 250. Leftover pipelined bytes stay in `buf`.
@@ -12,6 +13,13 @@ impl Session {
         buf: &mut Vec<u8>,
     ) -> io::Result<Step> {
         let tx = self.tx.take().expect("DATA only with a transaction");
+        // Deliveries behind: wait a little for them before taking more (spool::inflow).
+        let delay = self.runtime.config.spool.in_flow_delay;
+        match self.ctx.spool.in_flow().admit(delay).await {
+            Admitted::AtOnce => {}
+            Admitted::Paced => self.ctx.metrics.arrival_paced(false),
+            Admitted::Unpaced => self.ctx.metrics.arrival_paced(true),
+        }
         let mut draft = match self.ctx.spool.draft().await {
             Ok(d) => Some(d),
             Err(e) => {

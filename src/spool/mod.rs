@@ -51,6 +51,7 @@
 pub mod admin;
 mod envelope;
 pub mod file;
+pub mod inflow;
 pub mod modes;
 pub use envelope::{Direction, Envelope, RcptStatus, Recipient};
 
@@ -119,6 +120,8 @@ pub struct Spool {
     /// Emptied queue files of delivered messages, reused for new drafts (gateway only: `None`
     /// for the queue CLI). See [`Recycled`].
     recycled: Option<Arc<Recycled>>,
+    /// Arrival pacing between the sessions and the scheduler ([`inflow`]).
+    in_flow: Arc<inflow::InFlow>,
 }
 
 /// Queue files of delivered messages, emptied and kept in tmp/ for the next drafts.
@@ -266,6 +269,7 @@ impl Spool {
             root: root.to_path_buf(),
             incoming_sync: Arc::new(DirSync::default()),
             recycled: None,
+            in_flow: Arc::default(),
         }
     }
 
@@ -379,6 +383,11 @@ impl Spool {
             size: 0,
             digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
         })
+    }
+
+    /// Arrival pacing: sessions ask before DATA, the scheduler gives as it starts on messages.
+    pub fn in_flow(&self) -> &inflow::InFlow {
+        &self.in_flow
     }
 
     /// Writes `env` durably as the message's envelope and moves the message from queue `from`

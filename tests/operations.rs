@@ -236,12 +236,10 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
 #[tokio::test]
 async fn arrivals_are_paced_when_deliveries_lag() {
     const MESSAGES: usize = 70;
-    let up = Upstream::start(
-        UpstreamOptions::starttls().fault(
-            Stage::Greeting,
-            Fault::stall(Some(1), Duration::from_secs(600)),
-        ),
-    )
+    let up = Upstream::start(UpstreamOptions::starttls().fault(
+        Stage::Greeting,
+        Fault::stall(Some(1), Duration::from_secs(600)),
+    ))
     .await;
     let gw = Gateway::start(
         GatewayConfig::new()

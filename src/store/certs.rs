@@ -13,8 +13,9 @@
 //! A certificate is used only when [`validate::check`] accepts it for encryption at lookup time
 //! (an operator-approved one: [`validate::check_local`], no path to an anchor needed); of
 //! several usable ones the newest (latest notBefore) wins. A lookup is one indexed query plus
-//! the validation of that address's few candidates: memory does not grow with the store, and a
-//! change written by another process (`cachet certs`, a harvest) is seen by the next lookup.
+//! the validation of that address's few candidates: memory does not grow with the store (past
+//! a bounded cache of parses and passed path checks, [`Checked`]), and a change written by
+//! another process (`cachet certs`, a harvest) is seen by the next lookup.
 
 use super::capability::Capability;
 use std::collections::HashMap;
@@ -358,18 +359,7 @@ impl CertStore {
         extra_intermediates: &[CertificateDer<'static>],
         now: SystemTime,
     ) -> Result<KeyKind, String> {
-        let intermediates: std::borrow::Cow<'_, [CertificateDer<'static>]> =
-            if extra_intermediates.is_empty() {
-                std::borrow::Cow::Borrowed(&self.intermediates)
-            } else {
-                std::borrow::Cow::Owned(
-                    self.intermediates
-                        .iter()
-                        .chain(extra_intermediates)
-                        .cloned()
-                        .collect(),
-                )
-            };
+        let intermediates = self.intermediates_and(extra_intermediates);
         validate::check(
             der,
             info,
@@ -378,6 +368,18 @@ impl CertStore {
             now,
             Purpose::Encrypt,
         )
+    }
+
+    /// The store's intermediates followed by `extra` (a row's or a directory's own chain).
+    fn intermediates_and(
+        &self,
+        extra: &[CertificateDer<'static>],
+    ) -> std::borrow::Cow<'_, [CertificateDer<'static>]> {
+        if extra.is_empty() {
+            std::borrow::Cow::Borrowed(&self.intermediates)
+        } else {
+            std::borrow::Cow::Owned(self.intermediates.iter().chain(extra).cloned().collect())
+        }
     }
 
     /// The verdict for a stored certificate: an approved one needs no path to an anchor; a
@@ -440,11 +442,7 @@ impl CertStore {
                 .as_deref()
                 .map(super::certdb::decode_chain)
                 .unwrap_or_default();
-            let usable: std::borrow::Cow<'_, [CertificateDer<'static>]> = if chain.is_empty() {
-                std::borrow::Cow::Borrowed(&self.intermediates)
-            } else {
-                std::borrow::Cow::Owned(self.intermediates.iter().chain(&chain).cloned().collect())
-            };
+            let usable = self.intermediates_and(&chain);
             let judged = if path_passed && !row.approved {
                 validate::check_local(&info, now, Purpose::Encrypt)
             } else {

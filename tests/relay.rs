@@ -325,3 +325,194 @@ async fn a_pooled_connection_closed_by_the_upstream_is_replaced_without_deferrin
         gw.logs()
     );
 }
+
+/// The transaction's command lines on the upstream's last connection, from MAIL on.
+fn transaction_lines(up: &Upstream) -> Vec<Seen> {
+    let conns = up.commands();
+    let last = conns.last().expect("a connection");
+    let start = last
+        .iter()
+        .position(|s| s.line.starts_with("MAIL FROM:"))
+        .expect("a MAIL FROM");
+    last[start..].to_vec()
+}
+
+#[tokio::test]
+async fn a_pipelining_upstream_gets_mail_rcpts_and_data_in_one_write() {
+    let up = Upstream::start(UpstreamOptions::starttls()).await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    let msg = message("pipelined");
+    let rcpts = ["bob@x.example", "carol@x.example"];
+    assert_eq!(
+        c.send_message("alice@example.org", &rcpts, &msg)
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    assert_eq!(got[0].rcpt_to, rcpts);
+    assert!(
+        got[0].data.ends_with(&msg),
+        "the message verbatim after Received:"
+    );
+    let lines = transaction_lines(&up);
+    let shown: Vec<(&str, bool)> = lines
+        .iter()
+        .take(4)
+        .map(|s| (s.line.as_str(), s.more))
+        .collect();
+    // MAIL, both RCPTs and DATA came in one write (each line had the next behind it); the
+    // message itself only after the 354.
+    assert_eq!(
+        shown,
+        [
+            ("MAIL FROM:<alice@example.org>", true),
+            ("RCPT TO:<bob@x.example>", true),
+            ("RCPT TO:<carol@x.example>", true),
+            ("DATA", false),
+        ],
+        "{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test]
+async fn without_pipelining_each_command_waits_for_its_reply() {
+    let up = Upstream::start(UpstreamOptions::starttls().without_pipelining()).await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    let msg = message("lockstep");
+    let rcpts = ["bob@x.example", "carol@x.example"];
+    assert_eq!(
+        c.send_message("alice@example.org", &rcpts, &msg)
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", gw.logs());
+    assert!(
+        got[0].data.ends_with(&msg),
+        "the message verbatim after Received:"
+    );
+    let lines = transaction_lines(&up);
+    let shown: Vec<(&str, bool)> = lines
+        .iter()
+        .take(4)
+        .map(|s| (s.line.as_str(), s.more))
+        .collect();
+    assert_eq!(
+        shown.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [
+            "MAIL FROM:<alice@example.org>",
+            "RCPT TO:<bob@x.example>",
+            "RCPT TO:<carol@x.example>",
+            "DATA"
+        ]
+    );
+    assert!(
+        shown.iter().all(|s| !s.1),
+        "a command was sent before the previous reply: {shown:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pipelined_data_accepted_without_recipients_gets_a_lone_dot() {
+    // RFC 2920 §3.1: the client cannot assume DATA is refused when no RCPT was accepted. This
+    // upstream answers 354 anyway; the gateway must send an empty message (a lone dot), never
+    // the real one, and the connection must stay in step (the DSN then reuses it).
+    let mut opts = UpstreamOptions::starttls().fault(
+        Stage::Rcpt("nobody@x.example".into()),
+        Fault::always(550, "5.1.1 no such user"),
+    );
+    opts.data_without_recipients = true;
+    let up = Upstream::start(opts).await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    let msg = message("nobody");
+    assert_eq!(
+        c.send_message("alice@example.org", &["nobody@x.example"], &msg)
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    let got = up.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "only the DSN: {}", gw.logs());
+    assert!(got[0].mail_from.is_empty(), "a DSN from <>");
+    assert_eq!(got[0].rcpt_to, ["alice@example.org"]);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"),
+        "{text}"
+    );
+    assert_eq!(
+        up.connections(),
+        1,
+        "the dot left the connection in step, so the DSN went over it"
+    );
+    let lines: Vec<String> = up.commands()[0].iter().map(|s| s.line.clone()).collect();
+    let data = lines
+        .iter()
+        .position(|l| l == "DATA")
+        .expect("a pipelined DATA");
+    assert_eq!(
+        lines[data + 1],
+        "<0 bytes of message data>",
+        "the refused transaction's DATA got an empty message: {lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn many_recipients_go_in_several_pipelined_groups() {
+    // More recipients than one pipelined group holds: the later groups follow once the
+    // earlier replies are read, and one refusal in a later group spares the others.
+    let refused = "rcpt37@x.example";
+    let up = Upstream::start(UpstreamOptions::starttls().fault(
+        Stage::Rcpt(refused.into()),
+        Fault::always(550, "5.1.1 no such user"),
+    ))
+    .await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
+    let rcpts: Vec<String> = (0..70).map(|i| format!("rcpt{i}@x.example")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let msg = message("many");
+    assert_eq!(
+        c.send_message("alice@example.org", &refs, &msg)
+            .await
+            .unwrap()
+            .0,
+        250
+    );
+    let got = up.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2, "the message and the DSN: {}", gw.logs());
+    let delivered = got
+        .iter()
+        .find(|r| r.mail_from == "alice@example.org")
+        .expect("original");
+    let expected: Vec<&str> = refs.iter().copied().filter(|r| *r != refused).collect();
+    assert_eq!(delivered.rcpt_to, expected);
+    let dsn = got.iter().find(|r| r.mail_from.is_empty()).expect("a DSN");
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains(&format!(
+            "Final-Recipient: rfc822; {refused}\r\nAction: failed\r\n"
+        )),
+        "{text}"
+    );
+    let lines = transaction_lines(&up);
+    let rcpt_lines: Vec<&Seen> = lines[..72]
+        .iter()
+        .filter(|s| s.line.starts_with("RCPT"))
+        .collect();
+    assert_eq!(rcpt_lines.len(), 70);
+    assert!(
+        rcpt_lines.iter().any(|s| !s.more) && rcpt_lines.iter().filter(|s| s.more).count() > 60,
+        "pipelined in groups, with a pause for replies between them"
+    );
+}

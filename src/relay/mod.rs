@@ -12,7 +12,7 @@
 //! stopped reading is not) and the reply after the final dot. A timeout is temporary.
 //!
 //! Files: `pool.rs` (connecting, STARTTLS, AUTH, reusing idle connections), `transaction.rs`
-//! (MAIL, RCPT, DATA on one connection), `outcome.rs` (what each reply or error means, once),
+//! (MAIL, RCPT, DATA on one connection, pipelined when the next hop offers PIPELINING), `outcome.rs` (what each reply or error means, once),
 //! `outbox.rs` (`file://`).
 
 mod outbox;

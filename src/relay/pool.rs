@@ -4,7 +4,7 @@
 
 use super::MailParams;
 use super::outcome::{Broken, ConnError, Outcome, classify_error, conn, describe, remote_reply};
-use super::transaction::{Client, transaction};
+use super::transaction::{Client, Conn, transaction};
 use crate::reply::{self};
 use mail_send::Credentials;
 use mail_send::SmtpClient;
@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
 pub(super) struct Idle {
-    pub(super) client: Client,
+    pub(super) conn: Conn,
     pub(super) since: Instant,
     pub(super) eight_bit: bool,
     pub(super) smtputf8: bool,
@@ -48,15 +48,15 @@ impl SmtpUpstream {
         let _slot = self.slots.acquire().await.expect("semaphore never closed");
         // A pooled connection may have been closed by the upstream meanwhile: one fresh retry.
         for attempt in 0..2 {
-            let (mut client, reused) = match self.checkout(params).await {
+            let (mut conn, reused) = match self.checkout(params).await {
                 Ok(c) => c,
                 Err(ConnError(f)) => return vec![Outcome::Failed(f); rcpts.len()],
             };
-            match transaction(&mut client, sender, rcpts, message, params).await {
+            match transaction(&mut conn, sender, rcpts, message, params).await {
                 Ok((outcomes, reusable)) => {
                     if reusable {
                         self.idle.lock().unwrap().push(Idle {
-                            client,
+                            conn,
                             since: Instant::now(),
                             eight_bit: params.body_8bit,
                             smtputf8: params.smtputf8,
@@ -76,7 +76,7 @@ impl SmtpUpstream {
         unreachable!("the loop returns on its second pass")
     }
 
-    async fn checkout(&self, params: MailParams) -> Result<(Client, bool), ConnError> {
+    async fn checkout(&self, params: MailParams) -> Result<(Conn, bool), ConnError> {
         loop {
             let idle = self.idle.lock().unwrap().pop();
             match idle {
@@ -85,7 +85,7 @@ impl SmtpUpstream {
                         && (!params.body_8bit || i.eight_bit)
                         && (!params.smtputf8 || i.smtputf8) =>
                 {
-                    return Ok((i.client, true));
+                    return Ok((i.conn, true));
                 }
                 Some(_) => continue,
                 None => break,
@@ -94,7 +94,7 @@ impl SmtpUpstream {
         Ok((self.connect(params).await?, false))
     }
 
-    async fn connect(&self, params: MailParams) -> Result<Client, ConnError> {
+    async fn connect(&self, params: MailParams) -> Result<Conn, ConnError> {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(&addr))
             .await
@@ -192,7 +192,10 @@ impl SmtpUpstream {
                     ),
                 })?;
         }
-        Ok(client)
+        Ok(Conn {
+            client,
+            pipelining: caps.has_capability(smtp_proto::EXT_PIPELINING),
+        })
     }
 }
 

@@ -1,5 +1,11 @@
 //! One transaction on an open connection: MAIL, RCPT for each recipient (one refused recipient
 //! does not abort the others), DATA with the message dot-stuffed, each step under a deadline.
+//!
+//! When the next hop offers PIPELINING (RFC 2920), MAIL, the RCPTs and DATA go in one write and
+//! their replies are read in order afterwards: two round trips per message instead of three plus
+//! one per recipient. Every reply of the group is still checked (RFC 2920 §3.1): a refused MAIL or
+//! no accepted recipient means no message, and a DATA that was accepted anyway gets a lone dot.
+//! Without PIPELINING the same steps run one command at a time (a group of one).
 
 use super::MailParams;
 use super::outcome::{
@@ -7,8 +13,9 @@ use super::outcome::{
 };
 use crate::reply::{self, Failure, Scope};
 use mail_send::SmtpClient;
+use smtp_proto::{Response, response::parser::ResponseReceiver};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Any stream a connection may run over (TCP, TLS), boxed so the pool holds one type.
 pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -16,77 +23,179 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// An open SMTP connection to the next hop.
 pub(super) type Client = SmtpClient<Box<dyn Io>>;
 
+/// An open connection and what its EHLO offered that a transaction uses.
+pub(super) struct Conn {
+    pub(super) client: Client,
+    /// The next hop offered PIPELINING (RFC 2920).
+    pub(super) pipelining: bool,
+}
+
+/// Most commands written before their replies are read: bounds what is in flight each way, so
+/// neither side can block writing while the other does too (a copy with many recipients goes
+/// in several groups).
+const GROUP: usize = 32;
+
+/// The replies to what was written, in order. Keeps bytes that arrived together with an earlier
+/// reply (mail-send's `read` starts afresh each time and would drop them).
+struct Replies {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    parser: ResponseReceiver,
+}
+
+impl Replies {
+    fn new() -> Replies {
+        Replies {
+            buf: vec![0; 4096],
+            start: 0,
+            end: 0,
+            parser: ResponseReceiver::default(),
+        }
+    }
+
+    /// The next reply, which must come within `c.timeout`.
+    async fn next(&mut self, c: &mut Client) -> Result<Response<String>, mail_send::Error> {
+        let within = c.timeout;
+        tokio::time::timeout(within, async {
+            loop {
+                if self.start < self.end {
+                    let mut bytes = self.buf[self.start..self.end].iter();
+                    let parsed = self.parser.parse(&mut bytes);
+                    self.start = self.end - bytes.len();
+                    match parsed {
+                        Ok(r) => {
+                            self.parser.reset();
+                            return Ok(r);
+                        }
+                        Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
+                        Err(_) => return Err(mail_send::Error::UnparseableReply),
+                    }
+                }
+                let n = c.stream.read(&mut self.buf).await?;
+                if n == 0 {
+                    // mail-send's word for a read that ended before a whole reply came.
+                    return Err(mail_send::Error::UnparseableReply);
+                }
+                (self.start, self.end) = (0, n);
+            }
+        })
+        .await
+        .map_err(|_| mail_send::Error::Timeout)?
+    }
+
+    /// Bytes arrived that no command asked for: the connection is out of step.
+    fn stray(&self) -> bool {
+        self.start < self.end
+    }
+}
+
+/// The command a reply answers, for the queue and the log.
+fn command_name(i: usize, rcpts: usize) -> &'static str {
+    match i {
+        0 => "MAIL FROM",
+        i if i <= rcpts => "RCPT TO",
+        _ => "DATA",
+    }
+}
+
 /// MAIL, RCPT for each recipient (one refused recipient does not abort the others), DATA.
+/// Returns one outcome per recipient and whether the connection may be pooled again.
 pub(super) async fn transaction(
-    c: &mut Client,
+    link: &mut Conn,
     sender: &str,
     rcpts: &[String],
     message: &[u8],
     params: MailParams,
 ) -> Result<(Vec<Outcome>, bool), Broken> {
-    let later = |e: ConnError| Broken::Later(e);
-    let broken = |e: &mail_send::Error, after: &str| classify_error(e, describe_after(e, after));
-    let mut mail = format!("MAIL FROM:<{sender}>");
-    if params.body_8bit {
-        mail.push_str(" BODY=8BITMIME");
-    }
-    if params.smtputf8 {
-        mail.push_str(" SMTPUTF8");
-    }
-    mail.push_str("\r\n");
-    let r = c
-        .cmd(mail.as_bytes())
-        .await
-        .map_err(|e| Broken::AtMail(broken(&e, "MAIL FROM")))?;
-    if r.code == 421 {
-        // The upstream is closing this connection (an idle pooled one, or it is shutting down).
-        return Err(Broken::AtMail(ConnError(Failure::remote(
-            remote_reply(&r),
-            Scope::Message,
-        ))));
-    }
-    if r.code / 100 != 2 {
-        let o = classify(&r, Scope::Message);
-        return Ok((vec![o; rcpts.len()], reset(c).await));
-    }
+    let group = if link.pipelining { GROUP } else { 1 };
+    let c = &mut link.client;
+    let n = rcpts.len();
+    // Commands by index: 0 MAIL, 1..=n RCPT, n + 1 DATA.
+    let total = n + 2;
+    let broken = |e: &mail_send::Error, i: usize| {
+        let e = classify_error(e, describe_after(e, command_name(i, n)));
+        if i == 0 {
+            Broken::AtMail(e)
+        } else {
+            Broken::Later(e)
+        }
+    };
+    let mut replies = Replies::new();
+    let (mut sent, mut answered) = (0, 0);
+    let mut refused_mail: Option<Outcome> = None;
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(n);
+    let mut data: Option<Response<String>> = None;
     // A 421 anywhere means the upstream closes the connection: do not pool it.
     let mut reusable = true;
-    let mut outcomes = Vec::with_capacity(rcpts.len());
-    for rcpt in rcpts {
-        let r = c
-            .cmd(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
-            .await
-            .map_err(|e| later(broken(&e, "RCPT TO")))?;
-        reusable &= r.code != 421;
-        outcomes.push(if r.code / 100 == 2 {
-            None
-        } else {
-            Some(classify(&r, Scope::Recipient))
-        });
+    // Nothing will be delivered (MAIL refused, or no recipient accepted): send nothing more.
+    let mut doomed = false;
+    while answered < total {
+        if answered == sent {
+            if doomed {
+                break;
+            }
+            let mut out = Vec::with_capacity(64 * group.min(total - sent));
+            while sent < total && sent - answered < group {
+                match sent {
+                    0 => mail_command(&mut out, sender, params),
+                    i if i <= n => {
+                        out.extend_from_slice(b"RCPT TO:<");
+                        out.extend_from_slice(rcpts[i - 1].as_bytes());
+                        out.extend_from_slice(b">\r\n");
+                    }
+                    _ => out.extend_from_slice(b"DATA\r\n"),
+                }
+                sent += 1;
+            }
+            write_within(&mut c.stream, &out, c.timeout)
+                .await
+                .map_err(|e| broken(&io_error(e), answered))?;
+        }
+        let r = replies.next(c).await.map_err(|e| broken(&e, answered))?;
+        match answered {
+            0 if r.code == 421 => {
+                // The upstream is closing this connection (an idle pooled one, or it is
+                // shutting down) before anything of this message was taken.
+                return Err(Broken::AtMail(ConnError(Failure::remote(
+                    remote_reply(&r),
+                    Scope::Message,
+                ))));
+            }
+            0 if r.code / 100 != 2 => {
+                refused_mail = Some(classify(&r, Scope::Message));
+                doomed = true;
+            }
+            0 => {}
+            i if i <= n => {
+                reusable &= r.code != 421;
+                outcomes.push((r.code / 100 != 2).then(|| classify(&r, Scope::Recipient)));
+                if i == n && outcomes.iter().all(Option::is_some) {
+                    doomed = true;
+                }
+            }
+            _ => data = Some(r),
+        }
+        answered += 1;
     }
-    if outcomes.iter().all(Option::is_some) {
-        let reusable = reusable && reset(c).await;
+    if let Some(o) = refused_mail {
+        let reusable = finish_refused(c, &mut replies, data.as_ref()).await;
+        return Ok((vec![o; n], reusable));
+    }
+    if doomed {
+        let reusable = reusable && finish_refused(c, &mut replies, data.as_ref()).await;
         return Ok((outcomes.into_iter().flatten().collect(), reusable));
     }
-    let r = c
-        .cmd(b"DATA\r\n")
-        .await
-        .map_err(|e| later(broken(&e, "DATA")))?;
+    let r = data.expect("DATA is sent and answered unless the transaction is doomed");
     if r.code != 354 {
         let o = classify(&r, Scope::Message);
-        let reusable = r.code != 421 && reset(c).await;
-        return Ok((
-            outcomes
-                .into_iter()
-                .map(|x| x.unwrap_or_else(|| o.clone()))
-                .collect(),
-            reusable,
-        ));
+        let reusable = reusable && r.code != 421 && !replies.stray() && reset(c).await;
+        return Ok((fill(outcomes, &o), reusable));
     }
     write_data(&mut c.stream, message, c.timeout)
         .await
         .map_err(|e| {
-            later(if e.kind() == std::io::ErrorKind::TimedOut {
+            Broken::Later(if e.kind() == std::io::ErrorKind::TimedOut {
                 conn(
                     reply::NEXT_HOP_TIMEOUT,
                     format!("upstream timed out during DATA: {e}"),
@@ -98,21 +207,73 @@ pub(super) async fn transaction(
                 )
             })
         })?;
-    let r = tokio::time::timeout(c.timeout, c.read())
-        .await
-        .map_err(|_| {
-            later(conn(
-                reply::NEXT_HOP_TIMEOUT,
-                "upstream timed out after DATA",
-            ))
-        })?
-        .map_err(|e| later(broken(&e, "the end of DATA")))?;
+    let r = replies.next(c).await.map_err(|e| {
+        Broken::Later(match e {
+            mail_send::Error::Timeout => {
+                conn(reply::NEXT_HOP_TIMEOUT, "upstream timed out after DATA")
+            }
+            e => classify_error(&e, describe_after(&e, "the end of DATA")),
+        })
+    })?;
     let o = classify(&r, Scope::Message);
-    let outcomes = outcomes
+    Ok((
+        fill(outcomes, &o),
+        reusable && r.code != 421 && !replies.stray(),
+    ))
+}
+
+/// `MAIL FROM:<sender>` with the parameters carried through, and its CRLF.
+fn mail_command(out: &mut Vec<u8>, sender: &str, params: MailParams) {
+    out.extend_from_slice(b"MAIL FROM:<");
+    out.extend_from_slice(sender.as_bytes());
+    out.push(b'>');
+    if params.body_8bit {
+        out.extend_from_slice(b" BODY=8BITMIME");
+    }
+    if params.smtputf8 {
+        out.extend_from_slice(b" SMTPUTF8");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The accepted recipients get the message's outcome; the refused keep their own.
+fn fill(outcomes: Vec<Option<Outcome>>, o: &Outcome) -> Vec<Outcome> {
+    outcomes
         .into_iter()
         .map(|x| x.unwrap_or_else(|| o.clone()))
-        .collect();
-    Ok((outcomes, reusable && r.code != 421))
+        .collect()
+}
+
+/// Ends a transaction in which nothing is delivered; true when the connection is still in step.
+/// A pipelined DATA the upstream accepted regardless gets a lone dot (RFC 2920 §3.1: an empty
+/// message it must refuse, having no recipient); otherwise RSET.
+async fn finish_refused(
+    c: &mut Client,
+    replies: &mut Replies,
+    data: Option<&Response<String>>,
+) -> bool {
+    if data.is_some_and(|r| r.code == 421) || replies.stray() {
+        return false;
+    }
+    if data.is_some_and(|r| r.code == 354) {
+        if write_within(&mut c.stream, b".\r\n", c.timeout)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        return matches!(replies.next(c).await, Ok(r) if r.code != 421) && !replies.stray();
+    }
+    reset(c).await
+}
+
+/// A failed write of commands, in mail-send's terms (what `classify_error` judges).
+fn io_error(e: std::io::Error) -> mail_send::Error {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        mail_send::Error::Timeout
+    } else {
+        mail_send::Error::Io(e)
+    }
 }
 
 /// RSET after a refused transaction; true when the connection is still in step (a pooled

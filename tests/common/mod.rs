@@ -32,5 +32,5 @@ pub use gateway::{Gateway, GatewayConfig, cachet_command, free_port, toml_str, u
 pub use pki::TestPki;
 pub use softhsm::{SoftHsm, USER_PIN, softhsm_module};
 pub use upstream::{
-    Action, DataAttempt, Fault, Received, Stage, Upstream, UpstreamOptions, UpstreamTls,
+    Action, DataAttempt, Fault, Received, Seen, Stage, Upstream, UpstreamOptions, UpstreamTls,
 };

@@ -227,6 +227,9 @@ pub struct Seen {
     pub line: String,
     /// Whether the line arrived inside TLS.
     pub tls: bool,
+    /// Whether more of the client's bytes were already waiting when this line was read: the
+    /// client sent what follows without waiting for this line's reply (PIPELINING).
+    pub more: bool,
 }
 
 /// Options for [`Upstream::start`].
@@ -255,6 +258,11 @@ pub struct UpstreamOptions {
     pub idle_timeout: Duration,
     /// Advertise 8BITMIME (the default). Without it, `MAIL ... BODY=8BITMIME` gets `555 5.5.4`.
     pub eight_bit_mime: bool,
+    /// Advertise PIPELINING (the default; RFC 2920).
+    pub pipelining: bool,
+    /// Answer 354 to DATA even when no recipient was accepted, and refuse the (empty) message
+    /// after the dot: the server RFC 2920 §3.1 warns pipelining clients about.
+    pub data_without_recipients: bool,
 }
 
 impl Default for UpstreamOptions {
@@ -271,6 +279,8 @@ impl Default for UpstreamOptions {
             close_after_message: false,
             idle_timeout: Duration::from_secs(30),
             eight_bit_mime: true,
+            pipelining: true,
+            data_without_recipients: false,
         }
     }
 }
@@ -304,6 +314,11 @@ impl UpstreamOptions {
     /// Do not offer 8BITMIME (a 7-bit-only upstream).
     pub fn without_8bitmime(mut self) -> Self {
         self.eight_bit_mime = false;
+        self
+    }
+    /// Do not offer PIPELINING (every command waits for its reply).
+    pub fn without_pipelining(mut self) -> Self {
+        self.pipelining = false;
         self
     }
 }
@@ -713,10 +728,20 @@ impl Conn {
     }
 
     fn log(&self, line: &str) {
+        self.log_seen(line, false);
+    }
+
+    /// Log a command line just read, noting whether more had already arrived behind it.
+    fn log_command(&self, line: &str) {
+        self.log_seen(line, !self.io.buffer().is_empty());
+    }
+
+    fn log_seen(&self, line: &str, more: bool) {
         let mut rec = self.shared.record.lock().unwrap();
         rec.connections[self.index].push(Seen {
             line: line.to_string(),
             tls: self.tls,
+            more,
         });
     }
 
@@ -840,7 +865,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
             return Ok(());
         };
         let text = String::from_utf8_lossy(&raw).into_owned();
-        conn.log(text.trim_end_matches(['\r', '\n']));
+        conn.log_command(text.trim_end_matches(['\r', '\n']));
         if !raw.ends_with(b"\r\n") {
             conn.reply(500, "5.5.2 command line must end with CRLF")
                 .await?;
@@ -856,10 +881,12 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                 rcpts.clear();
                 let mut caps = vec![
                     format!("{host} greets {}", rest.trim()),
-                    "PIPELINING".into(),
                     "ENHANCEDSTATUSCODES".into(),
                     format!("SIZE {MAX_DATA}"),
                 ];
+                if shared.opts.pipelining {
+                    caps.push("PIPELINING".into());
+                }
                 if shared.opts.eight_bit_mime {
                     caps.push("8BITMIME".into());
                 }
@@ -961,8 +988,16 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     conn.reply(503, "5.5.1 MAIL first").await?;
                     continue;
                 }
-                if rcpts.is_empty() {
+                if rcpts.is_empty() && !shared.opts.data_without_recipients {
                     conn.reply(554, "5.5.1 no valid recipients").await?;
+                    continue;
+                }
+                if rcpts.is_empty() {
+                    conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
+                    let (data, _) = read_data(&mut conn, None).await?;
+                    conn.log(&format!("<{} bytes of message data>", data.len()));
+                    conn.reply(554, "5.5.1 no valid recipients").await?;
+                    mail_from = None;
                     continue;
                 }
                 let fault = shared.faults.take(&Stage::Data);

@@ -65,7 +65,12 @@ impl Session {
             }
             if too_big || write_error.is_some() {
                 body.clear();
-            } else if body.len() >= DATA_FLUSH || matches!(feed, Feed::End { .. }) {
+            } else if matches!(feed, Feed::End { .. }) {
+                // The last bytes go with the commit: one trip to the blocking pool, not two.
+                if let Some(d) = &mut draft {
+                    d.write_last(std::mem::take(&mut body));
+                }
+            } else if body.len() >= DATA_FLUSH {
                 if let Some(d) = &mut draft
                     && let Err(e) = d.write(&body).await
                 {

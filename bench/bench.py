@@ -94,10 +94,19 @@ def run(cmd, *, timeout=60, check=True, input=None, env=None, quiet=False):
     return p
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(names) -> dict[str, int]:
+    """A distinct free loopback port per name. Every socket stays bound until all are chosen:
+    a port whose socket is closed at once may be handed out again by the next bind."""
+    held = []
+    try:
+        for _ in names:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+        return {n: s.getsockname()[1] for n, s in zip(names, held)}
+    finally:
+        for s in held:
+            s.close()
 
 
 def wait_port(port: int, timeout: float = 20, what: str = "") -> None:
@@ -724,7 +733,7 @@ class Bench:
         self.args, self.work, self.shm = args, work, shm
         self.errors: list[str] = []
         self.pki = make_pki(work / "pki")
-        p = {k: free_port() for k in ("sink", "upstream", "relay", "reuse", "diy", "diy_reinject", "cachet")}
+        p = free_ports(("sink", "upstream", "relay", "reuse", "diy", "diy_reinject", "cachet"))
         self.ports = p
         self.sink = Sink(shm, p["sink"])
         on_exit(self.sink.stop)

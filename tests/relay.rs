@@ -337,12 +337,14 @@ fn transaction_lines(up: &Upstream) -> Vec<Seen> {
     last[start..].to_vec()
 }
 
-#[tokio::test]
-async fn a_pipelining_upstream_gets_mail_rcpts_and_data_in_one_write() {
-    let up = Upstream::start(UpstreamOptions::starttls()).await;
+/// Relays one message to two recipients through an upstream started with `opts` and returns
+/// the first four command lines of its transaction, each with whether more bytes were already
+/// waiting behind it, and the gateway's logs.
+async fn relay_two_recipients(opts: UpstreamOptions, text: &str) -> (Vec<(String, bool)>, String) {
+    let up = Upstream::start(opts).await;
     let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
     let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
-    let msg = message("pipelined");
+    let msg = message(text);
     let rcpts = ["bob@x.example", "carol@x.example"];
     assert_eq!(
         c.send_message("alice@example.org", &rcpts, &msg)
@@ -358,61 +360,42 @@ async fn a_pipelining_upstream_gets_mail_rcpts_and_data_in_one_write() {
         got[0].data.ends_with(&msg),
         "the message verbatim after Received:"
     );
-    let lines = transaction_lines(&up);
-    let shown: Vec<(&str, bool)> = lines
-        .iter()
+    let lines = transaction_lines(&up)
+        .into_iter()
         .take(4)
-        .map(|s| (s.line.as_str(), s.more))
+        .map(|s| (s.line, s.more))
         .collect();
+    (lines, gw.logs())
+}
+
+#[tokio::test]
+async fn a_pipelining_upstream_gets_mail_rcpts_and_data_in_one_write() {
+    let (shown, logs) = relay_two_recipients(UpstreamOptions::starttls(), "pipelined").await;
+    let want = [
+        ("MAIL FROM:<alice@example.org>", true),
+        ("RCPT TO:<bob@x.example>", true),
+        ("RCPT TO:<carol@x.example>", true),
+        ("DATA", false),
+    ]
+    .map(|(l, more)| (l.to_string(), more));
     // MAIL, both RCPTs and DATA came in one write (each line had the next behind it); the
     // message itself only after the 354.
-    assert_eq!(
-        shown,
-        [
-            ("MAIL FROM:<alice@example.org>", true),
-            ("RCPT TO:<bob@x.example>", true),
-            ("RCPT TO:<carol@x.example>", true),
-            ("DATA", false),
-        ],
-        "{}",
-        gw.logs()
-    );
+    assert_eq!(shown, want, "{logs}");
 }
 
 #[tokio::test]
 async fn without_pipelining_each_command_waits_for_its_reply() {
-    let up = Upstream::start(UpstreamOptions::starttls().without_pipelining()).await;
-    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
-    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
-    let msg = message("lockstep");
-    let rcpts = ["bob@x.example", "carol@x.example"];
+    let (shown, logs) =
+        relay_two_recipients(UpstreamOptions::starttls().without_pipelining(), "lockstep").await;
     assert_eq!(
-        c.send_message("alice@example.org", &rcpts, &msg)
-            .await
-            .unwrap()
-            .0,
-        250
-    );
-    let got = up.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "{}", gw.logs());
-    assert!(
-        got[0].data.ends_with(&msg),
-        "the message verbatim after Received:"
-    );
-    let lines = transaction_lines(&up);
-    let shown: Vec<(&str, bool)> = lines
-        .iter()
-        .take(4)
-        .map(|s| (s.line.as_str(), s.more))
-        .collect();
-    assert_eq!(
-        shown.iter().map(|s| s.0).collect::<Vec<_>>(),
+        shown.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
         [
             "MAIL FROM:<alice@example.org>",
             "RCPT TO:<bob@x.example>",
             "RCPT TO:<carol@x.example>",
             "DATA"
-        ]
+        ],
+        "{logs}"
     );
     assert!(
         shown.iter().all(|s| !s.1),

@@ -179,7 +179,7 @@ pub(super) async fn transaction(
         answered += 1;
     }
     if let Some(o) = refused_mail {
-        let reusable = finish_refused(c, &mut replies, data.as_ref()).await;
+        let reusable = reusable && finish_refused(c, &mut replies, data.as_ref()).await;
         return Ok((vec![o; n], reusable));
     }
     if doomed {

@@ -36,7 +36,9 @@ fn five_engines(message: &[u8], decrypt: bool) -> String {
     std::fs::write(&eml, message).unwrap();
     let d = rfc9216();
     let mut cmd = Command::new("bash");
+    // -v: an engine's own error output goes into the report, so a failure names its cause.
     cmd.arg(verifier())
+        .arg("-v")
         .arg("-c")
         .arg(d.join("ca.rsa.crt"))
         .env("SMIME_PY", smime_py());
@@ -46,17 +48,39 @@ fn five_engines(message: &[u8], decrypt: bool) -> String {
             .arg("-k")
             .arg(d.join("bob.decrypt.key"));
     }
-    let out = cmd.arg(&eml).output().expect("run verify_smime.sh");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cmd.arg(&eml);
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("run verify_smime.sh");
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let passed = out.status.success() && report.contains("RESULT: PASS (5/5 verifiers)");
+        (passed, report)
+    };
+    let (mut passed, mut report) = run(&mut cmd);
+    if !passed && gpgsm_lost_its_key(&report) {
+        // Seen once in a full suite run: gpgsm alone had no secret key in the verifier's
+        // throw-away GNUPGHOME while the other four decrypted the same bytes, i.e. importing
+        // the key there failed, not the message. One more run, with a fresh home; a message
+        // gpgsm cannot decrypt fails both.
+        let (again, second) = run(&mut cmd);
+        (passed, report) = (again, format!("{report}\n-- run again --\n{second}"));
+    }
     assert!(
-        out.status.success() && report.contains("RESULT: PASS (5/5 verifiers)"),
+        passed,
         "not every engine accepted cachet's output:\n{report}"
     );
     report
+}
+
+/// The report's only failure is gpgsm's missing secret key (the verifier's key import).
+fn gpgsm_lost_its_key(report: &str) -> bool {
+    report.contains("RESULT: FAIL (4/5 verifiers passed)")
+        && report
+            .lines()
+            .any(|l| l.trim_start().starts_with("gpgsm") && l.contains("No secret key"))
 }
 
 fn config(up: &Upstream) -> GatewayConfig {

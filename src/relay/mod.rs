@@ -12,8 +12,8 @@
 //! stopped reading is not) and the reply after the final dot. A timeout is temporary.
 //!
 //! Files: `pool.rs` (connecting, STARTTLS, AUTH, reusing idle connections), `transaction.rs`
-//! (MAIL, RCPT, DATA on one connection, pipelined when the next hop offers PIPELINING), `outcome.rs` (what each reply or error means, once),
-//! `outbox.rs` (`file://`).
+//! (MAIL, RCPT, DATA on one connection, pipelined when the next hop offers PIPELINING),
+//! `outcome.rs` (what each reply or error means, once), `outbox.rs` (`file://`).
 
 mod outbox;
 mod outcome;

@@ -343,18 +343,10 @@ fn transaction_lines(up: &Upstream) -> Vec<Seen> {
 async fn relay_two_recipients(opts: UpstreamOptions, text: &str) -> (Vec<(String, bool)>, String) {
     let up = Upstream::start(opts).await;
     let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
-    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
     let msg = message(text);
     let rcpts = ["bob@x.example", "carol@x.example"];
-    assert_eq!(
-        c.send_message("alice@example.org", &rcpts, &msg)
-            .await
-            .unwrap()
-            .0,
-        250
-    );
-    let got = up.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "{}", gw.logs());
+    gw.send_ok("alice@example.org", &rcpts, &msg).await;
+    let got = gw.expect_upstream(&up, 1).await;
     assert_eq!(got[0].rcpt_to, rcpts);
     assert!(
         got[0].data.ends_with(&msg),
@@ -415,17 +407,14 @@ async fn a_pipelined_data_accepted_without_recipients_gets_a_lone_dot() {
     opts.data_without_recipients = true;
     let up = Upstream::start(opts).await;
     let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
-    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
-    let msg = message("nobody");
-    assert_eq!(
-        c.send_message("alice@example.org", &["nobody@x.example"], &msg)
-            .await
-            .unwrap()
-            .0,
-        250
-    );
-    let got = up.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "only the DSN: {}", gw.logs());
+    gw.send_ok(
+        "alice@example.org",
+        &["nobody@x.example"],
+        &message("nobody"),
+    )
+    .await;
+    // Only the DSN.
+    let got = gw.expect_upstream(&up, 1).await;
     assert!(got[0].mail_from.is_empty(), "a DSN from <>");
     assert_eq!(got[0].rcpt_to, ["alice@example.org"]);
     let text = String::from_utf8_lossy(&got[0].data);
@@ -461,19 +450,12 @@ async fn many_recipients_go_in_several_pipelined_groups() {
     ))
     .await;
     let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
-    let mut c = SmtpClient::connect_ehlo(gw.addr()).await.unwrap().0;
     let rcpts: Vec<String> = (0..70).map(|i| format!("rcpt{i}@x.example")).collect();
     let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
-    let msg = message("many");
-    assert_eq!(
-        c.send_message("alice@example.org", &refs, &msg)
-            .await
-            .unwrap()
-            .0,
-        250
-    );
-    let got = up.wait_for(2, WAIT).await;
-    assert_eq!(got.len(), 2, "the message and the DSN: {}", gw.logs());
+    gw.send_ok("alice@example.org", &refs, &message("many"))
+        .await;
+    // The message and the DSN.
+    let got = gw.expect_upstream(&up, 2).await;
     let delivered = got
         .iter()
         .find(|r| r.mail_from == "alice@example.org")

@@ -988,16 +988,15 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, index: usize) -> std::io:
                     conn.reply(503, "5.5.1 MAIL first").await?;
                     continue;
                 }
-                if rcpts.is_empty() && !shared.opts.data_without_recipients {
-                    conn.reply(554, "5.5.1 no valid recipients").await?;
-                    continue;
-                }
                 if rcpts.is_empty() {
-                    conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
-                    let (data, _) = read_data(&mut conn, None).await?;
-                    conn.log(&format!("<{} bytes of message data>", data.len()));
+                    if shared.opts.data_without_recipients {
+                        // Take the message first, then refuse it: the transaction is over.
+                        conn.reply(354, "end data with <CR><LF>.<CR><LF>").await?;
+                        let (data, _) = read_data(&mut conn, None).await?;
+                        conn.log(&format!("<{} bytes of message data>", data.len()));
+                        mail_from = None;
+                    }
                     conn.reply(554, "5.5.1 no valid recipients").await?;
-                    mail_from = None;
                     continue;
                 }
                 let fault = shared.faults.take(&Stage::Data);

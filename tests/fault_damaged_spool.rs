@@ -121,7 +121,7 @@ async fn damaged_spool_entries_go_to_corrupt_and_the_rest_is_delivered() {
     // One clear line each, naming the message and what is wrong with it.
     for (id, what) in [
         (truncated.as_str(), "cut short"),
-        (garbage, "SHA-256"),
+        (garbage, "CRC-32"),
         (emptied, "shorter than its header"),
         (orphan, "without an envelope"),
     ] {

@@ -73,11 +73,18 @@ pub struct Envelope {
     /// MAIL FROM carried BODY=8BITMIME.
     #[serde(default)]
     pub body_8bit: bool,
-    /// Length of the data file in bytes (checked with `data_sha256`).
+    /// Length of the message data in bytes (checked with `data_crc32` or `data_sha256`).
     pub size: u64,
-    /// SHA-256 of the data file (lowercase hex), taken while it was received: a data file that
-    /// no longer matches (zeroed or scrambled blocks after a crash) goes to corrupt/ instead of
-    /// being relayed. Absent in envelopes written before it existed: then nothing is checked.
+    /// CRC-32 (IEEE) of the message data, taken while it was received: data that no longer
+    /// matches (zeroed or scrambled blocks after a crash) goes to corrupt/ instead of being
+    /// relayed. A check against damage, not against someone who can write the spool (they
+    /// could rewrite the record too), so an error-detecting code serves, at a tenth of the CPU
+    /// of a cryptographic digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_crc32: Option<u32>,
+    /// SHA-256 of the message data (lowercase hex), as cachet recorded it before `data_crc32`:
+    /// still checked for messages queued by an older version. Envelopes with neither (written
+    /// by hand, or before either existed) are not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_sha256: Option<String>,
     pub attempts: u32,
@@ -129,6 +136,7 @@ impl Envelope {
             smtputf8: false,
             body_8bit: false,
             size: 0,
+            data_crc32: None,
             data_sha256: None,
             attempts: 0,
             next_attempt: 0,

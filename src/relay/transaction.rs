@@ -301,36 +301,172 @@ pub(super) async fn write_within<W: AsyncWrite + Unpin>(
     })?
 }
 
-/// Writes the message dot-stuffed (RFC 5321 §4.5.2) in large chunks, with the final
-/// `.<CRLF>` in the same write as the last bytes (no Nagle/delayed-ACK stall on the last segment).
-/// Each chunk must be accepted within `timeout`.
+/// Writes the message dot-stuffed (RFC 5321 §4.5.2): the runs between the dots to double are
+/// written straight from `message` in pieces of at most [`DATA_PIECE`] (a sealed message has
+/// no line that starts with a dot, so it goes without a copy and without a pass per line);
+/// short runs are gathered into one buffer. The final `.<CRLF>` goes in the same write as the
+/// message's last bytes (no Nagle/delayed-ACK stall on the last segment). Each write must be
+/// accepted within `timeout`.
 pub(super) async fn write_data<W: AsyncWrite + Unpin>(
     w: &mut W,
     message: &[u8],
     timeout: Duration,
 ) -> std::io::Result<()> {
-    const CHUNK: usize = 64 * 1024;
-    let mut out = Vec::with_capacity(CHUNK + 1024);
-    let mut at_line_start = true;
-    let mut rest = message;
-    while !rest.is_empty() {
-        if at_line_start && rest[0] == b'.' {
-            out.push(b'.');
-        }
-        let line_end = memchr::memchr(b'\n', rest)
-            .map(|i| i + 1)
-            .unwrap_or(rest.len());
-        out.extend_from_slice(&rest[..line_end]);
-        at_line_start = rest[line_end - 1] == b'\n';
-        rest = &rest[line_end..];
-        if out.len() >= CHUNK {
-            write_within(w, &out, timeout).await?;
-            out.clear();
-        }
+    let mut out = Gather {
+        w,
+        buf: Vec::new(),
+        timeout,
+    };
+    let mut from = 0;
+    // Each dot that starts a line (at offset 0 or after a LF) is written twice: the run up to
+    // and including the dot, then the dot again as the start of the next run.
+    let line_dots = (message.first() == Some(&b'.'))
+        .then_some(0)
+        .into_iter()
+        .chain(memchr::memmem::find_iter(message, b"\n.").map(|i| i + 1));
+    for dot in line_dots {
+        out.put(&message[from..=dot]).await?;
+        from = dot;
     }
+    let rest = &message[from..];
+    // The last bytes travel with the terminator.
+    let keep = rest.len().min(TAIL_WITH_END);
+    out.put(&rest[..rest.len() - keep]).await?;
+    out.buf.extend_from_slice(&rest[rest.len() - keep..]);
     if !message.is_empty() && !message.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
+        out.buf.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
-    write_within(w, &out, timeout).await
+    out.buf.extend_from_slice(b".\r\n");
+    write_within(out.w, &out.buf, timeout).await
+}
+
+/// The most of the message handed to the stream in one write (each write has its deadline).
+const DATA_PIECE: usize = 64 * 1024;
+/// Runs shorter than this are copied into the gathering buffer rather than written alone.
+const GATHER_BELOW: usize = 4 * 1024;
+/// How much of the message's end is copied to go in one write with `.<CRLF>`.
+const TAIL_WITH_END: usize = 1024;
+
+/// The writer of [`write_data`]: short runs gathered, long ones written where they lie.
+struct Gather<'a, W> {
+    w: &'a mut W,
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> Gather<'_, W> {
+    async fn put(&mut self, run: &[u8]) -> std::io::Result<()> {
+        if run.len() < GATHER_BELOW {
+            self.buf.extend_from_slice(run);
+            if self.buf.len() >= DATA_PIECE {
+                write_within(self.w, &self.buf, self.timeout).await?;
+                self.buf.clear();
+            }
+            return Ok(());
+        }
+        if !self.buf.is_empty() {
+            write_within(self.w, &self.buf, self.timeout).await?;
+            self.buf.clear();
+        }
+        for piece in run.chunks(DATA_PIECE) {
+            write_within(self.w, piece, self.timeout).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Records each write the stream is handed.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// RFC 5321 §4.5.2 the plain way: a line at a time, a dot added before a leading dot.
+    fn reference(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+        }
+        if !message.is_empty() && !message.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    async fn written(message: &[u8]) -> Vec<Vec<u8>> {
+        let mut w = Writes::default();
+        write_data(&mut w, message, Duration::from_secs(5))
+            .await
+            .unwrap();
+        w.0
+    }
+
+    #[tokio::test]
+    async fn data_is_dot_stuffed_as_line_by_line_would() {
+        let long_line = format!(".{}\r\n", "x".repeat(70_000));
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b".".to_vec(),
+            b"..\r\n".to_vec(),
+            b"Subject: x\r\n\r\n.hidden\r\n..\r\n...\r\nend\r\n".to_vec(),
+            b"no final line break".to_vec(),
+            b"a\n.b\r.c\r\n.\r\n".to_vec(),
+            // Dots among long runs: pieces written where they lie, short ones gathered.
+            [
+                long_line.as_bytes(),
+                b".\r\n",
+                "y".repeat(200_000).as_bytes(),
+                b"\r\n.z\r\n",
+            ]
+            .concat(),
+            // Many short lines with dots: everything through the gathering buffer.
+            b".a\r\nb\r\n".repeat(30_000),
+        ];
+        for m in cases {
+            let got = written(&m).await.concat();
+            assert_eq!(
+                got,
+                reference(&m),
+                "{:?}",
+                String::from_utf8_lossy(&m[..m.len().min(40)])
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_without_leading_dots_goes_in_pieces_with_the_end_in_the_last() {
+        let m = "QUJD".repeat(50_000).into_bytes(); // 200,000 octets, no line break
+        let writes = written(&m).await;
+        // The first 198,976 octets as they lie, in pieces of at most 64 KiB; the last 1,024
+        // with CRLF and the terminating dot in one write.
+        let lens: Vec<usize> = writes.iter().map(Vec::len).collect();
+        assert_eq!(lens, [65_536, 65_536, 65_536, 2_368, 1_024 + 2 + 3]);
+        assert_eq!(writes[4][..1_024], m[m.len() - 1_024..]);
+        assert!(writes[4].ends_with(b"\r\n.\r\n"));
+    }
 }

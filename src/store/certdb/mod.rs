@@ -23,11 +23,13 @@
 //!   intermediates the stored problems were computed with.
 //!
 //! Connections: a small pool ([`Pool`]); lookups run on async tasks and on the blocking pool, each
-//! takes a connection for one query. Readers never wait for writers (WAL).
+//! takes a connection for one query. Readers never wait for writers (WAL). What a lookup found
+//! is kept per address until the database is written ([`watch`], `CertStore`'s `Recent`).
 
 pub mod admin;
 pub mod harvest;
 pub mod sync;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

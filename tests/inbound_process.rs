@@ -45,6 +45,7 @@ fn config() -> InboundConfig {
             timeout: Duration::from_secs(30),
             max_connections: 4,
             helo_name: HOST.into(),
+            pipelining: true,
         },
         decrypt: true,
         verify: true,

@@ -78,6 +78,7 @@ fn inbound_config() -> InboundConfig {
             timeout: Duration::from_secs(30),
             max_connections: 4,
             helo_name: "gw.smime.example".into(),
+            pipelining: true,
         },
         decrypt: true,
         verify: true,

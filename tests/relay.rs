@@ -340,9 +340,18 @@ fn transaction_lines(up: &Upstream) -> Vec<Seen> {
 /// Relays one message to two recipients through an upstream started with `opts` and returns
 /// the first four command lines of its transaction, each with whether more bytes were already
 /// waiting behind it, and the gateway's logs.
-async fn relay_two_recipients(opts: UpstreamOptions, text: &str) -> (Vec<(String, bool)>, String) {
+async fn relay_two_recipients(
+    opts: UpstreamOptions,
+    pipelining: bool,
+    text: &str,
+) -> (Vec<(String, bool)>, String) {
     let up = Upstream::start(opts).await;
-    let gw = Gateway::start(GatewayConfig::new().upstream(&up)).await;
+    let gw = Gateway::start(GatewayConfig::new().upstream(&up).with(
+        "upstream",
+        "pipelining",
+        &pipelining.to_string(),
+    ))
+    .await;
     let msg = message(text);
     let rcpts = ["bob@x.example", "carol@x.example"];
     gw.send_ok("alice@example.org", &rcpts, &msg).await;
@@ -362,7 +371,7 @@ async fn relay_two_recipients(opts: UpstreamOptions, text: &str) -> (Vec<(String
 
 #[tokio::test]
 async fn a_pipelining_upstream_gets_mail_rcpts_and_data_in_one_write() {
-    let (shown, logs) = relay_two_recipients(UpstreamOptions::starttls(), "pipelined").await;
+    let (shown, logs) = relay_two_recipients(UpstreamOptions::starttls(), true, "pipelined").await;
     let want = [
         ("MAIL FROM:<alice@example.org>", true),
         ("RCPT TO:<bob@x.example>", true),
@@ -375,10 +384,23 @@ async fn a_pipelining_upstream_gets_mail_rcpts_and_data_in_one_write() {
     assert_eq!(shown, want, "{logs}");
 }
 
+/// One command at a time: an upstream that does not offer PIPELINING, and one that offers it
+/// to a gateway told `upstream.pipelining = false`.
 #[tokio::test]
 async fn without_pipelining_each_command_waits_for_its_reply() {
+    let (shown, logs) = relay_two_recipients(
+        UpstreamOptions::starttls().without_pipelining(),
+        true,
+        "lockstep",
+    )
+    .await;
+    assert_lockstep(&shown, &logs);
     let (shown, logs) =
-        relay_two_recipients(UpstreamOptions::starttls().without_pipelining(), "lockstep").await;
+        relay_two_recipients(UpstreamOptions::starttls(), false, "switched off").await;
+    assert_lockstep(&shown, &logs);
+}
+
+fn assert_lockstep(shown: &[(String, bool)], logs: &str) {
     assert_eq!(
         shown.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
         [

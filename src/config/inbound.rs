@@ -153,6 +153,7 @@ pub(super) fn inbound(raw: &Spanned<RawInbound>, s: &Sections, p: &mut Problems)
         timeout: s.upstream.timeout,
         max_connections: s.upstream.max_connections,
         helo_name: s.upstream.helo_name.clone(),
+        pipelining: s.upstream.pipelining,
     };
     let (decrypt, verify, harvest) = (
         *r.decrypt.get_ref(),

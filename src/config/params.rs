@@ -263,6 +263,14 @@ pub const PARAMS: &[Param] = &[
         "upstream connections at once (idle ones reused)",
     ),
     p(
+        "upstream.pipelining",
+        Some("true"),
+        None,
+        None,
+        "",
+        "MAIL, RCPT and DATA in one write when the upstream offers PIPELINING (RFC 2920); false: one command at a time",
+    ),
+    p(
         "upstream.helo_name",
         None,
         None,

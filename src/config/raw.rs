@@ -143,6 +143,8 @@ pub struct RawUpstream {
     pub max_connections: usize,
     /// The name sent in EHLO upstream; defaults to server.hostname.
     pub helo_name: Option<String>,
+    #[serde(default = "default_upstream_pipelining")]
+    pub pipelining: bool,
 }
 
 #[derive(Deserialize)]
@@ -366,6 +368,9 @@ fn default_upstream_timeout() -> Dur {
 }
 fn default_upstream_connections() -> usize {
     P::default("upstream.max_connections")
+}
+fn default_upstream_pipelining() -> bool {
+    P::default("upstream.pipelining")
 }
 fn default_pkcs11_sessions() -> usize {
     P::default("keys.pkcs11.sessions")

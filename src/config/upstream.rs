@@ -44,6 +44,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub max_connections: usize,
     pub helo_name: String,
+    /// Pipeline MAIL, RCPT and DATA (RFC 2920) when the upstream offers it.
+    pub pipelining: bool,
 }
 
 /// `[upstream]`: a url cachet can reach, a TLS policy that fits it, username and password_file
@@ -84,6 +86,7 @@ pub(super) fn upstream(
         timeout: u.timeout.0,
         max_connections: u.max_connections,
         helo_name: u.helo_name.unwrap_or_else(|| server.hostname.clone()),
+        pipelining: u.pipelining,
     }
 }
 

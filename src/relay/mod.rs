@@ -84,6 +84,7 @@ impl Relay {
                     credentials,
                     helo: cfg.helo_name.clone(),
                     timeout: cfg.timeout,
+                    pipelining: cfg.pipelining,
                     slots: Semaphore::new(cfg.max_connections),
                     idle: Mutex::new(Vec::new()),
                 })

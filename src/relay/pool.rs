@@ -33,6 +33,8 @@ pub(super) struct SmtpUpstream {
     pub(super) credentials: Option<Credentials<String>>,
     pub(super) helo: String,
     pub(super) timeout: Duration,
+    /// `upstream.pipelining`: may pipeline when the upstream offers it.
+    pub(super) pipelining: bool,
     pub(super) slots: Semaphore,
     pub(super) idle: Mutex<Vec<Idle>>,
 }
@@ -194,7 +196,7 @@ impl SmtpUpstream {
         }
         Ok(Conn {
             client,
-            pipelining: caps.has_capability(smtp_proto::EXT_PIPELINING),
+            pipelining: self.pipelining && caps.has_capability(smtp_proto::EXT_PIPELINING),
         })
     }
 }

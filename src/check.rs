@@ -1,7 +1,7 @@
 //! What `cachet check` prints after "ok" and the certificate-expiry gauges of `/metrics`:
 //! reports over the loaded [`Runtime`], beside the pipeline rather than in it.
 
-use crate::config::Config;
+use crate::config::{Config, OnUndecryptable, UpstreamTls};
 use crate::policy::{Digest, Mode, Revocation};
 use crate::runtime::{Runtime, Stores};
 use crate::store::revocation::Status;
@@ -20,6 +20,7 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
         s.certs.address_count(),
         s.trust.len()
     )];
+    out.extend(inbound_summary(rt));
     out.extend(s.warnings.iter().map(|w| format!("warning: {w}")));
     out.extend(submitter_warnings(&rt.config));
     for d in rt.config.directories.iter().filter(|d| !d.tls()) {
@@ -94,6 +95,39 @@ pub fn check_summary(rt: &Runtime) -> Vec<String> {
         ));
     }
     out
+}
+
+/// The inbound route, when `[inbound]` is configured: where it listens and for whom, where
+/// the mail goes, and what is done to it. Every key of `[keys]` is tried on mail encrypted to
+/// its certificate (a signing key too, when a partner encrypted to it), so all are counted.
+fn inbound_summary(rt: &Runtime) -> Vec<String> {
+    let Some(inb) = &rt.config.inbound else {
+        return Vec::new();
+    };
+    let list = |v: Vec<String>| v.join(", ");
+    let on = |b: bool| if b { "on" } else { "off" };
+    let on_undecryptable = match inb.on_undecryptable {
+        OnUndecryptable::Deliver => "deliver",
+        OnUndecryptable::Hold => "hold",
+        OnUndecryptable::Reject => "reject",
+    };
+    let tls = match inb.upstream.tls {
+        UpstreamTls::Verify => "verify",
+        UpstreamTls::Insecure => "insecure",
+        UpstreamTls::None => "none",
+    };
+    vec![format!(
+        "inbound: listening on {} for {}; mail for {} to {} (tls {tls}); decrypt {} ({} key(s)), verify {}, harvest {}, on_undecryptable {on_undecryptable}, {} rule(s)",
+        list(inb.listen.iter().map(|a| a.to_string()).collect()),
+        list(inb.relay_networks.iter().map(|n| n.to_string()).collect()),
+        list(rt.config.server.local_domains.clone()),
+        inb.upstream.url,
+        on(inb.decrypt),
+        rt.stores.keys.all().len(),
+        on(inb.verify),
+        on(inb.harvest),
+        inb.rules.len(),
+    )]
 }
 
 /// Recipient certificates named one by one in `check` and in the expiry gauges.

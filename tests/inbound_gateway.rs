@@ -839,3 +839,61 @@ async fn a_decryption_key_added_by_reload_opens_the_next_message() {
     assert_decrypted(&got[0], DAVE, &dave_crt, "aes-256-cbc/rsa-pkcs1");
     assert!(text(&got[0].data).contains("Quarterly figures"));
 }
+
+/// `cachet check` summarises the inbound route: listener, networks, domains, next hop and what
+/// is done to the mail.
+#[tokio::test]
+async fn check_summarises_the_inbound_route() {
+    let internal = Upstream::start(UpstreamOptions::plain()).await;
+    let inbound_line = |mut cfg: GatewayConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cfg.write_to(dir.path());
+        let out = cachet_command()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("inbound: "))
+            .unwrap_or_else(|| panic!("no inbound line in:\n{text}"))
+            .to_string();
+        let listen = cfg.get("inbound", "listen").unwrap();
+        (line, listen.trim_matches(['[', ']', '"']).to_string())
+    };
+    let (line, listen) = inbound_line(org_config(&internal, &erin()));
+    for part in [
+        format!("listening on {listen} for 127.0.0.0/8;"),
+        "mail for smime.example, bennybottema.com, example.com".to_string(),
+        format!("to {} (tls none);", internal.url()),
+        // Alice's two keys, Bob's, Erin's and Benny's.
+        "decrypt on (5 key(s)), verify on, harvest on".to_string(),
+        "on_undecryptable deliver, 0 rule(s)".to_string(),
+    ] {
+        assert!(line.contains(&part), "{part:?} not in {line:?}");
+    }
+
+    let other = GatewayConfig::new()
+        .with_inbound()
+        .with("inbound", "relay_networks", r#"["10.0.0.0/8", "127.0.0.1/32"]"#)
+        .with("inbound", "upstream", &toml_str(&internal.url()))
+        .with("inbound", "tls", &toml_str("none"))
+        .with("inbound", "decrypt", "false")
+        .with("inbound", "verify", "false")
+        .with("inbound", "harvest", "false")
+        .with("inbound", "on_undecryptable", &toml_str("hold"))
+        .raw("[[inbound.rule]]\nsenders = [\"*@partner.test\"]\nrequire = \"signed\"\naction = \"hold\"\n");
+    let (line, _) = inbound_line(other);
+    for part in [
+        "for 10.0.0.0/8, 127.0.0.1/32;",
+        "decrypt off (0 key(s)), verify off, harvest off, on_undecryptable hold, 1 rule(s)",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+}

@@ -342,8 +342,9 @@ pub(super) async fn write_data<W: AsyncWrite + Unpin>(
 
 /// The most of the message handed to the stream in one write (each write has its deadline).
 const DATA_PIECE: usize = 64 * 1024;
-/// Runs shorter than this are copied into the gathering buffer rather than written alone.
-const GATHER_BELOW: usize = 4 * 1024;
+/// Runs shorter than this are copied into the gathering buffer rather than written alone (a
+/// text with a leading dot every few lines still goes in writes of up to 64 KiB).
+const GATHER_BELOW: usize = 16 * 1024;
 /// How much of the message's end is copied to go in one write with `.<CRLF>`.
 const TAIL_WITH_END: usize = 1024;
 
@@ -456,6 +457,14 @@ mod tests {
                 String::from_utf8_lossy(&m[..m.len().min(40)])
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_text_with_many_leading_dots_is_gathered_into_large_writes() {
+        let m = b".a\r\nb\r\n".repeat(30_000); // 210,000 octets, 30,000 dots to double
+        let lens: Vec<usize> = written(&m).await.iter().map(Vec::len).collect();
+        assert_eq!(lens.iter().sum::<usize>(), 240_000 + 3);
+        assert!(lens.len() <= 4, "{lens:?}");
     }
 
     #[tokio::test]

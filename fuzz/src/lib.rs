@@ -602,6 +602,7 @@ fn inbound_config() -> cachet::config::InboundConfig {
             timeout: Duration::from_secs(30),
             max_connections: 1,
             helo_name: "gw.example.org".into(),
+            pipelining: true,
         },
         decrypt: true,
         verify: true,

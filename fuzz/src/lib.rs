@@ -443,14 +443,21 @@ fn open_and_check(message: &[u8]) {
         &cachet::smime::Limits::default(),
     );
     if !opened.decrypted {
-        assert_eq!(opened.message, message, "undecrypted message must be untouched");
+        assert_eq!(
+            opened.message, message,
+            "undecrypted message must be untouched"
+        );
     }
     let h = cachet::smime::authres::header("gw.example.org", &opened);
     assert!(h.ends_with("\r\n"));
     let body = &h[..h.len() - 2];
     for (i, line) in body.split("\r\n").enumerate() {
         assert!(i == 0 || line.starts_with('\t'), "unfolded line in {h:?}");
-        assert!(line.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)), "{h:?}");
+        assert!(
+            line.bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)),
+            "{h:?}"
+        );
     }
     let _ = cachet::smime::authres::strip(message, "gw.example.org");
 }
@@ -471,7 +478,8 @@ pub fn smime_cms(data: &[u8]) {
         let again = cachet::smime::ber::to_der(&der, 200_000).expect("DER re-parses");
         assert_eq!(again, der, "BER normalisation is idempotent");
     }
-    let mut m = b"From: alice@smime.example\r\nTo: bob@smime.example\r\nMIME-Version: 1.0\r\n".to_vec();
+    let mut m =
+        b"From: alice@smime.example\r\nTo: bob@smime.example\r\nMIME-Version: 1.0\r\n".to_vec();
     if pick & 1 == 0 {
         m.extend_from_slice(
             b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: binary\r\n\r\n",
@@ -531,13 +539,29 @@ pub fn inbound_process(data: &[u8]) {
         known: &[],
     };
     let host = "gw.example.org";
-    let rcpts = ["bob@smime.example".to_string(), "dave@smime.example".to_string()];
-    let p = inbound::process_with(&cfg, keys, &trust, host, "a@b.example", &rcpts, message, w.now);
+    let rcpts = [
+        "bob@smime.example".to_string(),
+        "dave@smime.example".to_string(),
+    ];
+    let p = inbound::process_with(
+        &cfg,
+        keys,
+        &trust,
+        host,
+        "a@b.example",
+        &rcpts,
+        message,
+        w.now,
+    );
     match p.verdict {
         Verdict::Deliver(copies) => {
             let mut served: Vec<&String> = copies.iter().flat_map(|c| &c.recipients).collect();
             served.sort();
-            assert_eq!(served, rcpts.iter().collect::<Vec<_>>(), "each recipient once");
+            assert_eq!(
+                served,
+                rcpts.iter().collect::<Vec<_>>(),
+                "each recipient once"
+            );
             for c in &copies {
                 check_inbound_copy(&c.message, host, cfg.verify);
             }
@@ -560,7 +584,10 @@ pub fn inbound_process(data: &[u8]) {
 fn check_inbound_copy(message: &[u8], host: &str, verify: bool) {
     let ours = format!("Authentication-Results: {host}");
     if verify {
-        assert!(message.starts_with(ours.as_bytes()), "our field comes first");
+        assert!(
+            message.starts_with(ours.as_bytes()),
+            "our field comes first"
+        );
         let end = (1..message.len())
             .find(|&i| message[i - 1] == b'\n' && !matches!(message[i], b' ' | b'\t'))
             .unwrap_or(message.len());
@@ -568,8 +595,14 @@ fn check_inbound_copy(message: &[u8], host: &str, verify: bool) {
         assert!(field.ends_with(b"\r\n"));
         for (i, line) in field[..field.len() - 2].split(|&b| b == b'\n').enumerate() {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            assert!(i == 0 || line.starts_with(b"\t"), "unfolded line in our field");
-            assert!(line.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)));
+            assert!(
+                i == 0 || line.starts_with(b"\t"),
+                "unfolded line in our field"
+            );
+            assert!(
+                line.iter()
+                    .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            );
         }
         // Without ours, nothing claims our authserv-id.
         assert!(cachet::smime::authres::strip(&message[end..], host).is_none());

@@ -184,7 +184,11 @@ pub fn smtp_session(data: &[u8]) {
     // Whatever was queued has CRLF line ends only; then it goes, so the spool stays small.
     let mut queued = w.queued.lock().unwrap();
     while let Ok(id) = queued.try_recv() {
-        let bytes = w.ctx.spool.read_data(Queue::Incoming, &id).expect("queued message");
+        let bytes = w
+            .ctx
+            .spool
+            .read_data(Queue::Incoming, &id)
+            .expect("queued message");
         assert!(
             !crate::has_bare_newline(&bytes),
             "queued message {id} has a bare CR or LF"

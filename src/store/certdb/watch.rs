@@ -3,8 +3,8 @@
 //! `approve`, `remove`), writes `<store>-wal` (or the file itself: a checkpoint, a rollback
 //! journal) before it returns, and the kernel queues the event inside that write, so a lookup
 //! that starts after the other process's commit returned finds the event waiting. Asking costs
-//! one non-blocking `read(2)`; beginning an SQLite read transaction costs its file locks and
-//! checks (a dozen system calls), which were most of a lookup (docs/performance.md).
+//! one non-blocking `read(2)`; a lookup in the database costs a read transaction (an `fcntl`
+//! lock and unlock on the `-shm` file, an `fstat`) and the query (docs/performance.md).
 //!
 //! Whatever the watch cannot vouch for counts as a change: a full event queue, a removed
 //! directory, a read error. No watch at all (inotify unavailable, out of watches) means the

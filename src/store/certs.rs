@@ -295,7 +295,7 @@ impl Checked {
 }
 
 /// One candidate row of a lookup.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Row {
     der: Vec<u8>,
     chain: Option<Vec<u8>>,
@@ -833,6 +833,39 @@ mod tests {
 
     fn checks(store: &CertStore) -> u64 {
         store.checked.path_checks.load(Ordering::Relaxed)
+    }
+
+    /// A query that began before a change another lookup has already seen does not store what
+    /// it read: the next lookup of that address reads the database again.
+    #[test]
+    fn a_query_that_raced_a_change_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("store.sqlite");
+        std::fs::write(&db, b"").unwrap();
+        let recent = Recent::watching(&db);
+        let row = Row {
+            der: vec![1, 2, 3],
+            chain: None,
+            capabilities: None,
+            approved: false,
+            pending: false,
+        };
+        // Kept when nothing changed meanwhile.
+        let g = recent.get("a@x.example").unwrap_err();
+        recent.put("a@x.example", g, std::slice::from_ref(&row));
+        assert_eq!(recent.get("a@x.example").unwrap()[0].der, row.der);
+        // A query for b starts; a commit lands; a lookup of a sees it (and forgets a).
+        let g = recent.get("b@x.example").unwrap_err();
+        std::fs::write(&db, b"x").unwrap();
+        assert!(
+            recent.get("a@x.example").is_err(),
+            "a forgotten after the change"
+        );
+        recent.put("b@x.example", g, std::slice::from_ref(&row));
+        assert!(
+            recent.get("b@x.example").is_err(),
+            "what b's query read before the change is not kept"
+        );
     }
 
     /// What a lookup read is kept per address until the database is written, by this store

@@ -63,7 +63,10 @@ async fn one(spool: &Spool, body: &[u8]) {
         .await
         .unwrap()
         .expect("envelope");
-    let data = spool.read_checked(Queue::Incoming, &env).await.unwrap();
+    let data = spool
+        .read_checked(Queue::Incoming, &env, None)
+        .await
+        .unwrap();
     assert_eq!(data.len(), body.len());
     spool.remove(Queue::Incoming, &id).await.unwrap();
     drop(lock);

@@ -63,8 +63,9 @@ pub(super) async fn attempt(
     queue: Queue,
 ) -> Option<Due> {
     tracing::debug!(queue_id = id, "delivery attempt");
-    // Held until the envelope's new state is written: `cachet queue` waits for it.
-    let (_lock, mut env) = match lock_and_load(spool, rt, unsaved, id, queue) {
+    // Held until the envelope's new state is written: `cachet queue` waits for it. The envelope
+    // and the data are read through the locked file (one open per attempt).
+    let (lock, mut env) = match lock_and_load(spool, rt, unsaved, id, queue) {
         Ok(loaded) => loaded,
         Err(next) => return next,
     };
@@ -74,7 +75,7 @@ pub(super) async fn attempt(
         .await
         .expect("never closed");
     // Shared, not copied, between the sealing job and the DSN builder.
-    let data = match spool.read_checked(queue, &env).await {
+    let data = match spool.read_checked(queue, &env, lock.as_ref()).await {
         Ok(d) => Arc::new(d),
         Err(DataError::Damaged(reason)) => {
             spool.quarantine(queue, id, &reason);
@@ -135,7 +136,7 @@ fn lock_and_load(
             return Err(Some(later(rt, id, queue)));
         }
     };
-    let mut env = match spool.load(queue, id) {
+    let mut env = match spool.load_held(queue, id, lock.as_ref()) {
         Ok(Some(env)) => env,
         Ok(None) => {
             // Moved by an operator (hold/delete) or already done; another queue may have it.

@@ -123,7 +123,12 @@ impl Session {
     /// Runs `process` on a message committed under `lock` (see the module header).
     async fn judge(&self, mut env: Envelope, lock: crate::spool::MessageLock) -> Judged {
         let id = env.id.clone();
-        let data = match self.ctx.spool.read_checked(Queue::Incoming, &env).await {
+        let data = match self
+            .ctx
+            .spool
+            .read_checked(Queue::Incoming, &env, Some(&lock))
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 // Committed and durable: the scheduler reads (or quarantines) it in its turn.

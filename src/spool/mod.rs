@@ -478,12 +478,30 @@ impl Spool {
 
     /// Reads an envelope from queue `q`. `Ok(None)` when it is not there (moved by an operator).
     pub fn load(&self, q: Queue, id: &str) -> io::Result<Option<Envelope>> {
-        let f = match File::open(self.queue_path(q, id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        self.load_held(q, id, None)
+    }
+
+    /// [`Spool::load`], through the file of `held` when it is the message's lock on its file
+    /// in `q` (no second open).
+    pub fn load_held(
+        &self,
+        q: Queue,
+        id: &str,
+        held: Option<&MessageLock>,
+    ) -> io::Result<Option<Envelope>> {
+        let opened;
+        let f = match held.and_then(|l| l.file_in(q)) {
+            Some(f) => f,
+            None => match File::open(self.queue_path(q, id)) {
+                Ok(f) => {
+                    opened = f;
+                    &opened
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            },
         };
-        file::read(&f)
+        file::read(f)
             .map(|p| Some(p.envelope))
             .map_err(|e| match e.kind() {
                 io::ErrorKind::InvalidData => {
@@ -684,9 +702,18 @@ impl Spool {
     /// CRC-32, or an older version's SHA-256; envelopes with neither are not checked). A
     /// message of at most [`INLINE_READ_MAX`] is read and checked where the caller is (a
     /// page-cache read of a few microseconds, as the envelope's own load is); a larger one on
-    /// the blocking pool.
-    pub async fn read_checked(&self, q: Queue, env: &Envelope) -> Result<Vec<u8>, DataError> {
+    /// the blocking pool. Read inline through `held`'s file when it is the message's lock in
+    /// `q`.
+    pub async fn read_checked(
+        &self,
+        q: Queue,
+        env: &Envelope,
+        held: Option<&MessageLock>,
+    ) -> Result<Vec<u8>, DataError> {
         if env.size <= INLINE_READ_MAX {
+            if let Some(f) = held.and_then(|l| l.file_in(q)) {
+                return read_checked_from(f, &Recorded::of(env));
+            }
             return self.read_checked_blocking(q, &env.id, &Recorded::of(env));
         }
         let this = self.clone();
@@ -709,24 +736,7 @@ impl Spool {
             }
             Err(e) => return Err(DataError::Io(e)),
         };
-        let (stored, _) = file::extent(&f).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
-                DataError::Damaged(e.to_string())
-            }
-            _ => DataError::Io(e),
-        })?;
-        // Envelopes written by hand (no check recorded) are taken as they are.
-        let size = recorded.size;
-        if recorded.checked() && stored != size {
-            return Err(DataError::Damaged(format!(
-                "message data is {stored} bytes, the envelope says {size}"
-            )));
-        }
-        let mut data = vec![0; stored as usize];
-        f.read_exact_at(&mut data, file::HEADER_LEN)
-            .map_err(DataError::Io)?;
-        recorded.check(&data).map_err(DataError::Damaged)?;
-        Ok(data)
+        read_checked_from(&f, recorded)
     }
 
     /// Counts per queue, for metrics.
@@ -751,11 +761,45 @@ impl Spool {
     }
 }
 
+/// The message bytes of the open queue file `f`, checked against `recorded`.
+fn read_checked_from(f: &File, recorded: &Recorded) -> Result<Vec<u8>, DataError> {
+    let (stored, _) = file::extent(f).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+            DataError::Damaged(e.to_string())
+        }
+        _ => DataError::Io(e),
+    })?;
+    // Envelopes written by hand (no check recorded) are taken as they are.
+    let size = recorded.size;
+    if recorded.checked() && stored != size {
+        return Err(DataError::Damaged(format!(
+            "message data is {stored} bytes, the envelope says {size}"
+        )));
+    }
+    let mut data = vec![0; stored as usize];
+    f.read_exact_at(&mut data, file::HEADER_LEN)
+        .map_err(DataError::Io)?;
+    recorded.check(&data).map_err(DataError::Damaged)?;
+    Ok(data)
+}
+
 /// The right to rewrite one message's envelope: an exclusive `flock(2)` on its queue file,
 /// released when this is dropped (or the process dies). See the module header.
 #[derive(Debug)]
 pub struct MessageLock {
-    _file: File,
+    file: File,
+    /// The queue the file was in when the lock was taken. Only the holder can move it; the
+    /// holder reads through the lock before it moves the file (a delivery attempt, the
+    /// inbound judgement), by name after.
+    queue: Queue,
+}
+
+impl MessageLock {
+    /// The locked queue file, when it is message's file in queue `q`: read through it, an
+    /// attempt opens the file once instead of three times (lock, envelope, data).
+    fn file_in(&self, q: Queue) -> Option<&File> {
+        (self.queue == q).then_some(&self.file)
+    }
 }
 
 /// What [`Spool::try_lock`] found.
@@ -801,7 +845,7 @@ impl Spool {
             let ours = file.metadata()?;
             match fs::symlink_metadata(self.queue_path(q, id)) {
                 Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {
-                    return Ok(TryLock::Locked(MessageLock { _file: file }));
+                    return Ok(TryLock::Locked(MessageLock { file, queue: q }));
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -935,7 +979,10 @@ impl Draft {
                     // flock(2) locks the file, not the name: taken on tmp/, it holds in incoming/.
                     let held = if lock {
                         file.lock()?;
-                        Some(MessageLock { _file: file })
+                        Some(MessageLock {
+                            file,
+                            queue: Queue::Incoming,
+                        })
                     } else {
                         drop(file);
                         None
@@ -1029,7 +1076,7 @@ mod tests {
         e = spool.find(&id).unwrap().unwrap().1;
         assert_eq!(e.size, 32);
         assert_eq!(
-            spool.read_checked(Queue::Incoming, &e).await.unwrap(),
+            spool.read_checked(Queue::Incoming, &e, None).await.unwrap(),
             b"Subject: two parts\r\n\r\nthe tail\r\n",
             "length and digest as recorded"
         );
@@ -1041,7 +1088,7 @@ mod tests {
         let id = d.commit(env("a@x", &["b@y"])).await.unwrap();
         let e = spool.find(&id).unwrap().unwrap().1;
         assert_eq!(
-            spool.read_checked(Queue::Incoming, &e).await.unwrap(),
+            spool.read_checked(Queue::Incoming, &e, None).await.unwrap(),
             b"Subject: small\r\n\r\nx\r\n"
         );
         let raw = std::fs::metadata(spool.queue_path(Queue::Incoming, &id)).unwrap();
@@ -1130,7 +1177,7 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let id = committed(&spool, b"Subject: hi\r\n\r\nbody\r\n").await;
         let (q, e) = spool.find(&id).unwrap().unwrap();
-        assert_eq!(spool.read_checked(q, &e).await.unwrap().len(), 21);
+        assert_eq!(spool.read_checked(q, &e, None).await.unwrap().len(), 21);
         let path = spool.queue_path(q, &id);
         let good = std::fs::read(&path).unwrap();
         // Same length, other bytes: only the digest can tell.
@@ -1139,7 +1186,7 @@ mod tests {
         flipped[at] ^= 0x01;
         std::fs::write(&path, &flipped).unwrap();
         assert!(matches!(
-            spool.read_checked(q, &e).await,
+            spool.read_checked(q, &e, None).await,
             Err(DataError::Damaged(r)) if r.contains("CRC-32")
         ));
         // A message queued by an older version carries a SHA-256 instead: still checked.
@@ -1154,21 +1201,24 @@ mod tests {
             ..e.clone()
         };
         assert!(matches!(
-            spool.read_checked(q, &older).await,
+            spool.read_checked(q, &older, None).await,
             Err(DataError::Damaged(r)) if r.contains("SHA-256")
         ));
         std::fs::write(&path, &good).unwrap();
-        assert_eq!(spool.read_checked(q, &older).await.unwrap(), data);
+        assert_eq!(spool.read_checked(q, &older, None).await.unwrap(), data);
         // Neither recorded (an envelope written by hand): taken as it is.
         let unchecked = Envelope {
             data_sha256: None,
             ..older.clone()
         };
         std::fs::write(&path, &flipped).unwrap();
-        assert_eq!(spool.read_checked(q, &unchecked).await.unwrap().len(), 21);
+        assert_eq!(
+            spool.read_checked(q, &unchecked, None).await.unwrap().len(),
+            21
+        );
         std::fs::write(&path, &good[..at]).unwrap();
         assert!(matches!(
-            spool.read_checked(q, &e).await,
+            spool.read_checked(q, &e, None).await,
             Err(DataError::Damaged(r)) if r.contains("cut short")
         ));
         let err = spool.load(q, &id).unwrap_err();
@@ -1176,7 +1226,7 @@ mod tests {
         assert!(err.to_string().contains("cut short"), "{err}");
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(
-            spool.read_checked(q, &e).await,
+            spool.read_checked(q, &e, None).await,
             Err(DataError::Damaged(r)) if r.contains("missing")
         ));
     }
@@ -1248,6 +1298,47 @@ mod tests {
         assert!(matches!(spool.try_lock(&id).unwrap(), TryLock::Locked(_)));
         spool.remove(Queue::Hold, &id).await.unwrap();
         assert!(matches!(spool.try_lock(&id).unwrap(), TryLock::Gone));
+    }
+
+    /// An attempt reads the envelope and the data through the file it locked: the same bytes
+    /// as by name, with no second open (so even with the name gone, which a lock holder never
+    /// does, they are read), and by name for another queue.
+    #[tokio::test]
+    async fn a_held_lock_is_read_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = committed(&spool, b"Subject: held\r\n\r\nbody\r\n").await;
+        let TryLock::Locked(lock) = spool.try_lock(&id).unwrap() else {
+            panic!("not locked")
+        };
+        let q = Queue::Incoming;
+        let by_name = spool.load(q, &id).unwrap().unwrap();
+        let held = spool.load_held(q, &id, Some(&lock)).unwrap().unwrap();
+        assert_eq!(held.id, by_name.id);
+        assert_eq!(held.data_crc32, by_name.data_crc32);
+        let data = spool.read_checked(q, &held, Some(&lock)).await.unwrap();
+        assert_eq!(data, b"Subject: held\r\n\r\nbody\r\n");
+        std::fs::remove_file(spool.queue_path(q, &id)).unwrap();
+        assert!(spool.load(q, &id).unwrap().is_none());
+        assert_eq!(
+            spool.load_held(q, &id, Some(&lock)).unwrap().unwrap().id,
+            id
+        );
+        assert_eq!(
+            spool.read_checked(q, &held, Some(&lock)).await.unwrap(),
+            data
+        );
+        assert!(matches!(
+            spool.read_checked(q, &held, None).await,
+            Err(DataError::Damaged(_))
+        ));
+        // A lock from another queue is not used for this one.
+        assert!(
+            spool
+                .load_held(Queue::Deferred, &id, Some(&lock))
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// A delivered message's file is emptied and reused for the next draft, never while its

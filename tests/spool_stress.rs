@@ -108,7 +108,7 @@ async fn full_disk_keeps_delivery_state_in_memory_and_never_resends() {
         .filter(|p| {
             p.ends_with(&id)
                 || (p.parent().is_some_and(|d| d.ends_with("tmp"))
-                    && std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+                    && common::gateway::holds_bytes(p))
         })
         .collect();
     assert!(left.is_empty(), "left in the spool: {left:?}");

@@ -26,6 +26,37 @@ const RECORD_OVERHEAD: usize = 11;
 /// An envelope larger than this is not an envelope (a damaged length field).
 const MAX_RECORD: usize = 64 << 20;
 
+/// Queue files up to this length keep their blocks when emptied for reuse ([`blank`]); a longer
+/// one is truncated (tmp/ then holds at most `RECYCLED_MAX` x this of zeroed space).
+pub const BLANK_MAX: u64 = 256 * 1024;
+
+/// Empties a delivered message's file for the next draft. A file of at most [`BLANK_MAX`] keeps
+/// its blocks: they read as zeros from here on (`fallocate` `FALLOC_FL_ZERO_RANGE`, with
+/// `KEEP_SIZE`), and the next message is written into them, so no block is freed per message
+/// (on a filesystem mounted with `discard`, a trim request to the device each time) nor
+/// allocated again (bitmap writes in the next commit's fsync). A longer file, or one on a
+/// filesystem without zero ranges (tmpfs), is truncated to 0. Returns the length kept.
+pub fn blank(file: &File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let len = file.metadata()?.len();
+    if len > 0 && len <= BLANK_MAX {
+        // SAFETY: fallocate on a file descriptor we own; no memory is passed.
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            return Ok(len);
+        }
+    }
+    file.set_len(0)?;
+    Ok(0)
+}
+
 /// The header for `size` bytes of message data.
 pub fn header(size: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [b' '; HEADER_LEN as usize];

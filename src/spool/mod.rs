@@ -129,14 +129,16 @@ pub struct Spool {
 /// Creating a file allocates an inode, and on ext4 without a journal that means skipping every
 /// inode freed in the last 30 seconds (`recently_deleted`): under sustained load thousands,
 /// ~9% of the gateway's CPU per message in the profile. A delivered message's file is instead
-/// renamed to `tmp/free-N` and truncated to nothing (no message bytes stay behind), and the
-/// next draft is written into it where it is (the commit renames it into incoming/ as
+/// renamed to `tmp/free-N` and emptied (no message bytes stay behind: [`file::blank`] zeroes a
+/// small one and keeps its blocks, truncates a large one), and the next draft is written into
+/// it where it is (the commit cuts it to its new length and renames it into incoming/ as
 /// always). A file whose message lock is still held (the attempt that emptied it has not
 /// ended) waits its turn. At most [`RECYCLED_MAX`] wait; tmp/ is cleared at start.
 #[derive(Debug, Default)]
 struct Recycled {
     /// Oldest first: the oldest is the likeliest to be unlocked already.
-    free: Mutex<std::collections::VecDeque<PathBuf>>,
+    /// Each with the length it kept (zeros).
+    free: Mutex<std::collections::VecDeque<(PathBuf, u64)>>,
     names: AtomicU32,
 }
 
@@ -400,12 +402,12 @@ impl Spool {
         let id = new_id();
         // An emptied file of a delivered message: opened where the caller is (no inode to
         // allocate, so no trip to the blocking pool); otherwise a new file on the pool.
-        if let Some((path, mut file)) = self.reuse() {
+        if let Some((path, mut file, kept)) = self.reuse() {
             if let Err(e) = file.seek(io::SeekFrom::Start(file::HEADER_LEN)) {
                 let _ = fs::remove_file(&path);
                 return Err(e);
             }
-            return Ok(self.new_draft(id, path, file));
+            return Ok(self.new_draft(id, path, file, kept));
         }
         let (path, file) = {
             let path = self.root.join("tmp").join(&id);
@@ -421,10 +423,10 @@ impl Spool {
             .await
             .map_err(io::Error::other)??
         };
-        Ok(self.new_draft(id, path, file))
+        Ok(self.new_draft(id, path, file, 0))
     }
 
-    fn new_draft(&self, id: String, path: PathBuf, file: File) -> Draft {
+    fn new_draft(&self, id: String, path: PathBuf, file: File, kept: u64) -> Draft {
         Draft {
             spool: self.clone(),
             id,
@@ -433,6 +435,7 @@ impl Spool {
             size: 0,
             crc: crc32fast::Hasher::new(),
             tail: Vec::new(),
+            kept,
         }
     }
 
@@ -541,13 +544,13 @@ impl Spool {
             let emptied = fs::OpenOptions::new()
                 .write(true)
                 .open(&free)
-                .and_then(|f| f.set_len(0));
+                .and_then(|f| file::blank(&f));
             match emptied {
-                Ok(()) => r
+                Ok(kept) => r
                     .free
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push_back(free),
+                    .push_back((free, kept)),
                 Err(_) => {
                     let _ = fs::remove_file(&free);
                 }
@@ -562,13 +565,14 @@ impl Spool {
     }
 
     /// An emptied file in tmp/ for a new draft, if one is waiting and nobody holds it.
-    fn reuse(&self) -> Option<(PathBuf, File)> {
+    fn reuse(&self) -> Option<(PathBuf, File, u64)> {
         let recycled = self.recycled.as_ref()?;
         let free = recycled
             .free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop_front()?;
+        let (free, kept) = free;
         let f = match fs::OpenOptions::new().write(true).open(&free) {
             Ok(f) => f,
             Err(_) => {
@@ -584,7 +588,7 @@ impl Spool {
                     .free
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push_back(free);
+                    .push_back((free, kept));
                 return None;
             }
             Err(fs::TryLockError::Error(_)) => {
@@ -593,7 +597,7 @@ impl Spool {
             }
         }
         match f.unlock() {
-            Ok(()) => Some((free, f)),
+            Ok(()) => Some((free, f, kept)),
             Err(_) => {
                 let _ = fs::remove_file(&free);
                 None
@@ -898,6 +902,9 @@ pub struct Draft {
     /// The message's last bytes ([`Draft::write_last`]), written by the commit in the same trip
     /// to the blocking pool.
     tail: Vec<u8>,
+    /// The length of the reused file's zeroed space ([`file::blank`]): the commit cuts what
+    /// the message did not fill.
+    kept: u64,
 }
 
 impl Draft {
@@ -965,6 +972,7 @@ impl Draft {
         let id = self.id.clone();
         let size = self.size;
         let tail = std::mem::take(&mut self.tail);
+        let kept = self.kept;
         let (written, held) =
             tokio::task::spawn_blocking(move || -> io::Result<(Envelope, Option<MessageLock>)> {
                 let queued = spool.queue_path(Queue::Incoming, &id);
@@ -974,7 +982,12 @@ impl Draft {
                         file.write_all_at(&tail, at)?;
                     }
                     file.write_all_at(&file::header(size), 0)?;
-                    file.write_all_at(&file::record(&env)?, file::HEADER_LEN + size)?;
+                    let record = file::record(&env)?;
+                    file.write_all_at(&record, file::HEADER_LEN + size)?;
+                    let end = file::HEADER_LEN + size + record.len() as u64;
+                    if kept > end {
+                        file.set_len(end)?;
+                    }
                     file.sync_all()?;
                     // flock(2) locks the file, not the name: taken on tmp/, it holds in incoming/.
                     let held = if lock {
@@ -1341,6 +1354,39 @@ mod tests {
         );
     }
 
+    /// Reused files hold messages of every length: longer than the last (the zeroed space
+    /// grows), shorter (cut), and after a message too large to keep the blocks of (truncated,
+    /// then grown again). Each reads back whole and checks.
+    #[tokio::test]
+    async fn reused_files_fit_each_next_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let big = vec![b'b'; (file::BLANK_MAX + 1) as usize];
+        let sizes: [&[u8]; 5] = [b"short\r\n", &[b'l'; 5000], b"s\r\n", &big, &[b'm'; 3000]];
+        for body in sizes {
+            let id = committed(&spool, body).await;
+            let e = spool.load(Queue::Incoming, &id).unwrap().unwrap();
+            assert_eq!(
+                spool.read_checked(Queue::Incoming, &e, None).await.unwrap(),
+                body
+            );
+            let len = std::fs::metadata(spool.queue_path(Queue::Incoming, &id))
+                .unwrap()
+                .len();
+            assert_eq!(
+                len,
+                file::HEADER_LEN + e.size + file::record(&e).unwrap().len() as u64
+            );
+            spool.remove(Queue::Incoming, &id).await.unwrap();
+            for f in std::fs::read_dir(dir.path().join("tmp")).unwrap() {
+                let f = f.unwrap().path();
+                let kept = std::fs::metadata(&f).unwrap().len();
+                assert!(kept <= file::BLANK_MAX, "{} kept {kept} bytes", f.display());
+                assert!(std::fs::read(&f).unwrap().iter().all(|&b| b == 0));
+            }
+        }
+    }
+
     /// A delivered message's file is emptied and reused for the next draft, never while its
     /// message lock is still held; the CLI's spool handle (attach) does not recycle.
     #[tokio::test]
@@ -1362,7 +1408,10 @@ mod tests {
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(free.len(), 1, "{free:?}");
-        assert_eq!(std::fs::metadata(&free[0]).unwrap().len(), 0, "emptied");
+        // Emptied: zeros where the message was (a filesystem with zero ranges keeps the
+        // length and the blocks; others truncate to nothing).
+        let left = std::fs::read(&free[0]).unwrap();
+        assert!(left.iter().all(|&b| b == 0), "message bytes left behind");
         // Locked still: a new draft gets a new file.
         let busy = committed(&spool, b"x\r\n").await;
         let busy_ino = std::fs::metadata(spool.queue_path(Queue::Incoming, &busy))
@@ -1376,6 +1425,12 @@ mod tests {
         assert_eq!(
             spool.read_data(Queue::Incoming, &next).unwrap(),
             b"Subject: next\r\n\r\n"
+        );
+        // Cut to its own length: header, data, one record, nothing of the zeroed space.
+        let e = spool.load(Queue::Incoming, &next).unwrap().unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            file::HEADER_LEN + e.size + file::record(&e).unwrap().len() as u64
         );
         assert!(matches!(spool.try_lock(&next).unwrap(), TryLock::Locked(_)));
         // The CLI removes for good.

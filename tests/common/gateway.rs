@@ -340,6 +340,13 @@ fn replace_file(path: &Path, contents: &[u8], mode: u32) {
     std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
 
+/// True when the file at `p` holds anything but zeros: a draft or a message, not one of the
+/// emptied queue files the spool keeps in tmp/ for reuse (truncated, or zeroed with their
+/// length kept).
+pub fn holds_bytes(p: &Path) -> bool {
+    std::fs::read(p).is_ok_and(|b| b.iter().any(|&x| x != 0))
+}
+
 /// Every regular file under `dir`, recursively, sorted; empty when `dir` does not exist.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

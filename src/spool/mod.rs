@@ -412,7 +412,9 @@ impl Spool {
         let (path, file) = {
             let path = self.root.join("tmp").join(&id);
             tokio::task::spawn_blocking(move || {
+                // Readable too: a commit's message lock is read through (the inbound judgement).
                 let mut f = fs::OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .create_new(true)
                     .mode(modes::FILE_MODE)
@@ -573,7 +575,7 @@ impl Spool {
             .unwrap_or_else(|e| e.into_inner())
             .pop_front()?;
         let (free, kept) = free;
-        let f = match fs::OpenOptions::new().write(true).open(&free) {
+        let f = match fs::OpenOptions::new().read(true).write(true).open(&free) {
             Ok(f) => f,
             Err(_) => {
                 let _ = fs::remove_file(&free);
@@ -1352,6 +1354,26 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// The lock a commit hands back reads the message it committed, in a new file and in a
+    /// reused one (the inbound session judges the message through it before answering).
+    #[tokio::test]
+    async fn a_commits_lock_reads_what_it_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        for body in [
+            &b"Subject: first\r\n\r\nnew file\r\n"[..],
+            b"Subject: second\r\n\r\nreused\r\n",
+        ] {
+            let mut d = spool.draft().await.unwrap();
+            d.write(body).await.unwrap();
+            let (e, lock) = d.commit_locked(env("a@x", &["b@y"])).await.unwrap();
+            let read = spool.read_checked(Queue::Incoming, &e, Some(&lock)).await;
+            assert_eq!(read.unwrap(), body);
+            drop(lock);
+            spool.remove(Queue::Incoming, &e.id).await.unwrap();
+        }
     }
 
     /// Reused files hold messages of every length: longer than the last (the zeroed space

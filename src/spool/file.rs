@@ -239,4 +239,47 @@ mod tests {
             None
         );
     }
+
+    /// Where the filesystem has zero ranges (probed on a scratch file beside it), `blank` keeps
+    /// a small file's length and its blocks, all zeros; where it has none (tmpfs), it
+    /// truncates. Larger files are truncated everywhere.
+    #[test]
+    fn blank_keeps_the_blocks_where_zero_ranges_exist() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut probe = File::create(dir.path().join("probe")).unwrap();
+        probe.write_all(&[1; 4096]).unwrap();
+        // SAFETY: fallocate on a file descriptor we own; no memory is passed.
+        let zero_ranges = unsafe {
+            libc::fallocate(
+                probe.as_raw_fd(),
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                4096,
+            )
+        } == 0;
+        let filled = |name: &str, len: usize| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![b'm'; len]).unwrap();
+            let f = File::options().read(true).write(true).open(&path).unwrap();
+            f.sync_all().unwrap();
+            (path, f)
+        };
+        let (path, f) = filled("small", 5000);
+        let blocks = f.metadata().unwrap().blocks();
+        assert!(blocks > 0);
+        let kept = blank(&f).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        if zero_ranges {
+            assert_eq!((kept, meta.len()), (5000, 5000));
+            assert_eq!(meta.blocks(), blocks, "the blocks stay allocated");
+        } else {
+            assert_eq!((kept, meta.len()), (0, 0));
+        }
+        assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0));
+        let (path, f) = filled("large", BLANK_MAX as usize + 1);
+        assert_eq!(blank(&f).unwrap(), 0);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
 }

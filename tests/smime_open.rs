@@ -502,12 +502,8 @@ fn gpgsm_encrypted_and_signed_messages_open() {
         dir.path(),
     );
     let sig = dir.path().join("sig.p7s");
-    let mut cmd = g.cmd();
+    let mut cmd = g.with_passphrase();
     cmd.args([
-        "--pinentry-mode",
-        "loopback",
-        "--passphrase-fd",
-        "0",
         "--include-certs",
         "-1",
         "-u",

@@ -540,6 +540,13 @@ impl Gpgsm {
         c
     }
 
+    /// [`Gpgsm::cmd`] with loopback pinentry: passphrases are read from stdin.
+    pub fn with_passphrase(&self) -> Command {
+        let mut c = self.cmd();
+        c.args(["--pinentry-mode", "loopback", "--passphrase-fd", "0"]);
+        c
+    }
+
     pub fn run_ok(&self, args: &[&str]) -> std::process::Output {
         run_ok(self.cmd().args(args))
     }
@@ -568,8 +575,8 @@ impl Gpgsm {
     /// trying charset ...", "error parsing or decrypting the PKCS#12 file"), depending only on
     /// the file's random salts: one such file failed in 5 of 5 fresh homes while `openssl
     /// pkcs12` read it, and 2 of about 200 exports failed in a loop (tests/smime_gpgsm.rs saw
-    /// it once in a full run). So an export gpgsm cannot read is made again with new salts, a few times;
-    /// any other import failure fails at once.
+    /// it once in a full run). So an export gpgsm cannot read is made again with new salts, a
+    /// few times; any other import failure fails at once.
     pub fn import_key(&self, key: &Path, cert: &Path, dir: &Path) {
         let p12 = dir.join("import.p12");
         let mut tries = Vec::new();
@@ -591,15 +598,8 @@ impl Gpgsm {
                     .arg("-out")
                     .arg(&p12),
             );
-            let mut cmd = self.cmd();
-            cmd.args([
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase-fd",
-                "0",
-                "--import",
-            ])
-            .arg(&p12);
+            let mut cmd = self.with_passphrase();
+            cmd.arg("--import").arg(&p12);
             let out = run_with_input(&mut cmd, b"test\ntest\ntest\n");
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
             if err.contains("secret keys imported: 1") {
@@ -613,6 +613,7 @@ impl Gpgsm {
         }
         panic!("gpgsm import: {}", tries.join("\n-- exported again --\n"));
     }
+
     /// `gpgsm --verify` of a detached multipart/signed message; asserts a good, trusted signature.
     pub fn verify_detached(&self, signed: &[u8], dir: &Path) {
         let (content, p7s) = split_signed(signed);
@@ -639,17 +640,11 @@ impl Gpgsm {
     pub fn decrypt(&self, message: &[u8], dir: &Path) -> Vec<u8> {
         let p7m = write(dir, "enc.p7m", p7m_der(message));
         let out_path = dir.join("plain");
-        let mut cmd = self.cmd();
-        cmd.args([
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase-fd",
-            "0",
-            "--output",
-        ])
-        .arg(&out_path)
-        .arg("--decrypt")
-        .arg(&p7m);
+        let mut cmd = self.with_passphrase();
+        cmd.arg("--output")
+            .arg(&out_path)
+            .arg("--decrypt")
+            .arg(&p7m);
         let out = run_with_input(&mut cmd, b"test\n");
         assert!(
             out.status.success(),

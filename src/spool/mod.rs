@@ -1360,8 +1360,10 @@ mod tests {
     /// reused one (the inbound session judges the message through it before answering).
     #[tokio::test]
     async fn a_commits_lock_reads_what_it_committed() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
+        let mut inodes = Vec::new();
         for body in [
             &b"Subject: first\r\n\r\nnew file\r\n"[..],
             b"Subject: second\r\n\r\nreused\r\n",
@@ -1369,11 +1371,17 @@ mod tests {
             let mut d = spool.draft().await.unwrap();
             d.write(body).await.unwrap();
             let (e, lock) = d.commit_locked(env("a@x", &["b@y"])).await.unwrap();
+            let path = spool.queue_path(Queue::Incoming, &e.id);
+            inodes.push(std::fs::metadata(path).unwrap().ino());
             let read = spool.read_checked(Queue::Incoming, &e, Some(&lock)).await;
             assert_eq!(read.unwrap(), body);
             drop(lock);
             spool.remove(Queue::Incoming, &e.id).await.unwrap();
         }
+        assert_eq!(
+            inodes[0], inodes[1],
+            "the second message reused the first's file"
+        );
     }
 
     /// Reused files hold messages of every length: longer than the last (the zeroed space

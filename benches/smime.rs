@@ -116,7 +116,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Issue 12's first target, measured in one run: the bare RSA-2048 signature (aws-lc-rs, the
 /// same key, no CMS around it) beside sign+encrypt of a 10 KB and a 100 KB message to one
-/// recipient, exactly as the pipeline calls them (`sign`, then `encrypt` of its output). The
+/// recipient, exactly as the pipeline calls them (`sign_message`, then `encrypt_signed` of its
+/// output). The
 /// three are measured in interleaved rounds and each reported as the median of its rounds, so
 /// a burst of background load hits all three alike; rates are per second of the thread's own
 /// CPU time (one core), so the other processes of a shared machine do not count.
@@ -137,8 +138,8 @@ fn target_rows(
     let small = message(10 * 1024);
     let large = message(100 * 1024);
     let seal = |msg: &[u8]| {
-        let s = smime::sign(msg, alice, &SignOptions::default()).unwrap();
-        std::hint::black_box(smime::encrypt(&s, one, &EncryptOptions::default()).unwrap());
+        let s = smime::sign_message(msg, alice, &SignOptions::default()).unwrap();
+        std::hint::black_box(smime::encrypt_signed(s, one, &EncryptOptions::default()).unwrap());
     };
     let (mut bare, mut s10, mut s100) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
@@ -153,7 +154,7 @@ fn target_rows(
     println!();
     println!(
         "Issue 12 target, same run ({rounds} interleaved rounds of {} ms each, medians, per second of \
-         the bench thread's CPU time; sign+encrypt = smime::sign then smime::encrypt, RSA-2048, \
+         the bench thread's CPU time; sign+encrypt = smime::sign_message then encrypt_signed, RSA-2048, \
          SHA-256, AES-256-CBC, 1 recipient):",
         budget.as_millis()
     );
@@ -183,7 +184,7 @@ fn pieces(alice: &SigningIdentity, one: &[Arc<RecipientCert>]) {
     let budget = Duration::from_millis(500);
     let us = |r: f64| 1e6 / r;
     let msg = message(10 * 1024);
-    let signed = smime::sign(&msg, alice, &SignOptions::default()).unwrap();
+    let signed = smime::sign_message(&msg, alice, &SignOptions::default()).unwrap();
     let spki = &one[0].spki_der;
     let parsed =
         Pkcs1PublicEncryptingKey::new(PublicEncryptingKey::from_der(spki).unwrap()).unwrap();
@@ -191,7 +192,7 @@ fn pieces(alice: &SigningIdentity, one: &[Arc<RecipientCert>]) {
     let key =
         aws_lc_rs::cipher::UnboundCipherKey::new(&aws_lc_rs::cipher::AES_256, &[1u8; 32]).unwrap();
     let key = aws_lc_rs::cipher::EncryptingKey::cbc(key).unwrap();
-    let mut buf = vec![0u8; signed.len() / 16 * 16 + 16];
+    let mut buf = vec![0u8; signed.message().len() / 16 * 16 + 16];
     let signer = {
         let pem = read("alice.sign.key");
         let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
@@ -214,10 +215,10 @@ fn pieces(alice: &SigningIdentity, one: &[Arc<RecipientCert>]) {
             }),
         ),
         (
-            "smime::encrypt (signed 10 KB)",
+            "smime::encrypt_signed (signed 10 KB)",
             cpu_rate(budget, || {
                 std::hint::black_box(
-                    smime::encrypt(&signed, one, &EncryptOptions::default()).unwrap(),
+                    smime::encrypt_signed(signed.clone(), one, &EncryptOptions::default()).unwrap(),
                 );
             }),
         ),
@@ -409,8 +410,10 @@ fn main() {
     if let Some(size) = profile {
         let msg = message(size);
         rate(Duration::from_secs(10), || {
-            let s = smime::sign(&msg, &alice, &SignOptions::default()).unwrap();
-            std::hint::black_box(smime::encrypt(&s, &one, &EncryptOptions::default()).unwrap());
+            let s = smime::sign_message(&msg, &alice, &SignOptions::default()).unwrap();
+            std::hint::black_box(
+                smime::encrypt_signed(s, &one, &EncryptOptions::default()).unwrap(),
+            );
         });
         return;
     }

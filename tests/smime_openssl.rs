@@ -231,7 +231,7 @@ fn sign_then_encrypt_decrypts_then_verifies_with_openssl() {
     let bob = bob_recipient();
     for sign_form in [SignForm::Detached, SignForm::Opaque] {
         for cipher in [ContentCipher::Aes256Cbc, ContentCipher::Aes256Gcm] {
-            let signed = smime::sign(
+            let signed = smime::sign_message(
                 &sample_message(),
                 &alice,
                 &SignOptions {
@@ -245,12 +245,13 @@ fn sign_then_encrypt_decrypts_then_verifies_with_openssl() {
                 key_transport: KeyTransport::RsaOaep,
             };
             let recipients = [bob.clone(), alice.encryption_cert.clone().unwrap()];
-            // The pipeline's form (the signed entity handed over, freed before the output is
-            // written) makes the same message, under another content key.
+            // The pipeline's form (the signed message handed over with where its entity
+            // starts, freed before the output is written) makes the same message, under
+            // another content key.
             let enc = if cipher == ContentCipher::Aes256Cbc {
-                smime::encrypt(&signed, &recipients, &opts)
+                smime::encrypt(signed.message(), &recipients, &opts)
             } else {
-                smime::encrypt_shared(std::sync::Arc::new(signed), &recipients, &opts)
+                smime::encrypt_signed(signed, &recipients, &opts)
             }
             .unwrap();
             let head = header_block(&enc);

@@ -194,7 +194,7 @@ pub fn seal(
     );
     let base: &[u8] = stripped.as_deref().unwrap_or(message);
     // Signed entity per signer fingerprint, made once and shared by every group it signs.
-    type Signed = Result<Arc<Vec<u8>>, smime::SmimeError>;
+    type Signed = Result<smime::Signed, smime::SmimeError>;
     let mut signed: Vec<(String, Signed)> = Vec::new();
     // Groups still to come per signer: the last one takes the signed entity out of `signed`,
     // so that encrypting it can free it before the encrypted copy is written out.
@@ -225,15 +225,12 @@ pub fn seal(
             }
         };
         // The signed entity, or `None`: the message goes as `base`.
-        let body: Option<Arc<Vec<u8>>> = match (&g.key.signer, &first.signer) {
+        let body: Option<smime::Signed> = match (&g.key.signer, &first.signer) {
             (Some(fp), Some(id)) => {
                 let i = match signed.iter().position(|(f, _)| f == fp) {
                     Some(i) => i,
                     None => {
-                        signed.push((
-                            fp.clone(),
-                            smime::sign(base, id, &sign_options(p)).map(Arc::new),
-                        ));
+                        signed.push((fp.clone(), smime::sign_message(base, id, &sign_options(p))));
                         signed.len() - 1
                     }
                 };
@@ -245,7 +242,7 @@ pub fn seal(
                         *n == 0
                     });
                 let b = match &signed[i].1 {
-                    Ok(b) => Arc::clone(b),
+                    Ok(b) => b.clone(),
                     Err(e) => {
                         fail(&mut sealed, e);
                         continue;
@@ -260,7 +257,7 @@ pub fn seal(
         };
         let (message, encrypted_to, algorithm) = match &g.choice {
             None => (
-                body.unwrap_or_else(|| Arc::new(base.to_vec())),
+                body.map_or_else(|| Arc::new(base.to_vec()), |b| Arc::clone(b.message())),
                 Vec::new(),
                 None,
             ),
@@ -277,7 +274,7 @@ pub fn seal(
                 }
                 let opts = encrypt_options(choice);
                 let encrypted = match body {
-                    Some(signed) => smime::encrypt_shared(signed, &certs, &opts),
+                    Some(signed) => smime::encrypt_signed(signed, &certs, &opts),
                     None => smime::encrypt(base, &certs, &opts),
                 };
                 match encrypted {

@@ -1167,6 +1167,34 @@ mod tests {
                 prop_assert_eq!(base64_lines_len(data.len()), out.len() - prefix.len());
             }
 
+            /// `encrypt_signed` takes a signed message apart where `sign_message` put its
+            /// pieces; a parse of the same bytes (what `encrypt` does) finds the same outer
+            /// fields and entity, whatever the original header held.
+            #[test]
+            fn a_signed_messages_parts_are_what_a_parse_finds(
+                m in message(),
+                detached in any::<bool>(),
+            ) {
+                let split = split_message(&m, true);
+                let fields = if detached {
+                    "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; \
+                     micalg=sha-256;\r\n\tboundary=\"b\"\r\n"
+                } else {
+                    "Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n\
+                     Content-Transfer-Encoding: base64\r\n"
+                };
+                let mut out = crate::smime::outer_with(&split.outer, fields, 0);
+                split.entity.write_to(&mut out);
+                let signed = crate::smime::Signed {
+                    message: std::sync::Arc::new(out),
+                    outer_len: split.outer.len(),
+                };
+                let (outer, entity) = signed.parts();
+                let parsed = split_message(signed.message(), false);
+                prop_assert_eq!(outer, &parsed.outer[..]);
+                prop_assert_eq!(entity, &parsed.entity.to_vec()[..]);
+            }
+
             /// Every encoder this CPU can run, whichever `base64_lines_into` picks: the slower
             /// ones stay tested on machines that have the faster.
             #[test]

@@ -351,15 +351,24 @@ fn cachet_own_messages_open() {
                 s.signature_algorithm,
                 if rsa_pss { "rsa-pss" } else { "rsa-pkcs1" }
             );
-            for cipher in [
-                smime::ContentCipher::Aes256Cbc,
-                smime::ContentCipher::Aes128Gcm,
-                smime::ContentCipher::Aes256Gcm,
+            // Bob's certificate as the store gives it (its RSA key parsed once, when the
+            // certificate was) and as a certificate without that key (parsed per message).
+            let bob = bob_recipient();
+            assert!(bob.rsa_key.is_some());
+            let unparsed = std::sync::Arc::new(cachet::store::RecipientCert {
+                rsa_key: None,
+                ..(*bob).clone()
+            });
+            for (cipher, to) in [
+                (smime::ContentCipher::Aes256Cbc, &bob),
+                (smime::ContentCipher::Aes128Gcm, &unparsed),
+                (smime::ContentCipher::Aes256Gcm, &bob),
+                (smime::ContentCipher::Aes256Cbc, &unparsed),
             ] {
                 for key_transport in [smime::KeyTransport::RsaPkcs1, smime::KeyTransport::RsaOaep] {
                     let enc = smime::encrypt(
                         &signed,
-                        &[bob_recipient()],
+                        std::slice::from_ref(to),
                         &EncryptOptions {
                             cipher,
                             key_transport,
@@ -367,7 +376,11 @@ fn cachet_own_messages_open() {
                     )
                     .unwrap();
                     let o = open_with(&enc, &keys, &trust, &[]);
-                    assert_pass(&o, &format!("{form:?} {cipher:?} {key_transport:?}"));
+                    let cached = to.rsa_key.is_some();
+                    assert_pass(
+                        &o,
+                        &format!("{form:?} {cipher:?} {key_transport:?} cached key {cached}"),
+                    );
                     assert!(o.decrypted);
                     // The peeled message is the signed one, byte for byte below the header.
                     let body_at = find(&o.message, b"\r\n\r\n").unwrap();

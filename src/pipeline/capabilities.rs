@@ -226,6 +226,7 @@ mod tests {
             key,
             der: rustls_pki_types::CertificateDer::from(vec![]),
             spki_der: vec![],
+            rsa_key: None,
             capabilities: caps,
         }
     }

@@ -220,8 +220,11 @@ fn recipient_info(
                     r.fingerprint
                 )));
             }
-            let pk = PublicEncryptingKey::from_der(&r.spki_der)
-                .map_err(|_| SmimeError::Crypto("rsa public key"))?;
+            let pk = match &r.rsa_key {
+                Some(k) => k.clone(),
+                None => PublicEncryptingKey::from_der(&r.spki_der)
+                    .map_err(|_| SmimeError::Crypto("rsa public key"))?,
+            };
             let (enc_key, key_enc_alg) = match kt {
                 KeyTransport::RsaPkcs1 => {
                     let pk = Pkcs1PublicEncryptingKey::new(pk)

@@ -50,6 +50,10 @@ pub struct RecipientCert {
     pub der: CertificateDer<'static>,
     /// DER SubjectPublicKeyInfo, fed to aws-lc-rs when encrypting.
     pub spki_der: Vec<u8>,
+    /// An RSA key parsed once, when the certificate was: every message encrypted to it shares
+    /// it (and the Montgomery context aws-lc keeps in it). `None` for other keys, or when the
+    /// parse failed (encrypting then parses `spki_der` and reports why).
+    pub rsa_key: Option<aws_lc_rs::rsa::PublicEncryptingKey>,
     /// What the holder announced in their last signed message (SMIMECapabilities), most
     /// preferred first; empty when unknown (certificates from files and directories).
     pub capabilities: Vec<Capability>,
@@ -75,6 +79,12 @@ impl RecipientCert {
             not_after: info.not_after,
             key,
             der,
+            rsa_key: match key {
+                KeyKind::Rsa { .. } => {
+                    aws_lc_rs::rsa::PublicEncryptingKey::from_der(&info.spki_der).ok()
+                }
+                KeyKind::EcP256 => None,
+            },
             spki_der: info.spki_der.clone(),
             capabilities: Vec::new(),
         })

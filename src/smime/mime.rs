@@ -190,6 +190,8 @@ pub(crate) fn looks_like_field(line: &[u8]) -> bool {
 }
 
 /// Header block into fields; continuation lines (leading WSP) belong to the previous field.
+/// Every field's `raw` ends in CRLF, even when the header's last line had none (a message
+/// that is only a header), so that whatever is written after a field starts a line of its own.
 fn parse_fields(head: &[u8]) -> Vec<Field> {
     let mut fields: Vec<Field> = Vec::new();
     let mut rest = head;
@@ -203,6 +205,9 @@ fn parse_fields(head: &[u8]) -> Vec<Field> {
             && let Some(last) = fields.last_mut()
         {
             last.raw.extend_from_slice(line);
+            if !last.raw.ends_with(b"\r\n") {
+                last.raw.extend_from_slice(b"\r\n");
+            }
             continue;
         }
         let name_end = line.iter().position(|&b| b == b':').unwrap_or(0);
@@ -814,6 +819,25 @@ mod tests {
         assert_eq!(
             s.entity.to_vec(),
             b"Content-Type: text/plain\r\n\r\nhello\r\n"
+        );
+    }
+
+    /// A message that is only a header, its last line folded and without CRLF: the fields
+    /// still end in CRLF, so a signed message's `MIME-Version` does not become part of the
+    /// folded field, and the entity's header still ends in an empty line. (Found by
+    /// `a_signed_messages_parts_are_what_a_parse_finds`.)
+    #[test]
+    fn a_header_that_ends_in_a_folded_line_without_crlf_keeps_its_fields_apart() {
+        let s = split_message(b"From: a@x\r\nX-Note: one\r\n two", true);
+        assert_eq!(s.outer, b"From: a@x\r\nX-Note: one\r\n two\r\n");
+        let s = split_message(
+            b"From: a@x\r\nContent-Type: text/plain;\r\n charset=us-ascii",
+            true,
+        );
+        assert_eq!(s.outer, b"From: a@x\r\n");
+        assert_eq!(
+            s.entity.to_vec(),
+            b"Content-Type: text/plain;\r\n charset=us-ascii\r\n\r\n"
         );
     }
 

@@ -519,7 +519,7 @@ static B64_PAIRS: [u16; 4096] = {
 /// One full line: 57 octets become 76 characters and CRLF. Six input octets at a time (one
 /// 64-bit load, four lookups, one 64-bit store): plain safe code, about twice the speed of
 /// the `base64` crate's engine here. The build targets baseline x86-64; where the CPU has
-/// AVX2, [`avx2::lines_into`] is used instead.
+/// AVX2 or AVX-512 VBMI, [`base64_lines_into`] uses a vector encoder instead.
 fn base64_line(src: &[u8; B64_LINE_IN], dst: &mut [u8; 78]) {
     let pair = |n: u64| u64::from(B64_PAIRS[(n & 0xfff) as usize]);
     for g in 0..B64_LINE_IN / 6 {
@@ -581,6 +581,33 @@ fn last_line(rest: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// The line loop of the vector encoders, written straight into `out`'s spare capacity: `line`
+/// encodes one full line (57 octets) into the 78 octets it is given; the last, shorter line is
+/// [`last_line`]'s. Inlined into each encoder, so it is compiled with the encoder's features.
+///
+/// # Safety
+///
+/// `line` must write every one of the 78 octets it is given.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn vector_lines_into(
+    data: &[u8],
+    out: &mut Vec<u8>,
+    mut line: impl FnMut(&[u8], &mut [std::mem::MaybeUninit<u8>]),
+) {
+    out.reserve(base64_lines_len(data.len()));
+    let mut lines = data.chunks_exact(B64_LINE_IN);
+    let full = lines.len();
+    let spare = &mut out.spare_capacity_mut()[..78 * full];
+    for (src, dst) in lines.by_ref().zip(spare.chunks_exact_mut(78)) {
+        line(src, dst);
+    }
+    // SAFETY: the reserve above made room for every line, and `line` wrote all 78 octets of
+    // each of the `full` lines into the spare capacity, in order (the caller's promise).
+    unsafe { out.set_len(out.len() + 78 * full) };
+    last_line(lines.remainder(), out);
+}
+
 /// Base64 lines with AVX2: 24 octets become 32 characters in one 256-bit step (W. Mula and
 /// D. Lemire, "Faster Base64 Encoding and Decoding Using AVX2 Instructions", ACM TWEB 2018:
 /// a byte shuffle, two multiplies that move the 6-bit groups into octets, and a 16-entry
@@ -590,24 +617,16 @@ fn last_line(rest: &[u8], out: &mut Vec<u8>) {
 /// spare capacity. Held to the scalar encoder and to the reference by the tests below.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{B64_LINE_IN, base64_lines_len, last_line};
+    use super::{B64_LINE_IN, vector_lines_into};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
     /// [`super::base64_lines_into`] with AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) fn lines_into(data: &[u8], out: &mut Vec<u8>) {
-        out.reserve(base64_lines_len(data.len()));
-        let mut lines = data.chunks_exact(B64_LINE_IN);
-        let full = lines.len();
-        let spare = &mut out.spare_capacity_mut()[..78 * full];
-        for (src, dst) in lines.by_ref().zip(spare.chunks_exact_mut(78)) {
-            line(src, dst);
-        }
-        // SAFETY: the reserve above made room for every line, and `line` wrote all 78 octets
-        // of each of the `full` lines into the spare capacity, in order.
-        unsafe { out.set_len(out.len() + 78 * full) };
-        last_line(lines.remainder(), out);
+        // SAFETY: `line` writes all 78 octets of each line: three 32-octet stores covering
+        // 0..76, then CR and LF.
+        unsafe { vector_lines_into(data, out, |src, dst| line(src, dst)) };
     }
 
     /// One full line (57 octets) into 76 characters and CRLF.
@@ -681,7 +700,7 @@ mod avx2 {
 /// per line, at octets 0 and 9: the second writes characters 12..76, 52 of them again.
 #[cfg(target_arch = "x86_64")]
 mod vbmi {
-    use super::{B64, B64_LINE_IN, base64_lines_len, last_line};
+    use super::{B64, B64_LINE_IN, vector_lines_into};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -695,19 +714,11 @@ mod vbmi {
     /// [`super::base64_lines_into`] with AVX-512 VBMI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
     pub(super) fn lines_into(data: &[u8], out: &mut Vec<u8>) {
-        out.reserve(base64_lines_len(data.len()));
-        let mut lines = data.chunks_exact(B64_LINE_IN);
-        let full = lines.len();
-        let spare = &mut out.spare_capacity_mut()[..78 * full];
         // SAFETY: reads the 64 octets of the alphabet, all of `B64`.
         let alphabet = unsafe { _mm512_loadu_epi8(B64.as_ptr().cast()) };
-        for (src, dst) in lines.by_ref().zip(spare.chunks_exact_mut(78)) {
-            line(src, dst, alphabet);
-        }
-        // SAFETY: the reserve above made room for every line, and `line` wrote all 78 octets
-        // of each of the `full` lines into the spare capacity, in order.
-        unsafe { out.set_len(out.len() + 78 * full) };
-        last_line(lines.remainder(), out);
+        // SAFETY: `line` writes all 78 octets of each line: two 64-octet stores covering
+        // 0..76, then CR and LF.
+        unsafe { vector_lines_into(data, out, |src, dst| line(src, dst, alphabet)) };
     }
 
     /// One full line (57 octets) into 76 characters and CRLF.

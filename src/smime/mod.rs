@@ -277,7 +277,7 @@ pub fn sign(
 /// A message [`sign_message`] signed, and where its header fields end: [`encrypt_signed`]
 /// takes the outer fields and the signed entity from there without parsing the message again.
 /// Cloning shares the bytes.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Signed {
     message: Arc<Vec<u8>>,
     /// The outer header fields are `message[..outer_len]`; `MIME-Version: 1.0` follows, then
@@ -287,6 +287,16 @@ pub struct Signed {
 
 /// The field [`outer_with`] writes between the outer fields and the entity.
 const MIME_VERSION: &[u8] = b"MIME-Version: 1.0\r\n";
+
+/// Lengths only: a message's text does not belong in a log line.
+impl std::fmt::Debug for Signed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signed")
+            .field("len", &self.message.len())
+            .field("outer_len", &self.outer_len)
+            .finish()
+    }
+}
 
 impl Signed {
     /// The signed message as it goes out when it is not encrypted.

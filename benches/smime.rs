@@ -117,10 +117,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// Issue 12's first target, measured in one run: the bare RSA-2048 signature (aws-lc-rs, the
 /// same key, no CMS around it) beside sign+encrypt of a 10 KB and a 100 KB message to one
 /// recipient, exactly as the pipeline calls them (`sign_message`, then `encrypt_signed` of its
-/// output). The
-/// three are measured in interleaved rounds and each reported as the median of its rounds, so
-/// a burst of background load hits all three alike; rates are per second of the thread's own
-/// CPU time (one core), so the other processes of a shared machine do not count.
+/// output). The three are measured in interleaved rounds and each reported as the median of
+/// its rounds, so a burst of background load hits all three alike; rates are per second of the
+/// thread's own CPU time (one core), so the other processes of a shared machine do not count.
 fn target_rows(
     alice: &SigningIdentity,
     one: &[Arc<RecipientCert>],

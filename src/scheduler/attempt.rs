@@ -4,7 +4,8 @@
 //! let [`reschedule`] write the outcome.
 //!
 //! The outbound direction lives here: directory lookups on the async side, sealing (policy +
-//! S/MIME) on the blocking pool, each copy relayed to `[upstream]`, each recipient's outcome
+//! S/MIME; on the blocking pool unless the message is small and its keys are in this process),
+//! each copy relayed to `[upstream]`, each recipient's outcome
 //! recorded in the envelope and the audit trail. The inbound direction is `super::inbound`.
 //!
 //! A message that is damaged (queue file unparsable, its data cut short or not what was committed)
@@ -32,6 +33,10 @@ use tokio::sync::Semaphore;
 /// queue up instead of multiplying the process's memory.
 pub(super) const MEMORY_BUDGET_MIB: u32 = 160;
 const COPIES_HELD: u64 = 6;
+
+/// The largest message sealed on the async thread that runs its attempt (keys in this process
+/// only); larger ones are sealed on the blocking pool.
+const SEAL_INLINE_MAX: u64 = 128 * 1024;
 
 /// Budget units (MiB) a message of `size` bytes reserves; at least 1, at most the whole budget.
 fn memory_units(size: u64) -> u32 {
@@ -170,7 +175,7 @@ fn lock_and_load(
     Ok((lock, env))
 }
 
-/// The outbound direction: directory lookups, sealing on the blocking pool, each copy to
+/// The outbound direction: directory lookups, sealing (inline or on the blocking pool), each copy to
 /// `[upstream]`. Records each pending recipient's outcome in `env`; returns the permanent
 /// failures (for the DSN), or `None` when the sealing job itself died (every pending
 /// recipient deferred).
@@ -198,14 +203,33 @@ async fn outbound(
         pipeline::group::lookups_needed(policy, &rt.stores, msg, &h, pending)
     };
     rt.stores.prefetch(&wanted, metrics).await;
-    // Crypto is CPU work: run it on the blocking pool, never on the async threads.
-    let job = {
+    // Crypto is CPU work. A small message signed with keys in this process is sealed right
+    // here: a few hundred microseconds of this async thread cost less than the two thread
+    // hand-offs of the blocking pool (docs/performance.md, "Sealing and removal where the
+    // attempt runs"). A large message, or any signature a PKCS#11 token makes (a device's
+    // latency), goes to the blocking pool, never holding an async thread.
+    let on_token = rt.config.keys.as_ref().is_some_and(|k| k.pkcs11.is_some());
+    // A panic in sealing defers the message either way (as the blocking pool's join error
+    // did), never taking the attempt down with it.
+    let job: Result<pipeline::Sealed, String> = if data.len() as u64 <= SEAL_INLINE_MAX && !on_token
+    {
+        let seal = || pipeline::seal(&rt.config.policy, &rt.stores, env, &data[..], &h, pending);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(seal)).map_err(|p| {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned());
+            format!("panicked: {}", why.as_deref().unwrap_or("(no message)"))
+        })
+    } else {
         let (rt, env, data, pending) = (rt.clone(), env.clone(), data.clone(), pending.to_vec());
         tokio::task::spawn_blocking(move || {
             pipeline::seal(&rt.config.policy, &rt.stores, &env, &data[..], &h, &pending)
         })
+        .await
+        .map_err(|e| e.to_string())
     };
-    let sealed = match job.await {
+    let sealed = match job {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(queue_id = id, error = %e, "sealing failed");

@@ -161,7 +161,7 @@ pub(super) async fn reschedule(
         }
         None
     } else {
-        match spool.remove(queue, &id).await {
+        match spool.remove_sized(queue, &id, env.size).await {
             Ok(()) => unsaved.forget(&id),
             Err(e) => {
                 // If it is picked up again, memory knows every recipient is done.

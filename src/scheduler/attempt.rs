@@ -5,8 +5,8 @@
 //!
 //! The outbound direction lives here: directory lookups on the async side, sealing (policy +
 //! S/MIME; on the blocking pool unless the message is small and its keys are in this process),
-//! each copy relayed to `[upstream]`, each recipient's outcome
-//! recorded in the envelope and the audit trail. The inbound direction is `super::inbound`.
+//! each copy relayed to `[upstream]`, each recipient's outcome recorded in the envelope and the
+//! audit trail. The inbound direction is `super::inbound`.
 //!
 //! A message that is damaged (queue file unparsable, its data cut short or not what was committed)
 //! goes to corrupt/ with one log line (`Spool::quarantine`). A file that cannot be opened or
@@ -175,9 +175,9 @@ fn lock_and_load(
     Ok((lock, env))
 }
 
-/// The outbound direction: directory lookups, sealing (inline or on the blocking pool), each copy to
-/// `[upstream]`. Records each pending recipient's outcome in `env`; returns the permanent
-/// failures (for the DSN), or `None` when the sealing job itself died (every pending
+/// The outbound direction: directory lookups, sealing (inline or on the blocking pool), each
+/// copy to `[upstream]`. Records each pending recipient's outcome in `env`; returns the
+/// permanent failures (for the DSN), or `None` when sealing itself died (every pending
 /// recipient deferred).
 async fn outbound(
     rt: &Arc<Runtime>,

@@ -101,13 +101,26 @@ pub(super) async fn attempt(
             // The sealing job itself died: the pending recipients were deferred, and this
             // attempt does not count towards the retry timetable.
             None => {
-                return reschedule(spool, rt, metrics, unsaved, env, queue, &data, Vec::new())
-                    .await;
+                return reschedule(
+                    spool,
+                    rt,
+                    metrics,
+                    unsaved,
+                    env,
+                    lock,
+                    queue,
+                    &data,
+                    Vec::new(),
+                )
+                .await;
             }
         }
     };
     env.attempts = env.attempts.saturating_add(1);
-    reschedule(spool, rt, metrics, unsaved, env, queue, &data, failures).await
+    reschedule(
+        spool, rt, metrics, unsaved, env, lock, queue, &data, failures,
+    )
+    .await
 }
 
 /// Takes the message lock and loads the envelope with what only memory knows merged in.

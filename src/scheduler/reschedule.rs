@@ -12,7 +12,7 @@ use crate::dsn;
 use crate::metrics::Metrics;
 use crate::reply::{self, Reply};
 use crate::runtime::Runtime;
-use crate::spool::{Envelope, Queue, RcptStatus, Spool, now_secs};
+use crate::spool::{Envelope, MessageLock, Queue, RcptStatus, Spool, now_secs};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -74,7 +74,8 @@ impl Unsaved {
 }
 
 /// Writes the envelope's new state: done (removed), deferred, held or expired; sends DSNs.
-/// A state that cannot be written is kept in `unsaved` for the next attempt.
+/// A state that cannot be written is kept in `unsaved` for the next attempt. `held` is the
+/// attempt's message lock (if it took one), released when this returns.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn reschedule(
     spool: &Spool,
@@ -82,6 +83,7 @@ pub(super) async fn reschedule(
     metrics: &Metrics,
     unsaved: &Unsaved,
     mut env: Envelope,
+    held: Option<MessageLock>,
     queue: Queue,
     data: &[u8],
     mut failures: Vec<(String, Reply)>,
@@ -161,7 +163,11 @@ pub(super) async fn reschedule(
         }
         None
     } else {
-        match spool.remove_sized(queue, &id, env.size).await {
+        let removed = match held {
+            Some(held) => spool.remove_locked(queue, &id, env.size, held).await,
+            None => spool.remove_sized(queue, &id, env.size).await,
+        };
+        match removed {
             Ok(()) => unsaved.forget(&id),
             Err(e) => {
                 // If it is picked up again, memory knows every recipient is done.

@@ -56,7 +56,7 @@ pub mod modes;
 pub use envelope::{Direction, Envelope, RcptStatus, Recipient};
 
 use std::fs::{self, File};
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -132,17 +132,29 @@ pub struct Spool {
 /// renamed to `tmp/free-N` and emptied (no message bytes stay behind: [`file::blank`] zeroes a
 /// small one and keeps its blocks, truncates a large one), and the next draft is written into
 /// it where it is (the commit cuts it to its new length and renames it into incoming/ as
-/// always). A file whose message lock is still held (the attempt that emptied it has not
-/// ended) waits its turn. At most [`RECYCLED_MAX`] wait; tmp/ is cleared at start.
+/// always). A delivery attempt empties the file through the descriptor of its message lock
+/// and releases the lock before listing it ([`Spool::remove_locked`]); a file emptied by
+/// someone else may still be locked by an attempt, and waits its turn. At most
+/// [`RECYCLED_MAX`] wait; tmp/ is cleared at start.
 #[derive(Debug, Default)]
 struct Recycled {
     /// Oldest first: the oldest is the likeliest to be unlocked already.
-    /// Each with the length it kept (zeros).
-    free: Mutex<std::collections::VecDeque<(PathBuf, u64)>>,
+    free: Mutex<std::collections::VecDeque<Free>>,
     names: AtomicU32,
 }
 
 const RECYCLED_MAX: usize = 64;
+
+/// An emptied queue file waiting in tmp/ for a draft.
+#[derive(Debug)]
+struct Free {
+    path: PathBuf,
+    /// The length it kept, all zeros ([`file::blank`]).
+    kept: u64,
+    /// Emptied through the message lock, which was released before the file was listed: no
+    /// lock to probe for ([`Spool::remove_locked`]).
+    unlocked: bool,
+}
 
 /// What an envelope recorded at commit to check its message data against.
 struct Recorded {
@@ -198,7 +210,14 @@ pub fn new_id() -> String {
         .unwrap_or_default()
         .as_micros() as u64;
     let n = ID_COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
-    format!("{micros:013X}{n:04X}{:05X}", std::process::id() & 0xFFFFF)
+    format!("{micros:013X}{n:04X}{:05X}", pid() & 0xFFFFF)
+}
+
+/// This process's id, asked of the kernel once (`getpid` is a system call per message
+/// otherwise; cachet never forks).
+fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 /// IDs are used as file names: accept only what [`new_id`] makes.
@@ -237,10 +256,14 @@ pub fn now_secs() -> u64 {
 /// callers share one. Under load, twenty sessions committing at once cost one or two directory
 /// fsyncs instead of twenty; alone, a caller pays exactly one, as before. Never skipped: no
 /// session answers `250` before its rename is durable.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct DirSync {
+    path: PathBuf,
     state: Mutex<SyncState>,
     done: Condvar,
+    /// The directory, opened by the first fsync and kept open: no `open`/`close` per fsync. The
+    /// gateway keeps its spool for its lifetime, as Postfix keeps its queue directory.
+    dir: std::sync::OnceLock<File>,
 }
 
 #[derive(Debug, Default)]
@@ -258,7 +281,16 @@ struct Batch {
 }
 
 impl DirSync {
-    fn sync(&self, dir: &Path) -> io::Result<()> {
+    fn new(path: PathBuf) -> Self {
+        DirSync {
+            path,
+            state: Mutex::default(),
+            done: Condvar::new(),
+            dir: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mine = st.next.clone();
         loop {
@@ -273,7 +305,10 @@ impl DirSync {
                 st.running = true;
                 let batch = std::mem::take(&mut st.next);
                 drop(st);
-                let result = fsync_dir(dir).map_err(|e| (e.kind(), e.to_string()));
+                let result = self
+                    .opened()
+                    .and_then(File::sync_all)
+                    .map_err(|e| (e.kind(), e.to_string()));
                 let _ = batch.result.set(result);
                 st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 st.running = false;
@@ -282,6 +317,15 @@ impl DirSync {
             }
             st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// The directory's kept descriptor (only the running fsync's leader calls this).
+    fn opened(&self) -> io::Result<&File> {
+        if let Some(f) = self.dir.get() {
+            return Ok(f);
+        }
+        let f = File::open(&self.path)?;
+        Ok(self.dir.get_or_init(|| f))
     }
 }
 
@@ -313,7 +357,7 @@ impl Spool {
     fn at(root: &Path) -> Spool {
         Spool {
             root: root.to_path_buf(),
-            incoming_sync: Arc::new(DirSync::default()),
+            incoming_sync: Arc::new(DirSync::new(root.join(Queue::Incoming.dir_name()))),
             recycled: None,
             in_flow: Arc::default(),
         }
@@ -402,24 +446,19 @@ impl Spool {
         let id = new_id();
         // An emptied file of a delivered message: opened where the caller is (no inode to
         // allocate, so no trip to the blocking pool); otherwise a new file on the pool.
-        if let Some((path, mut file, kept)) = self.reuse() {
-            if let Err(e) = file.seek(io::SeekFrom::Start(file::HEADER_LEN)) {
-                let _ = fs::remove_file(&path);
-                return Err(e);
-            }
+        if let Some((path, file, kept)) = self.reuse() {
             return Ok(self.new_draft(id, path, file, kept));
         }
         let (path, file) = {
             let path = self.root.join("tmp").join(&id);
             tokio::task::spawn_blocking(move || {
                 // Readable too: a commit's message lock is read through (the inbound judgement).
-                let mut f = fs::OpenOptions::new()
+                let f = fs::OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create_new(true)
                     .mode(modes::FILE_MODE)
                     .open(&path)?;
-                f.seek(io::SeekFrom::Start(file::HEADER_LEN))?;
                 Ok::<_, io::Error>((path, f))
             })
             .await
@@ -531,7 +570,15 @@ impl Spool {
 
     /// Removes a finished message (in the gateway, its emptied file waits for a next draft).
     pub fn remove_blocking(&self, q: Queue, id: &str) -> io::Result<()> {
+        self.remove_through(q, id, None)
+    }
+
+    /// Removes message `id` from queue `q`; `held` is its message lock on that file, or `None`.
+    /// With the lock, the file is emptied through the lock's descriptor and listed for reuse
+    /// once the lock is released: no second `open`, and the next draft need not probe the lock.
+    fn remove_through(&self, q: Queue, id: &str, held: Option<MessageLock>) -> io::Result<()> {
         let path = self.queue_path(q, id);
+        let held = held.filter(|l| l.queue == q);
         if let Some(r) = &self.recycled
             && r.free.lock().unwrap_or_else(|e| e.into_inner()).len() < RECYCLED_MAX
         {
@@ -542,17 +589,29 @@ impl Spool {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(e),
             }
-            // Out of the queue either way; only an emptied file may be reused.
-            let emptied = fs::OpenOptions::new()
-                .write(true)
-                .open(&free)
-                .and_then(|f| file::blank(&f));
+            // Out of the queue either way; only an emptied file may be reused. A lock's file
+            // opened read-only (a read-only spool seen by `try_lock`) cannot be emptied through.
+            let through_lock = held.as_ref().map(|l| file::blank(&l.file));
+            let unlocked = matches!(through_lock, Some(Ok(_)));
+            let emptied = match through_lock {
+                Some(Ok(kept)) => Ok(kept),
+                _ => fs::OpenOptions::new()
+                    .write(true)
+                    .open(&free)
+                    .and_then(|f| file::blank(&f)),
+            };
+            // Closing the lock's descriptor releases the lock, before the file is listed.
+            drop(held);
             match emptied {
                 Ok(kept) => r
                     .free
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push_back((free, kept)),
+                    .push_back(Free {
+                        path: free,
+                        kept,
+                        unlocked,
+                    }),
                 Err(_) => {
                     let _ = fs::remove_file(&free);
                 }
@@ -574,14 +633,20 @@ impl Spool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop_front()?;
-        let (free, kept) = free;
-        let f = match fs::OpenOptions::new().read(true).write(true).open(&free) {
+        let f = match fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&free.path)
+        {
             Ok(f) => f,
             Err(_) => {
-                let _ = fs::remove_file(&free);
+                let _ = fs::remove_file(&free.path);
                 return None;
             }
         };
+        if free.unlocked {
+            return Some((free.path, f, free.kept));
+        }
         // Still locked by the attempt that emptied it: the new message would look locked.
         match f.try_lock() {
             Ok(()) => {}
@@ -590,18 +655,18 @@ impl Spool {
                     .free
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push_back((free, kept));
+                    .push_back(free);
                 return None;
             }
             Err(fs::TryLockError::Error(_)) => {
-                let _ = fs::remove_file(&free);
+                let _ = fs::remove_file(&free.path);
                 return None;
             }
         }
         match f.unlock() {
-            Ok(()) => Some((free, f, kept)),
+            Ok(()) => Some((free.path, f, free.kept)),
             Err(_) => {
-                let _ = fs::remove_file(&free);
+                let _ = fs::remove_file(&free.path);
                 None
             }
         }
@@ -624,6 +689,26 @@ impl Spool {
             return self.remove_blocking(q, id);
         }
         self.remove(q, id).await
+    }
+
+    /// [`Spool::remove_sized`] by the holder of the message's lock, which this consumes: the
+    /// file is emptied through the lock's descriptor (no second `open`) and the lock released
+    /// before the file is listed for reuse (the next draft need not probe it).
+    pub async fn remove_locked(
+        &self,
+        q: Queue,
+        id: &str,
+        size: u64,
+        held: MessageLock,
+    ) -> io::Result<()> {
+        if size <= INLINE_READ_MAX {
+            return self.remove_through(q, id, Some(held));
+        }
+        let this = self.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || this.remove_through(q, &id, Some(held)))
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// IDs in queue `q`, oldest first.
@@ -841,7 +926,7 @@ impl Spool {
         for _ in 0..3 {
             let mut opened = None;
             for q in [Queue::Incoming, Queue::Deferred, Queue::Hold] {
-                match File::open(self.queue_path(q, id)) {
+                match open_for_lock(&self.queue_path(q, id)) {
                     Ok(f) => {
                         opened = Some((q, f));
                         break;
@@ -900,6 +985,22 @@ impl Spool {
     }
 }
 
+/// A queue file opened to lock: readable and, where the spool allows it, writable (the
+/// holder empties a delivered message's file through it, [`Spool::remove_locked`]).
+fn open_for_lock(path: &Path) -> io::Result<File> {
+    match fs::OpenOptions::new().read(true).write(true).open(path) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            File::open(path)
+        }
+        r => r,
+    }
+}
+
 /// A message being received. Dropped without [`Draft::commit`], its file is removed.
 pub struct Draft {
     spool: Spool,
@@ -925,12 +1026,14 @@ impl Draft {
     /// blocking pool is freed as soon as it is written.
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(self.tail.is_empty(), "write after write_last");
+        // At its offset (after room for the header): no file position to seek first.
+        let at = file::HEADER_LEN + self.size;
         self.size += bytes.len() as u64;
         self.crc.update(bytes);
-        let mut file = self.file.take().ok_or_else(draft_broken)?;
+        let file = self.file.take().ok_or_else(draft_broken)?;
         let bytes = bytes.to_vec();
         let (file, written) = tokio::task::spawn_blocking(move || {
-            let r = file.write_all(&bytes);
+            let r = file.write_all_at(&bytes, at);
             (file, r)
         })
         .await
@@ -1014,9 +1117,7 @@ impl Draft {
                         None
                     };
                     fs::rename(&path, &queued)?;
-                    spool
-                        .incoming_sync
-                        .sync(&spool.root.join(Queue::Incoming.dir_name()))?;
+                    spool.incoming_sync.sync()?;
                     Ok(held)
                 })();
                 match committed {
@@ -1523,17 +1624,71 @@ mod tests {
         assert!(tmp_is_empty(dir.path()));
     }
 
+    /// The holder of a message's lock removes it through the lock's descriptor: the file is
+    /// emptied, the lock released, and the next draft takes the file without probing the lock.
+    /// A small message is removed where the caller is, a large one on the blocking pool; both
+    /// ways the file waits in tmp/ holding zeros only, and the message reused in it is
+    /// lockable (nobody holds the old lock).
+    #[tokio::test]
+    async fn the_lock_holder_removes_through_its_lock() {
+        use std::os::unix::fs::MetadataExt;
+        for size in [200, INLINE_READ_MAX as usize + 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(dir.path()).unwrap();
+            let mut body = b"Subject: secret\r\n\r\n".to_vec();
+            body.resize(size, b's');
+            let id = committed(&spool, &body).await;
+            let path = spool.queue_path(Queue::Incoming, &id);
+            let ino = std::fs::metadata(&path).unwrap().ino();
+            let TryLock::Locked(lock) = spool.try_lock(&id).unwrap() else {
+                panic!("not locked")
+            };
+            spool
+                .remove_locked(Queue::Incoming, &id, size as u64, lock)
+                .await
+                .unwrap();
+            assert!(!path.exists());
+            assert!(spool.find(&id).unwrap().is_none());
+            let free: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert_eq!(free.len(), 1, "{size} octets: {free:?}");
+            assert!(
+                std::fs::read(&free[0]).unwrap().iter().all(|&b| b == 0),
+                "{size} octets: message bytes left behind"
+            );
+            {
+                let listed = spool.recycled.as_ref().unwrap().free.lock().unwrap();
+                assert!(
+                    listed.len() == 1 && listed[0].unlocked,
+                    "{size} octets: {listed:?}"
+                );
+            }
+            // Released: the next message is written into the same file and can be locked.
+            let next = committed(&spool, b"Subject: next\r\n\r\n").await;
+            let next_path = spool.queue_path(Queue::Incoming, &next);
+            assert_eq!(std::fs::metadata(&next_path).unwrap().ino(), ino, "reused");
+            assert_eq!(
+                spool.read_data(Queue::Incoming, &next).unwrap(),
+                b"Subject: next\r\n\r\n"
+            );
+            assert!(matches!(spool.try_lock(&next).unwrap(), TryLock::Locked(_)));
+            assert!(tmp_is_empty(dir.path()));
+        }
+    }
+
     /// Concurrent commits share directory fsyncs and every one of them returns only after one.
     #[test]
     fn group_commit_serves_every_caller() {
         let dir = tempfile::tempdir().unwrap();
-        let sync = Arc::new(DirSync::default());
+        let sync = Arc::new(DirSync::new(dir.path().to_path_buf()));
         let threads: Vec<_> = (0..16)
             .map(|_| {
-                let (sync, dir) = (sync.clone(), dir.path().to_path_buf());
+                let sync = sync.clone();
                 std::thread::spawn(move || {
                     for _ in 0..20 {
-                        sync.sync(&dir).unwrap();
+                        sync.sync().unwrap();
                     }
                 })
             })
@@ -1541,9 +1696,11 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        // A failing fsync (no such directory) reaches its caller.
-        assert!(sync.sync(&dir.path().join("missing")).is_err());
-        assert!(sync.sync(dir.path()).is_ok());
+        // A failing fsync (no such directory) reaches its caller, each time it is asked.
+        let missing = DirSync::new(dir.path().join("missing"));
+        assert!(missing.sync().is_err());
+        assert!(missing.sync().is_err());
+        assert!(sync.sync().is_ok());
     }
 
     #[test]

@@ -140,12 +140,21 @@ pub fn extent(file: &File) -> io::Result<(u64, u64)> {
     let mut head = [0u8; HEADER_LEN as usize];
     let len = file.metadata()?.len();
     if len < HEADER_LEN {
-        return Err(invalid(format!(
-            "the queue file is {len} bytes, shorter than its header"
-        )));
+        return Err(short(len));
     }
     file.read_exact_at(&mut head, 0)?;
-    let size = parse_header(&head).ok_or_else(|| {
+    Ok((data_len(&head, len)?, len))
+}
+
+fn short(len: u64) -> io::Error {
+    invalid(format!(
+        "the queue file is {len} bytes, shorter than its header"
+    ))
+}
+
+/// The data length `head` records, checked against the file's length `len`.
+fn data_len(head: &[u8], len: u64) -> io::Result<u64> {
+    let size = parse_header(head).ok_or_else(|| {
         invalid("not a queue file (no CACHETQ1 header; written by hand or by an older cachet?)")
     })?;
     if HEADER_LEN.checked_add(size).is_none_or(|end| end > len) {
@@ -154,7 +163,7 @@ pub fn extent(file: &File) -> io::Result<(u64, u64)> {
             len - HEADER_LEN
         )));
     }
-    Ok((size, len))
+    Ok(size)
 }
 
 /// Reads a queue file's header and records (not the data). `InvalidData` names what is wrong:
@@ -164,9 +173,30 @@ pub fn read(file: &File) -> io::Result<Parsed> {
     let data_end = HEADER_LEN + size;
     let mut tail = vec![0u8; (len - data_end) as usize];
     file.read_exact_at(&mut tail, data_end)?;
-    let (found, end) = records(&tail);
-    // The newest record that parses; an older one if the newest is damaged (a duplicate
-    // delivery is possible then, a loss is not).
+    newest(size, &tail)
+}
+
+/// [`read`] of a whole queue file already in memory: the same checks, the same answers.
+pub fn parse(whole: &[u8]) -> io::Result<Parsed> {
+    let size = whole_extent(whole)?;
+    newest(size, &whole[(HEADER_LEN + size) as usize..])
+}
+
+/// [`extent`] of a whole queue file already in memory: the data length, once the bytes are
+/// known to hold that much data.
+pub fn whole_extent(whole: &[u8]) -> io::Result<u64> {
+    let len = whole.len() as u64;
+    if len < HEADER_LEN {
+        return Err(short(len));
+    }
+    data_len(&whole[..HEADER_LEN as usize], len)
+}
+
+/// The newest envelope record in `tail` (the bytes after `size` octets of data) that parses; an
+/// older one if the newest is damaged (a duplicate delivery is possible then, a loss is not).
+fn newest(size: u64, tail: &[u8]) -> io::Result<Parsed> {
+    let data_end = HEADER_LEN + size;
+    let (found, end) = records(tail);
     let mut last_error = None;
     for json in found.iter().rev() {
         match serde_json::from_slice::<Envelope>(json) {
@@ -184,6 +214,42 @@ pub fn read(file: &File) -> io::Result<Parsed> {
         Some(e) => format!("no envelope record parses: {e}"),
         None => "no complete envelope record".to_string(),
     }))
+}
+
+/// Writes `parts` one after the other from `offset`, in one `pwritev(2)` where the kernel
+/// takes them all at once (a regular file does, short of a full disk): a commit writes its
+/// header, the message's last bytes and the first envelope record in one system call.
+pub fn write_parts_at(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix (std's guarantee);
+        // each points into a slice of `parts`, alive for the call, which the kernel only reads.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                rest.as_ptr().cast::<libc::iovec>(),
+                rest.len().min(libc::UIO_MAXIOV as usize) as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        IoSlice::advance_slices(&mut rest, n as usize);
+    }
+    Ok(())
 }
 
 /// Appends `rec` at `end` (the end of the last complete record), cuts anything beyond, and
@@ -228,6 +294,58 @@ mod tests {
         assert!(found.is_empty());
         let (found, _) = records(b"E000000ff\n{}\n");
         assert!(found.is_empty());
+    }
+
+    /// The parts land one after the other from the offset, empty ones included, as separate
+    /// writes would put them; what was there before the offset stays.
+    #[test]
+    fn parts_are_written_in_order_from_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let f = File::options().read(true).write(true).open(&path).unwrap();
+        let big = vec![b'b'; 70_000];
+        write_parts_at(&f, &[b"head", b"", &big, b"E\n"], 4).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(&got[..4], b"0123");
+        assert_eq!(&got[4..8], b"head");
+        assert_eq!(&got[8..8 + big.len()], &big[..]);
+        assert_eq!(&got[8 + big.len()..], b"E\n");
+        write_parts_at(&f, &[], 0).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), got);
+    }
+
+    /// A whole queue file in memory parses as the file does, and its damage reads the same.
+    #[test]
+    fn a_whole_file_parses_as_the_file_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let env = Envelope::new(
+            "a@example.org".into(),
+            vec!["b@example.net".into()],
+            "127.0.0.1".into(),
+            "client".into(),
+        );
+        let json = serde_json::to_vec(&env).unwrap();
+        let whole = compose(b"Subject: x\r\n\r\nbody\r\n", &json);
+        let mut cases = vec![whole.clone(), whole[..20].to_vec(), whole[..40].to_vec()];
+        cases.push([&whole[..], b"E00000100\n{\"id\":\""].concat());
+        cases.push([b"XXXXXXXX", &whole[8..]].concat());
+        for bytes in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let from_file = read(&File::open(&path).unwrap());
+            let from_memory = parse(&bytes);
+            match (from_file, from_memory) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!((a.size, a.end), (b.size, b.end));
+                    assert_eq!(a.envelope.id, b.envelope.id);
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!((a.kind(), a.to_string()), (b.kind(), b.to_string()))
+                }
+                (a, b) => panic!("file {:?}, memory {:?}", a.is_ok(), b.is_ok()),
+            }
+        }
     }
 
     #[test]

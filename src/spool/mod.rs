@@ -533,19 +533,15 @@ impl Spool {
         id: &str,
         held: Option<&MessageLock>,
     ) -> io::Result<Option<Envelope>> {
-        let opened;
-        let f = match held.and_then(|l| l.file_in(q)) {
-            Some(f) => f,
+        let parsed = match held.filter(|l| l.file_in(q).is_some()) {
+            Some(lock) => lock.read(),
             None => match File::open(self.queue_path(q, id)) {
-                Ok(f) => {
-                    opened = f;
-                    &opened
-                }
+                Ok(f) => file::read(&f),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             },
         };
-        file::read(f)
+        parsed
             .map(|p| Some(p.envelope))
             .map_err(|e| match e.kind() {
                 io::ErrorKind::InvalidData => {
@@ -813,6 +809,9 @@ impl Spool {
         held: Option<&MessageLock>,
     ) -> Result<Vec<u8>, DataError> {
         if env.size <= INLINE_READ_MAX {
+            if let Some(whole) = held.and_then(|l| l.take_whole(q)) {
+                return checked_whole(whole, &Recorded::of(env));
+            }
             if let Some(f) = held.and_then(|l| l.file_in(q)) {
                 return read_checked_from(f, &Recorded::of(env));
             }
@@ -865,24 +864,44 @@ impl Spool {
 
 /// The message bytes of the open queue file `f`, checked against `recorded`.
 fn read_checked_from(f: &File, recorded: &Recorded) -> Result<Vec<u8>, DataError> {
-    let (stored, _) = file::extent(f).map_err(|e| match e.kind() {
+    let (stored, _) = file::extent(f).map_err(damaged_or_io)?;
+    size_matches(stored, recorded)?;
+    let mut data = vec![0; stored as usize];
+    f.read_exact_at(&mut data, file::HEADER_LEN)
+        .map_err(DataError::Io)?;
+    recorded.check(&data).map_err(DataError::Damaged)?;
+    Ok(data)
+}
+
+/// [`read_checked_from`] of a whole queue file already read ([`MessageLock::read`]): the
+/// same checks, and the data moved to the front of the same buffer.
+fn checked_whole(mut whole: Vec<u8>, recorded: &Recorded) -> Result<Vec<u8>, DataError> {
+    let stored = file::whole_extent(&whole).map_err(damaged_or_io)?;
+    size_matches(stored, recorded)?;
+    whole.truncate((file::HEADER_LEN + stored) as usize);
+    whole.drain(..file::HEADER_LEN as usize);
+    recorded.check(&whole).map_err(DataError::Damaged)?;
+    Ok(whole)
+}
+
+fn damaged_or_io(e: io::Error) -> DataError {
+    match e.kind() {
         io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
             DataError::Damaged(e.to_string())
         }
         _ => DataError::Io(e),
-    })?;
-    // Envelopes written by hand (no check recorded) are taken as they are.
+    }
+}
+
+/// Envelopes written by hand (no check recorded) are taken as they are.
+fn size_matches(stored: u64, recorded: &Recorded) -> Result<(), DataError> {
     let size = recorded.size;
     if recorded.checked() && stored != size {
         return Err(DataError::Damaged(format!(
             "message data is {stored} bytes, the envelope says {size}"
         )));
     }
-    let mut data = vec![0; stored as usize];
-    f.read_exact_at(&mut data, file::HEADER_LEN)
-        .map_err(DataError::Io)?;
-    recorded.check(&data).map_err(DataError::Damaged)?;
-    Ok(data)
+    Ok(())
 }
 
 /// The right to rewrite one message's envelope: an exclusive `flock(2)` on its queue file,
@@ -894,13 +913,46 @@ pub struct MessageLock {
     /// holder reads through the lock before it moves the file (a delivery attempt, the
     /// inbound judgement), by name after.
     queue: Queue,
+    /// The whole file, when [`Spool::load_held`] read it in one go (a small one): the data
+    /// for [`Spool::read_checked`], which takes it. Nobody else writes the file meanwhile: only
+    /// the lock's holder may.
+    whole: Mutex<Option<Vec<u8>>>,
 }
 
 impl MessageLock {
+    fn new(file: File, queue: Queue) -> Self {
+        MessageLock {
+            file,
+            queue,
+            whole: Mutex::new(None),
+        }
+    }
+
     /// The locked queue file, when it is message's file in queue `q`: read through it, an
     /// attempt opens the file once instead of three times (lock, envelope, data).
     fn file_in(&self, q: Queue) -> Option<&File> {
         (self.queue == q).then_some(&self.file)
+    }
+
+    /// The locked file's header and records. A file of at most [`INLINE_READ_MAX`] is read
+    /// whole, in one system call, and kept for [`Spool::read_checked`]; a larger one as
+    /// [`file::read`] does (header and records only).
+    fn read(&self) -> io::Result<file::Parsed> {
+        let len = self.file.metadata()?.len();
+        if len > INLINE_READ_MAX {
+            return file::read(&self.file);
+        }
+        let mut whole = vec![0; len as usize];
+        self.file.read_exact_at(&mut whole, 0)?;
+        let parsed = file::parse(&whole)?;
+        *self.whole.lock().unwrap_or_else(|e| e.into_inner()) = Some(whole);
+        Ok(parsed)
+    }
+
+    /// The whole file [`MessageLock::read`] kept, if it is still there (taken once).
+    fn take_whole(&self, q: Queue) -> Option<Vec<u8>> {
+        self.file_in(q)?;
+        self.whole.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -947,7 +999,7 @@ impl Spool {
             let ours = file.metadata()?;
             match fs::symlink_metadata(self.queue_path(q, id)) {
                 Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {
-                    return Ok(TryLock::Locked(MessageLock { file, queue: q }));
+                    return Ok(TryLock::Locked(MessageLock::new(file, q)));
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1093,13 +1145,17 @@ impl Draft {
             tokio::task::spawn_blocking(move || -> io::Result<(Envelope, Option<MessageLock>)> {
                 let queued = spool.queue_path(Queue::Incoming, &id);
                 let committed = (|| {
-                    if !tail.is_empty() {
-                        let at = file::HEADER_LEN + size - tail.len() as u64;
-                        file.write_all_at(&tail, at)?;
-                    }
-                    file.write_all_at(&file::header(size), 0)?;
+                    // The message's last bytes and the first record in one write; with the
+                    // header too when the last bytes are the whole message (a small one).
+                    let header = file::header(size);
                     let record = file::record(&env)?;
-                    file.write_all_at(&record, file::HEADER_LEN + size)?;
+                    let at = file::HEADER_LEN + size - tail.len() as u64;
+                    if at == file::HEADER_LEN {
+                        file::write_parts_at(&file, &[&header, &tail, &record], 0)?;
+                    } else {
+                        file::write_parts_at(&file, &[&tail, &record], at)?;
+                        file.write_all_at(&header, 0)?;
+                    }
                     let end = file::HEADER_LEN + size + record.len() as u64;
                     if kept > end {
                         file.set_len(end)?;
@@ -1108,10 +1164,7 @@ impl Draft {
                     // flock(2) locks the file, not the name: taken on tmp/, it holds in incoming/.
                     let held = if lock {
                         file.lock()?;
-                        Some(MessageLock {
-                            file,
-                            queue: Queue::Incoming,
-                        })
+                        Some(MessageLock::new(file, Queue::Incoming))
                     } else {
                         drop(file);
                         None
@@ -1508,6 +1561,48 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// Through a held lock, the data is checked whichever way it is read: from the whole file
+    /// the envelope's load read (taken once), or from the file again when that copy is gone.
+    /// Damage found either way is the same damage.
+    #[tokio::test]
+    async fn data_read_through_a_lock_is_checked_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let body = b"Subject: held\r\n\r\nbody\r\n";
+        let id = committed(&spool, body).await;
+        let q = Queue::Incoming;
+        let path = spool.queue_path(q, &id);
+        let TryLock::Locked(lock) = spool.try_lock(&id).unwrap() else {
+            panic!("not locked")
+        };
+        let env = spool.load_held(q, &id, Some(&lock)).unwrap().unwrap();
+        assert!(lock.whole.lock().unwrap().is_some(), "read whole");
+        assert_eq!(
+            spool.read_checked(q, &env, Some(&lock)).await.unwrap(),
+            body
+        );
+        assert!(lock.whole.lock().unwrap().is_none(), "taken");
+        assert_eq!(
+            spool.read_checked(q, &env, Some(&lock)).await.unwrap(),
+            body
+        );
+        // One octet of the data changed on disk, the envelope intact.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[file::HEADER_LEN as usize] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let env = spool.load_held(q, &id, Some(&lock)).unwrap().unwrap();
+        let Err(DataError::Damaged(from_whole)) = spool.read_checked(q, &env, Some(&lock)).await
+        else {
+            panic!("damage not found in the whole file")
+        };
+        let Err(DataError::Damaged(from_file)) = spool.read_checked(q, &env, Some(&lock)).await
+        else {
+            panic!("damage not found in the file")
+        };
+        assert_eq!(from_whole, from_file);
+        assert!(from_whole.contains("CRC-32"), "{from_whole}");
     }
 
     /// The lock a commit hands back reads the message it committed, in a new file and in a

@@ -574,7 +574,8 @@ impl Spool {
     /// once the lock is released: no second `open`, and the next draft need not probe the lock.
     fn remove_through(&self, q: Queue, id: &str, held: Option<MessageLock>) -> io::Result<()> {
         let path = self.queue_path(q, id);
-        let held = held.filter(|l| l.queue == q);
+        // Only a lock on this very file empties it; any lock is held until the removal is done.
+        let through = held.as_ref().filter(|l| l.queue == q);
         if let Some(r) = &self.recycled
             && r.free.lock().unwrap_or_else(|e| e.into_inner()).len() < RECYCLED_MAX
         {
@@ -587,7 +588,7 @@ impl Spool {
             }
             // Out of the queue either way; only an emptied file may be reused. A lock's file
             // opened read-only (a read-only spool seen by `try_lock`) cannot be emptied through.
-            let through_lock = held.as_ref().map(|l| file::blank(&l.file));
+            let through_lock = through.map(|l| file::blank(&l.file));
             let unlocked = matches!(through_lock, Some(Ok(_)));
             let emptied = match through_lock {
                 Some(Ok(kept)) => Ok(kept),
@@ -1221,7 +1222,28 @@ mod tests {
     }
 
     fn tmp_is_empty(dir: &Path) -> bool {
-        std::fs::read_dir(dir.join("tmp")).unwrap().next().is_none()
+        tmp_files(dir).is_empty()
+    }
+
+    /// Commits the next message and checks it went into the reused file `ino`, whole.
+    async fn next_in(spool: &Spool, ino: u64) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let next = committed(spool, b"Subject: next\r\n\r\n").await;
+        let path = spool.queue_path(Queue::Incoming, &next);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "reused");
+        assert_eq!(
+            spool.read_data(Queue::Incoming, &next).unwrap(),
+            b"Subject: next\r\n\r\n"
+        );
+        next
+    }
+
+    /// The files in tmp/ (drafts, and emptied files waiting for reuse).
+    fn tmp_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
     }
 
     #[tokio::test]
@@ -1265,9 +1287,9 @@ mod tests {
                 .remove_sized(Queue::Incoming, &id, e.size)
                 .await
                 .unwrap();
-            let free: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
-                .unwrap()
-                .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            let free: Vec<_> = tmp_files(dir.path())
+                .iter()
+                .map(|f| std::fs::read(f).unwrap())
                 .collect();
             // The draft of this message took the file the last removal kept: the one left is
             // this message's own.
@@ -1657,8 +1679,7 @@ mod tests {
                 file::HEADER_LEN + e.size + file::record(&e).unwrap().len() as u64
             );
             spool.remove(Queue::Incoming, &id).await.unwrap();
-            for f in std::fs::read_dir(dir.path().join("tmp")).unwrap() {
-                let f = f.unwrap().path();
+            for f in tmp_files(dir.path()) {
                 let kept = std::fs::metadata(&f).unwrap().len();
                 assert!(kept <= file::BLANK_MAX, "{} kept {kept} bytes", f.display());
                 assert!(std::fs::read(&f).unwrap().iter().all(|&b| b == 0));
@@ -1682,10 +1703,7 @@ mod tests {
         };
         spool.remove(Queue::Incoming, &id).await.unwrap();
         assert!(spool.find(&id).unwrap().is_none());
-        let free: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let free = tmp_files(dir.path());
         assert_eq!(free.len(), 1, "{free:?}");
         // Emptied: zeros where the message was (a filesystem with zero ranges keeps the
         // length and the blocks; others truncate to nothing).
@@ -1698,13 +1716,8 @@ mod tests {
             .ino();
         assert_ne!(busy_ino, ino);
         drop(lock);
-        let next = committed(&spool, b"Subject: next\r\n\r\n").await;
+        let next = next_in(&spool, ino).await;
         let path = spool.queue_path(Queue::Incoming, &next);
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "reused");
-        assert_eq!(
-            spool.read_data(Queue::Incoming, &next).unwrap(),
-            b"Subject: next\r\n\r\n"
-        );
         // Cut to its own length: header, data, one record, nothing of the zeroed space.
         let e = spool.load(Queue::Incoming, &next).unwrap().unwrap();
         assert_eq!(
@@ -1744,10 +1757,7 @@ mod tests {
                 .unwrap();
             assert!(!path.exists());
             assert!(spool.find(&id).unwrap().is_none());
-            let free: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
+            let free = tmp_files(dir.path());
             assert_eq!(free.len(), 1, "{size} octets: {free:?}");
             assert!(
                 std::fs::read(&free[0]).unwrap().iter().all(|&b| b == 0),
@@ -1761,13 +1771,7 @@ mod tests {
                 );
             }
             // Released: the next message is written into the same file and can be locked.
-            let next = committed(&spool, b"Subject: next\r\n\r\n").await;
-            let next_path = spool.queue_path(Queue::Incoming, &next);
-            assert_eq!(std::fs::metadata(&next_path).unwrap().ino(), ino, "reused");
-            assert_eq!(
-                spool.read_data(Queue::Incoming, &next).unwrap(),
-                b"Subject: next\r\n\r\n"
-            );
+            let next = next_in(&spool, ino).await;
             assert!(matches!(spool.try_lock(&next).unwrap(), TryLock::Locked(_)));
             assert!(tmp_is_empty(dir.path()));
         }

@@ -874,15 +874,16 @@ fn read_checked_from(f: &File, recorded: &Recorded) -> Result<Vec<u8>, DataError
     Ok(data)
 }
 
-/// [`read_checked_from`] of a whole queue file already read ([`MessageLock::read`]): the
-/// same checks, and the data moved to the front of the same buffer.
-fn checked_whole(mut whole: Vec<u8>, recorded: &Recorded) -> Result<Vec<u8>, DataError> {
-    let stored = file::whole_extent(&whole).map_err(damaged_or_io)?;
+/// [`read_checked_from`] of a file already read whole ([`MessageLock::read`]): `stored`
+/// octets of data at the front of `rest` (the records after them are cut off), the same checks.
+fn checked_whole(
+    (stored, mut rest): (u64, Vec<u8>),
+    recorded: &Recorded,
+) -> Result<Vec<u8>, DataError> {
     size_matches(stored, recorded)?;
-    whole.truncate((file::HEADER_LEN + stored) as usize);
-    whole.drain(..file::HEADER_LEN as usize);
-    recorded.check(&whole).map_err(DataError::Damaged)?;
-    Ok(whole)
+    rest.truncate(stored as usize);
+    recorded.check(&rest).map_err(DataError::Damaged)?;
+    Ok(rest)
 }
 
 fn damaged_or_io(e: io::Error) -> DataError {
@@ -914,10 +915,11 @@ pub struct MessageLock {
     /// holder reads through the lock before it moves the file (a delivery attempt, the
     /// inbound judgement), by name after.
     queue: Queue,
-    /// The whole file, when [`Spool::load_held`] read it in one go (a small one): the data
-    /// for [`Spool::read_checked`], which takes it. Nobody else writes the file meanwhile: only
-    /// the lock's holder may.
-    whole: Mutex<Option<Vec<u8>>>,
+    /// What follows the header (data, then records) and the data length, when
+    /// [`Spool::load_held`] read the file whole (a small one): the data for
+    /// [`Spool::read_checked`], which takes it. Nobody else writes the file meanwhile: only the
+    /// lock's holder may, and only records after the data.
+    whole: Mutex<Option<(u64, Vec<u8>)>>,
 }
 
 impl MessageLock {
@@ -943,15 +945,13 @@ impl MessageLock {
         if len > INLINE_READ_MAX {
             return file::read(&self.file);
         }
-        let mut whole = vec![0; len as usize];
-        self.file.read_exact_at(&mut whole, 0)?;
-        let parsed = file::parse(&whole)?;
-        *self.whole.lock().unwrap_or_else(|e| e.into_inner()) = Some(whole);
+        let (parsed, rest) = file::read_whole(&self.file, len)?;
+        *self.whole.lock().unwrap_or_else(|e| e.into_inner()) = Some((parsed.size, rest));
         Ok(parsed)
     }
 
-    /// The whole file [`MessageLock::read`] kept, if it is still there (taken once).
-    fn take_whole(&self, q: Queue) -> Option<Vec<u8>> {
+    /// What [`MessageLock::read`] kept, if it is still there (taken once).
+    fn take_whole(&self, q: Queue) -> Option<(u64, Vec<u8>)> {
         self.file_in(q)?;
         self.whole.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
@@ -1311,9 +1311,11 @@ mod tests {
     async fn the_last_bytes_are_written_by_the_commit() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        // Written, then the last bytes handed to the commit.
+        // Written in two pieces (each at its own offset), then the last bytes handed to the
+        // commit.
         let mut d = spool.draft().await.unwrap();
-        d.write(b"Subject: two parts\r\n\r\n").await.unwrap();
+        d.write(b"Subject: two parts\r\n").await.unwrap();
+        d.write(b"\r\n").await.unwrap();
         d.write_last(b"the tail\r\n".to_vec());
         let mut e = env("a@x", &["b@y"]);
         let id = d.commit(e.clone()).await.unwrap();

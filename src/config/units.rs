@@ -63,12 +63,12 @@ impl Dur {
         let n: u64 = num.parse().map_err(|_| {
             format!("invalid duration {s:?}: expected e.g. \"30s\", \"5m\", \"1h\", \"5d\"")
         })?;
-        let secs = match unit {
+        let per: u64 = match unit {
             "ms" => return Ok(Dur(Duration::from_millis(n))),
-            "s" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "d" => n * 86400,
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
             "" => return Err(format!("duration {s:?} needs a unit: s, m, h or d")),
             u => {
                 return Err(format!(
@@ -76,7 +76,9 @@ impl Dur {
                 ));
             }
         };
-        Ok(Dur(Duration::from_secs(secs)))
+        n.checked_mul(per)
+            .map(|secs| Dur(Duration::from_secs(secs)))
+            .ok_or_else(|| format!("duration {s:?} is too large"))
     }
 }
 
@@ -108,5 +110,15 @@ mod tests {
         assert_eq!(Dur::parse("250ms").unwrap().0, Duration::from_millis(250));
         assert!(Dur::parse("5").unwrap_err().contains("needs a unit"));
         assert!(Dur::parse("5w").is_err());
+        // Seconds past u64 are an error, as sizes are (fuzz target config_load: it panicked).
+        assert!(
+            Dur::parse("999999999999999999m")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert_eq!(
+            Dur::parse("999999999999999999s").unwrap().0,
+            Duration::from_secs(999_999_999_999_999_999)
+        );
     }
 }

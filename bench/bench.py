@@ -2,21 +2,24 @@
 """cachet end-to-end benchmark (issue 6). Run it through bench/run.sh; stdlib only, Python >= 3.11.
 
 Topologies, all with the same load (smtp-source, --sessions sessions, N messages, each size and
-recipient count) and the same final sink (smtp-sink, dumping every transaction to tmpfs so every
-recipient is counted and cachet's output can be checked):
+recipient count) and the same final hop (dumping every transaction to tmpfs so every recipient is
+counted and cachet's output can be checked):
 
-  1 direct   smtp-source -> smtp-sink
-  2 postfix  smtp-source -> Postfix relay (fsync'd queue) -> upstream -> smtp-sink
+  1 direct   smtp-source -> sink
+  2 postfix  smtp-source -> Postfix relay (fsync'd queue) -> upstream
   3 diy      smtp-source -> Postfix, pipe content_filter (openssl cms -sign | openssl cms -encrypt
-             -aes256, reinjected over SMTP into a second smtpd) -> smtp-sink
+             -aes256, reinjected over SMTP into a second smtpd) -> sink
   4 cachet   smtp-source -> cachet (RSA-2048 signing, AES-256-CBC to RSA-2048 recipients, fsync'd
-             spool) -> upstream -> smtp-sink
+             spool) -> upstream
   5 postfix-reuse  as 2, with smtp_tls_connection_reuse = yes (tlsproxy: one TLS handshake per
              upstream connection, many messages per connection): Postfix relaying at its best
 
-"upstream" is a private Postfix smtpd that requires STARTTLS (test certificate) and hands every
-message before-queue (smtpd_proxy_filter) to smtp-sink: no second queue, so the sink's arrival time
-is the delivery time.
+"upstream" requires STARTTLS (test certificate) and is the final hop, so the arrival time is the
+delivery time. --sink light (default): bench/sink.rs (`cachet-bench-sink`, built beside cachet)
+serves both the plain sink port and the STARTTLS upstream port on one thread. --sink postfix: the
+upstream is a private Postfix smtpd that hands every message before-queue (smtpd_proxy_filter) to
+Postfix's smtp-sink; that pair costs more CPU per message than cachet itself on the same cores
+(docs/performance.md, "A lighter final hop"), so its end-to-end rates measure the harness.
 
 Measured: msgs/s counted at the sink (a message counts when all its recipients arrived), CPU-ms per
 message for the whole box (/proc/stat deltas; also net of the background load sampled just
@@ -385,6 +388,51 @@ class Sink:
         return {"done": done, "files": files}
 
 
+class LightSink(Sink):
+    """The default final hop (--sink light): bench/sink.rs (`cachet-bench-sink`) on both the sink
+    port (plain SMTP: topologies 1 and 3) and the upstream port (STARTTLS required: 2, 4, 5), in
+    place of the Postfix upstream smtpd + smtp-sink pair, whose CPU per message exceeded the
+    gateway's on the shared cores. Same dump format and `mesg=N` counter as smtp-sink. It keeps
+    running across measurements (the gateways keep their upstream connections): `restart` empties
+    the dump directory and counts from the current total."""
+
+    def __init__(self, base: Path, port: int, tls_port: int, binary: Path, cert: str, key: str):
+        super().__init__(base, port)
+        self.tls_port, self.binary, self.cert, self.key = tls_port, binary, cert, key
+        self.dump = base / "dump"
+        self.counter = base / "count.txt"
+        self.base_count = 0
+
+    def _total(self) -> int:
+        return super().completed()
+
+    def restart(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.dump.mkdir(exist_ok=True)
+            self.counter.write_text("")
+            self.proc = subprocess.Popen(
+                [self.binary, "--plain", f"127.0.0.1:{self.port}", "--tls", f"127.0.0.1:{self.tls_port}",
+                 "--cert", self.cert, "--key", self.key, "--dump", self.dump, "--counter", self.counter],
+                stdout=subprocess.DEVNULL, stderr=open(self.base / "sink.log", "ab"), start_new_session=True)
+            wait_port(self.port, what="cachet-bench-sink")
+            wait_port(self.tls_port, what="cachet-bench-sink (STARTTLS)")
+        time.sleep(0.15)  # the counter file is written every 50 ms
+        for n in os.listdir(self.dump):
+            (self.dump / n).unlink(missing_ok=True)
+        self._parsed = {}
+        self.base_count = self._total()
+
+    def completed(self) -> int:
+        return self._total() - self.base_count
+
+    def stop(self) -> None:
+        if self.proc:
+            kill_proc(self.proc)
+            self.proc = None
+        shutil.rmtree(self.dump, ignore_errors=True)
+        self.counter.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Private Postfix instances
 
@@ -735,11 +783,17 @@ class Bench:
         self.pki = make_pki(work / "pki")
         p = free_ports(("sink", "upstream", "relay", "reuse", "diy", "diy_reinject", "cachet"))
         self.ports = p
-        self.sink = Sink(shm, p["sink"])
-        on_exit(self.sink.stop)
         srv_key, srv_crt = self.pki["server"]
-        # the STARTTLS upstream: requires TLS, proxies each message before-queue to smtp-sink
-        self.upstream = Postfix(work, "upstream", {
+        if args.sink == "light":
+            # one process serves the sink port (plain) and the upstream port (STARTTLS required)
+            self.sink = LightSink(shm, p["sink"], p["upstream"], resolve_sink(args.sink_bin, cachet_bin),
+                                  srv_crt, srv_key)
+        else:
+            self.sink = Sink(shm, p["sink"])
+        on_exit(self.sink.stop)
+        # --sink postfix: the STARTTLS upstream requires TLS and proxies each message before-queue
+        # to smtp-sink
+        self.upstream = None if args.sink == "light" else Postfix(work, "upstream", {
             "smtpd_tls_security_level": "encrypt",
             "smtpd_tls_cert_file": srv_crt,
             "smtpd_tls_key_file": srv_key,
@@ -803,8 +857,9 @@ class Bench:
     def start(self) -> None:
         self.sink.restart()
         for pf in (self.upstream, self.relay, self.reuse, self.diy):
-            pf.start()
-        wait_port(self.ports["upstream"], what="postfix upstream")
+            if pf:
+                pf.start()
+        wait_port(self.ports["upstream"], what="the STARTTLS upstream")
         wait_port(self.ports["relay"], what="postfix relay")
         wait_port(self.ports["reuse"], what="postfix relay with TLS reuse")
         wait_port(self.ports["diy"], what="postfix diy")
@@ -1163,6 +1218,25 @@ def resolve_cachet(arg: str | None) -> Path:
     return REPO / "target" / "release" / "cachet"
 
 
+def resolve_sink(arg: str | None, cachet_bin: Path | None) -> Path:
+    """--sink-bin, $CACHET_SINK_BIN, or cachet-bench-sink beside the cachet binary (cargo builds
+    both; resolve_cachet's `cargo build --release` included)."""
+    if arg or os.environ.get("CACHET_SINK_BIN"):
+        p = Path(arg or os.environ["CACHET_SINK_BIN"]).resolve()
+    elif cachet_bin:
+        p = cachet_bin.parent / "cachet-bench-sink"
+    else:
+        p = REPO / "target" / "release" / "cachet-bench-sink"
+        if not os.access(p, os.X_OK):
+            log("no cachet-bench-sink: cargo build --release --locked --bin cachet-bench-sink")
+            run(["cargo", "build", "--release", "--locked", "--manifest-path", REPO / "Cargo.toml",
+                 "--bin", "cachet-bench-sink"], timeout=3600)
+    if not os.access(p, os.X_OK):
+        raise BenchError(f"the light sink {p} is not there (cargo build --release builds it beside "
+                         f"cachet; or --sink-bin PATH, or --sink postfix)")
+    return p
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="bench/run.sh", description="cachet end-to-end benchmark beside Postfix peers (issue 6)")
     ap.add_argument("--quick", action="store_true", help="small N, 10 KB only: < 3 minutes (CI smoke)")
@@ -1178,6 +1252,10 @@ def main() -> int:
     ap.add_argument("--rss-size", type=parse_size, help="message size for the RSS run (default 10m; --quick 1m)")
     ap.add_argument("--latency-seconds", type=float, help="length of the latency run (default 10; --quick 3)")
     ap.add_argument("--skip", default="", help="comma list of extras to skip: latency,rss,scaling,crypto")
+    ap.add_argument("--sink", choices=["light", "postfix"], default="light",
+                    help="final hop: light = bench/sink.rs (cachet-bench-sink) on both the sink and the STARTTLS "
+                         "upstream port (default); postfix = a Postfix smtpd requiring STARTTLS, proxying to smtp-sink")
+    ap.add_argument("--sink-bin", help="cachet-bench-sink binary (default $CACHET_SINK_BIN, else beside --cachet)")
     ap.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
     ap.add_argument("--stall", type=float, default=60, help="fail a run after this many seconds without progress")
     ap.add_argument("--json", help="also write the summary JSON to this file")
@@ -1250,7 +1328,7 @@ def main() -> int:
                                "vs_one_recipient": round(by[4] / one, 2) if rc > 1 and one else None})
     summary: dict = {"ok": False, "quick": a.quick, "n": a.n, "sessions": a.sessions, "started": started,
                      "host": {"cpus": os.cpu_count()}, "cachet": str(cachet_bin),
-                     "smime_active": b.smime_active, "runs": runs, "ratios": ratios}
+                     "sink": a.sink, "smime_active": b.smime_active, "runs": runs, "ratios": ratios}
     small = min(a.sizes)
     peak = next((r["msgs_per_s"] for r in runs if r["topology"] == 4 and r["size"] == small and r["rcpts"] == 1), None)
     if "latency" not in skip and peak:

@@ -410,10 +410,11 @@ class LightSink(Sink):
         if self.proc is None or self.proc.poll() is not None:
             self.dump.mkdir(exist_ok=True)
             self.counter.write_text("")
-            self.proc = subprocess.Popen(
-                [self.binary, "--plain", f"127.0.0.1:{self.port}", "--tls", f"127.0.0.1:{self.tls_port}",
-                 "--cert", self.cert, "--key", self.key, "--dump", self.dump, "--counter", self.counter],
-                stdout=subprocess.DEVNULL, stderr=open(self.base / "sink.log", "ab"), start_new_session=True)
+            with open(self.base / "sink.log", "ab") as err:
+                self.proc = subprocess.Popen(
+                    [self.binary, "--plain", f"127.0.0.1:{self.port}", "--tls", f"127.0.0.1:{self.tls_port}",
+                     "--cert", self.cert, "--key", self.key, "--dump", self.dump, "--counter", self.counter],
+                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
             wait_port(self.port, what="cachet-bench-sink")
             wait_port(self.tls_port, what="cachet-bench-sink (STARTTLS)")
         time.sleep(0.15)  # the counter file is written every 50 ms

@@ -201,8 +201,7 @@ async fn session(
     let mut io = BufReader::with_capacity(64 * 1024, stream);
     io.get_mut().write_all(b"220 bench-sink ESMTP\r\n").await?;
     let mut tx = Transaction::default();
-    let offer_tls = require_tls;
-    match dialogue(&mut io, peer, conn, offer_tls, false, &mut tx, &shared).await? {
+    match dialogue(&mut io, peer, conn, require_tls, false, &mut tx, &shared).await? {
         Next::Quit => Ok(()),
         Next::StartTls => {
             if !io.buffer().is_empty() {

@@ -1,8 +1,9 @@
 //! Smoke run of the end-to-end benchmark (issue 6): `bench/run.sh --quick --smime require` with the
 //! binaries cargo just built (no rebuild inside the script), once with the default final hop
-//! (bench/sink.rs) and once with cachet relaying to a Postfix smtpd (`--sink postfix`). It asserts that every topology delivered
-//! every message to every recipient and that every copy cachet relayed decrypted and verified with
-//! `openssl cms` — never anything about speed. The table is printed for the CI log.
+//! (bench/sink.rs) and once with cachet relaying to a Postfix smtpd (`--sink postfix`). It asserts
+//! that every topology delivered every message to every recipient and that every copy cachet
+//! relayed decrypted and verified with `openssl cms` — never anything about speed. The table is
+//! printed for the CI log.
 //!
 //! Needs Postfix (smtp-source, smtp-sink); the script installs it from Debian when it can (root and
 //! apt-get). When it cannot, the test FAILS under CI=true and prints a loud skip otherwise.

@@ -186,6 +186,14 @@ struct Transaction {
     done: u64,
 }
 
+impl Transaction {
+    /// Forgets the envelope (after a message, RSET, EHLO, MAIL); keeps HELO and the count.
+    fn reset(&mut self) {
+        self.mail = None;
+        self.rcpts.clear();
+    }
+}
+
 enum Next {
     Quit,
     StartTls,
@@ -252,12 +260,10 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             .unwrap_or_default()
             .to_ascii_uppercase();
         let rest = text.get(verb.len()..).unwrap_or_default().trim();
-        let must_secure = offer_tls && !secured;
         match verb.as_str() {
             "EHLO" | "HELO" => {
                 tx.helo = rest.to_string();
-                tx.mail = None;
-                tx.rcpts.clear();
+                tx.reset();
                 out.extend_from_slice(b"250-bench-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n");
                 if offer_tls {
                     out.extend_from_slice(b"250-STARTTLS\r\n");
@@ -269,13 +275,14 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
                 return Ok(Next::StartTls);
             }
-            "MAIL" | "RCPT" | "DATA" if must_secure => {
+            // offered only before STARTTLS on the upstream port, where it is required
+            "MAIL" | "RCPT" | "DATA" if offer_tls => {
                 out.extend_from_slice(b"530 5.7.0 Must issue a STARTTLS command first\r\n");
             }
             "MAIL" => match strip_prefix_ci(rest, "FROM:") {
                 Some(args) => {
+                    tx.reset();
                     tx.mail = Some(args.trim().to_string());
-                    tx.rcpts.clear();
                     out.extend_from_slice(b"250 2.1.0 Ok\r\n");
                 }
                 None => out.extend_from_slice(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
@@ -293,24 +300,20 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     out.extend_from_slice(b"503 5.5.1 Need RCPT command\r\n");
                     continue;
                 }
+                out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
                 io.get_mut().write_all(&out).await?;
                 out.clear();
-                io.get_mut()
-                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                    .await?;
                 let data = read_data(io).await?;
                 tx.done += 1;
                 let name = format!("{conn}.{}", tx.done);
                 let file = dump_file(peer, tx, &data, secured);
                 std::fs::write(shared.dump.join(&name), file)?;
                 shared.completed.fetch_add(1, Ordering::Release);
-                tx.mail = None;
-                tx.rcpts.clear();
+                tx.reset();
                 out.extend_from_slice(b"250 2.0.0 Ok: queued\r\n");
             }
             "RSET" => {
-                tx.mail = None;
-                tx.rcpts.clear();
+                tx.reset();
                 out.extend_from_slice(b"250 2.0.0 Ok\r\n");
             }
             "NOOP" => out.extend_from_slice(b"250 2.0.0 Ok\r\n"),
